@@ -1,0 +1,93 @@
+"""Wiring: build the aiohttp application for a Config, and run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .config import Config
+from .fill import Fills
+from .http import handlers
+from .http.keys import PROXY
+from .http.middleware import oci_errors, stamp_headers
+from .proxy import Proxy
+from .store.blobs import BlobStore
+from .store.index import Index
+from .upstream.client import Timeouts, Upstream
+
+log = logging.getLogger(__name__)
+
+# Request line and header fields beyond these are refused by aiohttp's parser
+# with 400 before any handler runs.
+MAX_LINE = 8190
+MAX_FIELD = 8190
+
+
+def build_app(config: Config) -> web.Application:
+    """The proxy as an aiohttp application; state is created on startup."""
+    app = web.Application(
+        middlewares=[oci_errors],
+        client_max_size=64 * 1024,
+        handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
+    )
+    app.on_response_prepare.append(stamp_headers)
+    app.cleanup_ctx.append(_proxy_ctx(config))
+    app.router.add_route("*", "/v2", handlers.v2)
+    app.router.add_route("*", "/v2/{tail:.*}", handlers.v2)
+    app.router.add_route("*", "/{tail:.*}", handlers.not_found)
+    return app
+
+
+def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = BlobStore(config.cache_dir)
+        await asyncio.to_thread(store.prepare)
+        index = await asyncio.to_thread(Index, config.cache_dir / "index")
+        fills = Fills(store)
+        timeouts = Timeouts(config.connect_timeout, config.read_timeout)
+        upstreams = {u.name: Upstream(u, timeouts) for u in config.upstreams}
+        proxy = Proxy(config, store, index, fills, upstreams)
+        app[PROXY] = proxy
+        log.info(
+            "cacheproxy listening on %s, cache %s, upstreams %s",
+            config.listen,
+            config.cache_dir,
+            ", ".join(f"{u.name}={u.url}" for u in config.upstreams),
+        )
+        try:
+            yield
+        finally:
+            await fills.close()
+            await proxy.close()
+            for up in upstreams.values():
+                await up.close()
+            await asyncio.to_thread(index.close)
+
+    return ctx
+
+
+def new_loop(config: Config) -> asyncio.AbstractEventLoop:
+    """The event loop the config asks for."""
+    if config.loop in ("uvloop", "auto"):
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def serve(config: Config) -> None:
+    """Run the proxy until interrupted."""
+    loop = new_loop(config)
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        build_app(config),
+        host=config.host,
+        port=config.port,
+        loop=loop,
+        print=None,
+        access_log=None,
+        shutdown_timeout=30,
+    )

@@ -1,0 +1,330 @@
+"""One upstream fetch per digest, streamed to every reader while it lands on disk.
+
+A :class:`Fill` belongs to the :class:`Fills` registry, never to a request: a
+client that goes away leaves it running, and the blob is still cached. Readers
+open the temp file themselves and read up to ``written``, so N readers cost N
+file descriptors and no memory. The last byte of a blob is released to readers
+only after the whole blob has been verified, so a client never sees a clean end
+of a wrong or short body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import aiohttp
+
+from .errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
+from .oci import Digest
+from .store.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+# Below this a chunk is written and hashed on the loop (microseconds); above it
+# the work goes to a thread so hashing a fast upstream uses the other core.
+INLINE_CHUNK = 256 * 1024
+MAX_CHUNK = 1024 * 1024
+RESUME_ATTEMPTS = 3
+RESUME_BACKOFF = 0.5
+
+# Opens the upstream body at a byte offset (0: whole blob). Raises RegistryError
+# for an answer that is not the blob (404, 401, ...).
+Opener = Callable[[int], Awaitable[aiohttp.ClientResponse]]
+
+
+class State(Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class FillStats:
+    """Counters the metrics and the tests read."""
+
+    upstream_gets: int = 0
+    upstream_bytes: int = 0
+    completed: int = 0
+    failed: int = 0
+    resumed: int = 0
+    digest_mismatches: int = 0
+    by_digest: dict[str, int] = field(default_factory=dict)
+
+
+class Fill:
+    """The download of one blob into the cache."""
+
+    def __init__(self, digest: Digest, store: BlobStore) -> None:
+        self.digest = digest
+        self.store = store
+        self.size: int | None = None
+        self.written = 0
+        self.state = State.STARTING
+        self.error: RegistryError | None = None
+        self.tmp_path, self._fd = store.new_temp(digest)
+        self._changed = asyncio.Event()
+        self._hasher = digest.hasher()
+
+    # --- reader side ---------------------------------------------------------
+
+    async def started(self) -> None:
+        """Wait until the upstream answered with the blob (size known) or failed."""
+        while self.state is State.STARTING:
+            await self._wait()
+        if self.state is State.FAILED and self.written == 0:
+            assert self.error is not None
+            raise self.error
+
+    async def readable(self, pos: int) -> int:
+        """Wait until bytes past ``pos`` may be read; returns the exclusive limit.
+
+        Returns ``pos`` itself only when the fill is complete and ``pos`` is at its
+        end. Raises the fill's error when it failed: the reader must then abort.
+        """
+        while True:
+            if self.state is State.FAILED:
+                assert self.error is not None
+                raise self.error
+            if self.state is State.DONE:
+                return self.written
+            # Hold back the final byte until the digest has been checked.
+            limit = self.written
+            if self.size is not None:
+                limit = min(limit, self.size - 1)
+            if limit > pos:
+                return limit
+            await self._wait()
+
+    def open_reader(self) -> int:
+        """Open the blob's bytes for one reader (temp file, or the final file once done)."""
+        try:
+            return os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            blob = self.store.open(self.digest)
+            if blob is None:
+                raise self.error or UpstreamUnavailable("blob fill failed") from None
+            return blob.fd
+
+    async def wait_done(self) -> None:
+        while self.state not in (State.DONE, State.FAILED):
+            await self._wait()
+        if self.error is not None:
+            raise self.error
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- writer side ---------------------------------------------------------
+
+    async def run(self, opener: Opener, stats: FillStats) -> None:
+        """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
+        try:
+            await self._fetch(opener, stats)
+            await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
+            self.state = State.DONE
+            stats.completed += 1
+            log.info("cached %s (%d bytes)", self.digest, self.written)
+        except asyncio.CancelledError:
+            self._fail(UpstreamUnavailable("proxy shutting down"))
+            raise
+        except RegistryError as exc:
+            self._fail(exc)
+            stats.failed += 1
+        except Exception as exc:  # a bug or an OS error: no reader may hang on it
+            log.exception("fill of %s failed", self.digest)
+            self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))
+            stats.failed += 1
+        finally:
+            os.close(self._fd)
+            self._notify()
+
+    def _fail(self, exc: RegistryError) -> None:
+        self.state = State.FAILED
+        self.error = exc
+        self.store.discard(self.tmp_path)
+        log.warning("fill of %s failed: %s", self.digest, exc.message)
+
+    async def _fetch(self, opener: Opener, stats: FillStats) -> None:
+        attempts = 0
+        while True:
+            resp = await opener(self.written)
+            stats.upstream_gets += 1
+            key = str(self.digest)
+            stats.by_digest[key] = stats.by_digest.get(key, 0) + 1
+            try:
+                self._accept_headers(resp)
+                await self._copy(resp, stats)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                # RFC 9110 section 14: resume a broken body from where it broke.
+                attempts += 1
+                if attempts > RESUME_ATTEMPTS:
+                    raise UpstreamUnavailable("upstream broke off the blob") from exc
+                log.info(
+                    "upstream body of %s broke at %d (%s), resuming",
+                    self.digest,
+                    self.written,
+                    type(exc).__name__,
+                )
+                stats.resumed += 1
+                await asyncio.sleep(RESUME_BACKOFF * 2 ** (attempts - 1))
+                continue
+            finally:
+                resp.release()
+            break
+        self._verify(stats)
+
+    def _accept_headers(self, resp: aiohttp.ClientResponse) -> None:
+        """Take the size from the first answer; check a resumed answer's range."""
+        if self.written == 0 and resp.status == 200:
+            self.size = resp.content_length
+        elif resp.status == 206:
+            crange = resp.headers.get("Content-Range", "")
+            start, total = _parse_content_range(crange)
+            if start != self.written or (self.size is not None and total not in (None, self.size)):
+                raise UpstreamBadContent("upstream answered a resume with the wrong range")
+        elif resp.status == 200:
+            # A resume answered with the whole body: skip what is already on disk.
+            pass
+        else:
+            raise UpstreamBadContent(f"upstream answered {resp.status} for a blob")
+        if self.state is State.STARTING:
+            self.state = State.RUNNING
+            self._notify()
+
+    async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats) -> None:
+        skip = self.written if resp.status == 200 else 0
+        content = resp.content
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            parts = [chunk]
+            total = len(chunk)
+            while total < MAX_CHUNK:
+                more = content.read_nowait(MAX_CHUNK - total)
+                if not more:
+                    break
+                parts.append(more)
+                total += len(more)
+            data = b"".join(parts) if len(parts) > 1 else chunk
+            stats.upstream_bytes += len(data)
+            if skip:
+                cut = min(skip, len(data))
+                data, skip = data[cut:], skip - cut
+                if not data:
+                    continue
+            if self.size is not None and self.written + len(data) > self.size:
+                raise UpstreamBadContent("upstream sent more bytes than announced")
+            if len(data) >= INLINE_CHUNK:
+                await asyncio.to_thread(self._append, data)
+            else:
+                self._append(data)
+            self._notify()
+        if self.size is not None and self.written < self.size:
+            raise aiohttp.ClientPayloadError("upstream body ended early")
+
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._hasher.update(data)
+        self.written += len(data)
+
+    def _verify(self, stats: FillStats) -> None:
+        actual = self._hasher.hexdigest()
+        if self.size is not None and self.written != self.size:
+            raise UpstreamBadContent("upstream blob has the wrong length")
+        if actual != self.digest.hex:
+            stats.digest_mismatches += 1
+            log.error(
+                "upstream sent wrong bytes for %s (got %s:%s); discarded",
+                self.digest,
+                self.digest.algorithm,
+                actual,
+            )
+            raise UpstreamBadContent("upstream blob does not match its digest")
+        self.size = self.written
+
+
+def _parse_content_range(value: str) -> tuple[int | None, int | None]:
+    """``bytes 10-99/100`` -> (10, 100); unknown parts are None."""
+    unit, _, rest = value.partition(" ")
+    if unit.strip().lower() != "bytes":
+        return None, None
+    span, _, total = rest.partition("/")
+    first = span.partition("-")[0]
+    try:
+        start = int(first)
+    except ValueError:
+        return None, None
+    try:
+        size: int | None = int(total)
+    except ValueError:
+        size = None
+    return start, size
+
+
+class Fills:
+    """The registry of running fills: at most one per digest, owned here."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.stats = FillStats()
+        self._fills: dict[str, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def get(self, digest: Digest) -> Fill | None:
+        return self._fills.get(str(digest))
+
+    def join_or_start(self, digest: Digest, opener: Opener) -> Fill | None:
+        """The running fill of ``digest``, or a new one; None when the blob is complete.
+
+        No await happens between the check of the store and the registration of a
+        new fill, so two requests can never both start one.
+        """
+        key = str(digest)
+        fill = self._fills.get(key)
+        if fill is not None:
+            return fill
+        if self.store.exists(digest):
+            return None
+        fill = Fill(digest, self.store)
+        self._fills[key] = fill
+        task = asyncio.create_task(self._run(fill, opener), name=f"fill {key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
+
+    async def _run(self, fill: Fill, opener: Opener) -> None:
+        try:
+            await fill.run(opener, self.stats)
+        finally:
+            if self._fills.get(str(fill.digest)) is fill:
+                del self._fills[str(fill.digest)]
+
+    @property
+    def active(self) -> int:
+        return len(self._fills)
+
+    async def close(self) -> None:
+        """Cancel every fill (shutdown); their temp files are removed."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def temp_paths(self) -> list[Path]:
+        return [f.tmp_path for f in self._fills.values()]

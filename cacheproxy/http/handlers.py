@@ -1,0 +1,171 @@
+"""Thin handlers for the pull side of the OCI distribution API.
+
+Parse and validate (``oci.parse_path``), call the Proxy, write the answer.
+Push endpoints exist only to say UNSUPPORTED: this is a pull-through cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from aiohttp import web
+
+from ..errors import NotFound, RegistryError, Unsupported
+from ..fill import Fill
+from ..oci import Route, parse_digest, parse_path
+from ..proxy import Proxy
+from ..store.blobs import OpenBlob
+from ..upstream.client import Upstream
+from .keys import PROXY
+from .ranges import content_range, parse_range
+from .send import send_fd, send_fill
+
+log = logging.getLogger(__name__)
+
+READ_METHODS = ("GET", "HEAD")
+
+
+def route_request(request: web.Request) -> tuple[Route, Upstream]:
+    """The endpoint, repository and upstream a request is for."""
+    route = parse_path(request.path)
+    proxy = request.app[PROXY]
+    up = proxy.upstream()
+    if route.name and up.name == "docker.io" and "/" not in route.name:
+        # Docker Hub's official images live under library/ (what docker pull does).
+        route = Route(route.kind, f"library/{route.name}", route.reference)
+    return route, up
+
+
+async def v2(request: web.Request) -> web.StreamResponse:
+    route, up = route_request(request)
+    if request.method not in READ_METHODS:
+        raise Unsupported(f"{request.method} is not supported by a pull-through cache")
+    if route.kind == "base":
+        return web.json_response({})
+    if route.kind == "manifest":
+        return await manifest(request, up, route)
+    if route.kind == "blob":
+        return await blob(request, up, route)
+    if route.kind == "tags":
+        return await tags(request, up, route)
+    if route.kind == "upload":
+        raise Unsupported("pushing is not supported by a pull-through cache")
+    raise NotFound(f"the {route.kind} endpoint is not offered by this proxy")
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise NotFound("unknown path")
+
+
+async def manifest(request: web.Request, up: Upstream, route: Route) -> web.StreamResponse:
+    proxy = request.app[PROXY]
+    want_body = request.method == "GET"
+    answer = await proxy.manifest(
+        up, route.name, route.reference, request.headers.getall("Accept", []), want_body
+    )
+    headers = {
+        "Docker-Content-Digest": answer.digest,
+        "ETag": f'"{answer.digest}"',
+        "Content-Type": answer.media_type,
+    }
+    if answer.body is None:
+        resp = web.Response(status=200, headers=headers)
+        resp.content_length = answer.size
+        return resp
+    return web.Response(status=200, body=answer.body, headers=headers)
+
+
+def blob_headers(digest: str) -> dict[str, str]:
+    return {
+        "Docker-Content-Digest": digest,
+        "ETag": f'"{digest}"',
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        # Content-addressed: the bytes behind a digest never change.
+        "Cache-Control": "public, max-age=31536000, immutable",
+    }
+
+
+async def blob(request: web.Request, up: Upstream, route: Route) -> web.StreamResponse:
+    proxy = request.app[PROXY]
+    digest = parse_digest(route.reference)
+    if request.method == "HEAD":
+        size = await proxy.blob_size(up, route.name, digest)
+        resp = web.Response(status=200, headers=blob_headers(str(digest)))
+        resp.content_length = size
+        return resp
+    source = proxy.open_blob(up, route.name, digest)
+    if isinstance(source, OpenBlob):
+        try:
+            return await _send_complete(request, source, str(digest))
+        finally:
+            os.close(source.fd)
+    return await _send_filling(request, source, str(digest))
+
+
+def _plan(request: web.Request, size: int) -> tuple[int, int, int]:
+    """(status, start, end inclusive) for a blob of ``size`` bytes; raises 416."""
+    wanted = parse_range(request.headers.get("Range"))
+    if wanted is None:
+        return 200, 0, size - 1
+    start, end = wanted.resolve(size)
+    return 206, start, end
+
+
+def _response(status: int, digest: str, start: int, end: int, size: int) -> web.StreamResponse:
+    resp = web.StreamResponse(status=status, headers=blob_headers(digest))
+    if status == 206:
+        resp.headers["Content-Range"] = content_range(start, end, size)
+    resp.content_length = end - start + 1
+    return resp
+
+
+async def _send_complete(request: web.Request, blob: OpenBlob, digest: str) -> web.StreamResponse:
+    status, start, end = _plan(request, blob.size)
+    resp = _response(status, digest, start, end, blob.size)
+    await resp.prepare(request)
+    await send_fd(request, resp, blob.fd, start, end - start + 1)
+    await resp.write_eof()
+    return resp
+
+
+async def _send_filling(request: web.Request, fill: Fill, digest: str) -> web.StreamResponse:
+    await fill.started()
+    size = fill.size
+    if size is None:
+        # The upstream did not announce a length: ranges need it, so wait for the
+        # whole blob; a plain GET streams chunked as the bytes land.
+        if request.headers.get("Range"):
+            await fill.wait_done()
+            size = fill.size
+        else:
+            resp = web.StreamResponse(status=200, headers=blob_headers(digest))
+            resp.enable_chunked_encoding()
+            return await _stream(request, resp, fill, 0, None)
+    assert size is not None
+    status, start, end = _plan(request, size)
+    return await _stream(request, _response(status, digest, start, end, size), fill, start, end)
+
+
+async def _stream(
+    request: web.Request, resp: web.StreamResponse, fill: Fill, start: int, end: int | None
+) -> web.StreamResponse:
+    await resp.prepare(request)
+    try:
+        await send_fill(resp, fill, start, end)
+    except RegistryError as err:
+        # Headers are gone: the only honest signal left is a broken connection.
+        log.warning("aborting %s for a client: %s", fill.digest, err.message)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("blob fill failed") from err
+    await resp.write_eof()
+    return resp
+
+
+async def tags(request: web.Request, up: Upstream, route: Route) -> web.StreamResponse:
+    proxy: Proxy = request.app[PROXY]
+    page = await proxy.tags(up, route.name, dict(request.query))
+    headers = {"Link": page.link} if page.link else {}
+    return web.Response(body=page.body, content_type=page.content_type, headers=headers)

@@ -1,0 +1,9 @@
+"""Typed application keys: the shared state handlers reach through the app."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..proxy import Proxy
+
+PROXY = web.AppKey("proxy", Proxy)

@@ -1,0 +1,60 @@
+"""Turns every error into the OCI error JSON, and stamps the API version header."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import NotFound, RegistryError, Unsupported
+
+log = logging.getLogger(__name__)
+
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+
+
+def error_response(err: RegistryError, head: bool = False) -> web.Response:
+    """The spec's ``{"errors": [...]}`` body with the error's status and headers."""
+    body = json.dumps(err.to_json()).encode()
+    resp = web.Response(
+        status=err.status,
+        body=None if head else body,
+        content_type="application/json",
+        headers=err.headers,
+    )
+    if head:
+        resp.content_length = len(body)
+    return resp
+
+
+@web.middleware
+async def oci_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    head = request.method == "HEAD"
+    try:
+        return await handler(request)
+    except RegistryError as err:
+        return error_response(err, head)
+    except web.HTTPMethodNotAllowed:
+        return error_response(Unsupported("method not allowed"), head)
+    except web.HTTPNotFound:
+        return error_response(NotFound("unknown path"), head)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            other = RegistryError(exc.reason)
+            other.status = exc.status
+            other.code = "UNSUPPORTED" if exc.status < 500 else "UNKNOWN"
+            return error_response(other, head)
+        raise
+    except ConnectionError as exc:
+        # The client went away (or the socket broke) mid-answer; nothing to send.
+        log.debug("%s %s: connection lost: %s", request.method, request.path, exc)
+        raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(RegistryError("internal error"), head)
+
+
+async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault(*API_VERSION)

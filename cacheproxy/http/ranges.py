@@ -1,0 +1,72 @@
+"""Single byte ranges (RFC 9110 section 14).
+
+Only one range is served. A Range header the server does not understand, or one
+asking for several ranges, is ignored and the whole blob is sent (section 14.2:
+"a server MAY ignore the Range header field"), which every client handles.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import RangeNotSatisfiable
+
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
+# Python's int() accepts any length; positions past 2**63 mean nothing for a file.
+_MAX_DIGITS = 19
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """A suffix (``-N``), open (``N-``) or closed (``N-M``) range, not yet resolved."""
+
+    first: int | None
+    last: int | None
+
+    def resolve(self, size: int) -> tuple[int, int]:
+        """Inclusive (start, end) within a representation of ``size`` bytes.
+
+        Raises RangeNotSatisfiable (416) when no byte of the range exists.
+        """
+        if self.first is None:
+            assert self.last is not None
+            if self.last == 0 or size == 0:
+                raise _unsatisfiable(size)
+            return max(0, size - self.last), size - 1
+        if self.first >= size:
+            raise _unsatisfiable(size)
+        end = size - 1 if self.last is None else min(self.last, size - 1)
+        return self.first, end
+
+
+def parse_range(header: str | None) -> ByteRange | None:
+    """The single range asked for, or None to serve the whole representation."""
+    if not header:
+        return None
+    m = _RANGE_RE.fullmatch(header.strip())
+    if m is None:
+        return None
+    first_s, last_s = m.groups()
+    if len(first_s) > _MAX_DIGITS or len(last_s) > _MAX_DIGITS:
+        return None
+    if not first_s and not last_s:
+        return None
+    first = int(first_s) if first_s else None
+    last = int(last_s) if last_s else None
+    if first is not None and last is not None and last < first:
+        # Section 14.1.1: an invalid range-spec makes the whole header invalid,
+        # and an invalid Range header is ignored.
+        return None
+    return ByteRange(first, last)
+
+
+def content_range(start: int, end: int, size: int) -> str:
+    return f"bytes {start}-{end}/{size}"
+
+
+def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(
+        "requested range not satisfiable",
+        headers={"Content-Range": f"bytes */{size}"},
+    )

@@ -1,0 +1,120 @@
+"""Content-addressed blob files: ``blobs/<alg>/<ab>/<hex>``, written atomically.
+
+A file under ``blobs/`` is only ever created by renaming a temp file whose size and
+digest were verified and whose data was fsynced, so a file that exists is a
+verified, complete blob. A crash leaves at worst a temp file, removed at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..oci import Digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBlob:
+    """A complete blob opened for reading; the caller owns ``fd``."""
+
+    fd: int
+    size: int
+
+
+class BlobStore:
+    """Blob files under one cache directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs"
+        self.tmp_dir = root / "tmp"
+
+    def prepare(self) -> int:
+        """Create the layout and remove temp files left by a crash. Returns how many."""
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for leftover in self.tmp_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        if removed:
+            log.info("removed %d unfinished temp files from %s", removed, self.tmp_dir)
+        return removed
+
+    def path(self, digest: Digest) -> Path:
+        # The digest was validated against the spec grammar (lowercase hex only),
+        # so it can never name anything outside blobs/.
+        return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def open(self, digest: Digest) -> OpenBlob | None:
+        """Open a complete blob, or None when it is not cached. Cheap: one open + fstat."""
+        try:
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        return OpenBlob(fd, os.fstat(fd).st_size)
+
+    def exists(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def new_temp(self, digest: Digest) -> tuple[Path, int]:
+        """Create a fresh temp file for a fill; returns its path and a write fd."""
+        path = self.tmp_dir / f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return path, fd
+
+    def commit(self, tmp_path: Path, fd: int, digest: Digest) -> Path:
+        """Make a verified temp file durable and move it into place (blocking)."""
+        os.fsync(fd)
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def put(self, digest: Digest, data: bytes) -> Path:
+        """Store small verified content (manifests) atomically (blocking)."""
+        tmp_path, fd = self.new_temp(digest)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            return self.commit(tmp_path, fd, digest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+            raise
+        finally:
+            os.close(fd)
+
+    def read(self, digest: Digest) -> bytes | None:
+        """Read a whole small blob (manifests), or None (blocking)."""
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def discard(self, tmp_path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

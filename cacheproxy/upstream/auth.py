@@ -1,0 +1,194 @@
+"""Upstream authentication: challenge parsing and the bearer token cache.
+
+The Docker token flow (distribution's ``docs/spec/auth/token.md``): a 401 carries
+``WWW-Authenticate: Bearer realm=..,service=..,scope=..``; a GET on the realm
+returns ``token``/``access_token`` with ``expires_in`` (60 s when absent).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..errors import Unauthorized, UpstreamUnavailable
+from ..singleflight import SingleFlight
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRES_IN = 60.0
+# A token is refreshed when less than this share of its lifetime is left, capped
+# at REFRESH_MARGIN_MAX seconds, so a 2-second token is still reused.
+REFRESH_SHARE = 0.2
+REFRESH_MARGIN_MAX = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str
+    params: dict[str, str]
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """Parse one ``WWW-Authenticate`` challenge (RFC 9110 section 11.6.1)."""
+    header = header.strip()
+    scheme, _, rest = header.partition(" ")
+    if not scheme:
+        return None
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " ,":
+            i += 1
+        eq = rest.find("=", i)
+        if eq < 0:
+            break
+        key = rest[i:eq].strip().lower()
+        i = eq + 1
+        if i < n and rest[i] == '"':
+            i += 1
+            value = []
+            while i < n and rest[i] != '"':
+                if rest[i] == "\\" and i + 1 < n:
+                    i += 1
+                value.append(rest[i])
+                i += 1
+            i += 1
+            params[key] = "".join(value)
+        else:
+            end = rest.find(",", i)
+            end = n if end < 0 else end
+            params[key] = rest[i:end].strip()
+            i = end
+    return Challenge(scheme.lower(), params)
+
+
+def basic_header(username: str, password: str) -> str:
+    raw = f"{username}:{password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def registrable_domain(host: str) -> str:
+    """The last two labels of a DNS name; an IP address or single label as is.
+
+    An approximation of the public-suffix rule, strict in the safe direction: two
+    hosts compare equal only when they share at least their last two labels.
+    """
+    host = host.lower().rstrip(".")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host
+    except ValueError:
+        pass
+    labels = host.split(".")
+    return ".".join(labels[-2:])
+
+
+def same_site(url_a: str, url_b: str) -> bool:
+    a, b = urlsplit(url_a).hostname or "", urlsplit(url_b).hostname or ""
+    return bool(a) and registrable_domain(a) == registrable_domain(b)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    value: str
+    expires_at: float
+    lifetime: float
+
+    def fresh(self, now: float) -> bool:
+        margin = min(REFRESH_MARGIN_MAX, self.lifetime * REFRESH_SHARE)
+        return now < self.expires_at - margin
+
+
+Fetcher = Callable[[], Awaitable[Token]]
+
+
+class TokenCache:
+    """Tokens per (realm, service, scope); one fetch at a time per key."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: dict[tuple[str, str, str], Token] = {}
+        self._flight: SingleFlight[tuple[str, str, str], Token] = SingleFlight()
+
+    @property
+    def fetches(self) -> int:
+        return self._flight.calls
+
+    def cached(self, key: tuple[str, str, str]) -> str | None:
+        token = self._tokens.get(key)
+        if token is not None and token.fresh(self._clock()):
+            return token.value
+        return None
+
+    def invalidate(self, key: tuple[str, str, str], value: str) -> None:
+        current = self._tokens.get(key)
+        if current is not None and current.value == value:
+            del self._tokens[key]
+
+    async def get(self, key: tuple[str, str, str], fetch: Fetcher) -> str:
+        value = self.cached(key)
+        if value is not None:
+            return value
+
+        async def fetch_and_keep() -> Token:
+            token = await fetch()
+            self._tokens[key] = token
+            return token
+
+        return (await self._flight.run(key, fetch_and_keep)).value
+
+    async def close(self) -> None:
+        await self._flight.close()
+
+
+async def fetch_bearer(
+    session: aiohttp.ClientSession,
+    challenge: Challenge,
+    scope: str,
+    registry_url: str,
+    basic: str | None,
+    clock: Callable[[], float],
+) -> Token:
+    """Ask the challenge's realm for a token for ``scope``.
+
+    Credentials go to the realm only when it is on the registry's own registrable
+    domain (the rule distribution's proxy follows); elsewhere the request is anonymous.
+    """
+    realm = challenge.params.get("realm", "")
+    if urlsplit(realm).scheme not in ("http", "https"):
+        raise Unauthorized("upstream sent a bearer challenge without a usable realm")
+    query = {"scope": scope} if scope else {}
+    if "service" in challenge.params:
+        query["service"] = challenge.params["service"]
+    headers = {}
+    if basic and same_site(realm, registry_url):
+        headers["Authorization"] = basic
+    started = clock()
+    try:
+        async with session.get(realm, params=query, headers=headers) as resp:
+            if resp.status in (401, 403):
+                raise Unauthorized("upstream token service refused the credentials")
+            if resp.status != 200:
+                raise UpstreamUnavailable(f"upstream token service answered {resp.status}")
+            doc = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise UpstreamUnavailable("upstream token service unreachable") from exc
+    if not isinstance(doc, dict):
+        raise UpstreamUnavailable("upstream token service sent no token")
+    value = doc.get("token") or doc.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise UpstreamUnavailable("upstream token service sent no token")
+    try:
+        lifetime = float(doc.get("expires_in") or DEFAULT_EXPIRES_IN)
+    except (TypeError, ValueError):
+        lifetime = DEFAULT_EXPIRES_IN
+    lifetime = max(lifetime, 1.0)
+    log.debug("got upstream token for scope %s, lifetime %.0fs", scope, lifetime)
+    return Token(value, started + lifetime, lifetime)
