@@ -8,10 +8,12 @@ upstream, and never knows about client sockets.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -312,38 +314,51 @@ class Proxy:
     # --- tags ------------------------------------------------------------------
 
     async def tags(self, up: Upstream, name: str, query: dict[str, str]) -> TagPage:
-        params = {}
+        """List tags, paginated as the spec says even when the upstream ignores ``n``."""
+        n: int | None = None
         if "n" in query:
-            n = query["n"]
-            if not n.isdigit() or len(n) > 6:
-                raise BadRequest("n must be a non-negative integer", detail={"n": n[:20]})
-            params["n"] = n
-        if "last" in query:
-            params["last"] = query["last"][:256]
+            raw = query["n"]
+            if not raw.isdigit() or len(raw) > 6:
+                raise BadRequest("n must be a non-negative integer", detail={"n": raw[:20]})
+            n = int(raw)
+        last = query.get("last")
+        params = {}
+        if n is not None:
+            params["n"] = str(n)
+        if last is not None:
+            if len(last) > 256:
+                raise BadRequest("last is too long")
+            params["last"] = last
         path = f"/v2/{name}/tags/list"
         if params:
-            path += "?" + "&".join(f"{k}={_quote(v)}" for k, v in params.items())
+            path += "?" + urlencode(params)
         resp = await up.request("GET", path, scope=scope_for(name))
         async with resp:
             if resp.status != 200:
                 raise error_for_status(resp, NameUnknown)
             body = await self._read_manifest(resp)
-            link = resp.headers.get("Link")
-        return TagPage(body, "application/json", _local_link(link))
-
-
-def _quote(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
+            link = _local_link(resp.headers.get("Link"))
+        try:
+            doc = json.loads(body)
+            tags = doc["tags"] or []
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise TypeError
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpstreamBadContent("upstream sent a malformed tag list") from exc
+        # Spec ("Listing Tags"): lexical order, only tags after `last`, at most `n`.
+        page = sorted(t for t in tags if last is None or t > last)
+        if n is not None and len(page) > n:
+            page = page[:n]
+            following = urlencode({"last": page[-1], "n": str(n)}) if page else ""
+            link = f'</v2/{name}/tags/list?{following}>; rel="next"'
+        out = json.dumps({"name": doc.get("name", name), "tags": page}).encode()
+        return TagPage(out, "application/json", link)
 
 
 def _local_link(link: str | None) -> str | None:
     """Point an upstream ``Link: <url>; rel="next"`` at this proxy (path and query only)."""
     if not link:
         return None
-    from urllib.parse import urlsplit
-
     start, end = link.find("<"), link.find(">")
     if start < 0 or end < start:
         return None

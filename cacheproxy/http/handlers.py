@@ -6,6 +6,7 @@ Push endpoints exist only to say UNSUPPORTED: this is a pull-through cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -70,9 +71,9 @@ async def manifest(request: web.Request, up: Upstream, route: Route) -> web.Stre
         "Content-Type": answer.media_type,
     }
     if answer.body is None:
-        resp = web.Response(status=200, headers=headers)
-        resp.content_length = answer.size
-        return resp
+        # HEAD: the length of the body a GET would carry (RFC 9110 section 9.3.2).
+        headers["Content-Length"] = str(answer.size)
+        return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=answer.body, headers=headers)
 
 
@@ -92,9 +93,9 @@ async def blob(request: web.Request, up: Upstream, route: Route) -> web.StreamRe
     digest = parse_digest(route.reference)
     if request.method == "HEAD":
         size = await proxy.blob_size(up, route.name, digest)
-        resp = web.Response(status=200, headers=blob_headers(str(digest)))
-        resp.content_length = size
-        return resp
+        headers = blob_headers(str(digest))
+        headers["Content-Length"] = str(size)
+        return web.Response(status=200, headers=headers)
     source = proxy.open_blob(up, route.name, digest)
     if isinstance(source, OpenBlob):
         try:
@@ -125,8 +126,9 @@ async def _send_complete(request: web.Request, blob: OpenBlob, digest: str) -> w
     status, start, end = _plan(request, blob.size)
     resp = _response(status, digest, start, end, blob.size)
     await resp.prepare(request)
-    await send_fd(request, resp, blob.fd, start, end - start + 1)
-    await resp.write_eof()
+    with contextlib.suppress(ConnectionError):  # the client went away: nothing to do
+        await send_fd(request, resp, blob.fd, start, end - start + 1)
+    # aiohttp finishes a returned response (write_eof), quietly if the client is gone.
     return resp
 
 
@@ -154,13 +156,13 @@ async def _stream(
     await resp.prepare(request)
     try:
         await send_fill(resp, fill, start, end)
+    except ConnectionError:
+        pass  # the client went away; the fill goes on without it
     except RegistryError as err:
         # Headers are gone: the only honest signal left is a broken connection.
         log.warning("aborting %s for a client: %s", fill.digest, err.message)
         if request.transport is not None:
             request.transport.abort()
-        raise ConnectionResetError("blob fill failed") from err
-    await resp.write_eof()
     return resp
 
 

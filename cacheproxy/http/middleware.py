@@ -18,15 +18,15 @@ API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 def error_response(err: RegistryError, head: bool = False) -> web.Response:
     """The spec's ``{"errors": [...]}`` body with the error's status and headers."""
     body = json.dumps(err.to_json()).encode()
-    resp = web.Response(
+    headers = dict(err.headers)
+    if head:
+        headers["Content-Length"] = str(len(body))
+    return web.Response(
         status=err.status,
         body=None if head else body,
         content_type="application/json",
-        headers=err.headers,
+        headers=headers,
     )
-    if head:
-        resp.content_length = len(body)
-    return resp
 
 
 @web.middleware
@@ -46,10 +46,6 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             other.status = exc.status
             other.code = "UNSUPPORTED" if exc.status < 500 else "UNKNOWN"
             return error_response(other, head)
-        raise
-    except ConnectionError as exc:
-        # The client went away (or the socket broke) mid-answer; nothing to send.
-        log.debug("%s %s: connection lost: %s", request.method, request.path, exc)
         raise
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)

@@ -1,0 +1,72 @@
+"""Shared fixtures: a real upstream registry and a fault-injecting forwarder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.clients import SKOPEO
+from tests.support.forwarder import Forwarder
+from tests.support.registry import DOCKER_REGISTRY, RegistryProcess
+
+_REQUIRED = {
+    DOCKER_REGISTRY: "apt-get install docker-registry",
+    SKOPEO: "apt-get install skopeo",
+}
+
+
+@pytest.fixture(autouse=True)
+def no_handler_crashes(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test during which an in-process server logged a traceback.
+
+    aiohttp only logs an exception raised in a handler (and, with
+    ``filterwarnings=error``, a warning raised there); the client may still see a
+    plausible answer, so a crash would otherwise pass unnoticed. Deliberate error
+    lines without a traceback (a digest mismatch, say) are allowed.
+    """
+    yield
+    crashes = [
+        r
+        for r in caplog.get_records("call")
+        if r.levelno >= logging.ERROR and (r.exc_info or r.name.startswith("aiohttp"))
+    ]
+    assert not crashes, [r.getMessage() + (r.exc_text or "") for r in crashes]
+
+
+@pytest.fixture(scope="session")
+def require_binaries() -> None:
+    """Fail (not skip) when a real component the integration tests need is missing.
+
+    A skipped integration suite looks green in CI; a missing binary is a broken
+    environment, so say which one and how to install it.
+    """
+    missing = [f"{name} ({hint})" for name, hint in _REQUIRED.items() if not shutil.which(name)]
+    if missing:
+        pytest.fail("missing required binaries: " + ", ".join(missing), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def registry(
+    require_binaries: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryProcess]:
+    """One distribution registry for the whole session. Do not stop it: use fresh_registry."""
+    with RegistryProcess(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture
+def fresh_registry(require_binaries: None, tmp_path: Path) -> Iterator[RegistryProcess]:
+    """A registry of this test's own, free to be stopped and started again."""
+    with RegistryProcess(tmp_path / "registry") as reg:
+        yield reg
+
+
+@pytest.fixture
+async def forwarder(registry: RegistryProcess) -> AsyncIterator[Forwarder]:
+    """A :class:`Forwarder` in front of the session registry, on this test's loop."""
+    async with Forwarder(registry.url) as fwd:
+        yield fwd

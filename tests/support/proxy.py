@@ -1,0 +1,62 @@
+"""Run cacheproxy in the test's event loop, on a loopback port."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from cacheproxy.app import build_app
+from cacheproxy.config import Config, load_config
+from cacheproxy.http.keys import PROXY
+from cacheproxy.proxy import Proxy
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningProxy:
+    config: Config
+    app: web.Application
+    url: str
+    host: str
+
+    @property
+    def proxy(self) -> Proxy:
+        return self.app[PROXY]
+
+    def blob_path(self, digest: str) -> Path:
+        algorithm, hexpart = digest.split(":")
+        return self.config.cache_dir / "blobs" / algorithm / hexpart[:2] / hexpart
+
+    def temp_files(self) -> list[Path]:
+        return list((self.config.cache_dir / "tmp").iterdir())
+
+
+@asynccontextmanager
+async def running_proxy(
+    upstream_url: str, cache_dir: Path, bind: str = "127.0.0.1", **settings: Any
+) -> AsyncIterator[RunningProxy]:
+    """Start a proxy for ``upstream_url`` caching in ``cache_dir``; stop it on exit."""
+    port = _free_port(bind)
+    flags = {"upstream": upstream_url, "cache_dir": cache_dir, "listen": f"{bind}:{port}"}
+    flags.update(settings)
+    config = load_config(env={}, flags=flags)
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, bind, port)
+    await site.start()
+    try:
+        yield RunningProxy(config, app, f"http://{bind}:{port}", f"{bind}:{port}")
+    finally:
+        await runner.cleanup()
