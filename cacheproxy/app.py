@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import Config
 from .fill import Fills
@@ -26,8 +27,32 @@ MAX_LINE = 8190
 MAX_FIELD = 8190
 
 
+class _MalformedRequestFilter(logging.Filter):
+    """Log a request aiohttp could not parse as one warning line, not a traceback.
+
+    Garbage from the network is expected input for a server, not a bug; aiohttp
+    already answers it with 400 and closes the connection.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed request refused: %s"
+            record.args = (str(exc.message).strip(),)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_QUIET = _MalformedRequestFilter()
+
+
 def build_app(config: Config) -> web.Application:
     """The proxy as an aiohttp application; state is created on startup."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _QUIET not in server_log.filters:
+        server_log.addFilter(_QUIET)
     app = web.Application(
         middlewares=[oci_errors],
         client_max_size=64 * 1024,

@@ -44,13 +44,21 @@ class RunningProxy:
 
 @asynccontextmanager
 async def running_proxy(
-    upstream_url: str, cache_dir: Path, bind: str = "127.0.0.1", **settings: Any
+    upstream_url: str | None,
+    cache_dir: Path,
+    bind: str = "127.0.0.1",
+    config_file: Path | None = None,
+    **settings: Any,
 ) -> AsyncIterator[RunningProxy]:
-    """Start a proxy for ``upstream_url`` caching in ``cache_dir``; stop it on exit."""
+    """Start a proxy caching in ``cache_dir``; stop it on exit.
+
+    ``upstream_url`` is the ``--upstream`` shortcut; None leaves the upstreams to
+    ``config_file``.
+    """
     port = _free_port(bind)
     flags = {"upstream": upstream_url, "cache_dir": cache_dir, "listen": f"{bind}:{port}"}
     flags.update(settings)
-    config = load_config(env={}, flags=flags)
+    config = load_config(file=config_file, env={}, flags=flags)
     app = build_app(config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -1,0 +1,134 @@
+"""The ``cacheproxy serve`` process as a user runs it, including kill -9 mid-fill."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.clients import skopeo
+from tests.support.forwarder import Forwarder
+from tests.support.images import push_blob, push_image
+from tests.support.registry import RegistryProcess, free_port
+
+
+@asynccontextmanager
+async def serve_process(
+    *args: str, env: Mapping[str, str] | None = None, log: Path
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """Run ``cacheproxy serve ARGS`` and wait (bounded) until it answers /v2/."""
+    port = free_port()
+    full_env = {**os.environ, "CACHEPROXY_LISTEN": f"127.0.0.1:{port}", **(env or {})}
+    with open(log, "ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cacheproxy",
+            "serve",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=full_env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+            while True:
+                try:
+                    async with http.get(url + "/v2/") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert proc.returncode is None, log.read_text()
+                await asyncio.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def test_serve_with_defaults_and_skopeo_pull(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    name = f"cli/{uuid.uuid4().hex[:8]}"
+    image = await push_image(registry.url, name, "v1", layer_sizes=(100_000,))
+    home = tmp_path / "home"
+    env = {"HOME": str(home), "XDG_CACHE_HOME": "", "CACHEPROXY_UPSTREAM": registry.url}
+    async with serve_process(env=env, log=tmp_path / "serve.log") as (proc, url):
+        out = tmp_path / "out"
+        host = url.removeprefix("http://")
+        ref = f"docker://{host}/{name}:v1"
+        (await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{out}")).check()
+        assert (out / "manifest.json").read_bytes() == image.manifest
+        # The default cache dir is under the user's cache directory.
+        for blob in image.all_blobs():
+            hexpart = blob.digest.split(":")[1]
+            assert (home / ".cache/cacheproxy/blobs/sha256" / hexpart[:2] / hexpart).is_file()
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+
+
+async def test_bad_config_exits_with_a_message(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cacheproxy",
+        "serve",
+        "--listen",
+        "nonsense",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"listen" in err and b"Traceback" not in err
+
+
+async def test_kill_9_mid_fill_leaves_only_verified_content(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    name = f"crash/{uuid.uuid4().hex[:8]}"
+    data = hashlib.sha256(b"crash").digest() * (6 * 1024 * 1024 // 32)
+    digest = await push_blob(forwarder.url, name, data)
+    cache = tmp_path / "cache"
+    args = ("--upstream", forwarder.url, "--cache-dir", str(cache))
+    forwarder.throttle_bps = 4 * 1024 * 1024
+    log = tmp_path / "serve.log"
+
+    async with (
+        serve_process(*args, log=log) as (proc, url),
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}/v2/{name}/blobs/{digest}") as resp,
+    ):
+        assert resp.status == 200
+        await resp.content.readexactly(512 * 1024)
+        assert list((cache / "tmp").iterdir()), "the fill is under way"
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+    hexpart = digest.split(":")[1]
+    final = cache / "blobs/sha256" / hexpart[:2] / hexpart
+    assert not final.exists(), "a half-fetched blob must never be in place"
+
+    forwarder.throttle_bps = None
+    async with serve_process(*args, log=log) as (proc, url):
+        assert list((cache / "tmp").iterdir()) == [], "leftover temp files are cleaned at start"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url}/v2/{name}/blobs/{digest}") as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.read() == data
+    assert final.read_bytes() == data
