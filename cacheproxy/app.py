@@ -17,7 +17,7 @@ from .http.middleware import oci_errors, stamp_headers
 from .proxy import Proxy
 from .store.blobs import BlobStore
 from .store.index import Index
-from .upstream.client import Timeouts, Upstream
+from .upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +72,23 @@ def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
         await asyncio.to_thread(store.prepare)
         index = await asyncio.to_thread(Index, config.cache_dir / "index")
         fills = Fills(store)
-        timeouts = Timeouts(config.connect_timeout, config.read_timeout)
-        upstreams = {u.name: Upstream(u, timeouts) for u in config.upstreams}
+        upstreams = UpstreamPool(config)
         proxy = Proxy(config, store, index, fills, upstreams)
         app[PROXY] = proxy
         log.info(
-            "cacheproxy listening on %s, cache %s, upstreams %s",
+            "cacheproxy listening on %s, cache %s, upstreams %s, presets %s, default %s",
             config.listen,
             config.cache_dir,
-            ", ".join(f"{u.name}={u.url}" for u in config.upstreams),
+            ", ".join(f"{u.name}={u.url}" for u in config.upstreams) or "none",
+            ", ".join(config.presets) or "none",
+            config.default_upstream,
         )
         try:
             yield
         finally:
             await fills.close()
             await proxy.close()
-            for up in upstreams.values():
-                await up.close()
+            await upstreams.close()
             await asyncio.to_thread(index.close)
 
     return ctx

@@ -10,13 +10,19 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_URL = "https://registry-1.docker.io"
+from .upstream.presets import (
+    ALL_PRESETS,
+    DOCKER_HUB,
+    PUBLIC_PRESETS,
+    ecr_host,
+    normalize_host,
+)
+
 ENV_PREFIX = "CACHEPROXY_"
 
 
@@ -26,12 +32,27 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class UpstreamConfig:
-    """One upstream registry and how to reach it."""
+    """One upstream registry and how to reach it.
+
+    ``name`` is the host clients name (``?ns=``, a path prefix, ``hosts.toml``);
+    ``url`` is where it is really reached. Secrets never appear in ``repr``.
+    """
 
     name: str
     url: str
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    password_env: str | None = None
+    # A Docker config.json whose ``auths`` entry for this host holds the login.
+    docker_config: Path | None = None
+    # AWS ECR: credentials from GetAuthorizationToken (boto3's default chain).
+    ecr: bool = False
+    region: str | None = None
+    aws_profile: str | None = None
+    aws_role_arn: str | None = None
+    tls_verify: bool = True
+    ca_file: Path | None = None
 
     @property
     def host(self) -> str:
@@ -44,7 +65,10 @@ class Config:
 
     listen: str = "0.0.0.0:5000"
     cache_dir: Path = field(default_factory=lambda: default_cache_dir())
-    upstreams: tuple[UpstreamConfig, ...] = (UpstreamConfig(DOCKER_HUB, DOCKER_HUB_URL),)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    # Built-in upstreams enabled without an [[upstream]] table (see upstream.presets).
+    presets: tuple[str, ...] = tuple(PUBLIC_PRESETS)
+    # Where a request that names no registry goes (Docker's registry-mirrors).
     default_upstream: str = DOCKER_HUB
     # Seconds a resolved tag is served without asking upstream again.
     tag_ttl: float = 60.0
@@ -67,10 +91,20 @@ class Config:
         return split_listen(self.listen)[1]
 
     def upstream(self, name: str | None = None) -> UpstreamConfig:
-        wanted = name or self.default_upstream
+        """The settings of upstream ``name`` (default: the default upstream).
+
+        Raises KeyError for a registry that is neither configured nor an enabled
+        preset: the proxy is never an open relay.
+        """
+        wanted = normalize_host(name or self.default_upstream)
         for up in self.upstreams:
-            if up.name == wanted:
+            if wanted in (up.name, normalize_host(up.host)):
                 return up
+        if wanted in PUBLIC_PRESETS and wanted in self.presets:
+            return UpstreamConfig(wanted, PUBLIC_PRESETS[wanted])
+        ecr = ecr_host(wanted)
+        if ecr is not None and "ecr" in self.presets:
+            return UpstreamConfig(wanted, f"https://{wanted}", ecr=True, region=ecr.region)
         raise KeyError(wanted)
 
 
@@ -78,6 +112,7 @@ _SCALARS: dict[str, type] = {
     "listen": str,
     "cache_dir": Path,
     "default_upstream": str,
+    "presets": tuple,
     "tag_ttl": float,
     "max_stale": float,
     "loop": str,
@@ -105,8 +140,7 @@ def upstream_from_url(url: str) -> UpstreamConfig:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"upstream: expected an http(s) URL, got {url!r}")
-    name = DOCKER_HUB if parts.netloc == "registry-1.docker.io" else parts.netloc
-    return UpstreamConfig(name=name, url=f"{parts.scheme}://{parts.netloc}")
+    return UpstreamConfig(name=normalize_host(parts.netloc), url=f"{parts.scheme}://{parts.netloc}")
 
 
 def load_config(
@@ -141,13 +175,18 @@ def load_config(
         one = upstream_from_url(str(shortcut))
         upstreams = [one]
         values["default_upstream"] = one.name
+        values["presets"] = ()
 
     typed = {key: _coerce(key, raw) for key, raw in values.items()}
     if upstreams is not None:
         typed["upstreams"] = tuple(upstreams)
-        if "default_upstream" not in typed and upstreams:
-            typed["default_upstream"] = upstreams[0].name
     config = Config(**typed)
+    if "default_upstream" not in typed and config.upstreams:
+        try:
+            config.upstream()
+        except KeyError:
+            # Docker Hub is not enabled: the first configured upstream is the default.
+            config = replace(config, default_upstream=config.upstreams[0].name)
     _check(config)
     return config
 
@@ -160,6 +199,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+_PATH_KEYS = {"password_file", "docker_config", "ca_file"}
+_BOOL_KEYS = {"ecr", "tls_verify"}
 
 
 def _upstreams_from_toml(raw: object) -> list[UpstreamConfig] | None:
@@ -175,23 +218,39 @@ def _upstreams_from_toml(raw: object) -> list[UpstreamConfig] | None:
         unknown = set(item) - known
         if unknown:
             raise ConfigError(f"upstream: unknown keys {sorted(unknown)}")
-        if "url" not in item:
-            raise ConfigError("upstream: every [[upstream]] needs a url")
-        base = upstream_from_url(str(item["url"]))
-        out.append(
-            UpstreamConfig(
-                name=str(item.get("name", base.name)),
-                url=base.url,
-                username=item.get("username"),
-                password=item.get("password"),
-            )
-        )
+        if "url" not in item and "name" not in item:
+            raise ConfigError("upstream: every [[upstream]] needs a name or a url")
+        url = str(item.get("url") or f"https://{item['name']}")
+        base = upstream_from_url(url)
+        values: dict[str, Any] = {"name": normalize_host(str(item.get("name", base.name)))}
+        values["url"] = base.url
+        for key, value in item.items():
+            if key in ("name", "url"):
+                continue
+            if key in _PATH_KEYS:
+                values[key] = Path(str(value)).expanduser()
+            elif key in _BOOL_KEYS:
+                if not isinstance(value, bool):
+                    raise ConfigError(f"upstream {values['name']}: {key} must be true or false")
+                values[key] = value
+            else:
+                values[key] = str(value)
+        up = UpstreamConfig(**values)
+        if up.ecr and up.region is None:
+            ecr = ecr_host(up.name)
+            if ecr is None:
+                raise ConfigError(f"upstream {up.name}: ecr = true needs a region")
+            up = replace(up, region=ecr.region)
+        out.append(up)
     return out
 
 
 def _coerce(key: str, raw: Any) -> Any:
     kind = _SCALARS[key]
     try:
+        if kind is tuple:
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(i).strip() for i in items if str(i).strip())
         if kind is Path:
             return Path(str(raw)).expanduser()
         return kind(raw)
@@ -205,8 +264,12 @@ def _check(config: Config) -> None:
         raise ConfigError(f"loop: expected auto, uvloop or asyncio, got {config.loop!r}")
     if config.tag_ttl < 0 or config.max_stale < 0:
         raise ConfigError("tag_ttl and max_stale must not be negative")
-    if not config.upstreams:
-        raise ConfigError("at least one upstream is needed")
+    unknown = set(config.presets) - set(ALL_PRESETS)
+    if unknown:
+        raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")
+    names = [u.name for u in config.upstreams]
+    if len(names) != len(set(names)):
+        raise ConfigError("upstream: two [[upstream]] tables share a name")
     try:
         config.upstream()
     except KeyError:

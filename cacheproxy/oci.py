@@ -73,6 +73,33 @@ def validate_name(name: str) -> str:
     return name
 
 
+# A registry host as the first path component (CRI-O/podman mirrors put it there):
+# a DNS name or IPv4 address with an optional port.
+HOST_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?(?::[0-9]{1,5})?")
+
+
+def split_host(path_name: str) -> tuple[str | None, str]:
+    """Split ``registry.example.com/team/app`` into host and repository name.
+
+    Docker's rule (distribution ``reference.ParseNormalizedNamed``): the first
+    component names a registry when it contains a dot or a colon, or is
+    ``localhost``; otherwise the whole path is the repository name.
+    """
+    first, sep, rest = path_name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    return None, path_name
+
+
+def validate_path_name(path_name: str) -> str:
+    """Validate a repository name that may carry a registry host prefix."""
+    host, name = split_host(path_name)
+    if host is not None and not HOST_RE.fullmatch(host):
+        raise NameInvalid("invalid registry host", detail={"name": path_name[:300]})
+    validate_name(name)
+    return path_name
+
+
 def validate_tag(tag: str) -> str:
     """Check tag grammar. A reference that can never name a manifest is unknown."""
     if not TAG_RE.fullmatch(tag):
@@ -103,8 +130,10 @@ _SUFFIXES: tuple[tuple[str, Kind], ...] = (
 def parse_path(path: str) -> Route:
     """Split a request path into endpoint kind, repository name and reference.
 
-    Names contain slashes, so the path is split on the last endpoint marker, as the
-    spec's endpoint table does (``/v2/<name>/manifests/<reference>``).
+    The name is validated but may still carry a registry host prefix (see
+    :func:`split_host`); the router decides what it means. Names contain slashes,
+    so the path is split on the last endpoint marker, as the spec's endpoint table
+    does (``/v2/<name>/manifests/<reference>``).
     """
     if path in ("/v2", "/v2/"):
         return Route("base")
@@ -114,10 +143,10 @@ def parse_path(path: str) -> Route:
     if rest == "_catalog":
         return Route("catalog")
     if rest.endswith("/tags/list"):
-        return Route("tags", validate_name(rest[: -len("/tags/list")]))
+        return Route("tags", validate_path_name(rest[: -len("/tags/list")]))
     if rest.endswith("/blobs/uploads") or rest.endswith("/blobs/uploads/"):
         name = rest.rsplit("/blobs/uploads", 1)[0]
-        return Route("upload", validate_name(name))
+        return Route("upload", validate_path_name(name))
     best: tuple[int, str, Kind] | None = None
     for marker, kind in _SUFFIXES:
         at = rest.rfind(marker)
@@ -128,10 +157,10 @@ def parse_path(path: str) -> Route:
     at, marker, kind = best
     name, reference = rest[:at], rest[at + len(marker) :]
     if kind == "upload":
-        return Route("upload", validate_name(name), reference)
+        return Route("upload", validate_path_name(name), reference)
     if not reference or "/" in reference:
         raise NotFound("unknown path")
-    validate_name(name)
+    validate_path_name(name)
     if kind in ("blob", "referrers") or is_digest(reference):
         parse_digest(reference)
     else:

@@ -42,6 +42,7 @@ from .singleflight import SingleFlight
 from .store.blobs import BlobStore, OpenBlob
 from .store.index import Index, TagEntry, TagKey
 from .upstream.client import Upstream, error_for_status
+from .upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Proxy:
         store: BlobStore,
         index: Index,
         fills: Fills,
-        upstreams: dict[str, Upstream],
+        upstreams: UpstreamPool,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -89,7 +90,8 @@ class Proxy:
         self._fetching: SingleFlight[str, bytes] = SingleFlight()
 
     def upstream(self, name: str | None = None) -> Upstream:
-        return self.upstreams[name or self.config.default_upstream]
+        """The upstream for a registry host (None: the default); DENIED if unknown."""
+        return self.upstreams.get(name)
 
     async def close(self) -> None:
         await self._resolving.close()

@@ -14,11 +14,12 @@ from aiohttp import web
 
 from ..errors import NotFound, RegistryError, Unsupported
 from ..fill import Fill
-from ..oci import Route, parse_digest, parse_path
+from ..oci import Route, parse_digest, parse_path, split_host, validate_name
 from ..proxy import Proxy
 from ..store.blobs import OpenBlob
 from ..upstream.client import Upstream
-from .keys import PROXY
+from ..upstream.presets import DOCKER_HUB
+from .keys import NAMESPACE, PROXY
 from .ranges import content_range, parse_range
 from .send import send_fd, send_fill
 
@@ -27,32 +28,43 @@ log = logging.getLogger(__name__)
 READ_METHODS = ("GET", "HEAD")
 
 
-def route_request(request: web.Request) -> tuple[Route, Upstream]:
-    """The endpoint, repository and upstream a request is for."""
-    route = parse_path(request.path)
+def route_request(request: web.Request, route: Route) -> tuple[Route, Upstream]:
+    """The upstream a request is for, and the repository name there.
+
+    Three ways, as clients reach a mirror: containerd appends ``?ns=<registry>``
+    (OCI distribution spec, "Proxying"); CRI-O and podman put the registry host
+    first in the path (``/v2/docker.io/library/alpine/...``); Docker's
+    ``registry-mirrors`` name no registry at all, which means the default upstream.
+    """
     proxy = request.app[PROXY]
-    up = proxy.upstream()
-    if route.name and up.name == "docker.io" and "/" not in route.name:
+    ns = request.query.get("ns")
+    if ns is not None:
+        up = proxy.upstream(ns)
+        request[NAMESPACE] = ns
+        name = validate_name(route.name)
+    else:
+        host, name = split_host(route.name)
+        up = proxy.upstream(host)
+    if up.name == DOCKER_HUB and "/" not in name:
         # Docker Hub's official images live under library/ (what docker pull does).
-        route = Route(route.kind, f"library/{route.name}", route.reference)
-    return route, up
+        name = f"library/{name}"
+    return Route(route.kind, name, route.reference), up
 
 
 async def v2(request: web.Request) -> web.StreamResponse:
-    route, up = route_request(request)
-    if request.method not in READ_METHODS:
+    route = parse_path(request.path)
+    if request.method not in READ_METHODS or route.kind == "upload":
         raise Unsupported(f"{request.method} is not supported by a pull-through cache")
     if route.kind == "base":
         return web.json_response({})
+    if route.kind not in ("manifest", "blob", "tags"):
+        raise NotFound(f"the {route.kind} endpoint is not offered by this proxy")
+    route, up = route_request(request, route)
     if route.kind == "manifest":
         return await manifest(request, up, route)
     if route.kind == "blob":
         return await blob(request, up, route)
-    if route.kind == "tags":
-        return await tags(request, up, route)
-    if route.kind == "upload":
-        raise Unsupported("pushing is not supported by a pull-through cache")
-    raise NotFound(f"the {route.kind} endpoint is not offered by this proxy")
+    return await tags(request, up, route)
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:

@@ -7,3 +7,5 @@ from aiohttp import web
 from ..proxy import Proxy
 
 PROXY = web.AppKey("proxy", Proxy)
+# The ``ns`` a request named, echoed back as ``OCI-Namespace``.
+NAMESPACE = web.RequestKey("namespace", str)

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import NotFound, RegistryError, Unsupported
+from .keys import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +55,7 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
 
 async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault(*API_VERSION)
+    ns = request.get(NAMESPACE)
+    if ns is not None:
+        # The spec's proxying text: a registry that honours ``ns`` echoes it.
+        response.headers["OCI-Namespace"] = ns

@@ -8,6 +8,7 @@ retries once on 401 with a fresh token, and follows redirects itself so that the
 from __future__ import annotations
 
 import logging
+import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from ..errors import (
     Unauthorized,
     UpstreamUnavailable,
 )
-from .auth import Challenge, Token, TokenCache, basic_header, fetch_bearer, parse_challenge
+from .auth import Challenge, Token, TokenCache, fetch_bearer, parse_challenge
+from .credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,39 @@ class Timeouts:
     read: float
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Docker Hub-style ``ratelimit-*`` headers, as last seen."""
+
+    limit: int
+    remaining: int
+    window: int | None
+    seen_at: float
+
+
+def parse_rate_limit(headers: Mapping[str, str], now: float) -> RateLimit | None:
+    """``ratelimit-limit: 100;w=21600`` and ``ratelimit-remaining: 76;w=21600``."""
+    raw_limit, raw_remaining = headers.get("ratelimit-limit"), headers.get("ratelimit-remaining")
+    if raw_limit is None or raw_remaining is None:
+        return None
+
+    def parts(value: str) -> tuple[int, int | None]:
+        number, _, params = value.partition(";")
+        window = None
+        for param in params.split(";"):
+            key, _, val = param.strip().partition("=")
+            if key == "w" and val.isdigit():
+                window = int(val)
+        return int(number.strip()), window
+
+    try:
+        limit, window = parts(raw_limit)
+        remaining, _ = parts(raw_remaining)
+    except ValueError:
+        return None
+    return RateLimit(limit, remaining, window, now)
+
+
 class Upstream:
     """A client for one upstream registry, shared by every request to it."""
 
@@ -45,19 +80,23 @@ class Upstream:
         self,
         config: UpstreamConfig,
         timeouts: Timeouts,
+        credentials: Credentials | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.name = config.name
         self.url = config.url.rstrip("/")
+        self.credentials = credentials
+        self.rate_limit: RateLimit | None = None
+        self.requests_sent = 0
         self._clock = clock
-        self._basic = (
-            basic_header(config.username, config.password or "")
-            if config.username is not None
-            else None
-        )
         self.tokens = TokenCache(clock)
         self._challenge: Challenge | None = None
+        ssl: ssl_module.SSLContext | bool = True
+        if not config.tls_verify:
+            ssl = False
+        elif config.ca_file is not None:
+            ssl = ssl_module.create_default_context(cafile=str(config.ca_file))
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
@@ -65,11 +104,13 @@ class Upstream:
             # Blobs are stored and verified byte for byte: never decode them.
             auto_decompress=False,
             headers={"User-Agent": USER_AGENT},
-            connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=60),
+            connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=60, ssl=ssl),
         )
 
     async def close(self) -> None:
         await self.tokens.close()
+        if self.credentials is not None:
+            await self.credentials.close()
         await self._session.close()
 
     async def request(
@@ -84,12 +125,22 @@ class Upstream:
 
         Raises UpstreamUnavailable when the upstream cannot be reached and
         Unauthorized when it refuses the credentials; any other status is returned.
+        A refused token is replaced once and the request retried, so a client never
+        sees an expiry.
         """
         base_headers = CIMultiDict(headers or {})
-        sent_token: str | None = None
-        for attempt in range(2):
-            auth, sent_token = await self._auth_header(scope)
+        for _attempt in range(3):
+            auth, sent_token, sent_basic = await self._auth_header(scope)
             resp = await self._send(method, self.url + path, base_headers, auth)
+            limit = parse_rate_limit(resp.headers, self._clock())
+            if limit is not None:
+                self.rate_limit = limit
+            if resp.status == 403 and sent_basic is not None and await _says_expired(resp):
+                # ECR: "Your authorization token has expired".
+                resp.release()
+                assert self.credentials is not None
+                await self.credentials.refresh(sent_basic)
+                continue
             if resp.status != 401:
                 return resp
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
@@ -102,8 +153,10 @@ class Upstream:
                     self.tokens.invalidate(self._token_key(scope), sent_token)
             elif challenge.scheme == "basic":
                 self._challenge = challenge
-                if self._basic is None or attempt > 0:
+                if self.credentials is None:
                     raise Unauthorized("upstream requires credentials that are not configured")
+                if sent_basic is not None and not await self.credentials.refresh(sent_basic):
+                    raise Unauthorized("upstream refused the configured credentials")
             else:
                 raise Unauthorized(f"upstream asks for unsupported auth {challenge.scheme!r}")
         raise Unauthorized("upstream refused the credentials")
@@ -112,21 +165,23 @@ class Upstream:
         params = self._challenge.params if self._challenge else {}
         return (params.get("realm", ""), params.get("service", ""), scope)
 
-    async def _auth_header(self, scope: str) -> tuple[str | None, str | None]:
+    async def _auth_header(self, scope: str) -> tuple[str | None, str | None, str | None]:
+        """(Authorization value, bearer token sent, Basic value sent)."""
         challenge = self._challenge
-        if challenge is None:
-            return None, None
-        if challenge.scheme == "basic":
-            return self._basic, None
+        creds = self.credentials
+        if challenge is None or challenge.scheme == "basic":
+            if creds is not None and (challenge is not None or creds.preemptive):
+                basic = await creds.header()
+                return basic, None, basic
+            return None, None, None
         key = self._token_key(scope)
+        login = await creds.header() if creds is not None else None
 
         async def fetch() -> Token:
-            return await fetch_bearer(
-                self._session, challenge, scope, self.url, self._basic, self._clock
-            )
+            return await fetch_bearer(self._session, challenge, scope, self.url, login, self._clock)
 
         token = await self.tokens.get(key, fetch)
-        return f"Bearer {token}", token
+        return f"Bearer {token}", token, None
 
     async def _send(
         self,
@@ -142,6 +197,7 @@ class Upstream:
             # authority; upstream credentials must not follow it.
             if auth and urlsplit(url).netloc == origin:
                 send_headers["Authorization"] = auth
+            self.requests_sent += 1
             try:
                 resp = await self._session.request(
                     method, url, headers=send_headers, allow_redirects=False
@@ -157,6 +213,14 @@ class Upstream:
                 continue
             return resp
         raise UpstreamUnavailable("upstream redirected too many times")
+
+
+async def _says_expired(resp: aiohttp.ClientResponse) -> bool:
+    try:
+        body = await resp.content.read(4096)
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+    return b"expired" in body.lower()
 
 
 def error_for_status(resp: aiohttp.ClientResponse, not_found: type[RegistryError]) -> RegistryError:

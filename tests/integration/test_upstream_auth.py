@@ -120,7 +120,7 @@ async def test_credentials_never_follow_a_redirect_to_another_host(tmp_path: Pat
     try:
         config = tmp_path / "c.toml"
         config.write_text(
-            f'[[upstream]]\nurl = "http://127.0.0.1:{reg_port}"\n'
+            f'presets = []\n[[upstream]]\nurl = "http://127.0.0.1:{reg_port}"\n'
             f'username = "{user}"\npassword = "{password}"\n'
         )
         async with (

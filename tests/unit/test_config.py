@@ -30,8 +30,9 @@ def test_precedence(tmp_path: Path) -> None:
     assert config.listen == "127.0.0.1:6000"  # file (flag was None: not given)
     assert config.tag_ttl == 7.0  # env beats file
     assert config.cache_dir == Path("/from/flag")  # flag beats env
-    up = config.upstream()
+    up = config.upstream("reg.example")
     assert (up.name, up.username, up.password) == ("reg.example", "u", "secret")
+    assert config.default_upstream == DOCKER_HUB  # the preset stays the default
     assert "secret" not in repr(config)
 
 
@@ -62,4 +63,43 @@ def test_bad_file(tmp_path: Path) -> None:
         load_config(file=file, env={})
     file.write_text("[[[")
     with pytest.raises(ConfigError):
+        load_config(file=file, env={})
+
+
+def test_presets_and_denied_hosts(tmp_path: Path) -> None:
+    config = load_config(env={})
+    assert config.upstream("ghcr.io").url == "https://ghcr.io"
+    assert config.upstream("registry-1.docker.io").name == DOCKER_HUB
+    assert config.upstream("index.docker.io").name == DOCKER_HUB
+    for host in ["evil.example.com", "123456789012.dkr.ecr.us-west-2.amazonaws.com"]:
+        with pytest.raises(KeyError):
+            config.upstream(host)
+    ecr = load_config(env={"CACHEPROXY_PRESETS": "docker.io,ecr"}).upstream(
+        "123456789012.dkr.ecr.eu-central-1.amazonaws.com"
+    )
+    assert (ecr.ecr, ecr.region) == (True, "eu-central-1")
+    with pytest.raises(ConfigError, match="presets"):
+        load_config(env={"CACHEPROXY_PRESETS": "nope.io"})
+
+
+def test_upstream_tables(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text(
+        'presets = []\n'
+        '[[upstream]]\nname = "registry.example.com"\nusername = "robot"\n'
+        'password_file = "/run/secrets/registry"\n'
+        '[[upstream]]\nname = "123456789012.dkr.ecr.us-west-2.amazonaws.com"\necr = true\n'
+        'aws_profile = "prod"\n'
+    )
+    config = load_config(file=file, env={})
+    first = config.upstream()
+    assert first.name == "registry.example.com"  # no Docker Hub: the first is the default
+    assert first.url == "https://registry.example.com"
+    assert str(first.password_file) == "/run/secrets/registry"
+    ecr = config.upstream("123456789012.dkr.ecr.us-west-2.amazonaws.com")
+    assert (ecr.ecr, ecr.region, ecr.aws_profile) == (True, "us-west-2", "prod")
+    with pytest.raises(KeyError):
+        config.upstream("docker.io")
+    file.write_text('[[upstream]]\nname = "x.example"\necr = "yes"\n')
+    with pytest.raises(ConfigError, match="ecr"):
         load_config(file=file, env={})

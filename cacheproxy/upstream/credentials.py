@@ -1,0 +1,275 @@
+"""Where an upstream's login comes from: config, a file, the environment, a Docker
+``config.json``, or AWS ECR's ``GetAuthorizationToken``.
+
+Secrets are read here and nowhere else, and never logged: every message names the
+source (a path, a variable name), never the value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from ..config import ConfigError, UpstreamConfig
+from ..errors import Unauthorized, UpstreamUnavailable
+from ..singleflight import SingleFlight
+from .auth import basic_header
+from .presets import DOCKER_HUB, ecr_host, normalize_host
+
+log = logging.getLogger(__name__)
+
+# ECR tokens live 12 hours; refresh at half-life, never more often than the floor
+# (moto, for one, answers with an expiry already in the past).
+ECR_REFRESH_SHARE = 0.5
+ECR_MIN_REFRESH = 60.0
+ECR_RETRY = 30.0
+
+
+class Credentials(Protocol):
+    """A source of ``Authorization: Basic`` values for one upstream."""
+
+    #: Send the credentials before the upstream asks (ECR always wants them).
+    preemptive: bool
+
+    async def header(self) -> str:
+        """The current ``Basic ...`` header value."""
+
+    async def refresh(self, stale: str) -> bool:
+        """Replace ``stale`` after the upstream refused it; False if nothing changes."""
+
+    async def close(self) -> None:
+        """Stop background work."""
+
+
+class StaticCredentials:
+    """A username and password that do not change while the proxy runs."""
+
+    preemptive = False
+
+    def __init__(self, username: str, password: str) -> None:
+        self._header = basic_header(username, password)
+
+    async def header(self) -> str:
+        return self._header
+
+    async def refresh(self, stale: str) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
+
+def docker_config_login(path: Path, host: str) -> tuple[str, str] | None:
+    """The (username, password) a Docker ``config.json`` holds for ``host``.
+
+    ``auths`` keys are hosts or URLs (``https://index.docker.io/v1/`` for Docker
+    Hub); an entry has ``auth`` (base64 of ``user:password``) or the two fields.
+    Credential helpers (``credsStore``) are not run.
+    """
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read docker config {path}: {exc}") from exc
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    wanted = normalize_host(host)
+    for key, entry in auths.items():
+        entry_host = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+        if normalize_host(entry_host) != wanted or not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("auth"), str) and entry["auth"]:
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: the auth entry for {key} is not base64") from exc
+            if sep:
+                return user, password
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return entry["username"], entry["password"]
+    return None
+
+
+def _docker_config_host(config: UpstreamConfig) -> str:
+    return "index.docker.io" if config.name == DOCKER_HUB else config.name
+
+
+def static_login(config: UpstreamConfig, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The configured username and password, from wherever the config points."""
+    if config.docker_config is not None:
+        found = docker_config_login(config.docker_config, _docker_config_host(config))
+        if found is None:
+            found = docker_config_login(config.docker_config, config.host)
+        if found is None:
+            log.warning("%s has no login for %s", config.docker_config, config.name)
+        return found
+    if config.username is None:
+        return None
+    if config.password is not None:
+        return config.username, config.password
+    if config.password_file is not None:
+        try:
+            return config.username, config.password_file.read_text().strip("\r\n")
+        except OSError as exc:
+            raise ConfigError(
+                f"upstream {config.name}: cannot read password_file {config.password_file}"
+            ) from exc
+    if config.password_env is not None:
+        if config.password_env not in env:
+            raise ConfigError(
+                f"upstream {config.name}: password_env {config.password_env} is not set"
+            )
+        return config.username, env[config.password_env]
+    return config.username, ""
+
+
+EcrClientFactory = Callable[[UpstreamConfig], Any]
+
+
+def boto3_ecr_client(config: UpstreamConfig) -> Any:
+    """An ECR client from boto3's default credential chain, a profile, or a role."""
+    import boto3
+
+    session = boto3.session.Session(profile_name=config.aws_profile, region_name=config.region)
+    if config.aws_role_arn:
+        creds = session.client("sts").assume_role(
+            RoleArn=config.aws_role_arn, RoleSessionName="cacheproxy"
+        )["Credentials"]
+        session = boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+            region_name=config.region,
+        )
+    return session.client("ecr")
+
+
+class EcrCredentials:
+    """ECR's 12-hour tokens, fetched in a thread and refreshed ahead of expiry.
+
+    Many requests needing a token at once cause one ``GetAuthorizationToken``;
+    a background task refreshes at half-life so no request waits on boto3.
+    """
+
+    preemptive = True
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        client_factory: EcrClientFactory = boto3_ecr_client,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        parsed = ecr_host(config.name)
+        self._registry_id = parsed.account if parsed else None
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._clock = clock
+        self._header: str | None = None
+        self.expires_at = 0.0
+        self.refresh_at = 0.0
+        self._flight: SingleFlight[str, str] = SingleFlight()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def calls(self) -> int:
+        """GetAuthorizationToken calls made so far."""
+        return self._flight.calls
+
+    async def header(self) -> str:
+        if self._header is None or self._clock() >= self.refresh_at:
+            return await self._flight.run("token", self._fetch)
+        return self._header
+
+    async def refresh(self, stale: str) -> bool:
+        if self._header == stale:
+            log.info("ECR token for %s refused; fetching a new one", self._config.name)
+            self._header = None
+            await self._flight.run("token", self._fetch)
+        return True
+
+    def start(self) -> None:
+        """Refresh in the background from now on (the owner calls close())."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresher(), name=f"ecr {self._config.name}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._flight.close()
+
+    async def _refresher(self) -> None:
+        while True:
+            delay = max(self.refresh_at - self._clock(), ECR_MIN_REFRESH)
+            await asyncio.sleep(delay)
+            try:
+                await self._flight.run("token", self._fetch)
+            except (Unauthorized, UpstreamUnavailable) as exc:
+                log.warning("ECR token refresh for %s failed: %s", self._config.name, exc)
+                self.refresh_at = self._clock() + ECR_RETRY
+
+    async def _fetch(self) -> str:
+        started = self._clock()
+        try:
+            data = await asyncio.to_thread(self._call)
+        except Exception as exc:  # botocore raises many kinds; none may escape raw
+            log.warning(
+                "ECR GetAuthorizationToken for %s failed: %s", self._config.name, type(exc).__name__
+            )
+            raise UpstreamUnavailable("cannot get an ECR authorization token") from exc
+        token = data.get("authorizationToken")
+        if not isinstance(token, str) or not token:
+            raise Unauthorized("ECR returned no authorization token")
+        expires = data.get("expiresAt")
+        if isinstance(expires, datetime.datetime):
+            expires_at = expires.timestamp()
+        elif isinstance(expires, int | float):
+            expires_at = float(expires)
+        else:
+            expires_at = started + 12 * 3600
+        lifetime = max(expires_at - started, 0.0)
+        self.expires_at = expires_at
+        self.refresh_at = started + max(lifetime * ECR_REFRESH_SHARE, ECR_MIN_REFRESH)
+        # The token is base64 of "AWS:<password>": exactly a Basic credential.
+        self._header = "Basic " + token
+        log.info(
+            "got ECR token for %s, valid %.0f s, refresh in %.0f s",
+            self._config.name,
+            lifetime,
+            self.refresh_at - started,
+        )
+        return self._header
+
+    def _call(self) -> dict[str, Any]:
+        if self._client is None:
+            self._client = self._client_factory(self._config)
+        kwargs = {"registryIds": [self._registry_id]} if self._registry_id else {}
+        answer = self._client.get_authorization_token(**kwargs)
+        entries = answer.get("authorizationData") or [{}]
+        return dict(entries[0])
+
+
+def credentials_for(
+    config: UpstreamConfig,
+    env: Mapping[str, str] | None = None,
+    ecr_client_factory: EcrClientFactory = boto3_ecr_client,
+) -> Credentials | None:
+    """The credential source an upstream's config asks for, or None (anonymous)."""
+    if config.ecr:
+        return EcrCredentials(config, ecr_client_factory)
+    login = static_login(config, os.environ if env is None else env)
+    if login is None:
+        return None
+    return StaticCredentials(*login)
