@@ -12,8 +12,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .config import Config
 from .fill import Fills
 from .http import handlers
-from .http.keys import PROXY
+from .http.keys import METRICS, PROXY
 from .http.middleware import oci_errors, stamp_headers
+from .metrics import Metrics
 from .proxy import Proxy
 from .store.blobs import BlobStore
 from .store.index import Index
@@ -60,6 +61,9 @@ def build_app(config: Config) -> web.Application:
     )
     app.on_response_prepare.append(stamp_headers)
     app.cleanup_ctx.append(_proxy_ctx(config))
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
     app.router.add_route("*", "/v2", handlers.v2)
     app.router.add_route("*", "/v2/{tail:.*}", handlers.v2)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)
@@ -75,6 +79,7 @@ def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
         upstreams = UpstreamPool(config)
         proxy = Proxy(config, store, index, fills, upstreams)
         app[PROXY] = proxy
+        app[METRICS] = Metrics(fills, upstreams)
         log.info(
             "cacheproxy listening on %s, cache %s, upstreams %s, presets %s, default %s",
             config.listen,

@@ -93,6 +93,15 @@ class Proxy:
         """The upstream for a registry host (None: the default); DENIED if unknown."""
         return self.upstreams.get(name)
 
+    async def check_ready(self) -> list[str]:
+        """What keeps the proxy from serving, if anything (for /readyz)."""
+        problems = []
+        if not await asyncio.to_thread(self.store.writable):
+            problems.append(f"cache directory {self.store.root} is not writable")
+        if not await self.index.ping():
+            problems.append("metadata index does not answer")
+        return problems
+
     async def close(self) -> None:
         await self._resolving.close()
         await self._fetching.close()

@@ -14,12 +14,13 @@ from aiohttp import web
 
 from ..errors import NotFound, RegistryError, Unsupported
 from ..fill import Fill
+from ..metrics import CONTENT_TYPE
 from ..oci import Route, parse_digest, parse_path, split_host, validate_name
 from ..proxy import Proxy
 from ..store.blobs import OpenBlob
 from ..upstream.client import Upstream
 from ..upstream.presets import DOCKER_HUB
-from .keys import NAMESPACE, PROXY
+from .keys import METRICS, NAMESPACE, PROXY
 from .ranges import content_range, parse_range
 from .send import send_fd, send_fill
 
@@ -183,3 +184,22 @@ async def tags(request: web.Request, up: Upstream, route: Route) -> web.StreamRe
     page = await proxy.tags(up, route.name, dict(request.query))
     headers = {"Link": page.link} if page.link else {}
     return web.Response(body=page.body, content_type=page.content_type, headers=headers)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """The process is alive and its loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Ready to serve: the cache directory is writable and the index answers."""
+    proxy = request.app[PROXY]
+    problems = await proxy.check_ready()
+    if problems:
+        return web.json_response({"status": "unready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..metrics import Metrics
 from ..proxy import Proxy
 
 PROXY = web.AppKey("proxy", Proxy)
+METRICS = web.AppKey("metrics", Metrics)
 # The ``ns`` a request named, echoed back as ``OCI-Namespace``.
 NAMESPACE = web.RequestKey("namespace", str)

@@ -107,6 +107,16 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
+    def writable(self) -> bool:
+        """Whether a temp file can be created and removed (blocking)."""
+        try:
+            probe = self.tmp_dir / f".probe-{secrets.token_hex(4)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
+            return False
+        return True
+
     def discard(self, tmp_path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

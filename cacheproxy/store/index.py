@@ -71,5 +71,12 @@ class Index:
     async def set_manifest_type(self, digest: str, media_type: str) -> None:
         await self._call(self._cache.set, "manifest\0" + digest, media_type)
 
+    async def ping(self) -> bool:
+        try:
+            await self._call(self._cache.get, "ping")
+        except Exception:  # any SQLite failure means not ready
+            return False
+        return True
+
     def close(self) -> None:
         self._cache.close()

@@ -136,10 +136,23 @@ def static_login(config: UpstreamConfig, env: Mapping[str, str]) -> tuple[str, s
 EcrClientFactory = Callable[[UpstreamConfig], Any]
 
 
+def quiet_aws_logs() -> None:
+    """Keep boto3/botocore from logging request and response bodies.
+
+    At DEBUG botocore logs whole responses, GetAuthorizationToken's token
+    included; no log level of the proxy's may leak a credential.
+    """
+    for name in ("botocore", "boto3", "urllib3"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 def boto3_ecr_client(config: UpstreamConfig) -> Any:
     """An ECR client from boto3's default credential chain, a profile, or a role."""
     import boto3
 
+    quiet_aws_logs()
     session = boto3.session.Session(profile_name=config.aws_profile, region_name=config.region)
     if config.aws_role_arn:
         creds = session.client("sts").assume_role(

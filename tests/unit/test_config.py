@@ -85,7 +85,7 @@ def test_presets_and_denied_hosts(tmp_path: Path) -> None:
 def test_upstream_tables(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
     file.write_text(
-        'presets = []\n'
+        "presets = []\n"
         '[[upstream]]\nname = "registry.example.com"\nusername = "robot"\n'
         'password_file = "/run/secrets/registry"\n'
         '[[upstream]]\nname = "123456789012.dkr.ecr.us-west-2.amazonaws.com"\necr = true\n'

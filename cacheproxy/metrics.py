@@ -1,0 +1,85 @@
+"""Prometheus metrics, in a registry of the proxy's own (never the global one).
+
+Values are read from the objects that own them when Prometheus scrapes, so the
+serving path does no metrics work beyond the counters it already keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .fill import Fills
+from .upstream.pool import UpstreamPool
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ProxyCollector(Collector):
+    """Fills and upstreams, as they are at scrape time."""
+
+    def __init__(self, fills: Fills, upstreams: UpstreamPool) -> None:
+        self._fills = fills
+        self._upstreams = upstreams
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._fills.stats
+        yield CounterMetricFamily(
+            "cacheproxy_upstream_blob_gets", "Blob GETs sent upstream", stats.upstream_gets
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_upstream_blob_bytes",
+            "Blob bytes received from upstream",
+            stats.upstream_bytes,
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_fills_completed", "Blobs fetched, verified and cached", stats.completed
+        )
+        yield CounterMetricFamily("cacheproxy_fills_failed", "Blob fills that failed", stats.failed)
+        yield CounterMetricFamily(
+            "cacheproxy_fills_resumed", "Upstream bodies resumed with Range", stats.resumed
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_digest_mismatches",
+            "Upstream blobs discarded for a wrong digest",
+            stats.digest_mismatches,
+        )
+        yield GaugeMetricFamily(
+            "cacheproxy_fills_active", "Blob fills in progress", self._fills.active
+        )
+        requests = CounterMetricFamily(
+            "cacheproxy_upstream_requests", "HTTP requests sent upstream", labels=["upstream"]
+        )
+        limit = GaugeMetricFamily(
+            "cacheproxy_upstream_ratelimit_limit",
+            "Upstream pull limit (ratelimit-limit)",
+            labels=["upstream", "window_seconds"],
+        )
+        remaining = GaugeMetricFamily(
+            "cacheproxy_upstream_ratelimit_remaining",
+            "Pulls left in the window (ratelimit-remaining)",
+            labels=["upstream", "window_seconds"],
+        )
+        for up in self._upstreams.all():
+            requests.add_metric([up.name], up.requests_sent)
+            if up.rate_limit is not None:
+                window = str(up.rate_limit.window or "")
+                limit.add_metric([up.name, window], up.rate_limit.limit)
+                remaining.add_metric([up.name, window], up.rate_limit.remaining)
+        yield requests
+        yield limit
+        yield remaining
+
+
+class Metrics:
+    """The proxy's metrics registry."""
+
+    def __init__(self, fills: Fills, upstreams: UpstreamPool) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ProxyCollector(fills, upstreams))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
