@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
+from .accounting import Accounting, NullAccounting
 from .errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
 from .oci import Digest
 from .store.blobs import BlobStore
@@ -62,9 +63,15 @@ class FillStats:
 class Fill:
     """The download of one blob into the cache."""
 
-    def __init__(self, digest: Digest, store: BlobStore) -> None:
+    def __init__(
+        self, digest: Digest, store: BlobStore, upstream: str = "", repo: str = ""
+    ) -> None:
         self.digest = digest
         self.store = store
+        # Who asked first: the ledger charges the transfer to this upstream and repo.
+        self.upstream = upstream
+        self.repo = repo
+        self.received = 0
         self.size: int | None = None
         self.written = 0
         self.state = State.STARTING
@@ -128,13 +135,14 @@ class Fill:
 
     # --- writer side ---------------------------------------------------------
 
-    async def run(self, opener: Opener, stats: FillStats) -> None:
+    async def run(self, opener: Opener, stats: FillStats, accounting: Accounting) -> None:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         try:
             await self._fetch(opener, stats)
             await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
             self.state = State.DONE
             stats.completed += 1
+            accounting.stored(self.upstream, self.repo, self.written)
             log.info("cached %s (%d bytes)", self.digest, self.written)
         except asyncio.CancelledError:
             self._fail(UpstreamUnavailable("proxy shutting down"))
@@ -148,6 +156,8 @@ class Fill:
             stats.failed += 1
         finally:
             os.close(self._fd)
+            if self.received:
+                accounting.fetched(self.upstream, self.repo, "blob", self.received)
             self._notify()
 
     def _fail(self, exc: RegistryError) -> None:
@@ -220,6 +230,7 @@ class Fill:
                 total += len(more)
             data = b"".join(parts) if len(parts) > 1 else chunk
             stats.upstream_bytes += len(data)
+            self.received += len(data)
             if skip:
                 cut = min(skip, len(data))
                 data, skip = data[cut:], skip - cut
@@ -279,8 +290,9 @@ def _parse_content_range(value: str) -> tuple[int | None, int | None]:
 class Fills:
     """The registry of running fills: at most one per digest, owned here."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, accounting: Accounting | None = None) -> None:
         self.store = store
+        self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -288,28 +300,31 @@ class Fills:
     def get(self, digest: Digest) -> Fill | None:
         return self._fills.get(str(digest))
 
-    def join_or_start(self, digest: Digest, opener: Opener) -> Fill | None:
-        """The running fill of ``digest``, or a new one; None when the blob is complete.
+    def join_or_start(
+        self, digest: Digest, opener: Opener, upstream: str = "", repo: str = ""
+    ) -> tuple[Fill | None, bool]:
+        """The running fill of ``digest`` or a new one, and whether this call started it.
 
-        No await happens between the check of the store and the registration of a
-        new fill, so two requests can never both start one.
+        (None, False) when the blob is complete. No await happens between the check
+        of the store and the registration of a new fill, so two requests can never
+        both start one.
         """
         key = str(digest)
         fill = self._fills.get(key)
         if fill is not None:
-            return fill
+            return fill, False
         if self.store.exists(digest):
-            return None
-        fill = Fill(digest, self.store)
+            return None, False
+        fill = Fill(digest, self.store, upstream, repo)
         self._fills[key] = fill
         task = asyncio.create_task(self._run(fill, opener), name=f"fill {key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return fill
+        return fill, True
 
     async def _run(self, fill: Fill, opener: Opener) -> None:
         try:
-            await fill.run(opener, self.stats)
+            await fill.run(opener, self.stats, self.accounting)
         finally:
             if self._fills.get(str(fill.digest)) is fill:
                 del self._fills[str(fill.digest)]

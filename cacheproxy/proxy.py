@@ -17,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
+from .accounting import Accounting, NullAccounting, Source
 from .config import Config
 from .errors import (
     BadRequest,
@@ -55,6 +56,8 @@ class Manifest:
     media_type: str
     size: int
     body: bytes | None
+    # "upstream" when this request's own upstream GET brought the body, else "cache".
+    source: Source = "cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class Proxy:
         fills: Fills,
         upstreams: UpstreamPool,
         clock: Callable[[], float] = time.time,
+        accounting: Accounting | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -86,7 +90,8 @@ class Proxy:
         self.fills = fills
         self.upstreams = upstreams
         self._clock = clock
-        self._resolving: SingleFlight[TagKey, TagEntry] = SingleFlight()
+        self.accounting: Accounting = accounting or NullAccounting()
+        self._resolving: SingleFlight[TagKey, tuple[TagEntry, bool]] = SingleFlight()
         self._fetching: SingleFlight[str, bytes] = SingleFlight()
 
     def upstream(self, name: str | None = None) -> Upstream:
@@ -117,11 +122,13 @@ class Proxy:
         if ":" in reference:
             return await self._by_digest(up, name, parse_digest(reference), admitted, want_body)
         key = TagKey(up.name, name, reference, admitted)
-        entry = await self._tag_entry(up, key, want_body)
-        body = (
-            await self._manifest_body(up, name, parse_digest(entry.digest)) if want_body else None
-        )
-        return Manifest(entry.digest, entry.media_type, entry.size, body)
+        entry, fetched = await self._tag_entry(up, key, want_body)
+        body = None
+        if want_body:
+            body, fetched_body = await self._manifest_body(up, name, parse_digest(entry.digest))
+            fetched = fetched or fetched_body
+        source: Source = "upstream" if fetched else "cache"
+        return Manifest(entry.digest, entry.media_type, entry.size, body, source)
 
     async def _by_digest(
         self,
@@ -131,7 +138,7 @@ class Proxy:
         admitted: tuple[str, ...],
         want_body: bool,
     ) -> Manifest:
-        body = await self._manifest_body(up, name, digest)
+        body, fetched = await self._manifest_body(up, name, digest)
         media_type = await self.index.get_manifest_type(str(digest))
         if media_type is None:
             media_type = manifest_media_type(body, None)
@@ -140,13 +147,16 @@ class Proxy:
             raise ManifestUnknown(
                 f"manifest is {media_type}, which the request's Accept does not admit"
             )
-        return Manifest(str(digest), media_type, len(body), body if want_body else None)
+        source: Source = "upstream" if fetched else "cache"
+        body_out = body if want_body else None
+        return Manifest(str(digest), media_type, len(body), body_out, source)
 
-    async def _manifest_body(self, up: Upstream, name: str, digest: Digest) -> bytes:
+    async def _manifest_body(self, up: Upstream, name: str, digest: Digest) -> tuple[bytes, bool]:
+        """The manifest's bytes, and whether this call's own upstream GET fetched them."""
         body = await asyncio.to_thread(self.store.read, digest)
         if body is not None:
-            return body
-        return await self._fetching.run(
+            return body, False
+        return await self._fetching.run_leading(
             str(digest), lambda: self._fetch_manifest_by_digest(up, name, digest)
         )
 
@@ -164,10 +174,13 @@ class Proxy:
             header_type = resp.headers.get("Content-Type")
         if digest_of(body, digest.algorithm) != digest:
             raise UpstreamBadContent("upstream manifest does not match its digest")
-        await self._keep_manifest(digest, body, manifest_media_type(body, header_type))
+        await self._keep_manifest(up, name, digest, body, manifest_media_type(body, header_type))
         return body
 
-    async def _keep_manifest(self, digest: Digest, body: bytes, media_type: str) -> None:
+    async def _keep_manifest(
+        self, up: Upstream, name: str, digest: Digest, body: bytes, media_type: str
+    ) -> None:
+        self.accounting.fetched(up.name, name, "manifest", len(body))
         await asyncio.to_thread(self.store.put, digest, body)
         await self.index.set_manifest_type(str(digest), media_type)
 
@@ -188,18 +201,23 @@ class Proxy:
             raise UpstreamBadContent("upstream manifest exceeds the size limit")
         return body
 
-    async def _tag_entry(self, up: Upstream, key: TagKey, want_body: bool) -> TagEntry:
+    async def _tag_entry(self, up: Upstream, key: TagKey, want_body: bool) -> tuple[TagEntry, bool]:
+        """The tag's entry, and whether this call's own upstream GET fetched its body."""
         entry = await self.index.get_tag(key)
         now = self._clock()
         if entry is not None and now - entry.checked_at < self.config.tag_ttl:
-            return entry
-        return await self._resolving.run(key, lambda: self._revalidate(up, key, entry, want_body))
+            return entry, False
+        (fresh, fetched), leader = await self._resolving.run_leading(
+            key, lambda: self._revalidate(up, key, entry, want_body)
+        )
+        return fresh, fetched and leader
 
     async def _revalidate(
         self, up: Upstream, key: TagKey, entry: TagEntry | None, want_body: bool
-    ) -> TagEntry:
+    ) -> tuple[TagEntry, bool]:
         """Ask upstream what the tag names now: HEAD when we know a digest (Docker Hub
-        does not count a HEAD as a pull), GET when we know nothing and need the body."""
+        does not count a HEAD as a pull), GET when we know nothing and need the body.
+        The flag says whether a GET brought the body."""
         try:
             if entry is not None or not want_body:
                 fresh = await self._head_tag(up, key)
@@ -207,7 +225,7 @@ class Proxy:
                     if entry is not None and fresh.digest == entry.digest:
                         fresh = replace(entry, checked_at=fresh.checked_at)
                     await self.index.set_tag(key, fresh)
-                    return fresh
+                    return fresh, False
             fresh = await self._get_tag(up, key)
         except (UpstreamUnavailable, TooManyRequests) as exc:
             if entry is not None and self._clock() - entry.checked_at < (
@@ -220,10 +238,10 @@ class Proxy:
                     key.tag,
                     exc.message,
                 )
-                return entry
+                return entry, False
             raise
         await self.index.set_tag(key, fresh)
-        return fresh
+        return fresh, True
 
     async def _head_tag(self, up: Upstream, key: TagKey) -> TagEntry | None:
         """HEAD the tag upstream; None when the answer lacks what a TagEntry needs."""
@@ -274,16 +292,17 @@ class Proxy:
             raise ManifestUnknown(
                 f"upstream holds a {media_type} for this tag, which the Accept does not admit"
             )
-        await self._keep_manifest(digest, body, media_type)
+        await self._keep_manifest(up, key.name, digest, body, media_type)
         return TagEntry(str(digest), media_type, len(body), self._clock())
 
     # --- blobs -----------------------------------------------------------------
 
-    def open_blob(self, up: Upstream, name: str, digest: Digest) -> OpenBlob | Fill:
-        """A complete cached blob, or the fill that is bringing it in (joined or new)."""
+    def open_blob(self, up: Upstream, name: str, digest: Digest) -> tuple[OpenBlob | Fill, Source]:
+        """A complete cached blob, or the fill bringing it in (joined or new), and
+        where the client's bytes come from ("upstream" only for the fill's starter)."""
         blob = self.store.open(digest)
         if blob is not None:
-            return blob
+            return blob, "cache"
 
         async def opener(offset: int) -> aiohttp.ClientResponse:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -296,13 +315,13 @@ class Proxy:
                 raise err
             return resp
 
-        fill = self.fills.join_or_start(digest, opener)
+        fill, started = self.fills.join_or_start(digest, opener, up.name, name)
         if fill is None:  # completed between the two checks
             blob = self.store.open(digest)
             if blob is None:
                 raise BlobUnknown()
-            return blob
-        return fill
+            return blob, "cache"
+        return fill, "upstream" if started else "cache"
 
     async def blob_size(self, up: Upstream, name: str, digest: Digest) -> int:
         """The size of a blob for HEAD, without starting a fill."""

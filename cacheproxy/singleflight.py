@@ -22,13 +22,18 @@ class SingleFlight(Generic[K, V]):
         self.calls = 0
 
     async def run(self, key: K, fn: Callable[[], Awaitable[V]]) -> V:
+        return (await self.run_leading(key, fn))[0]
+
+    async def run_leading(self, key: K, fn: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
+        """Like :meth:`run`; the flag says whether this caller started the call."""
         task = self._inflight.get(key)
+        leader = task is None
         if task is None:
             self.calls += 1
             task = asyncio.ensure_future(fn())
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._forget(key, t))
-        return await asyncio.shield(task)
+        return await asyncio.shield(task), leader
 
     def _forget(self, key: K, task: asyncio.Task[V]) -> None:
         if self._inflight.get(key) is task:

@@ -22,7 +22,7 @@ from ..upstream.client import Upstream
 from ..upstream.presets import DOCKER_HUB
 from .keys import METRICS, NAMESPACE, PROXY
 from .ranges import content_range, parse_range
-from .send import send_fd, send_fill
+from .send import Progress, send_fd, send_fill
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ async def manifest(request: web.Request, up: Upstream, route: Route) -> web.Stre
         # HEAD: the length of the body a GET would carry (RFC 9110 section 9.3.2).
         headers["Content-Length"] = str(answer.size)
         return web.Response(status=200, headers=headers)
+    proxy.accounting.served(up.name, route.name, "manifest", answer.source, answer.size)
     return web.Response(status=200, body=answer.body, headers=headers)
 
 
@@ -109,13 +110,18 @@ async def blob(request: web.Request, up: Upstream, route: Route) -> web.StreamRe
         headers = blob_headers(str(digest))
         headers["Content-Length"] = str(size)
         return web.Response(status=200, headers=headers)
-    source = proxy.open_blob(up, route.name, digest)
-    if isinstance(source, OpenBlob):
-        try:
-            return await _send_complete(request, source, str(digest))
-        finally:
-            os.close(source.fd)
-    return await _send_filling(request, source, str(digest))
+    found, origin = proxy.open_blob(up, route.name, digest)
+    progress = Progress()
+    try:
+        if isinstance(found, OpenBlob):
+            try:
+                return await _send_complete(request, found, str(digest), progress)
+            finally:
+                os.close(found.fd)
+        return await _send_filling(request, found, str(digest), progress)
+    finally:
+        if progress.sent:
+            proxy.accounting.served(up.name, route.name, "blob", origin, progress.sent)
 
 
 def _plan(request: web.Request, size: int) -> tuple[int, int, int]:
@@ -135,17 +141,22 @@ def _response(status: int, digest: str, start: int, end: int, size: int) -> web.
     return resp
 
 
-async def _send_complete(request: web.Request, blob: OpenBlob, digest: str) -> web.StreamResponse:
+async def _send_complete(
+    request: web.Request, blob: OpenBlob, digest: str, progress: Progress
+) -> web.StreamResponse:
     status, start, end = _plan(request, blob.size)
     resp = _response(status, digest, start, end, blob.size)
     await resp.prepare(request)
     with contextlib.suppress(ConnectionError):  # the client went away: nothing to do
         await send_fd(request, resp, blob.fd, start, end - start + 1)
+        progress.sent = end - start + 1
     # aiohttp finishes a returned response (write_eof), quietly if the client is gone.
     return resp
 
 
-async def _send_filling(request: web.Request, fill: Fill, digest: str) -> web.StreamResponse:
+async def _send_filling(
+    request: web.Request, fill: Fill, digest: str, progress: Progress
+) -> web.StreamResponse:
     await fill.started()
     size = fill.size
     if size is None:
@@ -157,18 +168,24 @@ async def _send_filling(request: web.Request, fill: Fill, digest: str) -> web.St
         else:
             resp = web.StreamResponse(status=200, headers=blob_headers(digest))
             resp.enable_chunked_encoding()
-            return await _stream(request, resp, fill, 0, None)
+            return await _stream(request, resp, fill, 0, None, progress)
     assert size is not None
     status, start, end = _plan(request, size)
-    return await _stream(request, _response(status, digest, start, end, size), fill, start, end)
+    resp = _response(status, digest, start, end, size)
+    return await _stream(request, resp, fill, start, end, progress)
 
 
 async def _stream(
-    request: web.Request, resp: web.StreamResponse, fill: Fill, start: int, end: int | None
+    request: web.Request,
+    resp: web.StreamResponse,
+    fill: Fill,
+    start: int,
+    end: int | None,
+    progress: Progress,
 ) -> web.StreamResponse:
     await resp.prepare(request)
     try:
-        await send_fill(resp, fill, start, end)
+        await send_fill(resp, fill, start, end, progress)
     except ConnectionError:
         pass  # the client went away; the fill goes on without it
     except RegistryError as err:

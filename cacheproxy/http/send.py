@@ -21,7 +21,10 @@ CHUNK = 1024 * 1024
 async def send_fd(
     request: web.BaseRequest, resp: web.StreamResponse, fd: int, offset: int, count: int
 ) -> None:
-    """Send ``count`` bytes of ``fd`` from ``offset``; ``resp`` is prepared."""
+    """Send ``count`` bytes of ``fd`` from ``offset``; ``resp`` is prepared.
+
+    Raises ConnectionError when the client goes away.
+    """
     if count <= 0:
         return
     loop = asyncio.get_running_loop()
@@ -45,7 +48,15 @@ async def send_fd(
         offset += len(chunk)
 
 
-async def send_fill(resp: web.StreamResponse, fill: Fill, start: int, end: int | None) -> None:
+class Progress:
+    """Bytes handed to the client so far (for the ledger, also after an error)."""
+
+    sent = 0
+
+
+async def send_fill(
+    resp: web.StreamResponse, fill: Fill, start: int, end: int | None, progress: Progress
+) -> None:
     """Send bytes ``start..end`` (inclusive; None: to the end) of a blob being filled.
 
     Raises the fill's error when it fails: the caller must then abort the
@@ -65,5 +76,6 @@ async def send_fill(resp: web.StreamResponse, fill: Fill, start: int, end: int |
                     raise OSError("blob file shorter than its fill")
                 await resp.write(chunk)
                 pos += len(chunk)
+                progress.sent += len(chunk)
     finally:
         os.close(fd)
