@@ -115,6 +115,8 @@ class Forwarder:
         self.port = port or 0
         self.throttle_bps = throttle_bps
         self.requests: list[tuple[str, str]] = []
+        #: ``(method, path_qs, body bytes sent)`` for every response body forwarded.
+        self.bodies: list[tuple[str, str, int]] = []
         self._faults: list[Fault] = []
         # Stall faults currently holding a response (a once-fault is no longer in _faults).
         self._stalling: list[Fault] = []
@@ -137,6 +139,12 @@ class Forwarder:
         """Number of requests so far with *method* (None: any) whose path contains the text."""
         return sum(
             1 for m, p in self.requests if (method is None or m == method) and path_substring in p
+        )
+
+    def body_bytes(self, method: str | None = None, path_substring: str = "") -> int:
+        """Response body bytes sent so far for requests like :meth:`count` selects."""
+        return sum(
+            n for m, p, n in self.bodies if (method is None or m == method) and path_substring in p
         )
 
     def set_fault(self, fault: Fault) -> Fault:
@@ -278,19 +286,22 @@ class Forwarder:
     ) -> None:
         pacer = _Pacer(self)
         sent = 0
-        async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
-            for piece in pacer.split(chunk):
-                end = sent + len(piece)
-                if fault is not None and sent <= fault.offset < end:
-                    at = fault.offset - sent
-                    if not await self._apply_body_fault(request, resp, fault, piece, at):
-                        upstream.close()
-                        return
-                else:
-                    await resp.write(piece)
-                sent = end
-                await pacer.pace(len(piece))
-        await resp.write_eof()
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
+                for piece in pacer.split(chunk):
+                    end = sent + len(piece)
+                    if fault is not None and sent <= fault.offset < end:
+                        at = fault.offset - sent
+                        if not await self._apply_body_fault(request, resp, fault, piece, at):
+                            upstream.close()
+                            return
+                    else:
+                        await resp.write(piece)
+                    sent = end
+                    await pacer.pace(len(piece))
+            await resp.write_eof()
+        finally:
+            self.bodies.append((request.method, request.path_qs, sent))
 
     async def _apply_body_fault(
         self,

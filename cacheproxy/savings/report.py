@@ -1,0 +1,268 @@
+"""What the cache saved over a range of days: bytes, pulls and dollars.
+
+Dollars are priced per upstream and per UTC calendar month, on the month's
+cumulative volume: for each day, the saving so far this month is
+``cost(fetched + avoided) - cost(fetched)`` (tiers.saved), and a range's saving is
+the difference of that running figure between its last day and the day before its
+first. A range that starts mid-month is therefore priced at the tier position the
+month had really reached, and a month that crosses a band boundary is priced in
+parts. A repository's share of an upstream's saving is in proportion to the bytes
+it avoided.
+
+``build`` is pure; ``read`` does the (blocking) database reads for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, UpstreamConfig
+from ..upstream.presets import ecr_host
+from . import store
+from .prices import Price, Pricing
+from .store import Counts
+from .tiers import ZERO, cost, saved
+
+
+@dataclass
+class Line:
+    """Counters and dollars for one upstream, one repository, one day, or the total."""
+
+    counts: Counts = field(default_factory=Counts)
+    saved_usd: Decimal = ZERO
+    # What the upstream transfers the proxy did make cost (upstreams only).
+    cost_usd: Decimal = ZERO
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.counts
+        return {
+            "bytes_served": c.served,
+            "bytes_from_cache": c.served_cache,
+            "bytes_from_peers": c.served_peer,
+            "bytes_from_upstream": c.served_upstream,
+            "bytes_avoided": c.avoided,
+            "hit_ratio": round(c.hit_ratio, 6),
+            "blobs_served": c.blobs_served,
+            "manifests_served": c.manifests_served,
+            "pulls_avoided": c.pulls_avoided,
+            "upstream_requests": c.upstream_requests,
+            "upstream_bytes": c.upstream_bytes,
+            "blobs_stored": c.stored_blobs,
+            "bytes_stored": c.stored_bytes,
+            "saved_usd": usd(self.saved_usd),
+            "cost_usd": usd(self.cost_usd),
+        }
+
+
+@dataclass
+class UpstreamLine(Line):
+    """An upstream's line, with the price that was applied to it."""
+
+    name: str = ""
+    price: Price | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"upstream": self.name, **super().to_json()}
+        if self.price is not None:
+            out["pricing"] = price_json(self.price)
+            limit = self.price.limit
+            if limit is not None:
+                out["limit_windows_avoided"] = round(self.counts.pulls_avoided / limit.pulls, 3)
+        return out
+
+
+@dataclass
+class Report:
+    """The savings over [since, until] (UTC days, inclusive)."""
+
+    since: dt.date
+    until: dt.date
+    origin: str
+    total: Line
+    upstreams: list[UpstreamLine]
+    repositories: list[tuple[str, str, Line]]
+    days: list[tuple[dt.date, Line]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "pricing": self.origin,
+            "totals": self.total.to_json(),
+            "upstreams": [u.to_json() for u in self.upstreams],
+            "repositories": [
+                {"upstream": up, "repository": repo, **line.to_json()}
+                for up, repo, line in self.repositories
+            ],
+            "days": [{"day": d.isoformat(), **line.to_json()} for d, line in self.days],
+        }
+
+
+def usd(value: Decimal) -> float:
+    """Dollars for JSON: a number, to a hundredth of a cent."""
+    return float(value.quantize(Decimal("0.0001")))
+
+
+def price_json(price: Price) -> dict[str, Any]:
+    """Where an upstream's price comes from, for humans and machines."""
+    return {
+        "registry": price.registry.title,
+        "network_path": price.network_path,
+        "region": price.region,
+        "charges": [
+            {
+                "id": a.charge.id,
+                "title": a.charge.title,
+                "region": a.region,
+                "region_fallback": a.fallback,
+                "source": a.charge.source,
+                "read": a.charge.read,
+            }
+            for a in price.charges
+        ],
+        "limit": None
+        if price.limit is None
+        else {
+            "pulls": price.limit.pulls,
+            "window_seconds": price.limit.window_seconds,
+            "per": price.limit.per,
+            "title": price.limit.title,
+            "source": price.limit.source,
+            "read": price.limit.read,
+        },
+    }
+
+
+def parse_day(text: str, *, end: bool = False) -> dt.date:
+    """``YYYY-MM-DD``, or ``YYYY-MM`` (its first day, or its last with ``end``)."""
+    try:
+        if len(text) == 7:
+            first = dt.date.fromisoformat(text + "-01")
+            return _month_end(first) if end else first
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"expected a date YYYY-MM-DD or a month YYYY-MM, got {text!r}") from None
+
+
+def _month_end(day: dt.date) -> dt.date:
+    nxt = (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    return nxt - dt.timedelta(days=1)
+
+
+def upstream_settings(config: Config, name: str) -> UpstreamConfig:
+    """The settings an upstream in the ledger has now (defaults if no longer configured)."""
+    try:
+        return config.upstream(name)
+    except KeyError:
+        ecr = ecr_host(name)
+        return UpstreamConfig(name, f"https://{name}", region=ecr.region if ecr else None)
+
+
+def build(
+    since: dt.date,
+    until: dt.date,
+    daily: Mapping[tuple[str, str], Counts],
+    repos: Mapping[tuple[str, str], Counts],
+    prices: Mapping[str, Price],
+    origin: str = "",
+    top: int = 10,
+) -> Report:
+    """The report from per-(day, upstream) rows (which must reach back to the first of
+    ``since``'s month, for the tiers) and per-(upstream, repository) rows over the range."""
+    total = Line()
+    by_day: dict[dt.date, Line] = {}
+    lines: dict[str, UpstreamLine] = {}
+    for name in sorted({up for _, up in daily}):
+        price = prices[name]
+        line = UpstreamLine(name=name, price=price)
+        rows = sorted((dt.date.fromisoformat(d), c) for (d, up), c in daily.items() if up == name)
+        for day, day_saved, day_cost, counts in _priced_days(rows, price, since, until):
+            # Only upstreams with traffic in the range get a line (rows before
+            # ``since`` are there for the month's tier position).
+            lines[name] = line
+            line.counts.add(counts)
+            line.saved_usd += day_saved
+            line.cost_usd += day_cost
+            slot = by_day.setdefault(day, Line())
+            slot.counts.add(counts)
+            slot.saved_usd += day_saved
+            slot.cost_usd += day_cost
+    for line in lines.values():
+        total.counts.add(line.counts)
+        total.saved_usd += line.saved_usd
+        total.cost_usd += line.cost_usd
+
+    repo_lines = []
+    for (up, repo), counts in repos.items():
+        parent = lines.get(up)
+        share = ZERO
+        if parent is not None and parent.counts.avoided:
+            share = parent.saved_usd * counts.avoided / parent.counts.avoided
+        repo_lines.append((up, repo, Line(counts, share)))
+    repo_lines.sort(key=lambda r: (-r[2].counts.avoided, -r[2].counts.served, r[0], r[1]))
+
+    upstream_list = sorted(lines.values(), key=lambda u: (-u.counts.served, u.name))
+    days = sorted(by_day.items())
+    return Report(since, until, origin, total, upstream_list, repo_lines[:top], days)
+
+
+def _priced_days(
+    rows: Iterable[tuple[dt.date, Counts]], price: Price, since: dt.date, until: dt.date
+) -> Iterable[tuple[dt.date, Decimal, Decimal, Counts]]:
+    """(day, saved, cost, counts) for each day in [since, until] that has counts.
+
+    Running month totals start again on each month's first day; days before
+    ``since`` only move the month's tier position.
+    """
+    month = None
+    fetched = avoided = 0
+    prev_saved = prev_cost = ZERO
+    schedules = price.schedules
+    for day, counts in rows:
+        if day > until:
+            break
+        if (day.year, day.month) != month:
+            month = (day.year, day.month)
+            fetched = avoided = 0
+            prev_saved = prev_cost = ZERO
+        fetched += counts.upstream_bytes
+        avoided += counts.avoided
+        now_saved = saved(schedules, fetched, avoided)
+        now_cost = sum((cost(s, fetched) for s in schedules), ZERO)
+        if day >= since:
+            yield day, now_saved - prev_saved, now_cost - prev_cost, counts
+        prev_saved, prev_cost = now_saved, now_cost
+
+
+def read(
+    config: Config,
+    pricing: Pricing,
+    since: dt.date,
+    until: dt.date,
+    top: int = 10,
+    path: Path | None = None,
+) -> Report:
+    """Read the ledger under the config's cache directory and build the report.
+
+    Blocks (SQLite): call it from a thread on an event loop. Safe while the server
+    runs: the ledger is in WAL mode and this only reads.
+    """
+    path = path or config.cache_dir / store.FILENAME
+    conn = store.open_reader(path)
+    daily: dict[tuple[str, str], Counts] = {}
+    repos: dict[tuple[str, str], Counts] = {}
+    if conn is not None:
+        try:
+            first = since.replace(day=1).isoformat()
+            daily = store.by_day(conn, first, until.isoformat())
+            repos = store.by_repo(conn, since.isoformat(), until.isoformat())
+        finally:
+            conn.close()
+    names = {up for _, up in daily}
+    prices = {name: pricing.price(upstream_settings(config, name)) for name in names}
+    return build(since, until, daily, repos, prices, pricing.origin, top)

@@ -1,0 +1,162 @@
+"""The ledger's durable form: one SQLite table of daily counters, added to in place.
+
+A row per (UTC day, upstream, repository); every flush adds its counts to the row
+with an upsert, so a flush is one short write transaction no matter how many
+requests it covers. The database runs in WAL mode: ``cacheproxy report`` (another
+process) reads it while the server writes. Every function here blocks: callers on
+the event loop run them in a thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+FILENAME = "ledger.db"
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class Counts:
+    """Counters for one (day, upstream, repository), or any sum of them."""
+
+    # Bytes clients got, by where they came from (accounting.Source).
+    served_cache: int = 0
+    served_peer: int = 0
+    served_upstream: int = 0
+    # GET answers with a body.
+    blobs_served: int = 0
+    manifests_served: int = 0
+    # Manifest GETs answered without an upstream GET: what Docker Hub counts as pulls.
+    pulls_avoided: int = 0
+    # Upstream GETs the proxy made (blob fills, manifest fetches) and their bytes.
+    upstream_requests: int = 0
+    upstream_bytes: int = 0
+    # Verified blobs added to the cache.
+    stored_blobs: int = 0
+    stored_bytes: int = 0
+
+    def add(self, other: Counts) -> None:
+        for name in FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def values(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) for name in FIELDS)
+
+    @property
+    def served(self) -> int:
+        """Every byte clients got."""
+        return self.served_cache + self.served_peer + self.served_upstream
+
+    @property
+    def avoided(self) -> int:
+        """Bytes clients got without this request causing an upstream transfer."""
+        return self.served_cache + self.served_peer
+
+    @property
+    def hit_ratio(self) -> float:
+        """Share of served bytes that did not come from upstream (0 when none served)."""
+        return self.avoided / self.served if self.served else 0.0
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Counts))
+# (day, upstream, repo) -> counts
+Key = tuple[str, str, str]
+
+_COLUMNS = ", ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in FIELDS)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS usage (
+    day TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    {_COLUMNS},
+    PRIMARY KEY (day, upstream, repo)
+) WITHOUT ROWID
+"""
+_UPSERT = (
+    f"INSERT INTO usage (day, upstream, repo, {', '.join(FIELDS)}) "
+    f"VALUES (?, ?, ?, {', '.join('?' for _ in FIELDS)}) "
+    "ON CONFLICT (day, upstream, repo) DO UPDATE SET "
+    + ", ".join(f"{name} = {name} + excluded.{name}" for name in FIELDS)
+)
+_SUMS = ", ".join(f"SUM({name})" for name in FIELDS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the ledger for writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One owner writes, from whichever worker thread runs its flush; flushes never
+    # overlap (the Ledger serialises them), so the thread check is not needed.
+    conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a commit survives a process crash; only a power loss can take
+    # back the last transactions, which the ledger tolerates by design.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    with conn:
+        conn.execute(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return conn
+
+
+def open_reader(path: Path) -> sqlite3.Connection | None:
+    """Open an existing ledger for reading (None if there is none yet).
+
+    ``mode=rw`` rather than ``ro``: a WAL reader must be able to create the shared
+    memory file when the server is not running, and the URI form never creates the
+    database itself.
+    """
+    if not path.is_file():
+        return None
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=10.0)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def add(conn: sqlite3.Connection, rows: Mapping[Key, Counts]) -> None:
+    """Add ``rows`` to the stored counters in one transaction."""
+    with conn:
+        conn.executemany(_UPSERT, ((*key, *counts.values()) for key, counts in rows.items()))
+
+
+def _counts(values: Iterable[int | None]) -> Counts:
+    return Counts(*(int(v or 0) for v in values))
+
+
+def _range(since: str | None, until: str | None) -> tuple[str, list[str]]:
+    where, args = [], []
+    if since is not None:
+        where.append("day >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("day <= ?")
+        args.append(until)
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
+def by_upstream(
+    conn: sqlite3.Connection, since: str | None = None, until: str | None = None
+) -> dict[str, Counts]:
+    """Counters per upstream for days in [since, until] (ISO dates, inclusive)."""
+    where, args = _range(since, until)
+    sql = f"SELECT upstream, {_SUMS} FROM usage{where} GROUP BY upstream"
+    return {row[0]: _counts(row[1:]) for row in conn.execute(sql, args)}
+
+
+def by_day(
+    conn: sqlite3.Connection, since: str | None = None, until: str | None = None
+) -> dict[tuple[str, str], Counts]:
+    """Counters per (day, upstream) for days in [since, until]."""
+    where, args = _range(since, until)
+    sql = f"SELECT day, upstream, {_SUMS} FROM usage{where} GROUP BY day, upstream"
+    return {(row[0], row[1]): _counts(row[2:]) for row in conn.execute(sql, args)}
+
+
+def by_repo(
+    conn: sqlite3.Connection, since: str | None = None, until: str | None = None
+) -> dict[tuple[str, str], Counts]:
+    """Counters per (upstream, repository) for days in [since, until]."""
+    where, args = _range(since, until)
+    sql = f"SELECT upstream, repo, {_SUMS} FROM usage{where} GROUP BY upstream, repo"
+    return {(row[0], row[1]): _counts(row[2:]) for row in conn.execute(sql, args)}
