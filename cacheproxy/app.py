@@ -11,12 +11,21 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import Config
 from .fill import Fills
-from .http import handlers
-from .http.keys import METRICS, PROXY
+from .http import handlers, peer
+from .http.keys import HOUSEKEEPER, METRICS, PROXY
 from .http.middleware import oci_errors, stamp_headers
-from .metrics import Metrics
+from .metrics import CacheCollector, Metrics
+from .peers.cluster import PREFIX as PEER_PREFIX
+from .peers.cluster import start_cluster
 from .proxy import Proxy
+from .savings import dashboard
+from .savings.ledger import Ledger
+from .savings.metrics import SavingsCollector
+from .savings.prices import load_pricing
+from .savings.service import Savings
+from .savings.store import FILENAME as LEDGER_FILE
 from .store.blobs import BlobStore
+from .store.housekeeping import Housekeeper
 from .store.index import Index
 from .upstream.pool import UpstreamPool
 
@@ -64,6 +73,10 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/dashboard", dashboard.page)
+    app.router.add_get("/dashboard/data", dashboard.data)
+    app.router.add_get(PEER_PREFIX + "/{tail:.*}", peer.peer_request)
+    app.router.add_get("/_cacheproxy/peers", peer.cluster_view)
     app.router.add_route("*", "/v2", handlers.v2)
     app.router.add_route("*", "/v2/{tail:.*}", handlers.v2)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)
@@ -75,11 +88,25 @@ def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
         store = BlobStore(config.cache_dir)
         await asyncio.to_thread(store.prepare)
         index = await asyncio.to_thread(Index, config.cache_dir / "index")
-        fills = Fills(store)
+        pricing = await asyncio.to_thread(load_pricing, config.pricing_file)
+        ledger = Ledger(
+            config.cache_dir / LEDGER_FILE, flush_interval=config.savings_flush_interval
+        )
+        fills = Fills(store, ledger)
         upstreams = UpstreamPool(config)
-        proxy = Proxy(config, store, index, fills, upstreams)
+        cluster = await start_cluster(config)
+        proxy = Proxy(config, store, index, fills, upstreams, cluster=cluster, accounting=ledger)
         app[PROXY] = proxy
+        housekeeper = Housekeeper(config, store, index, proxy.access)
+        app[HOUSEKEEPER] = housekeeper
+        fills.on_commit.append(housekeeper.poke)
+        await housekeeper.start()
+        proxy.access.start(index)
         app[METRICS] = Metrics(fills, upstreams)
+        app[METRICS].registry.register(CacheCollector(proxy, housekeeper))
+        savings = app[dashboard.SAVINGS] = Savings(config, pricing, ledger)
+        app[METRICS].registry.register(SavingsCollector(ledger, savings.price_of))
+        await ledger.start()
         log.info(
             "cacheproxy listening on %s, cache %s, upstreams %s, presets %s, default %s",
             config.listen,
@@ -91,10 +118,16 @@ def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
         try:
             yield
         finally:
+            await housekeeper.close()
             await fills.close()
             await proxy.close()
+            await proxy.access.close(index)
             await upstreams.close()
+            if cluster is not None:
+                await cluster.close()
             await asyncio.to_thread(index.close)
+            # Last: the fills and the proxy closing above may still report counts.
+            await ledger.close()
 
     return ctx
 

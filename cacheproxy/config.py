@@ -8,6 +8,7 @@ environment or a file for settings.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -24,6 +25,9 @@ from .upstream.presets import (
 )
 
 ENV_PREFIX = "CACHEPROXY_"
+# How a deployment reaches an upstream (UpstreamConfig.network_path).
+NETWORK_PATHS = ("internet", "nat-gateway", "cross-region", "same-region", "vpc-endpoint")
+_REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 class ConfigError(ValueError):
@@ -53,6 +57,10 @@ class UpstreamConfig:
     aws_role_arn: str | None = None
     tls_verify: bool = True
     ca_file: Path | None = None
+    # How this deployment reaches the registry, which decides the price of a byte
+    # (see cacheproxy/savings/prices.toml), and the region whose prices apply.
+    network_path: str = "internet"
+    price_region: str | None = None
 
     @property
     def host(self) -> str:
@@ -77,10 +85,47 @@ class Config:
     # Event loop: "uvloop", "asyncio" (kernel sendfile), or "auto".
     loop: str = "auto"
     log_level: str = "INFO"
+    # Savings: a pricing file replacing the packaged one, and how often the ledger
+    # writes its counters to disk (at most this many seconds are lost in a crash).
+    pricing_file: Path | None = None
+    savings_flush_interval: float = 2.0
     connect_timeout: float = 10.0
     # Seconds without a byte from upstream before a fill is given up.
     read_timeout: float = 60.0
     max_manifest_bytes: int = 4 * 1024 * 1024
+    # Cache size limit: bytes ("50GB", "20GiB") or a share of the disk ("80%").
+    max_size: str | None = None
+    # Below this much free disk space a miss is streamed through without caching.
+    min_free: str = "1GiB"
+    # Seconds between eviction checks (also run after a fill completes).
+    evict_interval: float = 30.0
+    # Content reachable from manifests used within this many seconds goes last.
+    hot_window: float = 24 * 3600.0
+    # Lifecycle rules ([lifecycle] table in TOML): pinned patterns, expiry, tag count.
+    keep: tuple[str, ...] = ()
+    expire_days: float | None = None
+    max_tags_per_repo: int | None = None
+    # Seconds between lifecycle runs in the server (0: never; `cacheproxy gc` still works).
+    gc_interval: float = 3600.0
+    # Serve only the cache; never dial an upstream.
+    offline: bool = False
+    # Peer-to-peer cluster mode (see cacheproxy/peers): static peer URLs, a DNS name
+    # re-resolved every few seconds ("name:port"), or a file of URLs re-read on change.
+    peers: tuple[str, ...] = ()
+    peers_dns: str | None = None
+    peers_file: Path | None = None
+    # This node's own URL as its peers reach it.
+    self_url: str | None = None
+    peer_secret_file: Path | None = None
+    # Seconds a peer that failed is avoided before it is tried again.
+    peer_backoff: float = 30.0
+    peer_connect_timeout: float = 1.0
+    # Seconds without a byte from a peer (first byte included) before it is skipped.
+    peer_read_timeout: float = 5.0
+
+    @property
+    def peer_mode(self) -> bool:
+        return bool(self.peers or self.peers_dns or self.peers_file)
 
     @property
     def host(self) -> str:
@@ -117,10 +162,32 @@ _SCALARS: dict[str, type] = {
     "max_stale": float,
     "loop": str,
     "log_level": str,
+    "pricing_file": Path,
+    "savings_flush_interval": float,
     "connect_timeout": float,
     "read_timeout": float,
     "max_manifest_bytes": int,
+    "max_size": str,
+    "min_free": str,
+    "evict_interval": float,
+    "hot_window": float,
+    "keep": tuple,
+    "expire_days": float,
+    "max_tags_per_repo": int,
+    "gc_interval": float,
+    "offline": bool,
+    "peers": tuple,
+    "peers_dns": str,
+    "peers_file": Path,
+    "self_url": str,
+    "peer_secret_file": Path,
+    "peer_backoff": float,
+    "peer_connect_timeout": float,
+    "peer_read_timeout": float,
 }
+
+
+_LIFECYCLE_KEYS = {"keep", "expire_days", "max_tags_per_repo", "gc_interval"}
 
 
 def default_cache_dir() -> Path:
@@ -159,6 +226,10 @@ def load_config(
     if path is not None:
         doc = _read_toml(path)
         upstreams = _upstreams_from_toml(doc.pop("upstream", None))
+        lifecycle = doc.pop("lifecycle", {})
+        if not isinstance(lifecycle, dict) or set(lifecycle) - _LIFECYCLE_KEYS:
+            raise ConfigError(f"[lifecycle]: known keys are {sorted(_LIFECYCLE_KEYS)}")
+        doc.update(lifecycle)
         for key, raw in doc.items():
             if key not in _SCALARS:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -236,6 +307,7 @@ def _upstreams_from_toml(raw: object) -> list[UpstreamConfig] | None:
             else:
                 values[key] = str(value)
         up = UpstreamConfig(**values)
+        _check_pricing_keys(up)
         if up.ecr and up.region is None:
             ecr = ecr_host(up.name)
             if ecr is None:
@@ -245,9 +317,30 @@ def _upstreams_from_toml(raw: object) -> list[UpstreamConfig] | None:
     return out
 
 
+def _check_pricing_keys(up: UpstreamConfig) -> None:
+    if up.network_path not in NETWORK_PATHS:
+        raise ConfigError(
+            f"upstream {up.name}: network_path must be one of {', '.join(NETWORK_PATHS)},"
+            f" got {up.network_path!r}"
+        )
+    if up.price_region is not None and not _REGION_RE.fullmatch(up.price_region):
+        raise ConfigError(
+            f"upstream {up.name}: price_region must be a region name such as us-west-2,"
+            f" got {up.price_region!r}"
+        )
+
+
 def _coerce(key: str, raw: Any) -> Any:
     kind = _SCALARS[key]
     try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
         if kind is tuple:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(i).strip() for i in items if str(i).strip())
@@ -264,9 +357,31 @@ def _check(config: Config) -> None:
         raise ConfigError(f"loop: expected auto, uvloop or asyncio, got {config.loop!r}")
     if config.tag_ttl < 0 or config.max_stale < 0:
         raise ConfigError("tag_ttl and max_stale must not be negative")
+    if not config.savings_flush_interval > 0:
+        raise ConfigError("savings_flush_interval must be positive")
+    from .store.maintenance import parse_size
+
+    for key in ("max_size", "min_free"):
+        value = getattr(config, key)
+        if value is not None:
+            try:
+                parse_size(value, 1)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
     unknown = set(config.presets) - set(ALL_PRESETS)
     if unknown:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")
+    if config.peer_mode:
+        if not config.self_url:
+            raise ConfigError("peer mode needs self_url (--self): this node's URL for its peers")
+        if config.peer_secret_file is None:
+            raise ConfigError("peer mode needs peer_secret_file: peers authenticate each other")
+        for url in (*config.peers, config.self_url):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"peers: expected an http(s) URL, got {url!r}")
+        if config.peers_dns is not None and not config.peers_dns.rpartition(":")[2].isdigit():
+            raise ConfigError("peers_dns: expected NAME:PORT")
     names = [u.name for u in config.upstreams]
     if len(names) != len(set(names)):
         raise ConfigError("upstream: two [[upstream]] tables share a name")

@@ -14,14 +14,15 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 
-from .accounting import Accounting, NullAccounting
+from .accounting import Accounting, NullAccounting, Source
 from .errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
 from .oci import Digest
 from .store.blobs import BlobStore
@@ -35,9 +36,19 @@ MAX_CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
 RESUME_BACKOFF = 0.5
 
-# Opens the upstream body at a byte offset (0: whole blob). Raises RegistryError
-# for an answer that is not the blob (404, 401, ...).
-Opener = Callable[[int], Awaitable[aiohttp.ClientResponse]]
+
+class BlobSource(Protocol):
+    """Where a fill gets its bytes: the upstream, or a peer chain ending upstream."""
+
+    #: "upstream" or "peer": what delivered (or is delivering) the bytes.
+    label: Source
+
+    async def open(self, offset: int) -> aiohttp.ClientResponse:
+        """The blob's body from ``offset`` (0: whole). Raises RegistryError for an
+        answer that is not the blob; opening again means the last body broke off."""
+
+    def blame(self) -> None:
+        """The bytes delivered failed verification."""
 
 
 class State(Enum):
@@ -52,6 +63,8 @@ class FillStats:
     """Counters the metrics and the tests read."""
 
     upstream_gets: int = 0
+    peer_gets: int = 0
+    peer_bytes: int = 0
     upstream_bytes: int = 0
     completed: int = 0
     failed: int = 0
@@ -79,6 +92,7 @@ class Fill:
         self.tmp_path, self._fd = store.new_temp(digest)
         self._changed = asyncio.Event()
         self._hasher = digest.hasher()
+        self._source: BlobSource | None = None
 
     # --- reader side ---------------------------------------------------------
 
@@ -135,10 +149,16 @@ class Fill:
 
     # --- writer side ---------------------------------------------------------
 
-    async def run(self, opener: Opener, stats: FillStats, accounting: Accounting) -> None:
+    @property
+    def origin(self) -> Source:
+        """Where this fill's bytes came from, once it has run."""
+        return self._source.label if self._source is not None else "upstream"
+
+    async def run(self, source: BlobSource, stats: FillStats, accounting: Accounting) -> None:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
+        self._source = source
         try:
-            await self._fetch(opener, stats)
+            await self._fetch(source, stats)
             await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
             self.state = State.DONE
             stats.completed += 1
@@ -156,7 +176,7 @@ class Fill:
             stats.failed += 1
         finally:
             os.close(self._fd)
-            if self.received:
+            if self.received and source.label == "upstream":
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
             self._notify()
 
@@ -166,16 +186,20 @@ class Fill:
         self.store.discard(self.tmp_path)
         log.warning("fill of %s failed: %s", self.digest, exc.message)
 
-    async def _fetch(self, opener: Opener, stats: FillStats) -> None:
+    async def _fetch(self, source: BlobSource, stats: FillStats) -> None:
         attempts = 0
         while True:
-            resp = await opener(self.written)
-            stats.upstream_gets += 1
-            key = str(self.digest)
-            stats.by_digest[key] = stats.by_digest.get(key, 0) + 1
+            resp = await source.open(self.written)
+            from_peer = source.label == "peer"
+            if from_peer:
+                stats.peer_gets += 1
+            else:
+                stats.upstream_gets += 1
+                key = str(self.digest)
+                stats.by_digest[key] = stats.by_digest.get(key, 0) + 1
             try:
                 self._accept_headers(resp)
-                await self._copy(resp, stats)
+                await self._copy(resp, stats, from_peer)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 # RFC 9110 section 14: resume a broken body from where it broke.
                 attempts += 1
@@ -193,7 +217,11 @@ class Fill:
             finally:
                 resp.release()
             break
-        self._verify(stats)
+        try:
+            self._verify(stats)
+        except UpstreamBadContent:
+            source.blame()
+            raise
 
     def _accept_headers(self, resp: aiohttp.ClientResponse) -> None:
         """Take the size from the first answer; check a resumed answer's range."""
@@ -213,7 +241,7 @@ class Fill:
             self.state = State.RUNNING
             self._notify()
 
-    async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats) -> None:
+    async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats, from_peer: bool) -> None:
         skip = self.written if resp.status == 200 else 0
         content = resp.content
         while True:
@@ -229,8 +257,11 @@ class Fill:
                 parts.append(more)
                 total += len(more)
             data = b"".join(parts) if len(parts) > 1 else chunk
-            stats.upstream_bytes += len(data)
-            self.received += len(data)
+            if from_peer:
+                stats.peer_bytes += len(data)
+            else:
+                stats.upstream_bytes += len(data)
+                self.received += len(data)
             if skip:
                 cut = min(skip, len(data))
                 data, skip = data[cut:], skip - cut
@@ -294,14 +325,30 @@ class Fills:
         self.store = store
         self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
+        #: Called after each blob is committed (the housekeeper checks the size limit).
+        self.on_commit: list[Callable[[], None]] = []
         self._fills: dict[str, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def get(self, digest: Digest) -> Fill | None:
-        return self._fills.get(str(digest))
+    def get(self, digest: Digest, local_only: bool = False) -> Fill | None:
+        """The running fill of ``digest``, if any.
+
+        A fill fed by a peer is not offered to a peer's request (``local_only``):
+        with two views of membership, two nodes could otherwise each wait on the
+        other's fill. Such a request gets a fill straight from the upstream.
+        """
+        direct = self._fills.get(str(digest))
+        if direct is not None or local_only:
+            return direct
+        return self._fills.get(str(digest) + "@peer")
 
     def join_or_start(
-        self, digest: Digest, opener: Opener, upstream: str = "", repo: str = ""
+        self,
+        digest: Digest,
+        make_source: Callable[[], BlobSource],
+        upstream: str = "",
+        repo: str = "",
+        local_only: bool = False,
     ) -> tuple[Fill | None, bool]:
         """The running fill of ``digest`` or a new one, and whether this call started it.
 
@@ -309,25 +356,29 @@ class Fills:
         of the store and the registration of a new fill, so two requests can never
         both start one.
         """
-        key = str(digest)
-        fill = self._fills.get(key)
+        fill = self.get(digest, local_only)
         if fill is not None:
             return fill, False
         if self.store.exists(digest):
             return None, False
+        source = make_source()
+        key = str(digest) + ("@peer" if source.label == "peer" else "")
         fill = Fill(digest, self.store, upstream, repo)
         self._fills[key] = fill
-        task = asyncio.create_task(self._run(fill, opener), name=f"fill {key}")
+        task = asyncio.create_task(self._run(fill, source, key), name=f"fill {key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill, True
 
-    async def _run(self, fill: Fill, opener: Opener) -> None:
+    async def _run(self, fill: Fill, source: BlobSource, key: str) -> None:
         try:
-            await fill.run(opener, self.stats, self.accounting)
+            await fill.run(source, self.stats, self.accounting)
         finally:
-            if self._fills.get(str(fill.digest)) is fill:
-                del self._fills[str(fill.digest)]
+            if self._fills.get(key) is fill:
+                del self._fills[key]
+        if fill.state is State.DONE:
+            for callback in self.on_commit:
+                callback()
 
     @property
     def active(self) -> int:

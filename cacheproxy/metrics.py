@@ -13,6 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .fill import Fills
+from .proxy import Proxy
+from .store.housekeeping import Housekeeper
 from .upstream.pool import UpstreamPool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -47,6 +49,12 @@ class ProxyCollector(Collector):
             "Upstream blobs discarded for a wrong digest",
             stats.digest_mismatches,
         )
+        yield CounterMetricFamily(
+            "cacheproxy_peer_blob_gets", "Blob GETs answered by peer nodes", stats.peer_gets
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_peer_blob_bytes", "Blob bytes received from peer nodes", stats.peer_bytes
+        )
         yield GaugeMetricFamily(
             "cacheproxy_fills_active", "Blob fills in progress", self._fills.active
         )
@@ -72,6 +80,42 @@ class ProxyCollector(Collector):
         yield requests
         yield limit
         yield remaining
+
+
+class CacheCollector(Collector):
+    """Eviction, pass-through and peer counters."""
+
+    def __init__(self, proxy: Proxy, housekeeper: Housekeeper) -> None:
+        self._proxy = proxy
+        self._housekeeper = housekeeper
+
+    def collect(self) -> Iterator[Metric]:
+        hk = self._housekeeper
+        yield CounterMetricFamily(
+            "cacheproxy_evicted_blobs", "Blobs evicted to stay under max_size", hk.evicted_blobs
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_evicted_bytes", "Bytes evicted to stay under max_size", hk.evicted_bytes
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_passthrough",
+            "Misses streamed through uncached because the disk was nearly full",
+            self._proxy.passthroughs,
+        )
+        cluster = self._proxy.cluster
+        if cluster is not None:
+            members = GaugeMetricFamily(
+                "cacheproxy_peer_members", "Cluster members by health", labels=["health"]
+            )
+            health = list(cluster.membership.health().values())
+            for state in ("self", "healthy", "avoided"):
+                members.add_metric([state], health.count(state))
+            yield members
+            yield CounterMetricFamily(
+                "cacheproxy_peer_bad_content",
+                "Peer answers that failed verification",
+                cluster.stats.bad_content,
+            )
 
 
 class Metrics:

@@ -30,7 +30,7 @@ from .errors import (
     UpstreamBadContent,
     UpstreamUnavailable,
 )
-from .fill import Fill, Fills
+from .fill import BlobSource, Fill, Fills
 from .oci import (
     MANIFEST_TYPES,
     Digest,
@@ -39,9 +39,12 @@ from .oci import (
     manifest_media_type,
     parse_digest,
 )
+from .peers.cluster import Cluster, PeerChain
 from .singleflight import SingleFlight
+from .store.access import AccessLog
 from .store.blobs import BlobStore, OpenBlob
 from .store.index import Index, TagEntry, TagKey
+from .store.maintenance import parse_size
 from .upstream.client import Upstream, error_for_status
 from .upstream.pool import UpstreamPool
 
@@ -71,6 +74,36 @@ def scope_for(name: str) -> str:
     return f"repository:{name}:pull"
 
 
+class NoRoom(Exception):
+    """The disk is too full to cache a miss: stream it through instead."""
+
+
+class UpstreamBlob:
+    """A blob straight from its upstream registry."""
+
+    label: Source = "upstream"
+
+    def __init__(self, up: Upstream, name: str, digest: Digest) -> None:
+        self._up, self._name, self._digest = up, name, digest
+
+    async def open(self, offset: int) -> aiohttp.ClientResponse:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = await self._up.request(
+            "GET",
+            f"/v2/{self._name}/blobs/{self._digest}",
+            scope=scope_for(self._name),
+            headers=headers,
+        )
+        if resp.status not in (200, 206):
+            err = error_for_status(resp, BlobUnknown)
+            resp.release()
+            raise err
+        return resp
+
+    def blame(self) -> None:
+        return None
+
+
 class Proxy:
     """Manifest resolution and blob sourcing for every upstream."""
 
@@ -83,6 +116,7 @@ class Proxy:
         upstreams: UpstreamPool,
         clock: Callable[[], float] = time.time,
         accounting: Accounting | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -91,8 +125,15 @@ class Proxy:
         self.upstreams = upstreams
         self._clock = clock
         self.accounting: Accounting = accounting or NullAccounting()
-        self._resolving: SingleFlight[TagKey, tuple[TagEntry, bool]] = SingleFlight()
-        self._fetching: SingleFlight[str, bytes] = SingleFlight()
+        self.cluster = cluster
+        self.access = AccessLog()
+        self.passthroughs = 0
+        self._min_free = parse_size(config.min_free, store.total_bytes())
+        # Keyed with "asks peers" too: see _asks_peers.
+        self._resolving: SingleFlight[tuple[TagKey, bool], tuple[TagEntry, Source | None]] = (
+            SingleFlight()
+        )
+        self._fetching: SingleFlight[tuple[str, bool], tuple[bytes, Source]] = SingleFlight()
 
     def upstream(self, name: str | None = None) -> Upstream:
         """The upstream for a registry host (None: the default); DENIED if unknown."""
@@ -114,21 +155,33 @@ class Proxy:
     # --- manifests -------------------------------------------------------------
 
     async def manifest(
-        self, up: Upstream, name: str, reference: str, accept: list[str], want_body: bool
+        self,
+        up: Upstream,
+        name: str,
+        reference: str,
+        accept: list[str],
+        want_body: bool,
+        local_only: bool = False,
     ) -> Manifest:
+        """A manifest by tag or digest, as the client's Accept admits.
+
+        ``local_only``: a peer's request, answered from this node's cache or its
+        upstream, never forwarded to another peer.
+        """
         admitted = accepted_manifest_types(accept)
         if not admitted:
             raise ManifestUnknown("no manifest media type in the request's Accept is served")
         if ":" in reference:
-            return await self._by_digest(up, name, parse_digest(reference), admitted, want_body)
+            digest = parse_digest(reference)
+            return await self._by_digest(up, name, digest, admitted, want_body, local_only)
         key = TagKey(up.name, name, reference, admitted)
-        entry, fetched = await self._tag_entry(up, key, want_body)
+        entry, origin = await self._tag_entry(up, key, want_body, local_only)
         body = None
         if want_body:
-            body, fetched_body = await self._manifest_body(up, name, parse_digest(entry.digest))
-            fetched = fetched or fetched_body
-        source: Source = "upstream" if fetched else "cache"
-        return Manifest(entry.digest, entry.media_type, entry.size, body, source)
+            digest = parse_digest(entry.digest)
+            body, body_origin = await self._manifest_body(up, name, digest, local_only)
+            origin = origin or body_origin
+        return Manifest(entry.digest, entry.media_type, entry.size, body, origin or "cache")
 
     async def _by_digest(
         self,
@@ -137,8 +190,9 @@ class Proxy:
         digest: Digest,
         admitted: tuple[str, ...],
         want_body: bool,
+        local_only: bool,
     ) -> Manifest:
-        body, fetched = await self._manifest_body(up, name, digest)
+        body, origin = await self._manifest_body(up, name, digest, local_only)
         media_type = await self.index.get_manifest_type(str(digest))
         if media_type is None:
             media_type = manifest_media_type(body, None)
@@ -147,20 +201,42 @@ class Proxy:
             raise ManifestUnknown(
                 f"manifest is {media_type}, which the request's Accept does not admit"
             )
-        source: Source = "upstream" if fetched else "cache"
         body_out = body if want_body else None
-        return Manifest(str(digest), media_type, len(body), body_out, source)
+        return Manifest(str(digest), media_type, len(body), body_out, origin or "cache")
 
-    async def _manifest_body(self, up: Upstream, name: str, digest: Digest) -> tuple[bytes, bool]:
-        """The manifest's bytes, and whether this call's own upstream GET fetched them."""
+    async def _manifest_body(
+        self, up: Upstream, name: str, digest: Digest, local_only: bool
+    ) -> tuple[bytes, Source | None]:
+        """The manifest's bytes, and where this call's own transfer got them (None:
+        the cache, or another request's transfer)."""
         body = await asyncio.to_thread(self.store.read, digest)
         if body is not None:
-            return body, False
-        return await self._fetching.run_leading(
-            str(digest), lambda: self._fetch_manifest_by_digest(up, name, digest)
+            return body, None
+        if self.config.offline:
+            raise ManifestUnknown("not in the cache, and the proxy is offline")
+        ask_peers = self._asks_peers(str(digest), local_only)
+        (body, origin), leader = await self._fetching.run_leading(
+            (str(digest), ask_peers),
+            lambda: self._fetch_manifest_by_digest(up, name, digest, ask_peers),
         )
+        return body, origin if leader else None
 
-    async def _fetch_manifest_by_digest(self, up: Upstream, name: str, digest: Digest) -> bytes:
+    def _asks_peers(self, key: str, local_only: bool) -> bool:
+        """Whether this node asks a peer for ``key`` before its upstream. Calls are
+        collapsed per this flag: a call that asks peers never absorbs a peer's own
+        request, which could otherwise end up waiting on itself."""
+        return self.cluster is not None and not local_only and bool(self.cluster.candidates(key))
+
+    async def _fetch_manifest_by_digest(
+        self, up: Upstream, name: str, digest: Digest, ask_peers: bool
+    ) -> tuple[bytes, Source]:
+        if self.cluster is not None and ask_peers:
+            for peer in self.cluster.candidates(str(digest)):
+                found = await self._manifest_from_peer(peer, up, name, str(digest), MANIFEST_TYPES)
+                if found is not None and found[0] == digest:
+                    _, body, media_type = found
+                    await self._keep_manifest(up, name, digest, body, media_type, "peer")
+                    return body, "peer"
         resp = await up.request(
             "GET",
             f"/v2/{name}/manifests/{digest}",
@@ -174,15 +250,59 @@ class Proxy:
             header_type = resp.headers.get("Content-Type")
         if digest_of(body, digest.algorithm) != digest:
             raise UpstreamBadContent("upstream manifest does not match its digest")
-        await self._keep_manifest(up, name, digest, body, manifest_media_type(body, header_type))
-        return body
+        media_type = manifest_media_type(body, header_type)
+        await self._keep_manifest(up, name, digest, body, media_type, "upstream")
+        return body, "upstream"
 
     async def _keep_manifest(
-        self, up: Upstream, name: str, digest: Digest, body: bytes, media_type: str
+        self,
+        up: Upstream,
+        name: str,
+        digest: Digest,
+        body: bytes,
+        media_type: str,
+        origin: Source,
     ) -> None:
-        self.accounting.fetched(up.name, name, "manifest", len(body))
+        if origin == "upstream":
+            self.accounting.fetched(up.name, name, "manifest", len(body))
         await asyncio.to_thread(self.store.put, digest, body)
         await self.index.set_manifest_type(str(digest), media_type)
+
+    async def _manifest_from_peer(
+        self, peer: str, up: Upstream, name: str, reference: str, accept: tuple[str, ...]
+    ) -> tuple[Digest, bytes, str] | None:
+        """A manifest from a peer, verified; None when the peer cannot give one (the
+        caller then asks the upstream itself)."""
+        assert self.cluster is not None
+        self.cluster.stats.manifest_requests += 1
+        try:
+            resp = await self.cluster.get(
+                peer,
+                f"/manifests/{reference}",
+                {"upstream": up.name, "repo": name},
+                {"Accept": ", ".join(accept)},
+            )
+        except UpstreamUnavailable:
+            return None
+        async with resp:
+            if resp.status != 200:
+                return None
+            try:
+                body = await self._read_manifest(resp)
+            except RegistryError:
+                self.cluster.membership.mark_bad(peer, "broke off a manifest")
+                return None
+            claimed = resp.headers.get("Docker-Content-Digest", "")
+            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            digest = parse_digest(claimed)
+        except DigestInvalid:
+            return None
+        if digest_of(body, digest.algorithm) != digest or media_type not in accept:
+            self.cluster.stats.bad_content += 1
+            self.cluster.membership.mark_bad(peer, "sent a manifest that failed verification")
+            return None
+        return digest, body, media_type
 
     async def _read_manifest(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self.config.max_manifest_bytes
@@ -201,23 +321,54 @@ class Proxy:
             raise UpstreamBadContent("upstream manifest exceeds the size limit")
         return body
 
-    async def _tag_entry(self, up: Upstream, key: TagKey, want_body: bool) -> tuple[TagEntry, bool]:
-        """The tag's entry, and whether this call's own upstream GET fetched its body."""
+    async def _tag_entry(
+        self, up: Upstream, key: TagKey, want_body: bool, local_only: bool
+    ) -> tuple[TagEntry, Source | None]:
+        """The tag's entry, and where this call's own transfer got its body, if any."""
         entry = await self.index.get_tag(key)
         now = self._clock()
         if entry is not None and now - entry.checked_at < self.config.tag_ttl:
-            return entry, False
-        (fresh, fetched), leader = await self._resolving.run_leading(
-            key, lambda: self._revalidate(up, key, entry, want_body)
+            return entry, None
+        if self.config.offline:
+            return await self._cached_tag(key, entry), None
+        ask_peers = self._asks_peers(key.owner_key(), local_only)
+        (fresh, origin), leader = await self._resolving.run_leading(
+            (key, ask_peers), lambda: self._revalidate(up, key, entry, want_body, ask_peers)
         )
-        return fresh, fetched and leader
+        return fresh, origin if leader else None
+
+    async def _cached_tag(self, key: TagKey, entry: TagEntry | None) -> TagEntry:
+        """Offline: the last known resolution, however old, or MANIFEST_UNKNOWN."""
+        known = entry or await self.index.get_tag_any(key.upstream, key.name, key.tag)
+        if known is None or known.media_type not in key.accept:
+            raise ManifestUnknown("not in the cache, and the proxy is offline")
+        return known
 
     async def _revalidate(
-        self, up: Upstream, key: TagKey, entry: TagEntry | None, want_body: bool
-    ) -> tuple[TagEntry, bool]:
-        """Ask upstream what the tag names now: HEAD when we know a digest (Docker Hub
-        does not count a HEAD as a pull), GET when we know nothing and need the body.
-        The flag says whether a GET brought the body."""
+        self,
+        up: Upstream,
+        key: TagKey,
+        entry: TagEntry | None,
+        want_body: bool,
+        ask_peers: bool,
+    ) -> tuple[TagEntry, Source | None]:
+        """Ask what the tag names now, and say where the body came from (None: no body
+        was transferred).
+
+        In a cluster the tag's owner answers, so the upstream sees one revalidation
+        per cluster per freshness window. Otherwise the upstream: HEAD when we know a
+        digest (Docker Hub does not count a HEAD as a pull), GET when we know nothing
+        and need the body.
+        """
+        if self.cluster is not None and ask_peers:
+            for peer in self.cluster.candidates(key.owner_key()):
+                found = await self._manifest_from_peer(peer, up, key.name, key.tag, key.accept)
+                if found is not None:
+                    digest, body, media_type = found
+                    await self._keep_manifest(up, key.name, digest, body, media_type, "peer")
+                    learned = TagEntry(str(digest), media_type, len(body), self._clock())
+                    await self.index.set_tag(key, learned)
+                    return learned, "peer"
         try:
             if entry is not None or not want_body:
                 fresh = await self._head_tag(up, key)
@@ -225,11 +376,15 @@ class Proxy:
                     if entry is not None and fresh.digest == entry.digest:
                         fresh = replace(entry, checked_at=fresh.checked_at)
                     await self.index.set_tag(key, fresh)
-                    return fresh, False
+                    return fresh, None
             fresh = await self._get_tag(up, key)
         except (UpstreamUnavailable, TooManyRequests) as exc:
-            if entry is not None and self._clock() - entry.checked_at < (
-                self.config.tag_ttl + self.config.max_stale
+            # stale-if-error (RFC 5861's idea): a known tag beats a failed pull.
+            known = entry or await self.index.get_tag_any(key.upstream, key.name, key.tag)
+            if (
+                known is not None
+                and known.media_type in key.accept
+                and self._clock() - known.checked_at < self.config.tag_ttl + self.config.max_stale
             ):
                 log.warning(
                     "serving %s/%s:%s from cache: upstream failed (%s)",
@@ -238,10 +393,10 @@ class Proxy:
                     key.tag,
                     exc.message,
                 )
-                return entry, False
+                return known, None
             raise
         await self.index.set_tag(key, fresh)
-        return fresh, True
+        return fresh, "upstream"
 
     async def _head_tag(self, up: Upstream, key: TagKey) -> TagEntry | None:
         """HEAD the tag upstream; None when the answer lacks what a TagEntry needs."""
@@ -292,42 +447,53 @@ class Proxy:
             raise ManifestUnknown(
                 f"upstream holds a {media_type} for this tag, which the Accept does not admit"
             )
-        await self._keep_manifest(up, key.name, digest, body, media_type)
+        await self._keep_manifest(up, key.name, digest, body, media_type, "upstream")
         return TagEntry(str(digest), media_type, len(body), self._clock())
 
     # --- blobs -----------------------------------------------------------------
 
-    def open_blob(self, up: Upstream, name: str, digest: Digest) -> tuple[OpenBlob | Fill, Source]:
+    def open_blob(
+        self, up: Upstream, name: str, digest: Digest, local_only: bool = False
+    ) -> tuple[OpenBlob | Fill, bool]:
         """A complete cached blob, or the fill bringing it in (joined or new), and
-        where the client's bytes come from ("upstream" only for the fill's starter)."""
+        whether this call started that fill.
+
+        In a cluster the fill asks the digest's owner first (``local_only``: this is
+        a peer's request, which is never forwarded again, so it goes upstream).
+        """
         blob = self.store.open(digest)
         if blob is not None:
-            return blob, "cache"
+            return blob, False
+        if self.fills.get(digest, local_only) is None:
+            if self.config.offline:
+                raise BlobUnknown("not in the cache, and the proxy is offline")
+            if self.store.free_bytes() < self._min_free:
+                raise NoRoom(f"less than {self.config.min_free} free in the cache directory")
 
-        async def opener(offset: int) -> aiohttp.ClientResponse:
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            resp = await up.request(
-                "GET", f"/v2/{name}/blobs/{digest}", scope=scope_for(name), headers=headers
-            )
-            if resp.status not in (200, 206):
-                err = error_for_status(resp, BlobUnknown)
-                resp.release()
-                raise err
-            return resp
+        def make_source() -> BlobSource:
+            direct = UpstreamBlob(up, name, digest)
+            if self.cluster is None or local_only:
+                return direct
+            candidates = self.cluster.candidates(str(digest))
+            if not candidates:
+                return direct
+            return PeerChain(self.cluster, candidates, direct, up.name, name, str(digest))
 
-        fill, started = self.fills.join_or_start(digest, opener, up.name, name)
+        fill, started = self.fills.join_or_start(digest, make_source, up.name, name, local_only)
         if fill is None:  # completed between the two checks
             blob = self.store.open(digest)
             if blob is None:
                 raise BlobUnknown()
-            return blob, "cache"
-        return fill, "upstream" if started else "cache"
+            return blob, False
+        return fill, started
 
     async def blob_size(self, up: Upstream, name: str, digest: Digest) -> int:
         """The size of a blob for HEAD, without starting a fill."""
         size = self.store.size(digest)
         if size is not None:
             return size
+        if self.config.offline:
+            raise BlobUnknown("not in the cache, and the proxy is offline")
         fill = self.fills.get(digest)
         if fill is not None:
             await fill.started()

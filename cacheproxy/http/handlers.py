@@ -16,11 +16,12 @@ from ..errors import NotFound, RegistryError, Unsupported
 from ..fill import Fill
 from ..metrics import CONTENT_TYPE
 from ..oci import Route, parse_digest, parse_path, split_host, validate_name
-from ..proxy import Proxy
+from ..proxy import NoRoom, Proxy
 from ..store.blobs import OpenBlob
 from ..upstream.client import Upstream
 from ..upstream.presets import DOCKER_HUB
 from .keys import METRICS, NAMESPACE, PROXY
+from .passthrough import passthrough
 from .ranges import content_range, parse_range
 from .send import Progress, send_fd, send_fill
 
@@ -72,12 +73,14 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     raise NotFound("unknown path")
 
 
-async def manifest(request: web.Request, up: Upstream, route: Route) -> web.StreamResponse:
+async def manifest(
+    request: web.Request, up: Upstream, route: Route, peer: bool = False
+) -> web.StreamResponse:
+    """A manifest; ``peer``: a peer node's request (served locally, not in the ledger)."""
     proxy = request.app[PROXY]
     want_body = request.method == "GET"
-    answer = await proxy.manifest(
-        up, route.name, route.reference, request.headers.getall("Accept", []), want_body
-    )
+    accept = request.headers.getall("Accept", [])
+    answer = await proxy.manifest(up, route.name, route.reference, accept, want_body, peer)
     headers = {
         "Docker-Content-Digest": answer.digest,
         "ETag": f'"{answer.digest}"',
@@ -87,7 +90,11 @@ async def manifest(request: web.Request, up: Upstream, route: Route) -> web.Stre
         # HEAD: the length of the body a GET would carry (RFC 9110 section 9.3.2).
         headers["Content-Length"] = str(answer.size)
         return web.Response(status=200, headers=headers)
-    proxy.accounting.served(up.name, route.name, "manifest", answer.source, answer.size)
+    proxy.access.blob(answer.digest)
+    if ":" not in route.reference:
+        proxy.access.tag(up.name, route.name, route.reference)
+    if not peer:
+        proxy.accounting.served(up.name, route.name, "manifest", answer.source, answer.size)
     return web.Response(status=200, body=answer.body, headers=headers)
 
 
@@ -102,7 +109,11 @@ def blob_headers(digest: str) -> dict[str, str]:
     }
 
 
-async def blob(request: web.Request, up: Upstream, route: Route) -> web.StreamResponse:
+async def blob(
+    request: web.Request, up: Upstream, route: Route, peer: bool = False
+) -> web.StreamResponse:
+    """A blob, with ranges; ``peer``: a peer node's request (served from this node's
+    cache or its own upstream fill, never forwarded, not in the ledger)."""
     proxy = request.app[PROXY]
     digest = parse_digest(route.reference)
     if request.method == "HEAD":
@@ -110,17 +121,35 @@ async def blob(request: web.Request, up: Upstream, route: Route) -> web.StreamRe
         headers = blob_headers(str(digest))
         headers["Content-Length"] = str(size)
         return web.Response(status=200, headers=headers)
-    found, origin = proxy.open_blob(up, route.name, digest)
     progress = Progress()
+    try:
+        found, started = proxy.open_blob(up, route.name, digest, local_only=peer)
+    except NoRoom:
+        try:
+            return await passthrough(
+                request, proxy, up, route.name, digest, blob_headers(str(digest)), progress
+            )
+        finally:
+            if progress.sent and not peer:
+                proxy.accounting.served(up.name, route.name, "blob", "upstream", progress.sent)
+    key = str(digest)
+    proxy.access.in_use[key] += 1
     try:
         if isinstance(found, OpenBlob):
             try:
-                return await _send_complete(request, found, str(digest), progress)
+                return await _send_complete(request, found, key, progress)
             finally:
                 os.close(found.fd)
-        return await _send_filling(request, found, str(digest), progress)
+        return await _send_filling(request, found, key, progress)
     finally:
+        proxy.access.in_use[key] -= 1
+        if not proxy.access.in_use[key]:
+            del proxy.access.in_use[key]
         if progress.sent:
+            proxy.access.blob(key)
+        if progress.sent and not peer:
+            # A joined fill or a complete file cost no transfer: the cache served it.
+            origin = found.origin if isinstance(found, Fill) and started else "cache"
             proxy.accounting.served(up.name, route.name, "blob", origin, progress.sent)
 
 

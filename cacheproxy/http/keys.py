@@ -6,8 +6,10 @@ from aiohttp import web
 
 from ..metrics import Metrics
 from ..proxy import Proxy
+from ..store.housekeeping import Housekeeper
 
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
+HOUSEKEEPER = web.AppKey("housekeeper", Housekeeper)
 # The ``ns`` a request named, echoed back as ``OCI-Namespace``.
 NAMESPACE = web.RequestKey("namespace", str)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,42 @@ class BlobStore:
             return self.path(digest).read_bytes()
         except FileNotFoundError:
             return None
+
+    def delete(self, digest: Digest) -> bool:
+        """Remove a complete blob (blocking). Readers holding it open keep their bytes."""
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def scan(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Every complete blob's size and mtime, by digest string (blocking)."""
+        sizes: dict[str, int] = {}
+        mtimes: dict[str, float] = {}
+        if not self.blobs_dir.is_dir():
+            return sizes, mtimes
+        for algo in os.scandir(self.blobs_dir):
+            if not algo.is_dir():
+                continue
+            for prefix in os.scandir(algo.path):
+                if not prefix.is_dir():
+                    continue
+                for entry in os.scandir(prefix.path):
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    key = f"{algo.name}:{entry.name}"
+                    sizes[key] = st.st_size
+                    mtimes[key] = st.st_mtime
+        return sizes, mtimes
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def total_bytes(self) -> int:
+        return shutil.disk_usage(self.root).total
 
     def writable(self) -> bool:
         """Whether a temp file can be created and removed (blocking)."""

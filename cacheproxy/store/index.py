@@ -1,8 +1,16 @@
-"""Metadata index on diskcache (SQLite): tags and manifest media types.
+"""Metadata index on diskcache (SQLite): tags, manifest media types, access records.
 
-diskcache is blocking, so every call runs in a worker thread; the event loop never
-waits on SQLite. Blob presence is not kept here: the file under ``blobs/`` is the
-truth, so the index can be lost without losing a verified byte.
+diskcache is blocking, so every call from the server runs in a worker thread; the
+event loop never waits on SQLite. Blob presence is not kept here: the file under
+``blobs/`` is the truth, so the index can be lost without losing a verified byte.
+The methods without ``async`` are blocking, for command-line tools and threads.
+
+Keys (NUL-separated strings):
+  tag      upstream, name, tag, accept-class  -> TagEntry tuple
+  tagbase  upstream, name, tag                -> TagEntry tuple of the last resolution
+  pull     upstream, name, tag                -> (last pulled, pulls)
+  manifest digest                             -> media type
+  access   digest                             -> (last access, hits)
 """
 
 from __future__ import annotations
@@ -39,8 +47,41 @@ class TagKey:
     tag: str
     accept: tuple[str, ...]
 
+    def owner_key(self) -> str:
+        """The key whose rendezvous owner resolves this tag for the cluster."""
+        return f"tag:{self.upstream}/{self.name}:{self.tag}"
+
     def key(self) -> str:
         return "tag\0" + "\0".join((self.upstream, self.name, self.tag, ",".join(self.accept)))
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    """A tag for inventory and lifecycle: its last resolution and its use."""
+
+    upstream: str
+    name: str
+    tag: str
+    entry: TagEntry
+    last_pulled: float
+    pulls: int
+
+
+@dataclass
+class Snapshot:
+    """Everything the index knows, read at once (inventory, gc, eviction)."""
+
+    tags: list[TagRecord]
+    manifest_types: dict[str, str]
+    access: dict[str, tuple[float, int]]
+
+
+def _tag_base(upstream: str, name: str, tag: str) -> str:
+    return "tagbase\0" + "\0".join((upstream, name, tag))
+
+
+def _pull_key(upstream: str, name: str, tag: str) -> str:
+    return "pull\0" + "\0".join((upstream, name, tag))
 
 
 class Index:
@@ -61,8 +102,84 @@ class Index:
         return TagEntry(*raw)
 
     async def set_tag(self, key: TagKey, entry: TagEntry) -> None:
+        await self._call(self.set_tag_sync, key, entry)
+
+    def set_tag_sync(self, key: TagKey, entry: TagEntry) -> None:
         value = (entry.digest, entry.media_type, entry.size, entry.checked_at)
-        await self._call(self._cache.set, key.key(), value)
+        with self._cache.transact():
+            self._cache.set(key.key(), value)
+            self._cache.set(_tag_base(key.upstream, key.name, key.tag), value)
+
+    async def get_tag_any(self, upstream: str, name: str, tag: str) -> TagEntry | None:
+        """The last resolution of a tag for any Accept class (offline fallback)."""
+        raw = await self._call(self._cache.get, _tag_base(upstream, name, tag))
+        if not isinstance(raw, tuple) or len(raw) != 4:
+            return None
+        return TagEntry(*raw)
+
+    def record_access(
+        self,
+        blobs: dict[str, tuple[float, int]],
+        tags: dict[tuple[str, str, str], tuple[float, int]],
+    ) -> None:
+        """Add batched access times and hit counts (blocking, one transaction)."""
+        with self._cache.transact():
+            for digest, (when, hits) in blobs.items():
+                old = self._cache.get("access\0" + digest)
+                total = hits + (old[1] if isinstance(old, tuple) else 0)
+                self._cache.set("access\0" + digest, (when, total))
+            for (upstream, name, tag), (when, pulls) in tags.items():
+                key = _pull_key(upstream, name, tag)
+                old = self._cache.get(key)
+                total = pulls + (old[1] if isinstance(old, tuple) else 0)
+                self._cache.set(key, (when, total))
+
+    def snapshot(self) -> Snapshot:
+        """Read every record (blocking)."""
+        bases: dict[tuple[str, str, str], TagEntry] = {}
+        pulls: dict[tuple[str, str, str], tuple[float, int]] = {}
+        types: dict[str, str] = {}
+        access: dict[str, tuple[float, int]] = {}
+        for key in list(self._cache.iterkeys()):
+            if not isinstance(key, str):
+                continue
+            kind, _, rest = key.partition("\0")
+            value = self._cache.get(key)
+            if value is None:
+                continue
+            parts = tuple(rest.split("\0"))
+            if kind == "tagbase" and len(parts) == 3 and len(value) == 4:
+                bases[parts] = TagEntry(*value)
+            elif kind == "pull" and len(parts) == 3:
+                pulls[parts] = value
+            elif kind == "manifest":
+                types[rest] = value
+            elif kind == "access":
+                access[rest] = value
+        tags = []
+        for (upstream, name, tag), entry in bases.items():
+            last, count = pulls.get((upstream, name, tag), (entry.checked_at, 0))
+            tags.append(TagRecord(upstream, name, tag, entry, last, count))
+        return Snapshot(tags, types, access)
+
+    def forget_tag(self, upstream: str, name: str, tag: str) -> None:
+        """Remove a tag for every Accept class (blocking)."""
+        prefix = "tag\0" + "\0".join((upstream, name, tag)) + "\0"
+        with self._cache.transact():
+            for key in list(self._cache.iterkeys()):
+                if isinstance(key, str) and key.startswith(prefix):
+                    self._cache.delete(key)
+            self._cache.delete(_tag_base(upstream, name, tag))
+            self._cache.delete(_pull_key(upstream, name, tag))
+
+    def forget_content(self, digest: str) -> None:
+        """Remove what the index says of a blob or manifest (blocking)."""
+        with self._cache.transact():
+            self._cache.delete("manifest\0" + digest)
+            self._cache.delete("access\0" + digest)
+
+    def set_manifest_type_sync(self, digest: str, media_type: str) -> None:
+        self._cache.set("manifest\0" + digest, media_type)
 
     async def get_manifest_type(self, digest: str) -> str | None:
         raw = await self._call(self._cache.get, "manifest\0" + digest)

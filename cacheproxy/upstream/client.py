@@ -82,8 +82,10 @@ class Upstream:
         timeouts: Timeouts,
         credentials: Credentials | None = None,
         clock: Callable[[], float] = time.monotonic,
+        offline: bool = False,
     ) -> None:
         self.config = config
+        self.offline = offline
         self.name = config.name
         self.url = config.url.rstrip("/")
         self.credentials = credentials
@@ -128,6 +130,8 @@ class Upstream:
         A refused token is replaced once and the request retried, so a client never
         sees an expiry.
         """
+        if self.offline:
+            raise UpstreamUnavailable("the proxy is offline: the cache only")
         base_headers = CIMultiDict(headers or {})
         for _attempt in range(3):
             auth, sent_token, sent_basic = await self._auth_header(scope)

@@ -56,7 +56,7 @@ class UpstreamPool:
             if isinstance(creds, EcrCredentials):
                 creds.start()
             kwargs = {"clock": self._clock} if self._clock is not None else {}
-            up = Upstream(settings, self._timeouts, creds, **kwargs)
+            up = Upstream(settings, self._timeouts, creds, offline=self._config.offline, **kwargs)
             log.info("upstream %s -> %s", settings.name, settings.url)
             self._by_name[settings.name] = up
         self._by_name[wanted] = up

@@ -48,6 +48,7 @@ async def running_proxy(
     cache_dir: Path,
     bind: str = "127.0.0.1",
     config_file: Path | None = None,
+    port: int | None = None,
     **settings: Any,
 ) -> AsyncIterator[RunningProxy]:
     """Start a proxy caching in ``cache_dir``; stop it on exit.
@@ -55,7 +56,7 @@ async def running_proxy(
     ``upstream_url`` is the ``--upstream`` shortcut; None leaves the upstreams to
     ``config_file``.
     """
-    port = _free_port(bind)
+    port = port or _free_port(bind)
     flags = {"upstream": upstream_url, "cache_dir": cache_dir, "listen": f"{bind}:{port}"}
     flags.update(settings)
     config = load_config(file=config_file, env={}, flags=flags)

@@ -20,7 +20,7 @@ def test_precedence(tmp_path: Path) -> None:
     file.write_text(
         'listen = "127.0.0.1:6000"\ntag_ttl = 5\ncache_dir = "/from/file"\n'
         '[[upstream]]\nname = "reg.example"\nurl = "https://reg.example"\n'
-        'username = "u"\npassword = "secret"\n'
+        'username = "u"\npassword = "pw-value-123"\n'
     )
     config = load_config(
         file=file,
@@ -31,9 +31,9 @@ def test_precedence(tmp_path: Path) -> None:
     assert config.tag_ttl == 7.0  # env beats file
     assert config.cache_dir == Path("/from/flag")  # flag beats env
     up = config.upstream("reg.example")
-    assert (up.name, up.username, up.password) == ("reg.example", "u", "secret")
+    assert (up.name, up.username, up.password) == ("reg.example", "u", "pw-value-123")
     assert config.default_upstream == DOCKER_HUB  # the preset stays the default
-    assert "secret" not in repr(config)
+    assert "pw-value-123" not in repr(config)
 
 
 def test_upstream_shortcut() -> None:

@@ -1,0 +1,376 @@
+"""Air-gapped transfer: prefetch into the cache, export an OCI layout, import one.
+
+``prefetch`` pulls images through the same code the server uses (one fill per
+blob, every byte verified). ``export`` writes a standard OCI image layout tar from
+the cache (``skopeo copy oci-archive:bundle.tar:<ref> ...`` reads it). ``import``
+verifies every blob of such a tar against its digest and loads it, tags last, so
+an interrupted import leaves nothing unverified and no tag naming missing content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tarfile
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+from .config import Config
+from .errors import RegistryError
+from .fill import Fill, Fills
+from .oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    Digest,
+    parse_digest,
+    split_host,
+    validate_name,
+    validate_tag,
+)
+from .proxy import Proxy
+from .store.blobs import BlobStore
+from .store.index import Index, TagEntry, TagKey
+from .store.lifecycle import references
+from .upstream.pool import UpstreamPool
+from .upstream.presets import DOCKER_HUB
+
+log = logging.getLogger(__name__)
+
+REF_NAME = "org.opencontainers.image.ref.name"
+ANN_UPSTREAM = "io.cacheproxy.upstream"
+ANN_REPO = "io.cacheproxy.repository"
+ANN_TAG = "io.cacheproxy.tag"
+_BLOB_MEMBER = re.compile(r"(?:\./)?blobs/(sha256|sha512)/([a-f0-9]+)")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    host: str | None
+    name: str
+    reference: str  # a tag or a digest
+    text: str
+
+
+def parse_ref(text: str) -> ImageRef:
+    """``[registry/]name[:tag|@digest]`` with Docker's rules (default tag latest)."""
+    raw = text.strip()
+    rest, at, digest = raw.partition("@")
+    host, path = split_host(rest)
+    name, colon, tag = path.rpartition(":")
+    if not colon or "/" in tag:
+        name, tag = path, "latest"
+    if at:
+        parse_digest(digest)
+        reference = digest
+    else:
+        validate_tag(tag)
+        reference = tag
+    validate_name(name)
+    return ImageRef(host, name, reference, raw)
+
+
+def read_list(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+@asynccontextmanager
+async def runtime(config: Config) -> AsyncIterator[Proxy]:
+    """The proxy's machinery without its HTTP server, for command-line tools."""
+    store = BlobStore(config.cache_dir)
+    await asyncio.to_thread(store.prepare)
+    index = await asyncio.to_thread(Index, config.cache_dir / "index")
+    fills = Fills(store)
+    pool = UpstreamPool(config)
+    proxy = Proxy(config, store, index, fills, pool)
+    try:
+        yield proxy
+    finally:
+        await fills.close()
+        await proxy.close()
+        await proxy.access.flush(index)
+        await pool.close()
+        await asyncio.to_thread(index.close)
+
+
+# --- prefetch ---------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Bytes, rate and ETA: one updating line on a terminal, plain lines otherwise."""
+
+    out: IO[str] = field(default_factory=lambda: sys.stderr)
+    total: int = 0
+    done: int = 0
+    blobs: int = 0
+    started: float = field(default_factory=time.monotonic)
+    fills: list[Fill] = field(default_factory=list)
+
+    def line(self) -> str:
+        moving = self.done + sum(f.written for f in self.fills)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = moving / elapsed
+        eta = (self.total - moving) / rate if rate > 0 and self.total > moving else 0.0
+        return (
+            f"{moving / 1e6:9.1f} / {self.total / 1e6:.1f} MB  {rate / 1e6:7.1f} MB/s"
+            f"  ETA {eta:5.0f} s  {self.blobs} blobs"
+        )
+
+    def blob_done(self, digest: str, size: int) -> None:
+        self.done += size
+        self.blobs += 1
+        if not self.out.isatty():
+            print(f"fetched {digest} ({size} bytes)", file=self.out)
+
+    async def ticker(self) -> None:
+        if not self.out.isatty():
+            return
+        while True:
+            print("\r" + self.line(), end="", file=self.out, flush=True)
+            await asyncio.sleep(0.2)
+
+
+def _platform_ok(desc: dict[str, Any], platform: str | None) -> bool:
+    if platform is None:
+        return True
+    plat = desc.get("platform") or {}
+    wanted = platform.split("/")
+    have = [plat.get("os", ""), plat.get("architecture", ""), plat.get("variant", "")]
+    return all(w == h for w, h in zip(wanted, have, strict=False))
+
+
+async def _manifests(
+    proxy: Proxy, ref: ImageRef, platform: str | None
+) -> tuple[list[tuple[str, bytes, str]], str]:
+    """(digest, body, media type) of the image and, for an index, its children."""
+    up = proxy.upstream(ref.host)
+    name = f"library/{ref.name}" if up.name == DOCKER_HUB and "/" not in ref.name else ref.name
+    top = await proxy.manifest(up, name, ref.reference, list(MANIFEST_TYPES), True)
+    assert top.body is not None
+    found = [(top.digest, top.body, top.media_type)]
+    if top.media_type in INDEX_TYPES:
+        for desc in json.loads(top.body).get("manifests", []):
+            if _platform_ok(desc, platform):
+                child = await proxy.manifest(up, name, desc["digest"], list(MANIFEST_TYPES), True)
+                assert child.body is not None
+                found.append((child.digest, child.body, child.media_type))
+    return found, name
+
+
+async def prefetch(
+    config: Config, images: Iterable[str], platform: str | None, concurrency: int = 4
+) -> int:
+    """Warm the cache with ``images``; returns how many failed."""
+    refs = [parse_ref(i) for i in images]
+    progress = Progress()
+    failures = 0
+    async with runtime(config) as proxy:
+        gate = asyncio.Semaphore(concurrency)
+        ticker = asyncio.create_task(progress.ticker())
+
+        async def one_blob(up_host: str | None, name: str, digest: str, size: int) -> None:
+            async with gate:
+                up = proxy.upstream(up_host)
+                found, _ = proxy.open_blob(up, name, parse_digest(digest))
+                if isinstance(found, Fill):
+                    progress.fills.append(found)
+                    try:
+                        await found.wait_done()
+                    finally:
+                        progress.fills.remove(found)
+                else:
+                    os.close(found.fd)
+                progress.blob_done(digest, size)
+
+        try:
+            for ref in refs:
+                try:
+                    manifests, name = await _manifests(proxy, ref, platform)
+                    blobs: dict[str, int] = {}
+                    for _, body, media_type in manifests:
+                        if media_type in INDEX_TYPES:
+                            continue
+                        doc = json.loads(body)
+                        for desc in [doc.get("config"), *doc.get("layers", [])]:
+                            if isinstance(desc, dict):
+                                blobs[desc["digest"]] = int(desc.get("size", 0))
+                    progress.total += sum(blobs.values())
+                    await asyncio.gather(
+                        *(one_blob(ref.host, name, d, s) for d, s in blobs.items())
+                    )
+                    print(f"\r{ref.text}: {len(blobs)} blobs cached" + " " * 30, file=progress.out)
+                except (RegistryError, ValueError, KeyError) as exc:
+                    failures += 1
+                    message = exc.message if isinstance(exc, RegistryError) else str(exc)
+                    print(f"\r{ref.text}: failed: {message}", file=progress.out)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+    return failures
+
+
+# --- export -----------------------------------------------------------------------
+
+
+async def export(config: Config, images: Iterable[str], output: Path) -> int:
+    """Write the cached ``images`` as an OCI image layout tar; returns blobs written."""
+    offline = replace(config, offline=True)
+    entries: list[dict[str, Any]] = []
+    digests: dict[str, None] = {}
+    async with runtime(offline) as proxy:
+        for text in images:
+            ref = parse_ref(text)
+            manifests, name = await _manifests(proxy, ref, None)
+            top_digest, top_body, top_type = manifests[0]
+            for digest, body, _ in manifests:
+                digests[digest] = None
+                for child in references(body):
+                    if proxy.store.exists(parse_digest(child)):
+                        digests[child] = None
+                    elif child not in {m[0] for m in manifests}:
+                        raise RegistryError(f"{ref.text}: blob {child} is not in the cache")
+            up = proxy.upstream(ref.host)
+            annotations = {REF_NAME: ref.text, ANN_UPSTREAM: up.name, ANN_REPO: name}
+            if ":" not in ref.reference:
+                annotations[ANN_TAG] = ref.reference
+            entries.append(
+                {
+                    "mediaType": top_type,
+                    "digest": top_digest,
+                    "size": len(top_body),
+                    "annotations": annotations,
+                }
+            )
+        store = proxy.store
+        layout = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        await asyncio.to_thread(_write_tar, store, list(digests), layout, output)
+    return len(digests)
+
+
+def _write_tar(store: BlobStore, digests: list[str], layout: dict[str, Any], out: Path) -> None:
+    tmp = out.with_name(out.name + ".partial")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+        for text in digests:
+            digest = parse_digest(text)
+            path = store.path(digest)
+            tar.add(str(path), arcname=f"blobs/{digest.algorithm}/{digest.hex}", recursive=False)
+        _add_bytes(tar, "index.json", json.dumps(layout, indent=2).encode())
+    tmp.replace(out)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+# --- import -----------------------------------------------------------------------
+
+
+@dataclass
+class ImportResult:
+    blobs: int = 0
+    already: int = 0
+    tags: list[str] = field(default_factory=list)
+
+
+def import_bundle(config: Config, bundle: Path) -> ImportResult:
+    """Verify and load an OCI layout tar into the cache (blocking)."""
+    store = BlobStore(config.cache_dir)
+    store.prepare()
+    index = Index(config.cache_dir / "index")
+    result = ImportResult()
+    try:
+        with tarfile.open(bundle, "r") as tar:
+            layout: dict[str, Any] | None = None
+            for member in tar:
+                name = member.name.lstrip("./") if member.name.startswith("./") else member.name
+                if name == "index.json" and member.isfile():
+                    handle = tar.extractfile(member)
+                    if handle is not None:
+                        layout = json.loads(handle.read(4 * 1024 * 1024))
+                    continue
+                m = _BLOB_MEMBER.fullmatch(member.name)
+                if m is None or not member.isfile():
+                    continue
+                digest = parse_digest(f"{m.group(1)}:{m.group(2)}")
+                if store.exists(digest):
+                    result.already += 1
+                    continue
+                handle = tar.extractfile(member)
+                if handle is None:
+                    continue
+                _load_blob(store, digest, handle, member.size)
+                result.blobs += 1
+        if layout is None:
+            raise ValueError(f"{bundle} has no index.json: not an OCI image layout")
+        _load_tags(store, index, layout, result)
+    finally:
+        index.close()
+    return result
+
+
+def _load_blob(store: BlobStore, digest: Digest, handle: IO[bytes], size: int) -> None:
+    tmp_path, fd = store.new_temp(digest)
+    try:
+        hasher = digest.hasher()
+        written = 0
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            written += len(chunk)
+        if written != size or hasher.hexdigest() != digest.hex:
+            raise ValueError(f"{digest} in the bundle does not match its digest; import stopped")
+        store.commit(tmp_path, fd, digest)
+    except BaseException:
+        store.discard(tmp_path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _load_tags(
+    store: BlobStore, index: Index, layout: dict[str, Any], result: ImportResult
+) -> None:
+    now = time.time()
+    for desc in layout.get("manifests", []):
+        digest = parse_digest(desc["digest"])
+        body = store.read(digest)
+        if body is None:
+            raise ValueError(f"manifest {digest} is not in the bundle")
+        media_type = desc.get("mediaType", "")
+        index.set_manifest_type_sync(str(digest), media_type)
+        if media_type in INDEX_TYPES:
+            for child in json.loads(body).get("manifests", []):
+                if store.exists(parse_digest(child["digest"])):
+                    index.set_manifest_type_sync(child["digest"], child.get("mediaType", ""))
+        else:
+            for child in references(body):
+                if not store.exists(parse_digest(child)):
+                    raise ValueError(f"blob {child} of {digest} is not in the bundle")
+        ann = desc.get("annotations") or {}
+        upstream, repo, tag = ann.get(ANN_UPSTREAM), ann.get(ANN_REPO), ann.get(ANN_TAG)
+        if upstream and repo and tag:
+            validate_name(repo)
+            validate_tag(tag)
+            entry = TagEntry(str(digest), media_type, len(body), now)
+            index.set_tag_sync(TagKey(upstream, repo, tag, MANIFEST_TYPES), entry)
+            result.tags.append(f"{upstream}/{repo}:{tag}")

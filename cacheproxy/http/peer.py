@@ -1,0 +1,67 @@
+"""The peer endpoints: the pull API for other nodes of the cluster, HMAC-signed.
+
+``GET /_cacheproxy/peer/blobs/<digest>?upstream=&repo=`` and
+``GET /_cacheproxy/peer/manifests/<reference>?upstream=&repo=``. The answer comes
+from this node's cache or its own upstream fill; a peer's request is never
+forwarded to another peer, which is what keeps requests from looping.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from ..errors import NotFound, Unauthorized
+from ..oci import Route, parse_digest, validate_name, validate_tag
+from ..peers.auth import HEADER, verify
+from ..peers.cluster import PREFIX
+from ..peers.ring import ranked
+from . import handlers
+from .keys import PROXY
+
+
+def canonical(request: web.Request) -> str:
+    """What the peer signed: the path and the sorted query (see Cluster.get)."""
+    return f"{request.path}?{urlencode(sorted(request.query.items()))}"
+
+
+async def peer_request(request: web.Request) -> web.StreamResponse:
+    proxy = request.app[PROXY]
+    cluster = proxy.cluster
+    if cluster is None:
+        raise NotFound("peer mode is off on this node")
+    if not verify(cluster.secret, request.method, canonical(request), request.headers.get(HEADER)):
+        raise Unauthorized("peer requests must be signed with the cluster secret")
+    kind, _, reference = request.path[len(PREFIX) + 1 :].partition("/")
+    repo = validate_name(request.query.get("repo", ""))
+    up = proxy.upstream(request.query.get("upstream", ""))
+    if kind == "blobs":
+        parse_digest(reference)
+        return await handlers.blob(request, up, Route("blob", repo, reference), peer=True)
+    if kind == "manifests":
+        if ":" in reference:
+            parse_digest(reference)
+        else:
+            validate_tag(reference)
+        return await handlers.manifest(request, up, Route("manifest", repo, reference), peer=True)
+    raise NotFound("unknown peer endpoint")
+
+
+async def cluster_view(request: web.Request) -> web.StreamResponse:
+    """Membership, health and, for ``?key=``, the owner choice (``cacheproxy peers``)."""
+    cluster = request.app[PROXY].cluster
+    if cluster is None:
+        return web.json_response({"peer_mode": False})
+    body: dict[str, object] = {
+        "peer_mode": True,
+        "self": cluster.self_url,
+        "members": cluster.membership.health(),
+        "stats": vars(cluster.stats),
+    }
+    key = request.query.get("key")
+    if key:
+        body["key"] = key
+        body["ranking"] = ranked(key, cluster.membership.members())
+        body["ask_first"] = cluster.candidates(key)
+    return web.json_response(body)

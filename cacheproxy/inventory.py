@@ -1,0 +1,65 @@
+"""``cacheproxy ls``: what the cache holds, like ECR's describe-images."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict, dataclass
+
+from .store.blobs import BlobStore
+from .store.index import Index
+from .store.lifecycle import reachable
+from .store.maintenance import read_state
+
+
+@dataclass
+class ImageRow:
+    upstream: str
+    repository: str
+    tag: str
+    digest: str
+    media_type: str
+    size: int  # bytes of every cached blob the tag reaches
+    complete: bool  # every blob the tag reaches is cached
+    last_pull: float
+    pulls: int
+
+
+def inventory(store: BlobStore, index: Index) -> list[ImageRow]:
+    """Every cached tag with its digest, size, last pull and pull count (blocking)."""
+    state = read_state(store, index)
+    rows = []
+    for tag in state.snapshot.tags:
+        reached = reachable([tag.entry.digest], state.refs)
+        rows.append(
+            ImageRow(
+                upstream=tag.upstream,
+                repository=tag.name,
+                tag=tag.tag,
+                digest=tag.entry.digest,
+                media_type=tag.entry.media_type,
+                size=sum(state.sizes.get(d, 0) for d in reached),
+                complete=all(d in state.sizes for d in reached) and tag.entry.digest in state.refs,
+                last_pull=tag.last_pulled,
+                pulls=tag.pulls,
+            )
+        )
+    rows.sort(key=lambda r: (r.upstream, r.repository, r.tag))
+    return rows
+
+
+def render(rows: list[ImageRow], as_json: bool) -> str:
+    if as_json:
+        return json.dumps([asdict(r) for r in rows], indent=2)
+    header = f"{'REPOSITORY':50} {'TAG':20} {'DIGEST':19} {'SIZE':>10} {'LAST PULL':20} PULLS"
+    lines = [header]
+    for r in rows:
+        when = datetime.datetime.fromtimestamp(r.last_pull, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+        size = f"{r.size / 1e6:.1f}MB" + ("" if r.complete else "*")
+        lines.append(
+            f"{r.upstream + '/' + r.repository:50} {r.tag:20} {r.digest[:19]:19} {size:>10}"
+            f" {when:20} {r.pulls}"
+        )
+    if any(not r.complete for r in rows):
+        lines.append("* not every blob of this image is cached")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""Asking the owner: the peer client, and blob sources that fall back down the ranks.
+
+The peer endpoints are the registry API's pull side under ``/_cacheproxy/peer/``,
+signed with the shared secret. The owner answers from its own cache or from its
+own fill (one upstream fetch, streamed to every waiter, remote peers included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import aiohttp
+
+from ..accounting import Source
+from ..config import Config, ConfigError
+from ..errors import UpstreamUnavailable
+from ..fill import BlobSource
+from .auth import HEADER, sign
+from .membership import Membership
+from .ring import ask_before_self
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/_cacheproxy/peer"
+
+
+@dataclass
+class PeerStats:
+    blob_requests: int = 0
+    manifest_requests: int = 0
+    failures: int = 0
+    bad_content: int = 0
+
+
+class Cluster:
+    """This node's view of the cluster and its client to the other nodes."""
+
+    def __init__(
+        self,
+        membership: Membership,
+        secret: bytes,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self.membership = membership
+        self.secret = secret
+        self.stats = PeerStats()
+        # No total timeout: a big blob takes as long as it takes, but a peer that
+        # does not connect, answer or keep sending within these is skipped.
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            ),
+            auto_decompress=False,
+        )
+
+    @property
+    def self_url(self) -> str:
+        return self.membership.self_url
+
+    def candidates(self, key: str) -> list[str]:
+        """Healthy peers to ask for ``key`` before this node goes upstream itself."""
+        return ask_before_self(key, self.membership.peers(), self.self_url)
+
+    async def close(self) -> None:
+        await self.membership.close()
+        await self._session.close()
+
+    async def get(
+        self, peer: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]
+    ) -> aiohttp.ClientResponse:
+        """A signed GET to a peer endpoint; raises UpstreamUnavailable if unreachable."""
+        path_qs = f"{PREFIX}{path}?{urlencode(sorted(query.items()))}"
+        signed = {**headers, HEADER: sign(self.secret, "GET", path_qs)}
+        try:
+            return await self._session.get(peer + path_qs, headers=signed, allow_redirects=False)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.stats.failures += 1
+            self.membership.mark_bad(peer, type(exc).__name__)
+            raise UpstreamUnavailable(f"peer {peer} unreachable") from exc
+
+
+async def start_cluster(config: Config) -> Cluster | None:
+    """This node's cluster client when peer mode is configured, membership started."""
+    if not config.peer_mode:
+        return None
+    assert config.self_url is not None and config.peer_secret_file is not None
+    try:
+        secret = (await asyncio.to_thread(config.peer_secret_file.read_bytes)).strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read peer_secret_file {config.peer_secret_file}") from exc
+    if len(secret) < 16:
+        raise ConfigError("the peer secret must be at least 16 bytes")
+    membership = Membership(
+        config.self_url,
+        static=config.peers,
+        dns=config.peers_dns,
+        file=config.peers_file,
+        backoff=config.peer_backoff,
+    )
+    await membership.start()
+    log.info("peer mode: this node is %s; members %s", config.self_url, membership.members())
+    return Cluster(membership, secret, config.peer_connect_timeout, config.peer_read_timeout)
+
+
+class PeerChain:
+    """A blob source that asks the owner, then the next in rank, then ``fallback``.
+
+    Opening again after a failure (a resume) means the current peer broke off:
+    it is avoided for a while and the next candidate continues from the offset.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        candidates: list[str],
+        fallback: BlobSource,
+        upstream: str,
+        repo: str,
+        digest: str,
+    ) -> None:
+        self._cluster = cluster
+        self._candidates = list(candidates)
+        self._fallback = fallback
+        self._query = {"upstream": upstream, "repo": repo}
+        self._path = f"/blobs/{digest}"
+        self._current: str | None = None
+        self._on_fallback = False
+        self.label: Source = "peer"
+
+    async def open(self, offset: int) -> aiohttp.ClientResponse:
+        if self._current is not None:
+            self._cluster.membership.mark_bad(self._current, "broke off a blob")
+            self._cluster.stats.failures += 1
+            self._current = None
+        while self._candidates and not self._on_fallback:
+            peer = self._candidates.pop(0)
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            self._cluster.stats.blob_requests += 1
+            try:
+                resp = await self._cluster.get(peer, self._path, self._query, headers)
+            except UpstreamUnavailable:
+                continue
+            if resp.status in (200, 206):
+                self._current = peer
+                return resp
+            # A 404 relays the upstream's own answer through the owner; anything else
+            # (the owner has no such upstream, is overloaded) is the owner's problem:
+            # either way this node can still ask the upstream itself.
+            log.info("peer %s answered %d for %s", peer, resp.status, self._path)
+            resp.release()
+            if resp.status >= 500:
+                self._cluster.membership.mark_bad(peer, f"answered {resp.status}")
+        self._on_fallback = True
+        self.label = self._fallback.label
+        return await self._fallback.open(offset)
+
+    def blame(self) -> None:
+        if self._current is not None:
+            self._cluster.stats.bad_content += 1
+            self._cluster.membership.mark_bad(self._current, "sent bytes that failed verification")
+            self._current = None
+        else:
+            self._fallback.blame()

@@ -1,0 +1,124 @@
+"""Applying lifecycle plans to the disk and the index, and keeping them in step.
+
+Everything here blocks (file system, SQLite): the server runs it in a thread, the
+command-line tools call it directly. Deletion order keeps every state a crash can
+leave consistent: tag records go first, then the files, so a tag never names
+content that is gone, and a file removed without its index record is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+from ..errors import DigestInvalid
+from ..oci import parse_digest
+from .blobs import BlobStore
+from .index import Index, Snapshot
+from .lifecycle import Plan, Rules, plan_gc, references
+
+log = logging.getLogger(__name__)
+
+_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]i?b?|b|%)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
+
+
+def parse_size(text: str, disk_total: int) -> int:
+    """``"50GB"``, ``"20GiB"``, ``"80%"`` (of the disk), or plain bytes."""
+    m = _SIZE_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"cannot read {text!r} as a size")
+    number, unit = float(m.group(1)), (m.group(2) or "").lower()
+    if unit == "%":
+        return int(disk_total * number / 100)
+    base = unit[:1]
+    factor = _UNITS[base] if "i" not in unit else 1024 ** "bkmgtp".index(base)
+    return int(number * factor)
+
+
+@dataclass
+class State:
+    """The cache as the planners need it."""
+
+    snapshot: Snapshot
+    sizes: dict[str, int]
+    mtimes: dict[str, float]
+    refs: dict[str, list[str]]
+
+
+def read_state(store: BlobStore, index: Index) -> State:
+    snapshot = index.snapshot()
+    sizes, mtimes = store.scan()
+    refs: dict[str, list[str]] = {}
+    for digest in snapshot.manifest_types:
+        if digest not in sizes:
+            continue
+        body = store.read(parse_digest(digest))
+        if body is not None:
+            refs[digest] = references(body)
+    return State(snapshot, sizes, mtimes, refs)
+
+
+def delete(store: BlobStore, index: Index, plan: Plan) -> None:
+    for tag in plan.tags:
+        index.forget_tag(tag.upstream, tag.name, tag.tag)
+    for digest in plan.content:
+        store.delete(parse_digest(digest))
+        index.forget_content(digest)
+
+
+def gc(
+    store: BlobStore, index: Index, rules: Rules, dry_run: bool, now: float | None = None
+) -> Plan:
+    """Plan (and unless ``dry_run``, apply) one lifecycle run."""
+    state = read_state(store, index)
+    plan = plan_gc(state.snapshot, state.sizes, state.mtimes, state.refs, rules, now or time.time())
+    if not dry_run:
+        delete(store, index, plan)
+        log.info(
+            "gc removed %d tags and %d blobs, %d bytes",
+            len(plan.tags),
+            len(plan.content),
+            plan.bytes_freed,
+        )
+    return plan
+
+
+def reconcile(store: BlobStore, index: Index) -> int:
+    """Drop index records of content whose file is gone (after a crash or by hand).
+
+    Tag records stay: a tag whose manifest file is gone is fetched again (or, with
+    no upstream, answered MANIFEST_UNKNOWN), never served wrong.
+    """
+    sizes, _ = store.scan()
+    snapshot = index.snapshot()
+    gone = [d for d in (*snapshot.manifest_types, *snapshot.access) if d not in sizes]
+    for digest in set(gone):
+        index.forget_content(digest)
+    if gone:
+        log.info("index reconciled with the disk: %d records of missing content dropped", len(gone))
+    return len(set(gone))
+
+
+def verify(store: BlobStore, index: Index) -> tuple[int, list[str]]:
+    """Hash every blob; remove any that does not match its name. (count, removed)."""
+    sizes, _ = store.scan()
+    removed = []
+    for key in sorted(sizes):
+        try:
+            digest = parse_digest(key)
+        except DigestInvalid:  # a stray file no digest names: never served
+            log.warning("stray file in the blob store: %s", key)
+            continue
+        hasher = digest.hasher()
+        with open(store.path(digest), "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                hasher.update(chunk)
+        if hasher.hexdigest() != digest.hex:
+            log.error("blob %s does not match its digest; removed", key)
+            store.delete(digest)
+            index.forget_content(key)
+            removed.append(key)
+    return len(sizes), removed
