@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .config import Config
+from .config import Config, ConfigError
 from .fill import Fills
 from .http import handlers, peer
 from .http.keys import HOUSEKEEPER, METRICS, PROXY
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # with 400 before any handler runs.
 MAX_LINE = 8190
 MAX_FIELD = 8190
+# Seconds that transfers in flight get to finish after SIGTERM (deploy/ sizes the
+# Kubernetes terminationGracePeriodSeconds on it).
+SHUTDOWN_TIMEOUT = 30.0
 
 
 class _MalformedRequestFilter(logging.Filter):
@@ -108,7 +111,7 @@ def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
         app[METRICS].registry.register(SavingsCollector(ledger, savings.price_of))
         await ledger.start()
         log.info(
-            "cacheproxy listening on %s, cache %s, upstreams %s, presets %s, default %s",
+            "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s",
             config.listen,
             config.cache_dir,
             ", ".join(f"{u.name}={u.url}" for u in config.upstreams) or "none",
@@ -145,12 +148,20 @@ def serve(config: Config) -> None:
     """Run the proxy until interrupted."""
     loop = new_loop(config)
     asyncio.set_event_loop(loop)
-    web.run_app(
-        build_app(config),
-        host=config.host,
-        port=config.port,
-        loop=loop,
-        print=None,
-        access_log=None,
-        shutdown_timeout=30,
-    )
+    try:
+        web.run_app(
+            build_app(config),
+            host=config.host,
+            port=config.port,
+            loop=loop,
+            print=None,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+    except OSError as exc:
+        # A port in use, an unwritable cache directory: say so, no traceback.
+        log.error("cannot serve on %s with cache %s: %s", config.listen, config.cache_dir, exc)
+        raise SystemExit(1) from None
+    except ConfigError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode, urlsplit
@@ -74,6 +75,33 @@ def scope_for(name: str) -> str:
     return f"repository:{name}:pull"
 
 
+MANIFEST_MEMORY = 64 * 1024 * 1024
+
+
+class ByteLRU:
+    """Least recently used ``bytes`` values, bounded by their total size."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, key: str) -> bytes | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: bytes) -> None:
+        if key in self._items or len(value) > self._capacity // 16:
+            return
+        self._items[key] = value
+        self._size += len(value)
+        while self._size > self._capacity:
+            _, old = self._items.popitem(last=False)
+            self._size -= len(old)
+
+
 class NoRoom(Exception):
     """The disk is too full to cache a miss: stream it through instead."""
 
@@ -127,6 +155,8 @@ class Proxy:
         self.accounting: Accounting = accounting or NullAccounting()
         self.cluster = cluster
         self.access = AccessLog()
+        # Manifests are small, immutable and hot: keep recent ones in memory.
+        self._bodies = ByteLRU(MANIFEST_MEMORY)
         self.passthroughs = 0
         self._min_free = parse_size(config.min_free, store.total_bytes())
         # Keyed with "asks peers" too: see _asks_peers.
@@ -209,8 +239,11 @@ class Proxy:
     ) -> tuple[bytes, Source | None]:
         """The manifest's bytes, and where this call's own transfer got them (None:
         the cache, or another request's transfer)."""
-        body = await asyncio.to_thread(self.store.read, digest)
+        body = self._bodies.get(str(digest))
+        if body is None:
+            body = await asyncio.to_thread(self.store.read, digest)
         if body is not None:
+            self._bodies.put(str(digest), body)
             return body, None
         if self.config.offline:
             raise ManifestUnknown("not in the cache, and the proxy is offline")

@@ -16,6 +16,7 @@ Keys (NUL-separated strings):
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,16 @@ class Snapshot:
     access: dict[str, tuple[float, int]]
 
 
+MEMORY_RECORDS = 50_000
+
+
+def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    if len(memory) > MEMORY_RECORDS:
+        memory.popitem(last=False)
+
+
 def _tag_base(upstream: str, name: str, tag: str) -> str:
     return "tagbase\0" + "\0".join((upstream, name, tag))
 
@@ -91,20 +102,32 @@ class Index:
         # sqlite_synchronous=1 (NORMAL) with WAL keeps commits durable across a
         # process crash; the blob files themselves are fsynced separately.
         self._cache = diskcache.Cache(str(directory), size_limit=2**40, eviction_policy="none")
+        # Write-through memory of the hot records, so a warm manifest request does not
+        # wait for a thread and SQLite. Bounded; cleared whenever records are deleted.
+        self._tags: OrderedDict[str, TagEntry] = OrderedDict()
+        self._types: OrderedDict[str, str] = OrderedDict()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
 
     async def get_tag(self, key: TagKey) -> TagEntry | None:
-        raw = await self._call(self._cache.get, key.key())
+        k = key.key()
+        entry = self._tags.get(k)
+        if entry is not None:
+            self._tags.move_to_end(k)
+            return entry
+        raw = await self._call(self._cache.get, k)
         if not isinstance(raw, tuple) or len(raw) != 4:
             return None
-        return TagEntry(*raw)
+        entry = TagEntry(*raw)
+        _remember(self._tags, k, entry)
+        return entry
 
     async def set_tag(self, key: TagKey, entry: TagEntry) -> None:
         await self._call(self.set_tag_sync, key, entry)
 
     def set_tag_sync(self, key: TagKey, entry: TagEntry) -> None:
+        _remember(self._tags, key.key(), entry)
         value = (entry.digest, entry.media_type, entry.size, entry.checked_at)
         with self._cache.transact():
             self._cache.set(key.key(), value)
@@ -164,6 +187,7 @@ class Index:
 
     def forget_tag(self, upstream: str, name: str, tag: str) -> None:
         """Remove a tag for every Accept class (blocking)."""
+        self._tags.clear()
         prefix = "tag\0" + "\0".join((upstream, name, tag)) + "\0"
         with self._cache.transact():
             for key in list(self._cache.iterkeys()):
@@ -174,19 +198,27 @@ class Index:
 
     def forget_content(self, digest: str) -> None:
         """Remove what the index says of a blob or manifest (blocking)."""
+        self._types.pop(digest, None)
         with self._cache.transact():
             self._cache.delete("manifest\0" + digest)
             self._cache.delete("access\0" + digest)
 
     def set_manifest_type_sync(self, digest: str, media_type: str) -> None:
+        _remember(self._types, digest, media_type)
         self._cache.set("manifest\0" + digest, media_type)
 
     async def get_manifest_type(self, digest: str) -> str | None:
+        known = self._types.get(digest)
+        if known is not None:
+            return known
         raw = await self._call(self._cache.get, "manifest\0" + digest)
-        return raw if isinstance(raw, str) else None
+        if not isinstance(raw, str):
+            return None
+        _remember(self._types, digest, raw)
+        return raw
 
     async def set_manifest_type(self, digest: str, media_type: str) -> None:
-        await self._call(self._cache.set, "manifest\0" + digest, media_type)
+        await self._call(self.set_manifest_type_sync, digest, media_type)
 
     async def ping(self) -> bool:
         try:
