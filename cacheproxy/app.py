@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from . import server
 from .config import Config, ConfigError
 from .fill import Fills
 from .http import handlers, peer
-from .http.keys import HOUSEKEEPER, METRICS, PROXY
-from .http.middleware import oci_errors, stamp_headers
+from .http.access import AccessPolicy
+from .http.keys import ACCESS, HOUSEKEEPER, METRICS, PROXY
+from .http.middleware import authenticate, oci_errors, stamp_headers
 from .metrics import CacheCollector, Metrics
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .peers.cluster import start_cluster
@@ -35,9 +37,6 @@ log = logging.getLogger(__name__)
 # with 400 before any handler runs.
 MAX_LINE = 8190
 MAX_FIELD = 8190
-# Seconds that transfers in flight get to finish after SIGTERM (deploy/ sizes the
-# Kubernetes terminationGracePeriodSeconds on it).
-SHUTDOWN_TIMEOUT = 30.0
 
 
 class _MalformedRequestFilter(logging.Filter):
@@ -67,11 +66,12 @@ def build_app(config: Config) -> web.Application:
     if _QUIET not in server_log.filters:
         server_log.addFilter(_QUIET)
     app = web.Application(
-        middlewares=[oci_errors],
+        middlewares=[server.mark, oci_errors, authenticate],
         client_max_size=64 * 1024,
         handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
     )
     app.on_response_prepare.append(stamp_headers)
+    app[ACCESS] = AccessPolicy.from_config(config)
     app.cleanup_ctx.append(_proxy_ctx(config))
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/healthz", handlers.healthz)
@@ -145,19 +145,11 @@ def new_loop(config: Config) -> asyncio.AbstractEventLoop:
 
 
 def serve(config: Config) -> None:
-    """Run the proxy until interrupted."""
+    """Run the proxy until SIGTERM/SIGINT."""
     loop = new_loop(config)
     asyncio.set_event_loop(loop)
     try:
-        web.run_app(
-            build_app(config),
-            host=config.host,
-            port=config.port,
-            loop=loop,
-            print=None,
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT,
-        )
+        loop.run_until_complete(server.run(build_app(config), config))
     except OSError as exc:
         # A port in use, an unwritable cache directory: say so, no traceback.
         log.error("cannot serve on %s with cache %s: %s", config.listen, config.cache_dir, exc)
@@ -165,3 +157,6 @@ def serve(config: Config) -> None:
     except ConfigError as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

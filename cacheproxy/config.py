@@ -68,6 +68,19 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class AccessRule:
+    """An [[access]] table: for clients matching ``subjects``, ``deny`` beats ``allow``.
+
+    Patterns are fnmatch globs over client names (htpasswd user, token name, or
+    "anonymous") and over ``upstream/repository``.
+    """
+
+    subjects: tuple[str, ...]
+    allow: tuple[str, ...] = ("*",)
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of a running proxy."""
 
@@ -93,6 +106,15 @@ class Config:
     # Seconds without a byte from upstream before a fill is given up.
     read_timeout: float = 60.0
     max_manifest_bytes: int = 4 * 1024 * 1024
+    # Upstream 5xx/429/connection failures: retries, and the seconds they may take.
+    upstream_retries: int = 3
+    upstream_retry_budget: float = 10.0
+    # Concurrent connections to one upstream.
+    upstream_connections: int = 64
+    # Seconds a client may take to send a request's headers (slow-loris bound), and
+    # an idle keep-alive connection is kept.
+    client_header_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
     # Cache size limit: bytes ("50GB", "20GiB") or a share of the disk ("80%").
     max_size: str | None = None
     # Below this much free disk space a miss is streamed through without caching.
@@ -109,6 +131,16 @@ class Config:
     gc_interval: float = 3600.0
     # Serve only the cache; never dial an upstream.
     offline: bool = False
+    # Client access ([auth] table and [[access]] rules); anonymous pulls by default.
+    auth_htpasswd: Path | None = None
+    auth_tokens_file: Path | None = None
+    auth_anonymous: bool = True
+    access: tuple[AccessRule, ...] = ()
+    # TLS on the listener (files re-read when they change).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Seconds between checks of the certificate files for a renewal.
+    tls_reload: float = 10.0
     # Peer-to-peer cluster mode (see cacheproxy/peers): static peer URLs, a DNS name
     # re-resolved every few seconds ("name:port"), or a file of URLs re-read on change.
     peers: tuple[str, ...] = ()
@@ -167,6 +199,11 @@ _SCALARS: dict[str, type] = {
     "connect_timeout": float,
     "read_timeout": float,
     "max_manifest_bytes": int,
+    "upstream_retries": int,
+    "upstream_retry_budget": float,
+    "upstream_connections": int,
+    "client_header_timeout": float,
+    "keepalive_timeout": float,
     "max_size": str,
     "min_free": str,
     "evict_interval": float,
@@ -176,6 +213,12 @@ _SCALARS: dict[str, type] = {
     "max_tags_per_repo": int,
     "gc_interval": float,
     "offline": bool,
+    "auth_htpasswd": Path,
+    "auth_tokens_file": Path,
+    "auth_anonymous": bool,
+    "tls_cert": Path,
+    "tls_key": Path,
+    "tls_reload": float,
     "peers": tuple,
     "peers_dns": str,
     "peers_file": Path,
@@ -226,6 +269,14 @@ def load_config(
     if path is not None:
         doc = _read_toml(path)
         upstreams = _upstreams_from_toml(doc.pop("upstream", None))
+        access = _access_from_toml(doc.pop("access", None))
+        if access is not None:
+            values["access"] = access
+        auth = doc.pop("auth", {})
+        if not isinstance(auth, dict) or set(auth) - {"htpasswd", "tokens_file", "anonymous"}:
+            raise ConfigError("[auth]: known keys are htpasswd, tokens_file, anonymous")
+        for key, raw in auth.items():
+            doc[f"auth_{key}"] = raw
         lifecycle = doc.pop("lifecycle", {})
         if not isinstance(lifecycle, dict) or set(lifecycle) - _LIFECYCLE_KEYS:
             raise ConfigError(f"[lifecycle]: known keys are {sorted(_LIFECYCLE_KEYS)}")
@@ -248,7 +299,7 @@ def load_config(
         values["default_upstream"] = one.name
         values["presets"] = ()
 
-    typed = {key: _coerce(key, raw) for key, raw in values.items()}
+    typed = {key: raw if key == "access" else _coerce(key, raw) for key, raw in values.items()}
     if upstreams is not None:
         typed["upstreams"] = tuple(upstreams)
     config = Config(**typed)
@@ -270,6 +321,27 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _access_from_toml(raw: object) -> tuple[AccessRule, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ConfigError("access: expected [[access]] tables")
+    rules = []
+    for item in raw:
+        if not isinstance(item, dict) or set(item) - {"subjects", "allow", "deny"}:
+            raise ConfigError("[[access]]: keys are subjects, allow, deny")
+        lists = {}
+        for key in ("subjects", "allow", "deny"):
+            value = item.get(key, ["*"] if key != "deny" else [])
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[[access]] {key}: expected a list of patterns")
+            lists[key] = tuple(value)
+        rules.append(AccessRule(lists["subjects"], lists["allow"], lists["deny"]))
+    return tuple(rules)
 
 
 _PATH_KEYS = {"password_file", "docker_config", "ca_file"}
@@ -371,6 +443,8 @@ def _check(config: Config) -> None:
     unknown = set(config.presets) - set(ALL_PRESETS)
     if unknown:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key go together")
     if config.peer_mode:
         if not config.self_url:
             raise ConfigError("peer mode needs self_url (--self): this node's URL for its peers")

@@ -20,7 +20,8 @@ from ..proxy import NoRoom, Proxy
 from ..store.blobs import OpenBlob
 from ..upstream.client import Upstream
 from ..upstream.presets import DOCKER_HUB
-from .keys import METRICS, NAMESPACE, PROXY
+from .access import ANONYMOUS
+from .keys import ACCESS, METRICS, NAMESPACE, PROXY, SUBJECT
 from .passthrough import passthrough
 from .ranges import content_range, parse_range
 from .send import Progress, send_fd, send_fill
@@ -50,6 +51,9 @@ def route_request(request: web.Request, route: Route) -> tuple[Route, Upstream]:
     if up.name == DOCKER_HUB and "/" not in name:
         # Docker Hub's official images live under library/ (what docker pull does).
         name = f"library/{name}"
+    policy = request.app[ACCESS]
+    if policy.rules:
+        policy.check(request.get(SUBJECT, ANONYMOUS), up.name, name)
     return Route(route.kind, name, route.reference), up
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import NotFound, RegistryError, Unsupported
-from .keys import NAMESPACE
+from .keys import ACCESS, NAMESPACE, SUBJECT
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +59,16 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
     if ns is not None:
         # The spec's proxying text: a registry that honours ``ns`` echoes it.
         response.headers["OCI-Namespace"] = ns
+
+
+# Paths answered without client authentication: probes, metrics, and the peer path
+# (which carries its own HMAC).
+OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/_cacheproxy/peer/")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    policy = request.app[ACCESS]
+    if policy.active and not request.path.startswith(OPEN_PREFIXES):
+        request[SUBJECT] = await policy.identify(request.headers.get("Authorization"))
+    return await handler(request)

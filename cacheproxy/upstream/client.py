@@ -7,6 +7,9 @@ retries once on 401 with a fresh token, and follows redirects itself so that the
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import email.utils
 import logging
 import ssl as ssl_module
 import time
@@ -38,6 +41,44 @@ USER_AGENT = "cacheproxy/0.1"
 class Timeouts:
     connect: float
     read: float
+
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+BACKOFF = 0.5
+BACKOFF_MAX = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounded retries: at most ``attempts`` more, all within ``budget`` seconds."""
+
+    attempts: int = 3
+    budget: float = 10.0
+
+    def delay(self, attempt: int, retry_after: str | None) -> float:
+        """The upstream's ``Retry-After`` when it gives one, else exponential backoff."""
+        wait = parse_retry_after(retry_after)
+        if wait is not None:
+            return wait
+        backoff: float = BACKOFF * 2.0**attempt
+        return min(backoff, BACKOFF_MAX)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from ``Retry-After``: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    seconds: float = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return max(0.0, seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +124,16 @@ class Upstream:
         credentials: Credentials | None = None,
         clock: Callable[[], float] = time.monotonic,
         offline: bool = False,
+        retry: RetryPolicy | None = None,
+        connections: int = 64,
     ) -> None:
         self.config = config
         self.offline = offline
+        self.retries = 0
+        self._retry = retry or RetryPolicy()
+        # Bounds the requests in flight to this upstream; a blob body holds its slot
+        # only until the response headers arrive (the connector bounds sockets).
+        self._slots = asyncio.Semaphore(connections)
         self.name = config.name
         self.url = config.url.rstrip("/")
         self.credentials = credentials
@@ -106,7 +154,7 @@ class Upstream:
             # Blobs are stored and verified byte for byte: never decode them.
             auto_decompress=False,
             headers={"User-Agent": USER_AGENT},
-            connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=60, ssl=ssl),
+            connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=60, ssl=ssl),
         )
 
     async def close(self) -> None:
@@ -128,10 +176,36 @@ class Upstream:
         Raises UpstreamUnavailable when the upstream cannot be reached and
         Unauthorized when it refuses the credentials; any other status is returned.
         A refused token is replaced once and the request retried, so a client never
-        sees an expiry.
+        sees an expiry. 5xx, 429 and connection failures are retried with backoff
+        while the retry budget lasts, honouring ``Retry-After`` (RFC 9110 10.2.3).
         """
         if self.offline:
             raise UpstreamUnavailable("the proxy is offline: the cache only")
+        deadline = self._clock() + self._retry.budget
+        attempt = 0
+        while True:
+            try:
+                async with self._slots:
+                    resp = await self._authorized(method, path, scope, headers)
+            except UpstreamUnavailable:
+                delay = self._retry.delay(attempt, None)
+                if attempt >= self._retry.attempts or self._clock() + delay > deadline:
+                    raise
+            else:
+                if resp.status not in RETRY_STATUSES:
+                    return resp
+                delay = self._retry.delay(attempt, resp.headers.get("Retry-After"))
+                if attempt >= self._retry.attempts or self._clock() + delay > deadline:
+                    return resp
+                resp.release()
+            attempt += 1
+            self.retries += 1
+            log.info("upstream %s: retry %d of %s in %.1f s", self.name, attempt, path, delay)
+            await asyncio.sleep(delay)
+
+    async def _authorized(
+        self, method: str, path: str, scope: str, headers: Mapping[str, str] | None
+    ) -> aiohttp.ClientResponse:
         base_headers = CIMultiDict(headers or {})
         for _attempt in range(3):
             auth, sent_token, sent_basic = await self._auth_header(scope)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 from ..config import Config
 from ..errors import Denied
-from .client import Timeouts, Upstream
+from .client import RetryPolicy, Timeouts, Upstream
 from .credentials import EcrClientFactory, EcrCredentials, boto3_ecr_client, credentials_for
 from .presets import normalize_host
 
@@ -56,7 +56,17 @@ class UpstreamPool:
             if isinstance(creds, EcrCredentials):
                 creds.start()
             kwargs = {"clock": self._clock} if self._clock is not None else {}
-            up = Upstream(settings, self._timeouts, creds, offline=self._config.offline, **kwargs)
+            up = Upstream(
+                settings,
+                self._timeouts,
+                creds,
+                offline=self._config.offline,
+                retry=RetryPolicy(
+                    self._config.upstream_retries, self._config.upstream_retry_budget
+                ),
+                connections=self._config.upstream_connections,
+                **kwargs,
+            )
             log.info("upstream %s -> %s", settings.name, settings.url)
             self._by_name[settings.name] = up
         self._by_name[wanted] = up

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cacheproxy import server
 from cacheproxy.app import build_app
 from cacheproxy.config import Config, load_config
 from cacheproxy.http.keys import PROXY
@@ -61,11 +62,10 @@ async def running_proxy(
     flags.update(settings)
     config = load_config(file=config_file, env={}, flags=flags)
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, bind, port)
-    await site.start()
+    # The listener the real server uses: TLS, the header deadline, graceful close.
+    listener = await server.start(app, config)
+    scheme = "https" if config.tls_cert is not None else "http"
     try:
-        yield RunningProxy(config, app, f"http://{bind}:{port}", f"{bind}:{port}")
+        yield RunningProxy(config, app, f"{scheme}://{bind}:{port}", f"{bind}:{port}")
     finally:
-        await runner.cleanup()
+        await listener.close()

@@ -1,0 +1,150 @@
+"""Optional client authentication and per-client allow/deny rules.
+
+Anonymous pulls stay the default (node-local mirrors, Docker's registry-mirrors,
+which cannot send mirror credentials). When configured: htpasswd Basic logins
+(bcrypt, as distribution's htpasswd auth) or bearer tokens from a file, and rules
+on ``upstream/repository`` patterns per client, in the spirit of ECR repository
+policies. Files are re-read when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import fnmatch
+import hashlib
+import hmac
+import logging
+import time
+from pathlib import Path
+
+from ..config import AccessRule as Rule
+from ..config import Config
+from ..errors import Denied, Unauthorized
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="cacheproxy", charset="UTF-8"'}
+# A verified Authorization value is remembered this long (bcrypt costs ~0.1 s).
+REMEMBER = 60.0
+
+
+class _WatchedFile:
+    """A small file re-read when its mtime changes (checked at most every 5 s)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self.lines: list[str] = []
+
+    def refresh(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < 5.0 and self._mtime is not None:
+            return False
+        self._checked = now
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime == self._mtime:
+                return False
+            self.lines = self.path.read_text().splitlines()
+        except OSError as exc:
+            log.error("cannot read %s: %s", self.path, exc.strerror)
+            return False
+        self._mtime = mtime
+        return True
+
+
+class AccessPolicy:
+    """Who a request is, and what it may pull."""
+
+    def __init__(
+        self,
+        htpasswd: Path | None = None,
+        tokens_file: Path | None = None,
+        anonymous: bool = True,
+        rules: tuple[Rule, ...] = (),
+    ) -> None:
+        self._htpasswd = _WatchedFile(htpasswd) if htpasswd else None
+        self._tokens = _WatchedFile(tokens_file) if tokens_file else None
+        self.anonymous = anonymous
+        self.rules = rules
+        self._verified: dict[str, tuple[str, float]] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> AccessPolicy:
+        return cls(
+            config.auth_htpasswd, config.auth_tokens_file, config.auth_anonymous, config.access
+        )
+
+    @property
+    def active(self) -> bool:
+        return bool(self._htpasswd or self._tokens or self.rules or not self.anonymous)
+
+    async def identify(self, authorization: str | None) -> str:
+        """The client's name, or raise UNAUTHORIZED (with a challenge)."""
+        if not authorization:
+            if self.anonymous:
+                return ANONYMOUS
+            raise Unauthorized("authentication required", headers=CHALLENGE)
+        key = hashlib.sha256(authorization.encode()).hexdigest()
+        known = self._verified.get(key)
+        if known is not None and time.monotonic() - known[1] < REMEMBER:
+            return known[0]
+        subject = await asyncio.to_thread(self._check, authorization)
+        if subject is None:
+            raise Unauthorized("invalid credentials", headers=CHALLENGE)
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        self._verified[key] = (subject, time.monotonic())
+        return subject
+
+    def _check(self, authorization: str) -> str | None:
+        scheme, _, value = authorization.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic" and self._htpasswd is not None:
+            if self._htpasswd.refresh():
+                self._verified.clear()
+            try:
+                user, sep, password = base64.b64decode(value.strip()).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return user if sep and self._password_ok(user, password) else None
+        if scheme == "bearer" and self._tokens is not None:
+            if self._tokens.refresh():
+                self._verified.clear()
+            for line in self._tokens.lines:
+                token, _, name = line.strip().partition(" ")
+                if token and hmac.compare_digest(token.encode(), value.strip().encode()):
+                    return name.strip() or "token"
+        return None
+
+    def _password_ok(self, user: str, password: str) -> bool:
+        import bcrypt
+
+        assert self._htpasswd is not None
+        for line in self._htpasswd.lines:
+            name, _, hashed = line.strip().partition(":")
+            if name == user and hashed.startswith(("$2y$", "$2b$", "$2a$")):
+                try:
+                    return bool(bcrypt.checkpw(password.encode(), hashed.encode()))
+                except ValueError:
+                    return False
+        return False
+
+    def check(self, subject: str, upstream: str, repository: str) -> None:
+        """DENIED unless a rule for ``subject`` allows ``upstream/repository``."""
+        if not self.rules:
+            return
+        target = f"{upstream}/{repository}"
+        for rule in self.rules:
+            if not any(fnmatch.fnmatchcase(subject, s) for s in rule.subjects):
+                continue
+            if any(fnmatch.fnmatchcase(target, p) for p in rule.deny):
+                break
+            if any(fnmatch.fnmatchcase(target, p) for p in rule.allow):
+                return
+            break
+        raise Denied(f"{subject} may not pull {target[:300]}")
