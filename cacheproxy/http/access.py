@@ -147,4 +147,7 @@ class AccessPolicy:
             if any(fnmatch.fnmatchcase(target, p) for p in rule.allow):
                 return
             break
+        if subject == ANONYMOUS and (self._htpasswd or self._tokens):
+            # A client holding credentials sends them only when challenged.
+            raise Unauthorized(f"log in to pull {target[:300]}", headers=CHALLENGE)
         raise Denied(f"{subject} may not pull {target[:300]}")
