@@ -1,21 +1,54 @@
 # syntax=docker/dockerfile:1
-FROM python:3.11-slim AS build
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY cacheproxy ./cacheproxy
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# cacheproxy: docker build -t cacheproxy:0.1.0 .
+#   docker run -p 5000:5000 -v cacheproxy-cache:/var/cache/cacheproxy cacheproxy:0.1.0
+# Config: environment variables (CACHEPROXY_<SETTING>) or a mounted TOML file named by
+# CACHEPROXY_CONFIG, e.g.
+#   -v ./cacheproxy.toml:/etc/cacheproxy/config.toml:ro -e CACHEPROXY_CONFIG=/etc/cacheproxy/config.toml
+# (name the file by CACHEPROXY_CONFIG rather than --config, so the HEALTHCHECK reads it too).
 
-FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /var/cache/cacheproxy cacheproxy \
- && mkdir -p /var/cache/cacheproxy && chown cacheproxy /var/cache/cacheproxy
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER cacheproxy
-ENV CACHEPROXY_CACHE_DIR=/var/cache/cacheproxy \
-    CACHEPROXY_LISTEN=0.0.0.0:5000
-VOLUME /var/cache/cacheproxy
+ARG PYTHON=python:3.11-slim-bookworm
+
+# Build: a virtualenv with cacheproxy and its dependencies, copied whole into the
+# runtime stage, so no wheel, pip cache or compiler reaches the image.
+FROM ${PYTHON} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/cacheproxy
+WORKDIR /src
+# Dependencies first: this layer is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md ./
+RUN mkdir cacheproxy && touch cacheproxy/__init__.py \
+ && /opt/cacheproxy/bin/pip install . \
+ && /opt/cacheproxy/bin/pip uninstall -y cacheproxy
+COPY cacheproxy ./cacheproxy
+RUN /opt/cacheproxy/bin/pip install --no-deps . \
+ && /opt/cacheproxy/bin/python -c "import cacheproxy.app, cacheproxy.savings.prices"
+
+FROM ${PYTHON}
+LABEL org.opencontainers.image.title="cacheproxy" \
+      org.opencontainers.image.description="Pull-through caching proxy for container registries" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# A numeric, non-root user: Kubernetes' runAsNonRoot can only verify a numeric USER.
+RUN groupadd --system --gid 10001 cacheproxy \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home \
+      --home-dir /var/cache/cacheproxy --shell /usr/sbin/nologin cacheproxy \
+ && mkdir -p /var/cache/cacheproxy /etc/cacheproxy \
+ && chown 10001:10001 /var/cache/cacheproxy
+COPY --from=build /opt/cacheproxy /opt/cacheproxy
+# The default cache_dir is $XDG_CACHE_HOME/cacheproxy, the volume below. Set here as a
+# built-in default, not as CACHEPROXY_CACHE_DIR / CACHEPROXY_LISTEN: those would
+# outrank a mounted config file's cache_dir and listen (env beats file).
+ENV PATH=/opt/cacheproxy/bin:$PATH \
+    XDG_CACHE_HOME=/var/cache \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 10001:10001
+VOLUME ["/var/cache/cacheproxy"]
+# The default listen, 0.0.0.0:5000.
 EXPOSE 5000
-HEALTHCHECK --interval=30s --timeout=3s \
-  CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:5000/v2/', timeout=2)" || exit 1
+# /healthz on the port the config names; exits 1 with the reason when it fails.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-m", "cacheproxy.healthcheck"]
+# SIGTERM: stop accepting, let transfers in flight finish (up to 30 s), flush, exit.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["cacheproxy"]
 CMD ["serve"]

@@ -8,11 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="cacheproxy", description=__doc__)
+    top = argparse.ArgumentParser(
+        prog="cacheproxy", description="A pull-through caching proxy for container registries."
+    )
     sub = top.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", type=Path, help="TOML config file")
@@ -21,8 +23,100 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:5000)")
     serve.add_argument("--tag-ttl", type=float, dest="tag_ttl", help="tag freshness, seconds")
     serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], help="event loop")
+    serve.add_argument(
+        "--offline", action="store_const", const=True, help="serve only the cache; never dial out"
+    )
+    serve.add_argument("--max-size", dest="max_size", help='cache limit: "50GB", "80%%"')
     serve.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+    serve.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        metavar="URL",
+        help="a cluster peer (repeatable; this node's own URL may be in the list)",
+    )
+    serve.add_argument(
+        "--peers-dns",
+        dest="peers_dns",
+        metavar="NAME:PORT",
+        help="peers from a DNS name, re-resolved every few seconds",
+    )
+    serve.add_argument(
+        "--peers-file",
+        dest="peers_file",
+        type=Path,
+        help="peers from a file of URLs, re-read when it changes",
+    )
+    serve.add_argument("--self", dest="self_url", metavar="URL", help="this node's URL")
+    serve.add_argument(
+        "--peer-secret-file",
+        dest="peer_secret_file",
+        type=Path,
+        help="shared secret that peers sign their requests with",
+    )
+    report = sub.add_parser("report", help="what the cache saved: bytes, pulls, dollars")
+    report.add_argument("--config", type=Path, help="TOML config file (the one serve uses)")
+    report.add_argument("--cache-dir", type=Path, dest="cache_dir", help="cache directory")
+    report.add_argument("--upstream", help="the one upstream registry URL (as given to serve)")
+    report.add_argument("--pricing-file", type=Path, dest="pricing_file", help="own price table")
+    report.add_argument("--since", help="first UTC day, YYYY-MM-DD or YYYY-MM (default: month)")
+    report.add_argument("--until", help="last UTC day, YYYY-MM-DD or YYYY-MM (default: today)")
+    report.add_argument("--top", type=int, default=10, help="repositories listed (default 10)")
+    shape = report.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_const", const="json", dest="fmt", help="JSON")
+    shape.add_argument("--csv", action="store_const", const="csv", dest="fmt", help="CSV")
+    peers = sub.add_parser("peers", help="show a running node's cluster view")
+    peers.add_argument("--config", type=Path, help="TOML config file (to find the node)")
+    peers.add_argument("--url", help="the node's URL (default: from the config's listen)")
+    peers.add_argument("--key", help="a digest or tag key: show who owns it")
+    peers.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    client = sub.add_parser("client-config", help="node settings pointing a runtime at the proxy")
+    client.add_argument("runtime", choices=["containerd", "cri-o", "docker"])
+    client.add_argument("--config", type=Path, help="TOML config file (the one serve uses)")
+    client.add_argument("--upstream", help="the one upstream registry URL (as given to serve)")
+    client.add_argument("--mirror", help="the proxy's URL from the node (default: local listen)")
+    client.add_argument("--out", type=Path, help="write the files under this directory")
+    _cache_tools(sub)
     return top
+
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (the one serve uses)")
+    p.add_argument("--cache-dir", type=Path, dest="cache_dir", help="cache directory")
+    p.add_argument("--upstream", help="the one upstream registry URL (as given to serve)")
+
+
+def _cache_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gc = sub.add_parser("gc", help="apply the lifecycle rules to the cache")
+    _cache_args(gc)
+    gc.add_argument("--dry-run", action="store_true", dest="dry_run", help="only print the plan")
+    ls = sub.add_parser("ls", help="list cached repositories, tags, digests and sizes")
+    _cache_args(ls)
+    ls.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    verify = sub.add_parser("verify", help="hash every cached blob; remove any that is wrong")
+    _cache_args(verify)
+    prefetch = sub.add_parser("prefetch", help="warm the cache with images")
+    _cache_args(prefetch)
+    prefetch.add_argument("images", nargs="*", help="[registry/]name[:tag|@digest]")
+    prefetch.add_argument("-f", "--file", type=Path, dest="image_file", help="one image a line")
+    prefetch.add_argument("--platform", help="os/arch[/variant] of an index (default: all)")
+    export = sub.add_parser("export", help="write cached images as an OCI layout tar")
+    _cache_args(export)
+    export.add_argument("images", nargs="*", help="[registry/]name[:tag|@digest]")
+    export.add_argument("-f", "--file", type=Path, dest="image_file", help="one image a line")
+    export.add_argument("-o", "--output", type=Path, required=True, help="bundle.tar")
+    imp = sub.add_parser("import", help="verify and load an OCI layout tar into the cache")
+    _cache_args(imp)
+    imp.add_argument("bundle", type=Path)
+
+
+def _images(args: argparse.Namespace) -> list[str]:
+    from .airgap import read_list
+
+    images = list(args.images)
+    if args.image_file is not None:
+        images += read_list(args.image_file)
+    return images
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,4 +135,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .app import serve
 
         serve(config)
+    elif args.command == "report":
+        from .savings.command import run
+
+        return run(config, args.since, args.until, args.fmt or "table", args.top)
+    elif args.command in ("gc", "ls", "verify", "prefetch", "export", "import"):
+        return _cache_command(args, config)
+    elif args.command == "peers":
+        from .peers.status import show
+
+        return show(config, args.url, args.key, args.as_json)
+    elif args.command == "client-config":
+        from .clientconfig import run as client_config
+
+        return client_config(config, args.runtime, args.mirror, args.out)
+    return 0
+
+
+def _cache_command(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    from . import airgap, inventory
+    from .store.blobs import BlobStore
+    from .store.index import Index
+    from .store.maintenance import gc, verify
+
+    if args.command == "prefetch":
+        return 1 if asyncio.run(airgap.prefetch(config, _images(args), args.platform)) else 0
+    if args.command == "export":
+        count = asyncio.run(airgap.export(config, _images(args), args.output))
+        print(f"wrote {args.output}: {count} blobs")
+        return 0
+    if args.command == "import":
+        result = airgap.import_bundle(config, args.bundle)
+        print(f"imported {result.blobs} blobs ({result.already} already cached)")
+        for tag in result.tags:
+            print(f"  {tag}")
+        return 0
+    store = BlobStore(config.cache_dir)
+    store.prepare()
+    index = Index(config.cache_dir / "index")
+    try:
+        if args.command == "gc":
+            from .store.lifecycle import Rules
+
+            rules = Rules(config.keep, config.expire_days, config.max_tags_per_repo)
+            plan = gc(store, index, rules, dry_run=args.dry_run)
+            print("would delete:" if args.dry_run else "deleted:")
+            print("\n".join(plan.describe()))
+        elif args.command == "ls":
+            print(inventory.render(inventory.inventory(store, index), args.as_json))
+        elif args.command == "verify":
+            count, removed = verify(store, index)
+            print(f"verified {count} blobs; removed {len(removed)}")
+            return 1 if removed else 0
+    finally:
+        index.close()
     return 0
