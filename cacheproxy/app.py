@@ -97,6 +97,7 @@ def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
         )
         fills = Fills(store, ledger)
         upstreams = UpstreamPool(config)
+        await asyncio.to_thread(upstreams.check)
         cluster = await start_cluster(config)
         proxy = Proxy(config, store, index, fills, upstreams, cluster=cluster, accounting=ledger)
         app[PROXY] = proxy

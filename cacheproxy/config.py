@@ -233,8 +233,9 @@ _SCALARS: dict[str, type] = {
 _LIFECYCLE_KEYS = {"keep", "expire_days", "max_tags_per_repo", "gc_interval"}
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
     return Path(base) / "cacheproxy"
 
 
@@ -445,17 +446,6 @@ def _check(config: Config) -> None:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key go together")
-    if config.peer_mode:
-        if not config.self_url:
-            raise ConfigError("peer mode needs self_url (--self): this node's URL for its peers")
-        if config.peer_secret_file is None:
-            raise ConfigError("peer mode needs peer_secret_file: peers authenticate each other")
-        for url in (*config.peers, config.self_url):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(f"peers: expected an http(s) URL, got {url!r}")
-        if config.peers_dns is not None and not config.peers_dns.rpartition(":")[2].isdigit():
-            raise ConfigError("peers_dns: expected NAME:PORT")
     names = [u.name for u in config.upstreams]
     if len(names) != len(set(names)):
         raise ConfigError("upstream: two [[upstream]] tables share a name")

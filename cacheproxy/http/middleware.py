@@ -63,7 +63,7 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
 
 # Paths answered without client authentication: probes, metrics, and the peer path
 # (which carries its own HMAC).
-OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/_cacheproxy/peer/")
+OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/_cacheproxy/peer")
 
 
 @web.middleware

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -88,7 +88,16 @@ async def start_cluster(config: Config) -> Cluster | None:
     """This node's cluster client when peer mode is configured, membership started."""
     if not config.peer_mode:
         return None
-    assert config.self_url is not None and config.peer_secret_file is not None
+    if not config.self_url:
+        raise ConfigError("peer mode needs self_url (--self): this node's URL for its peers")
+    if config.peer_secret_file is None:
+        raise ConfigError("peer mode needs peer_secret_file: peers authenticate each other")
+    for url in (*config.peers, config.self_url):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"peers: expected an http(s) URL, got {url!r}")
+    if config.peers_dns is not None and not config.peers_dns.rpartition(":")[2].isdigit():
+        raise ConfigError("peers_dns: expected NAME:PORT")
     try:
         secret = (await asyncio.to_thread(config.peer_secret_file.read_bytes)).strip()
     except OSError as exc:

@@ -6,10 +6,16 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 
-from ..config import Config
-from ..errors import Denied
+from ..config import Config, ConfigError
+from ..errors import Denied, UpstreamUnavailable
 from .client import RetryPolicy, Timeouts, Upstream
-from .credentials import EcrClientFactory, EcrCredentials, boto3_ecr_client, credentials_for
+from .credentials import (
+    EcrClientFactory,
+    EcrCredentials,
+    boto3_ecr_client,
+    credentials_for,
+    static_login,
+)
 from .presets import normalize_host
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,13 @@ class UpstreamPool:
             ) from None
         up = self._by_name.get(settings.name)
         if up is None:
-            creds = credentials_for(settings, self._env, self._ecr_client_factory)
+            try:
+                creds = credentials_for(settings, self._env, self._ecr_client_factory)
+            except ConfigError as exc:
+                log.error("%s", exc)
+                raise UpstreamUnavailable(
+                    f"the credentials for {settings.name} cannot be read"
+                ) from None
             if isinstance(creds, EcrCredentials):
                 creds.start()
             kwargs = {"clock": self._clock} if self._clock is not None else {}
@@ -71,6 +83,13 @@ class UpstreamPool:
             self._by_name[settings.name] = up
         self._by_name[wanted] = up
         return up
+
+    def check(self) -> None:
+        """Read every configured upstream's static credentials now (blocking), so a
+        missing password file stops the start instead of failing pulls later."""
+        for settings in self._config.upstreams:
+            if not settings.ecr:
+                static_login(settings, self._env)
 
     def all(self) -> list[Upstream]:
         return list({id(u): u for u in self._by_name.values()}.values())

@@ -16,7 +16,7 @@ from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
 from tests.support.process import serve_process
-from tests.support.registry import RegistryProcess
+from tests.support.registry import RegistryProcess, free_port
 
 
 async def test_serve_with_defaults_and_skopeo_pull(
@@ -93,3 +93,26 @@ async def test_kill_9_mid_fill_leaves_only_verified_content(
             assert resp.status == 200
             assert await resp.read() == data
     assert final.read_bytes() == data
+
+
+async def test_missing_credential_file_stops_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'listen = "127.0.0.1:{free_port()}"\ncache_dir = "{tmp_path / "cache"}"\n'
+        '[[upstream]]\nname = "registry.example.com"\nusername = "robot"\n'
+        f'password_file = "{tmp_path / "missing"}"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cacheproxy",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"password_file" in err and b"Traceback" not in err
