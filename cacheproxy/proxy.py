@@ -431,17 +431,23 @@ class Proxy:
         await self.index.set_tag(key, fresh)
         return fresh, "upstream"
 
-    async def _head_tag(self, up: Upstream, key: TagKey) -> TagEntry | None:
-        """HEAD the tag upstream; None when the answer lacks what a TagEntry needs."""
+    async def _ask_tag(self, up: Upstream, key: TagKey, method: str) -> aiohttp.ClientResponse:
+        """The upstream's 200 answer for the tag, asked with the key's Accept class."""
         resp = await up.request(
-            "HEAD",
+            method,
             f"/v2/{key.name}/manifests/{key.tag}",
             scope=scope_for(key.name),
             headers={"Accept": ", ".join(key.accept)},
         )
-        async with resp:
-            if resp.status != 200:
-                raise error_for_status(resp, ManifestUnknown)
+        if resp.status != 200:
+            err = error_for_status(resp, ManifestUnknown)
+            resp.release()
+            raise err
+        return resp
+
+    async def _head_tag(self, up: Upstream, key: TagKey) -> TagEntry | None:
+        """HEAD the tag upstream; None when the answer lacks what a TagEntry needs."""
+        async with await self._ask_tag(up, key, "HEAD") as resp:
             digest = resp.headers.get("Docker-Content-Digest", "")
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             size = resp.content_length
@@ -454,15 +460,7 @@ class Proxy:
         return TagEntry(digest, media_type, size, self._clock())
 
     async def _get_tag(self, up: Upstream, key: TagKey) -> TagEntry:
-        resp = await up.request(
-            "GET",
-            f"/v2/{key.name}/manifests/{key.tag}",
-            scope=scope_for(key.name),
-            headers={"Accept": ", ".join(key.accept)},
-        )
-        async with resp:
-            if resp.status != 200:
-                raise error_for_status(resp, ManifestUnknown)
+        async with await self._ask_tag(up, key, "GET") as resp:
             body = await self._read_manifest(resp)
             header_digest = resp.headers.get("Docker-Content-Digest")
             header_type = resp.headers.get("Content-Type")

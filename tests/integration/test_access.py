@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import ipaddress
 import ssl
 import uuid
 from pathlib import Path
@@ -13,8 +11,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.clients import skopeo
@@ -22,6 +18,7 @@ from tests.support.forwarder import Forwarder
 from tests.support.images import push_image
 from tests.support.proxy import running_proxy
 from tests.support.registry import write_htpasswd
+from tests.support.tls import self_signed
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 
@@ -104,36 +101,6 @@ async def test_anonymous_off_challenges_at_the_base_endpoint(
         )
         result.check()
         assert (out / "manifest.json").read_bytes() == image.manifest
-
-
-def self_signed(path: Path, name: str) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = path / "tls.crt", path / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 async def served_cert_name(host: str, port: int) -> str:

@@ -9,7 +9,6 @@ running proxy.
 
 from __future__ import annotations
 
-import datetime
 import json
 import shlex
 import sys
@@ -21,10 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cacheproxy import cli
 from cacheproxy.config import Config, UpstreamConfig, load_config
@@ -33,6 +28,7 @@ from cacheproxy.upstream.credentials import static_login
 from tests.support.clients import run_process
 from tests.support.forwarder import Forwarder
 from tests.support.proxy import running_proxy
+from tests.support.tls import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -181,34 +177,6 @@ async def test_dockerfile_healthcheck_asks_healthz_of_the_running_proxy(
     down = await run_process(*argv, env={"CACHEPROXY_LISTEN": front.host}, timeout=30)
     assert down.returncode == 1
     assert "unhealthy" in down.stderr
-
-
-def self_signed(directory: Path, host: str = "proxy.example") -> tuple[Path, Path]:
-    """A certificate for ``host`` (not 127.0.0.1) and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
 
 
 async def test_dockerfile_healthcheck_speaks_tls_when_the_proxy_does(
