@@ -1,0 +1,1 @@
+"""Benchmarks: cacheproxy against distribution's proxy mode and nginx proxy_cache."""
