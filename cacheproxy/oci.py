@@ -8,6 +8,7 @@ descriptor rules for digests.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -196,13 +197,19 @@ def parse_accept(values: list[str]) -> list[AcceptRange]:
 
 
 def accepted_manifest_types(accept_values: list[str]) -> tuple[str, ...]:
+    """See :func:`_accepted`; clients send the same few Accept headers over and over."""
+    return _accepted(tuple(accept_values))
+
+
+@functools.lru_cache(maxsize=256)
+def _accepted(accept_values: tuple[str, ...]) -> tuple[str, ...]:
     """The manifest media types a client's Accept admits, in spec order.
 
     No Accept header, or one that only names wildcards, admits every manifest type:
     such a client (curl, a browser) takes whatever the registry holds. Types with
     ``q=0`` are refused explicitly (RFC 9110 section 12.4.2).
     """
-    ranges = parse_accept(accept_values)
+    ranges = parse_accept(list(accept_values))
     if not ranges:
         return MANIFEST_TYPES
     admitted: list[str] = []
