@@ -18,6 +18,9 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 30.0
+# Pending connections the kernel queues for accept(); asyncio's default of 100 drops
+# connects when a node's pods all start at once (the kernel caps it at somaxconn).
+BACKLOG = 4096
 
 
 class HeaderDeadline:
@@ -130,7 +133,9 @@ async def start(app: web.Application, config: Config) -> Listener:
         context = await asyncio.to_thread(tls_context, config.tls_cert, config.tls_key)
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(deadline, config.host, config.port, ssl=context)
+        server = await loop.create_server(
+            deadline, config.host, config.port, ssl=context, backlog=BACKLOG
+        )
     except BaseException:
         await runner.cleanup()
         raise
