@@ -150,6 +150,11 @@ class Fill:
     # --- writer side ---------------------------------------------------------
 
     @property
+    def verified(self) -> bool:
+        """The whole blob is in the cache and matched its digest."""
+        return self.state is State.DONE
+
+    @property
     def origin(self) -> Source:
         """Where this fill's bytes came from, once it has run."""
         return self._source.label if self._source is not None else "upstream"

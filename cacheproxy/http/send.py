@@ -59,6 +59,10 @@ async def send_fill(
 ) -> None:
     """Send bytes ``start..end`` (inclusive; None: to the end) of a blob being filled.
 
+    The last byte of the range, like the last byte of a whole blob, goes out only
+    once the whole blob is verified: a range's bytes cannot be checked on their own,
+    and a client must never see a clean end of a wrong body.
+
     Raises the fill's error when it fails: the caller must then abort the
     connection so the client sees a broken transfer, never a clean short one.
     """
@@ -70,6 +74,11 @@ async def send_fill(
             if limit <= pos:
                 break
             stop = limit if end is None else min(limit, end + 1)
+            if end is not None and stop > end and not fill.verified:
+                stop = end
+                if stop <= pos:
+                    await fill.wait_done()
+                    continue
             while pos < stop:
                 chunk = os.pread(fd, min(CHUNK, stop - pos), pos)
                 if not chunk:

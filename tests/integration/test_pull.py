@@ -179,19 +179,36 @@ async def test_ranges_on_cold_filling_and_warm_blobs(
     url = blob_url(proxy, name, digest)
     forwarder.throttle_bps = 8 * 1024 * 1024
 
-    # Cold: the range starts the fill and is served as its bytes land.
-    status, body, headers = await get_bytes(http, url, {"Range": "bytes=1000-1999"})
-    assert (status, body) == (206, data[1000:2000])
-    assert headers["Content-Range"] == f"bytes 1000-1999/{size}"
-    assert proxy.proxy.fills.active == 1
+    # Cold: the range starts the fill; its bytes stream as they land, and its last
+    # byte follows once the whole blob has been verified.
+    async with http.get(url, headers={"Range": "bytes=1000-1999"}) as resp:
+        assert resp.status == 206
+        assert resp.headers["Content-Range"] == f"bytes 1000-1999/{size}"
+        head = await resp.content.readexactly(999)
+        assert head == data[1000:1999]
+        assert proxy.proxy.fills.active == 1  # streamed while the fill runs
+        assert await resp.content.read() == data[1999:2000]
+    assert proxy.blob_path(digest).exists()
 
-    # Filling: a range near the end waits for its bytes; a suffix range takes the
-    # last byte, which is released only after verification.
-    near_end = await get_bytes(http, url, {"Range": f"bytes={size - 5000}-{size - 4001}"})
-    suffix = await get_bytes(http, url, {"Range": "bytes=-10"})
-    assert (near_end[0], near_end[1]) == (206, data[size - 5000 : size - 4000])
-    assert (suffix[0], suffix[1]) == (206, data[-10:])
-    assert suffix[2]["Content-Range"] == f"bytes {size - 10}-{size - 1}/{size}"
+    # Filling: ranges joined to a running fill (a second blob) wait for their bytes
+    # and end after verification; a suffix range takes the blob's last byte.
+    other = hashlib.sha512(b"r2").digest() * (4 * 1024 * 1024 // 64)
+    other_digest = await push_blob(forwarder.url, name, other)
+    other_url = blob_url(proxy, name, other_digest)
+    whole = asyncio.create_task(get_bytes(http, other_url))
+    async with asyncio.timeout(10):
+        while not proxy.proxy.fills.active:
+            await asyncio.sleep(0.01)
+    osize = len(other)
+    near_end, suffix = await asyncio.gather(
+        get_bytes(http, other_url, {"Range": f"bytes={osize - 5000}-{osize - 4001}"}),
+        get_bytes(http, other_url, {"Range": "bytes=-10"}),
+    )
+    assert (near_end[0], near_end[1]) == (206, other[osize - 5000 : osize - 4000])
+    assert (suffix[0], suffix[1]) == (206, other[-10:])
+    assert suffix[2]["Content-Range"] == f"bytes {osize - 10}-{osize - 1}/{osize}"
+    assert (await whole)[1] == other
+    assert forwarder.count("GET", f"/blobs/{other_digest}") == 1
     await wait_idle(proxy)
 
     # Warm.
