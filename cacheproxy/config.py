@@ -95,7 +95,8 @@ class Config:
     tag_ttl: float = 60.0
     # Seconds past its freshness that a tag may still be served when upstream fails.
     max_stale: float = 7 * 24 * 3600.0
-    # Event loop: "uvloop", "asyncio" (kernel sendfile), or "auto".
+    # Event loop: "asyncio" (kernel sendfile), "uvloop", or "auto" (= asyncio: see
+    # benchmarks/RESULTS.md: less CPU per GB, and it keeps accepting under load).
     loop: str = "auto"
     log_level: str = "INFO"
     # Savings: a pricing file replacing the packaged one, and how often the ledger

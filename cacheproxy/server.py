@@ -24,39 +24,94 @@ BACKLOG = 4096
 
 
 class HeaderDeadline:
-    """Closes a connection that has not delivered a whole request head in time.
+    """Closes a connection that does not deliver a whole request head in time.
 
-    aiohttp waits for headers indefinitely; a slow-loris client could hold every
-    connection slot that way. The protocol factory arms a timer per connection; the
-    first parsed request (seen by the ``mark`` middleware) disarms it. Idle
-    keep-alive connections are bounded by aiohttp's own ``keepalive_timeout``.
+    aiohttp waits for request heads indefinitely; a slow-loris client could hold
+    every connection that way. Each connection's protocol is wrapped: the first
+    byte of a request head (on a new or an idle kept-alive connection) arms a timer,
+    and the request reaching the app (the ``mark`` middleware) disarms it. Idle
+    connections are bounded by aiohttp's own ``keepalive_timeout``.
     """
 
     def __init__(self, timeout: float) -> None:
         self.factory: Any = None
-        self._timeout = timeout
-        self._waiting: dict[int, asyncio.TimerHandle] = {}
+        self.timeout = timeout
+        self._guards: dict[int, _Guard] = {}
         self.closed = 0
 
-    def __call__(self) -> Any:
-        protocol = self.factory()
-        key = id(protocol)
-        loop = asyncio.get_running_loop()
-        self._waiting[key] = loop.call_later(self._timeout, self._expire, key, protocol)
-        return protocol
+    def __call__(self) -> asyncio.Protocol:
+        inner = self.factory()
+        guard = _Guard(self, inner)
+        self._guards[id(inner)] = guard
+        return guard
 
-    def seen(self, protocol: object) -> None:
-        handle = self._waiting.pop(id(protocol), None)
-        if handle is not None:
-            handle.cancel()
+    def started(self, protocol: object) -> None:
+        guard = self._guards.get(id(protocol))
+        if guard is not None:
+            guard.in_request = True
+            guard.disarm()
 
-    def _expire(self, key: int, protocol: Any) -> None:
-        self._waiting.pop(key, None)
-        transport = getattr(protocol, "transport", None)
-        if transport is not None and not transport.is_closing():
-            self.closed += 1
-            log.info("closing a connection that sent no complete request in time")
-            transport.close()
+    def finished(self, protocol: object) -> None:
+        guard = self._guards.get(id(protocol))
+        if guard is not None:
+            guard.in_request = False
+
+    def forget(self, guard: _Guard) -> None:
+        self._guards.pop(id(guard.inner), None)
+
+
+class _Guard(asyncio.Protocol):
+    """Forwards every protocol call to aiohttp's handler; watches for request heads."""
+
+    def __init__(self, deadline: HeaderDeadline, inner: Any) -> None:
+        self.deadline = deadline
+        self.inner = inner
+        self.in_request = False
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.deadline.timeout, self._expire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.deadline.closed += 1
+            log.info("closing a connection that sent no complete request head in time")
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.arm()
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_request:
+            self.arm()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        self.deadline.forget(self)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 DEADLINE = web.AppKey("header_deadline", HeaderDeadline)
@@ -65,9 +120,14 @@ DEADLINE = web.AppKey("header_deadline", HeaderDeadline)
 @web.middleware
 async def mark(request: web.Request, handler: Any) -> web.StreamResponse:
     deadline = request.app.get(DEADLINE)
-    if deadline is not None:
-        deadline.seen(request.protocol)
-    response: web.StreamResponse = await handler(request)
+    if deadline is None:
+        response: web.StreamResponse = await handler(request)
+        return response
+    deadline.started(request.protocol)
+    try:
+        response = await handler(request)
+    finally:
+        deadline.finished(request.protocol)
     return response
 
 

@@ -72,7 +72,10 @@ async def test_expired_token_is_refreshed_without_client_error(
     clock = [0.0]
     async with running_proxy(token_registry.url, tmp_path / "cache") as proxy:
         up = proxy.proxy.upstream()
+        # The test controls time: the token cache's clock and the one that stamps
+        # each token's expiry.
         up.tokens._clock = lambda: clock[0]
+        up._clock = lambda: clock[0]
         async with aiohttp.ClientSession() as http:
             async with http.head(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
                 assert resp.status == 200

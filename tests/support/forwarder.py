@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-FaultKind = Literal["corrupt", "truncate", "status", "stall", "reset"]
+FaultKind = Literal["corrupt", "truncate", "status", "stall", "reset", "abort", "length"]
 
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward (plus any
 # named in Connection). Host is rebuilt by the client session for the target and Expect
@@ -63,9 +63,16 @@ class Fault:
     then sends the rest. ``status`` answers *status* with *headers* and *body* without
     contacting the upstream; ``reset`` tears the connection down with an RST before any
     response. Note that aiohttp's client retries an idempotent request once after a
-    reset, so against it a ``once`` reset goes unnoticed.
+    reset, so against it a ``once`` reset goes unnoticed (use ``times=2``).
+    ``abort`` sends *offset* body bytes, then tears the connection down with an RST
+    (bytes still in flight may be lost). ``length`` forwards the body unchanged but
+    announces ``Content-Length: offset``; a negative *offset* announces no length at
+    all (the body goes chunked). A shorter announced length clips the body there, as
+    a cleanly framed short answer; a longer one sends the whole body and then closes
+    the connection, short of what it announced.
     Body faults whose offset lies past the end of the body do nothing. *methods*
-    restricts the fault (e.g. ``{"GET"}``); *once* removes it after its first hit.
+    restricts the fault (e.g. ``{"GET"}``); *once* removes it after its first hit,
+    *times* after that many hits.
     """
 
     match: str | re.Pattern[str]
@@ -78,6 +85,8 @@ class Fault:
     methods: frozenset[str] | None = None
     #: How many requests this fault has been applied to.
     hits: int = 0
+    #: Remove the fault after this many hits (None: never; ``once`` is ``times=1``).
+    times: int | None = None
     _released: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     def matches(self, method: str, path_qs: str) -> bool:
@@ -115,6 +124,11 @@ class Forwarder:
         self.port = port or 0
         self.throttle_bps = throttle_bps
         self.requests: list[tuple[str, str]] = []
+        #: The request headers of each entry of ``requests``, in the same order.
+        self.request_headers: list[dict[str, str]] = []
+        #: Requests being answered right now, and the most there ever were at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
         #: ``(method, path_qs, body bytes sent)`` for every response body forwarded.
         self.bodies: list[tuple[str, str, int]] = []
         self._faults: list[Fault] = []
@@ -140,6 +154,14 @@ class Forwarder:
         return sum(
             1 for m, p in self.requests if (method is None or m == method) and path_substring in p
         )
+
+    def ranges(self, method: str | None = None, path_substring: str = "") -> list[str | None]:
+        """The ``Range`` header (None: none) of each request like :meth:`count` selects."""
+        return [
+            headers.get("Range")
+            for (m, p), headers in zip(self.requests, self.request_headers, strict=True)
+            if (method is None or m == method) and path_substring in p
+        ]
 
     def body_bytes(self, method: str | None = None, path_substring: str = "") -> int:
         """Response body bytes sent so far for requests like :meth:`count` selects."""
@@ -215,13 +237,22 @@ class Forwarder:
         for fault in self._faults:
             if fault.matches(method, path_qs):
                 fault.hits += 1
-                if fault.once:
+                if fault.once or (fault.times is not None and fault.hits >= fault.times):
                     self._faults.remove(fault)
                 return fault
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._forward(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        self.request_headers.append(dict(request.headers))
         fault = self._take_fault(request.method, request.path_qs)
         if fault is not None and fault.kind == "reset":
             _abort(request, reset=True)
@@ -246,6 +277,10 @@ class Forwarder:
             # (RFC 9110 section 15.6.3) instead of logging a handler crash.
             return web.Response(status=502, text=f"forwarder: upstream unreachable: {exc}")
         resp = self._response_head(upstream)
+        if fault is not None and fault.kind == "length" and request.method != "HEAD":
+            resp.headers.popall("Content-Length", None)
+            if fault.offset >= 0:
+                resp.headers["Content-Length"] = str(fault.offset)
         try:
             await resp.prepare(request)
             if request.method != "HEAD":
@@ -286,19 +321,25 @@ class Forwarder:
     ) -> None:
         pacer = _Pacer(self)
         sent = 0
+        body_fault = fault if fault is not None and fault.kind != "length" else None
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
                 for piece in pacer.split(chunk):
                     end = sent + len(piece)
-                    if fault is not None and sent <= fault.offset < end:
-                        at = fault.offset - sent
-                        if not await self._apply_body_fault(request, resp, fault, piece, at):
+                    if body_fault is not None and sent <= body_fault.offset < end:
+                        at = body_fault.offset - sent
+                        if not await self._apply_body_fault(request, resp, body_fault, piece, at):
                             upstream.close()
                             return
                     else:
                         await resp.write(piece)
                     sent = end
                     await pacer.pace(len(piece))
+            if fault is not None and fault.kind == "length" and fault.offset > sent:
+                # Announced more than there is: end the connection short of it, or the
+                # client would wait for the missing bytes until its own timeout.
+                _abort(request, reset=False)
+                return
             await resp.write_eof()
         finally:
             self.bodies.append((request.method, request.path_qs, sent))
@@ -322,6 +363,11 @@ class Forwarder:
             # close(), not abort(): the bytes already written must reach the client
             # before the connection ends short of Content-Length.
             _abort(request, reset=False)
+            return False
+        elif fault.kind == "abort":
+            if at:
+                await resp.write(piece[:at])
+            _abort(request, reset=True)
             return False
         elif fault.kind == "stall":
             if at:

@@ -30,10 +30,24 @@ class RunningProxy:
     app: web.Application
     url: str
     host: str
+    #: The listener's runner (for a look at the open client connections), if known.
+    runner: web.AppRunner | None = None
 
     @property
     def proxy(self) -> Proxy:
         return self.app[PROXY]
+
+    def write_buffers(self) -> list[int]:
+        """Bytes the proxy holds in user space for each open client connection: how
+        much it buffers for clients that read slowly."""
+        server = self.runner.server if self.runner is not None else None
+        if server is None:
+            return []
+        return [
+            handler.transport.get_write_buffer_size()
+            for handler in server.connections
+            if handler.transport is not None
+        ]
 
     def blob_path(self, digest: str) -> Path:
         algorithm, hexpart = digest.split(":")
@@ -66,6 +80,7 @@ async def running_proxy(
     listener = await server.start(app, config)
     scheme = "https" if config.tls_cert is not None else "http"
     try:
-        yield RunningProxy(config, app, f"{scheme}://{bind}:{port}", f"{bind}:{port}")
+        runner = getattr(listener, "_runner", None)
+        yield RunningProxy(config, app, f"{scheme}://{bind}:{port}", f"{bind}:{port}", runner)
     finally:
         await listener.close()
