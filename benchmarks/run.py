@@ -534,10 +534,14 @@ def write_results(section: str, mode: str) -> None:
 def build_suts(workdir: Path, throttles: dict[str, Throttle], source: Path) -> dict[str, Sut]:
     suts: dict[str, Sut] = {
         "cacheproxy": CacheproxySut(
-            "cacheproxy", workdir / "cacheproxy", throttles["cacheproxy"].url, None, source
+            "cacheproxy --loop uvloop",
+            workdir / "cacheproxy",
+            throttles["cacheproxy"].url,
+            "uvloop",
+            source,
         ),
         "cacheproxy-asyncio": CacheproxySut(
-            "cacheproxy --loop asyncio",
+            "cacheproxy --loop asyncio (default)",
             workdir / "cacheproxy-asyncio",
             throttles["cacheproxy-asyncio"].url,
             "asyncio",
