@@ -36,6 +36,20 @@ STOP_TIMEOUT = 10.0
 _PORT_ATTEMPTS = 3
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a process we started (by its PID), SIGKILL it if it outlives ``timeout``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on *host* right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -189,17 +203,9 @@ class RegistryProcess:
 
     def stop(self) -> None:
         """SIGTERM the registry we started, SIGKILL it after ``STOP_TIMEOUT``; idempotent."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if self._proc is not None:
             # Signal by PID, and only the PID we spawned.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=STOP_TIMEOUT)
+            stop_process(self._proc, STOP_TIMEOUT)
         self._reap()
 
     def log_tail(self, lines: int = 30) -> str:

@@ -10,15 +10,15 @@ test's own, so a pull touches nothing of the machine's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from tests.support.registry import stop_process
 
 CONTAINERD = "containerd"
 CTR = "ctr"
@@ -133,13 +133,8 @@ class Containerd:
     def stop(self) -> None:
         """SIGTERM the daemon by PID, SIGKILL it if it lingers; idempotent."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_TIMEOUT)
+        if proc is not None:
+            stop_process(proc, STOP_TIMEOUT)
         if self._log is not None:
             self._log.close()
             self._log = None
