@@ -116,6 +116,9 @@ class Config:
     # an idle keep-alive connection is kept.
     client_header_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    # Seconds transfers in flight get to finish after SIGTERM (size the pod's
+    # terminationGracePeriodSeconds above it).
+    shutdown_timeout: float = 30.0
     # Cache size limit: bytes ("50GB", "20GiB") or a share of the disk ("80%").
     max_size: str | None = None
     # Below this much free disk space a miss is streamed through without caching.
@@ -205,6 +208,7 @@ _SCALARS: dict[str, type] = {
     "upstream_connections": int,
     "client_header_timeout": float,
     "keepalive_timeout": float,
+    "shutdown_timeout": float,
     "max_size": str,
     "min_free": str,
     "evict_interval": float,

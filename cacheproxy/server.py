@@ -17,7 +17,8 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT = 30.0
+# The default drain on SIGTERM (the ``shutdown_timeout`` setting).
+SHUTDOWN_TIMEOUT = Config.shutdown_timeout
 # Pending connections the kernel queues for accept(); asyncio's default of 100 drops
 # connects when a node's pods all start at once (the kernel caps it at somaxconn).
 BACKLOG = 4096
@@ -183,7 +184,7 @@ async def start(app: web.Application, config: Config) -> Listener:
         app,
         access_log=None,
         keepalive_timeout=config.keepalive_timeout,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        shutdown_timeout=config.shutdown_timeout,
         handle_signals=False,
     )
     await runner.setup()
@@ -218,6 +219,8 @@ async def run(app: web.Application, config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        log.info("shutting down: finishing transfers in flight (up to %.0f s)", SHUTDOWN_TIMEOUT)
+        log.info(
+            "shutting down: finishing transfers in flight (up to %.0f s)", config.shutdown_timeout
+        )
     finally:
         await listener.close()
