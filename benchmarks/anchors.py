@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from tests.support.registry import RegistryProcess, free_port
+from tests.support.registry import RegistryProcess, free_port, stop_process
 
 __all__ = [
     "CacheproxySut",
@@ -117,14 +117,7 @@ class Owned:
         proc = self.proc
         if proc is not None and proc.poll() is None:
             children = child_pids(proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=STOP_TIMEOUT)
+            stop_process(proc, STOP_TIMEOUT)
             # nginx workers exit with their master; make sure, by their own PIDs.
             for pid in children:
                 if _alive(pid):
