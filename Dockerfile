@@ -47,7 +47,7 @@ VOLUME ["/var/cache/cacheproxy"]
 EXPOSE 5000
 # /healthz on the port the config names; exits 1 with the reason when it fails.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-m", "cacheproxy.healthcheck"]
+  CMD ["python", "-m", "cacheproxy.commands.healthcheck"]
 # SIGTERM: stop accepting, let transfers in flight finish (up to 30 s), flush, exit.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["cacheproxy"]

@@ -6,16 +6,16 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 Kind = Literal["blob", "manifest"]
-# Where the bytes a client got came from: the local cache (a complete file, or a
+# The origin of the bytes a client got: the local cache (a complete file, or a
 # fill another request started), a peer node, or an upstream fetch this request
-# caused.
-Source = Literal["cache", "peer", "upstream"]
+# caused. One word for it everywhere: "origin".
+Origin = Literal["cache", "peer", "upstream"]
 
 
 class Accounting(Protocol):
     """Receives one call per answered request and per upstream transfer."""
 
-    def served(self, upstream: str, repo: str, kind: Kind, source: Source, nbytes: int) -> None:
+    def served(self, upstream: str, repo: str, kind: Kind, origin: Origin, nbytes: int) -> None:
         """A client got ``nbytes`` of a blob or manifest (GET only)."""
 
     def fetched(self, upstream: str, repo: str, kind: Kind, nbytes: int) -> None:
@@ -28,7 +28,7 @@ class Accounting(Protocol):
 class NullAccounting:
     """Counts nothing."""
 
-    def served(self, upstream: str, repo: str, kind: Kind, source: Source, nbytes: int) -> None:
+    def served(self, upstream: str, repo: str, kind: Kind, origin: Origin, nbytes: int) -> None:
         return None
 
     def fetched(self, upstream: str, repo: str, kind: Kind, nbytes: int) -> None:

@@ -10,26 +10,31 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import server
-from .config import Config, ConfigError
-from .fill import Fills
+from .config import Config
 from .http import handlers, peer
-from .http.access import AccessPolicy
-from .http.keys import ACCESS, HOUSEKEEPER, METRICS, PROXY
+from .http.clientauth import ClientAuth
+from .http.keys import (
+    BLOBS,
+    CLIENT_AUTH,
+    CLUSTER,
+    FILLS,
+    KEEPER,
+    MANIFESTS,
+    METRICS,
+    PEER_BLOBS,
+    PEER_MANIFESTS,
+    READINESS,
+    TAG_LISTS,
+    UPSTREAMS,
+)
 from .http.middleware import authenticate, oci_errors, stamp_headers
 from .metrics import CacheCollector, Metrics
 from .peers.cluster import PREFIX as PEER_PREFIX
-from .peers.cluster import start_cluster
-from .proxy import Proxy
+from .runtime import open_runtime
 from .savings import dashboard
-from .savings.ledger import Ledger
-from .savings.metrics import SavingsCollector
+from .savings.collector import SavingsCollector
 from .savings.prices import load_pricing
 from .savings.service import Savings
-from .savings.store import FILENAME as LEDGER_FILE
-from .store.blobs import BlobStore
-from .store.housekeeping import Housekeeper
-from .store.index import Index
-from .upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +76,8 @@ def build_app(config: Config) -> web.Application:
         handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
     )
     app.on_response_prepare.append(stamp_headers)
-    app[ACCESS] = AccessPolicy.from_config(config)
-    app.cleanup_ctx.append(_proxy_ctx(config))
+    app[CLIENT_AUTH] = ClientAuth.from_config(config)
+    app.cleanup_ctx.append(_runtime_ctx(config))
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
@@ -86,84 +91,34 @@ def build_app(config: Config) -> web.Application:
     return app
 
 
-def _proxy_ctx(config: Config):  # type: ignore[no-untyped-def]
+def _runtime_ctx(config: Config):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        store = BlobStore(config.cache_dir)
-        await asyncio.to_thread(store.prepare)
-        index = await asyncio.to_thread(Index, config.cache_dir / "index")
         pricing = await asyncio.to_thread(load_pricing, config.pricing_file)
-        ledger = Ledger(
-            config.cache_dir / LEDGER_FILE, flush_interval=config.savings_flush_interval
-        )
-        fills = Fills(store, ledger)
-        upstreams = UpstreamPool(config)
-        await asyncio.to_thread(upstreams.check)
-        cluster = await start_cluster(config)
-        proxy = Proxy(config, store, index, fills, upstreams, cluster=cluster, accounting=ledger)
-        app[PROXY] = proxy
-        housekeeper = Housekeeper(config, store, index, proxy.access)
-        app[HOUSEKEEPER] = housekeeper
-        fills.on_commit.append(housekeeper.poke)
-        await housekeeper.start()
-        proxy.access.start(index)
-        app[METRICS] = Metrics(fills, upstreams)
-        app[METRICS].registry.register(CacheCollector(proxy, housekeeper))
-        savings = app[dashboard.SAVINGS] = Savings(config, pricing, ledger)
-        app[METRICS].registry.register(SavingsCollector(ledger, savings.price_of))
-        await ledger.start()
-        log.info(
-            "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s",
-            config.listen,
-            config.cache_dir,
-            ", ".join(f"{u.name}={u.url}" for u in config.upstreams) or "none",
-            ", ".join(config.presets) or "none",
-            config.default_upstream,
-        )
-        try:
+        async with open_runtime(config, serving=True) as rt:
+            assert rt.keeper is not None and rt.ledger is not None
+            app[BLOBS] = rt.clients.blobs
+            app[MANIFESTS] = rt.clients.manifests
+            app[TAG_LISTS] = rt.tag_lists
+            app[UPSTREAMS] = rt.upstreams
+            app[FILLS] = rt.fills
+            app[READINESS] = rt.readiness
+            app[KEEPER] = rt.keeper
+            if rt.cluster is not None and rt.peers is not None:
+                app[CLUSTER] = rt.cluster
+                app[PEER_BLOBS] = rt.peers.blobs
+                app[PEER_MANIFESTS] = rt.peers.manifests
+            metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
+            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
+            savings = app[dashboard.SAVINGS] = Savings(config, pricing, rt.ledger)
+            metrics.registry.register(SavingsCollector(rt.ledger, savings.price_of))
+            log.info(
+                "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s",
+                config.listen,
+                config.cache_dir,
+                ", ".join(f"{u.name}={u.url}" for u in config.upstreams) or "none",
+                ", ".join(config.presets) or "none",
+                config.default_upstream,
+            )
             yield
-        finally:
-            await housekeeper.close()
-            await fills.close()
-            await proxy.close()
-            await proxy.access.close(index)
-            await upstreams.close()
-            if cluster is not None:
-                await cluster.close()
-            await asyncio.to_thread(index.close)
-            # Last: the fills and the proxy closing above may still report counts.
-            await ledger.close()
 
     return ctx
-
-
-def new_loop(config: Config) -> asyncio.AbstractEventLoop:
-    """The event loop the config asks for.
-
-    "auto" is the default asyncio loop, chosen with numbers (benchmarks/RESULTS.md):
-    it sends cached blobs with the kernel's sendfile (0.14 s of CPU per GB served
-    against uvloop's 0.20, nginx 0.13) at the same throughput, and under a thousand
-    busy connections it keeps accepting new ones, where uvloop fell behind.
-    """
-    if config.loop == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def serve(config: Config) -> None:
-    """Run the proxy until SIGTERM/SIGINT."""
-    loop = new_loop(config)
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(server.run(build_app(config), config))
-    except OSError as exc:
-        # A port in use, an unwritable cache directory: say so, no traceback.
-        log.error("cannot serve on %s with cache %s: %s", config.listen, config.cache_dir, exc)
-        raise SystemExit(1) from None
-    except ConfigError as exc:
-        log.error("%s", exc)
-        raise SystemExit(2) from None
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import Config, ConfigError, load_config
+from .config import ConfigError, load_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def _cache_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _images(args: argparse.Namespace) -> list[str]:
-    from .airgap import read_list
+    from .commands.airgap import read_list
 
     images = list(args.images)
     if args.image_file is not None:
@@ -131,64 +132,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command == "serve":
-        from .app import serve
+    command = args.command
+    if command == "serve":
+        from .commands import serve
 
-        serve(config)
-    elif args.command == "report":
-        from .savings.command import run
+        serve.run(config)
+    elif command == "report":
+        from .commands import report
 
-        return run(config, args.since, args.until, args.fmt or "table", args.top)
-    elif args.command in ("gc", "ls", "verify", "prefetch", "export", "import"):
-        return _cache_command(args, config)
-    elif args.command == "peers":
-        from .peers.status import show
+        return report.run(config, args.since, args.until, args.fmt or "table", args.top)
+    elif command in ("gc", "ls", "verify"):
+        from .commands import cache
 
-        return show(config, args.url, args.key, args.as_json)
-    elif args.command == "client-config":
-        from .clientconfig import run as client_config
+        if command == "gc":
+            return cache.gc(config, args.dry_run)
+        if command == "ls":
+            return cache.ls(config, args.as_json)
+        return cache.verify(config)
+    elif command in ("prefetch", "export", "import"):
+        from .commands import airgap
 
-        return client_config(config, args.runtime, args.mirror, args.out)
-    return 0
-
-
-def _cache_command(args: argparse.Namespace, config: Config) -> int:
-    import asyncio
-
-    from . import airgap, inventory
-    from .store.blobs import BlobStore
-    from .store.index import Index
-    from .store.maintenance import gc, verify
-
-    if args.command == "prefetch":
-        return 1 if asyncio.run(airgap.prefetch(config, _images(args), args.platform)) else 0
-    if args.command == "export":
-        count = asyncio.run(airgap.export(config, _images(args), args.output))
-        print(f"wrote {args.output}: {count} blobs")
-        return 0
-    if args.command == "import":
+        if command == "prefetch":
+            return 1 if asyncio.run(airgap.prefetch(config, _images(args), args.platform)) else 0
+        if command == "export":
+            count = asyncio.run(airgap.export(config, _images(args), args.output))
+            print(f"wrote {args.output}: {count} blobs")
+            return 0
         result = airgap.import_bundle(config, args.bundle)
         print(f"imported {result.blobs} blobs ({result.already} already cached)")
         for tag in result.tags:
             print(f"  {tag}")
-        return 0
-    store = BlobStore(config.cache_dir)
-    store.prepare()
-    index = Index(config.cache_dir / "index")
-    try:
-        if args.command == "gc":
-            from .store.lifecycle import Rules
+    elif command == "peers":
+        from .commands import peers
 
-            rules = Rules(config.keep, config.expire_days, config.max_tags_per_repo)
-            plan = gc(store, index, rules, dry_run=args.dry_run)
-            print("would delete:" if args.dry_run else "deleted:")
-            print("\n".join(plan.describe()))
-        elif args.command == "ls":
-            print(inventory.render(inventory.inventory(store, index), args.as_json))
-        elif args.command == "verify":
-            count, removed = verify(store, index)
-            print(f"verified {count} blobs; removed {len(removed)}")
-            return 1 if removed else 0
-    finally:
-        index.close()
+        return peers.run(config, args.url, args.key, args.as_json)
+    elif command == "client-config":
+        from .commands import client_config
+
+        return client_config.run(config, args.runtime, args.mirror, args.out)
     return 0

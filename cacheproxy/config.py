@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .upstream.presets import (
+from .registries import (
     ALL_PRESETS,
     DOCKER_HUB,
     PUBLIC_PRESETS,
     ecr_host,
     normalize_host,
 )
+from .sizes import parse_size
 
 ENV_PREFIX = "CACHEPROXY_"
 # How a deployment reaches an upstream (UpstreamConfig.network_path).
@@ -171,6 +172,14 @@ class Config:
     def port(self) -> int:
         return split_listen(self.listen)[1]
 
+    @property
+    def local_url(self) -> str:
+        """This proxy's URL from its own host (a wildcard listen means loopback)."""
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
     def upstream(self, name: str | None = None) -> UpstreamConfig:
         """The settings of upstream ``name`` (default: the default upstream).
 
@@ -300,6 +309,12 @@ def load_config(
 
     shortcut = flags.get("upstream") or env.get(ENV_PREFIX + "UPSTREAM")
     if shortcut:
+        if upstreams:
+            # The shortcut would silently drop the file's upstreams and their logins.
+            raise ConfigError(
+                f"--upstream / {ENV_PREFIX}UPSTREAM replaces every upstream, but {path} declares"
+                f" {len(upstreams)} [[upstream]] table(s): use one or the other"
+            )
         one = upstream_from_url(str(shortcut))
         upstreams = [one]
         values["default_upstream"] = one.name
@@ -307,7 +322,7 @@ def load_config(
 
     typed = {key: raw if key == "access" else _coerce(key, raw) for key, raw in values.items()}
     if upstreams is not None:
-        typed["upstreams"] = tuple(upstreams)
+        typed["upstreams"] = tuple(_password_from_env(up, env) for up in upstreams)
     config = Config(**typed)
     if "default_upstream" not in typed and config.upstreams:
         try:
@@ -395,6 +410,15 @@ def _upstreams_from_toml(raw: object) -> list[UpstreamConfig] | None:
     return out
 
 
+def _password_from_env(up: UpstreamConfig, env: Mapping[str, str]) -> UpstreamConfig:
+    """Read ``password_env`` here, with the rest of the environment: nothing else does."""
+    if up.password_env is None or up.password is not None or up.password_file or up.docker_config:
+        return up
+    if up.password_env not in env:
+        raise ConfigError(f"upstream {up.name}: password_env {up.password_env} is not set")
+    return replace(up, password=env[up.password_env])
+
+
 def _check_pricing_keys(up: UpstreamConfig) -> None:
     if up.network_path not in NETWORK_PATHS:
         raise ConfigError(
@@ -437,8 +461,6 @@ def _check(config: Config) -> None:
         raise ConfigError("tag_ttl and max_stale must not be negative")
     if not config.savings_flush_interval > 0:
         raise ConfigError("savings_flush_interval must be positive")
-    from .store.maintenance import parse_size
-
     for key in ("max_size", "min_free"):
         value = getattr(config, key)
         if value is not None:

@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .fill import Fills
-from .proxy import Proxy
-from .store.housekeeping import Housekeeper
+from .blobs.inflight import Fills
+from .lifecycle.keeper import Keeper
+from .peers.cluster import Cluster
 from .upstream.pool import UpstreamPool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -83,14 +83,15 @@ class ProxyCollector(Collector):
 
 
 class CacheCollector(Collector):
-    """Eviction, pass-through and peer counters."""
+    """Eviction, stream-through and peer counters."""
 
-    def __init__(self, proxy: Proxy, housekeeper: Housekeeper) -> None:
-        self._proxy = proxy
-        self._housekeeper = housekeeper
+    def __init__(self, fills: Fills, keeper: Keeper, cluster: Cluster | None) -> None:
+        self._fills = fills
+        self._keeper = keeper
+        self._cluster = cluster
 
     def collect(self) -> Iterator[Metric]:
-        hk = self._housekeeper
+        hk = self._keeper
         yield CounterMetricFamily(
             "cacheproxy_evicted_blobs", "Blobs evicted to stay under max_size", hk.evicted_blobs
         )
@@ -100,9 +101,9 @@ class CacheCollector(Collector):
         yield CounterMetricFamily(
             "cacheproxy_passthrough",
             "Misses streamed through uncached because the disk was nearly full",
-            self._proxy.passthroughs,
+            self._fills.stats.streamed_through,
         )
-        cluster = self._proxy.cluster
+        cluster = self._cluster
         if cluster is not None:
             members = GaugeMetricFamily(
                 "cacheproxy_peer_members", "Cluster members by health", labels=["health"]

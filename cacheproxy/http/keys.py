@@ -1,19 +1,35 @@
-"""Typed application keys: the shared state handlers reach through the app."""
+"""Typed application keys: the services handlers call, one key each."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..blobs.inflight import Fills
+from ..blobs.service import BlobService
+from ..lifecycle.keeper import Keeper
+from ..manifests.listing import TagLister
+from ..manifests.service import ManifestService
 from ..metrics import Metrics
-from ..proxy import Proxy
-from ..store.housekeeping import Housekeeper
-from .access import AccessPolicy
+from ..peers.cluster import Cluster
+from ..runtime import Readiness
+from ..upstream.pool import UpstreamPool
+from .clientauth import ClientAuth
 
-PROXY = web.AppKey("proxy", Proxy)
+BLOBS = web.AppKey("blobs", BlobService)
+MANIFESTS = web.AppKey("manifests", ManifestService)
+TAG_LISTS = web.AppKey("tag_lists", TagLister)
+UPSTREAMS = web.AppKey("upstreams", UpstreamPool)
+# Downloads in flight (their counters feed /metrics).
+FILLS = web.AppKey("fills", Fills)
+# What the cluster's other nodes are answered with (cluster mode only).
+PEER_BLOBS = web.AppKey("peer_blobs", BlobService)
+PEER_MANIFESTS = web.AppKey("peer_manifests", ManifestService)
+CLUSTER = web.AppKey("cluster", Cluster)
+KEEPER = web.AppKey("keeper", Keeper)
+READINESS = web.AppKey("readiness", Readiness)
 METRICS = web.AppKey("metrics", Metrics)
-HOUSEKEEPER = web.AppKey("housekeeper", Housekeeper)
+CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
 # The ``ns`` a request named, echoed back as ``OCI-Namespace``.
 NAMESPACE = web.RequestKey("namespace", str)
-ACCESS = web.AppKey("access", AccessPolicy)
-# Who the client is (see http.access); "anonymous" when it sent no credentials.
+# Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
 SUBJECT = web.RequestKey("subject", str)

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import NotFound, RegistryError, Unsupported
-from .keys import ACCESS, NAMESPACE, SUBJECT
+from .keys import CLIENT_AUTH, NAMESPACE, SUBJECT
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/_cacheproxy/peer")
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    policy = request.app[ACCESS]
+    policy = request.app[CLIENT_AUTH]
     if policy.active and not request.path.startswith(OPEN_PREFIXES):
         request[SUBJECT] = await policy.identify(request.headers.get("Authorization"))
     return await handler(request)

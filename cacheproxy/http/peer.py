@@ -2,8 +2,8 @@
 
 ``GET /_cacheproxy/peer/blobs/<digest>?upstream=&repo=`` and
 ``GET /_cacheproxy/peer/manifests/<reference>?upstream=&repo=``. The answer comes
-from this node's cache or its own upstream fill; a peer's request is never
-forwarded to another peer, which is what keeps requests from looping.
+from this node's peer-facing services: its cache, or its own upstream fill. A
+peer's request is never forwarded to another peer, which keeps requests from looping.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from aiohttp import web
 
 from ..errors import NotFound, Unauthorized
 from ..oci import Route, parse_digest, validate_name, validate_tag
-from ..peers.auth import HEADER, verify
 from ..peers.cluster import PREFIX
 from ..peers.ring import ranked
+from ..peers.signing import HEADER, verify
 from . import handlers
-from .keys import PROXY
+from .keys import CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
 
 
 def canonical(request: web.Request) -> str:
@@ -27,30 +27,31 @@ def canonical(request: web.Request) -> str:
 
 
 async def peer_request(request: web.Request) -> web.StreamResponse:
-    proxy = request.app[PROXY]
-    cluster = proxy.cluster
+    cluster = request.app.get(CLUSTER)
     if cluster is None:
         raise NotFound("peer mode is off on this node")
     if not verify(cluster.secret, request.method, canonical(request), request.headers.get(HEADER)):
         raise Unauthorized("peer requests must be signed with the cluster secret")
     kind, _, reference = request.path[len(PREFIX) + 1 :].partition("/")
     repo = validate_name(request.query.get("repo", ""))
-    up = proxy.upstream(request.query.get("upstream", ""))
+    up = request.app[UPSTREAMS].get(request.query.get("upstream", ""))
     if kind == "blobs":
         parse_digest(reference)
-        return await handlers.blob(request, up, Route("blob", repo, reference), peer=True)
+        route = Route("blob", repo, reference)
+        return await handlers.send_blob(request, request.app[PEER_BLOBS], up, route)
     if kind == "manifests":
         if ":" in reference:
             parse_digest(reference)
         else:
             validate_tag(reference)
-        return await handlers.manifest(request, up, Route("manifest", repo, reference), peer=True)
+        route = Route("manifest", repo, reference)
+        return await handlers.send_manifest(request, request.app[PEER_MANIFESTS], up, route)
     raise NotFound("unknown peer endpoint")
 
 
 async def cluster_view(request: web.Request) -> web.StreamResponse:
     """Membership, health and, for ``?key=``, the owner choice (``cacheproxy peers``)."""
-    cluster = request.app[PROXY].cluster
+    cluster = request.app.get(CLUSTER)
     if cluster is None:
         return web.json_response({"peer_mode": False})
     body: dict[str, object] = {

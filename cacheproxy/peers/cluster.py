@@ -1,4 +1,4 @@
-"""Asking the owner: the peer client, and blob sources that fall back down the ranks.
+"""This node's cluster: who the members are, who to ask for a key, and the signed client.
 
 The peer endpoints are the registry API's pull side under ``/_cacheproxy/peer/``,
 signed with the shared secret. The owner answers from its own cache or from its
@@ -15,13 +15,11 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
-from ..accounting import Source
 from ..config import Config, ConfigError
 from ..errors import UpstreamUnavailable
-from ..fill import BlobSource
-from .auth import HEADER, sign
 from .membership import Membership
 from .ring import ask_before_self
+from .signing import HEADER, sign
 
 log = logging.getLogger(__name__)
 
@@ -114,64 +112,3 @@ async def start_cluster(config: Config) -> Cluster | None:
     await membership.start()
     log.info("peer mode: this node is %s; members %s", config.self_url, membership.members())
     return Cluster(membership, secret, config.peer_connect_timeout, config.peer_read_timeout)
-
-
-class PeerChain:
-    """A blob source that asks the owner, then the next in rank, then ``fallback``.
-
-    Opening again after a failure (a resume) means the current peer broke off:
-    it is avoided for a while and the next candidate continues from the offset.
-    """
-
-    def __init__(
-        self,
-        cluster: Cluster,
-        candidates: list[str],
-        fallback: BlobSource,
-        upstream: str,
-        repo: str,
-        digest: str,
-    ) -> None:
-        self._cluster = cluster
-        self._candidates = list(candidates)
-        self._fallback = fallback
-        self._query = {"upstream": upstream, "repo": repo}
-        self._path = f"/blobs/{digest}"
-        self._current: str | None = None
-        self._on_fallback = False
-        self.label: Source = "peer"
-
-    async def open(self, offset: int) -> aiohttp.ClientResponse:
-        if self._current is not None:
-            self._cluster.membership.mark_bad(self._current, "broke off a blob")
-            self._cluster.stats.failures += 1
-            self._current = None
-        while self._candidates and not self._on_fallback:
-            peer = self._candidates.pop(0)
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            self._cluster.stats.blob_requests += 1
-            try:
-                resp = await self._cluster.get(peer, self._path, self._query, headers)
-            except UpstreamUnavailable:
-                continue
-            if resp.status in (200, 206):
-                self._current = peer
-                return resp
-            # A 404 relays the upstream's own answer through the owner; anything else
-            # (the owner has no such upstream, is overloaded) is the owner's problem:
-            # either way this node can still ask the upstream itself.
-            log.info("peer %s answered %d for %s", peer, resp.status, self._path)
-            resp.release()
-            if resp.status >= 500:
-                self._cluster.membership.mark_bad(peer, f"answered {resp.status}")
-        self._on_fallback = True
-        self.label = self._fallback.label
-        return await self._fallback.open(offset)
-
-    def blame(self) -> None:
-        if self._current is not None:
-            self._cluster.stats.bad_content += 1
-            self._cluster.membership.mark_bad(self._current, "sent bytes that failed verification")
-            self._current = None
-        else:
-            self._fallback.blame()

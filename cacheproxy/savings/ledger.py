@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..accounting import Kind, Source
-from . import store
-from .store import Counts, Key
+from ..accounting import Kind, Origin
+from . import db
+from .db import Counts, Key
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,12 @@ class Ledger:
 
     # --- Accounting ---------------------------------------------------------------
 
-    def served(self, upstream: str, repo: str, kind: Kind, source: Source, nbytes: int) -> None:
+    def served(self, upstream: str, repo: str, kind: Kind, origin: Origin, nbytes: int) -> None:
         """A client got ``nbytes`` of a blob or manifest."""
         for c in self._counters(upstream, repo):
-            if source == "cache":
+            if origin == "cache":
                 c.served_cache += nbytes
-            elif source == "peer":
+            elif origin == "peer":
                 c.served_peer += nbytes
             else:
                 c.served_upstream += nbytes
@@ -70,7 +70,7 @@ class Ledger:
                 c.blobs_served += 1
             else:
                 c.manifests_served += 1
-                if source != "upstream":
+                if origin != "upstream":
                     c.pulls_avoided += 1
 
     def fetched(self, upstream: str, repo: str, kind: Kind, nbytes: int) -> None:
@@ -115,10 +115,10 @@ class Ledger:
 
     async def start(self) -> None:
         """Open the database, load the totals so far, and start flushing."""
-        conn = await asyncio.to_thread(store.connect, self.path)
+        conn = await asyncio.to_thread(db.connect, self.path)
         self._conn = conn
-        totals = await asyncio.to_thread(store.by_upstream, conn)
-        month_totals = await asyncio.to_thread(store.by_upstream, conn, f"{self._month}-01")
+        totals = await asyncio.to_thread(db.by_upstream, conn)
+        month_totals = await asyncio.to_thread(db.by_upstream, conn, f"{self._month}-01")
         # Counts made before start (none in practice) are kept on top of the stored ones.
         for upstream, counts in totals.items():
             counts.add(self._totals.get(upstream, Counts()))
@@ -144,7 +144,7 @@ class Ledger:
             if conn is None or not self._pending:
                 return
             batch, self._pending = self._pending, {}
-            write = asyncio.ensure_future(asyncio.to_thread(store.add, conn, batch))
+            write = asyncio.ensure_future(asyncio.to_thread(db.add, conn, batch))
             try:
                 await asyncio.shield(write)
             finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import NETWORK_PATHS, UpstreamConfig
-from ..upstream.presets import ecr_host
+from ..registries import ecr_host
 from .tiers import GIB, Band, Schedule
 
 PACKAGED = "prices.toml"
@@ -73,7 +73,7 @@ class Limit:
 
 
 @dataclass(frozen=True, slots=True)
-class Registry:
+class RegistryCharges:
     """Which charges each network path pays for the registries ``match`` names."""
 
     id: str
@@ -107,7 +107,7 @@ class Price:
     """Everything the report needs to put a number on one upstream's savings."""
 
     upstream: str
-    registry: Registry
+    registry: RegistryCharges
     network_path: str
     region: str | None
     charges: tuple[Applied, ...]
@@ -125,7 +125,7 @@ class Pricing:
     origin: str
     charges: Mapping[str, Charge]
     limits: Mapping[str, Limit]
-    registries: tuple[Registry, ...]
+    registries: tuple[RegistryCharges, ...]
 
     def price(self, up: UpstreamConfig) -> Price:
         """The charges ``up`` pays per byte on its network path, and its pull limit."""
@@ -134,7 +134,7 @@ class Pricing:
         if registry is None:
             # A user's file without a catch-all entry: count the bytes, price nothing,
             # and say why in the report rather than failing it.
-            registry = Registry(
+            registry = RegistryCharges(
                 id="unpriced",
                 title=f"no entry in {self.origin}",
                 match=(up.name,),
@@ -307,7 +307,7 @@ def _limit(origin: str, lid: str, raw: Any) -> Limit:
 
 def _registry(
     origin: str, raw: Any, charges: Mapping[str, Charge], limits: Mapping[str, Limit]
-) -> Registry:
+) -> RegistryCharges:
     if not isinstance(raw, dict):
         raise PricingError(f"{origin}: [[registries]] entries must be tables")
     rid = _text(f"{origin}: registries", raw, "id")
@@ -329,7 +329,7 @@ def _registry(
     limit = raw.get("limit")
     if limit is not None and limit not in limits:
         raise PricingError(f"{where}: unknown limit {limit!r}")
-    return Registry(
+    return RegistryCharges(
         id=rid,
         title=_text(where, raw, "title"),
         match=tuple(match),

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, UpstreamConfig
-from ..upstream.presets import ecr_host
-from . import store
+from ..layout import CacheLayout
+from ..registries import ecr_host
+from . import db
+from .db import Counts
 from .prices import Price, Pricing
-from .store import Counts
 from .tiers import ZERO, cost, saved
 
 
@@ -252,15 +253,15 @@ def read(
     Blocks (SQLite): call it from a thread on an event loop. Safe while the server
     runs: the ledger is in WAL mode and this only reads.
     """
-    path = path or config.cache_dir / store.FILENAME
-    conn = store.open_reader(path)
+    path = path or CacheLayout(config.cache_dir).ledger
+    conn = db.open_reader(path)
     daily: dict[tuple[str, str], Counts] = {}
     repos: dict[tuple[str, str], Counts] = {}
     if conn is not None:
         try:
             first = since.replace(day=1).isoformat()
-            daily = store.by_day(conn, first, until.isoformat())
-            repos = store.by_repo(conn, since.isoformat(), until.isoformat())
+            daily = db.by_day(conn, first, until.isoformat())
+            repos = db.by_repo(conn, since.isoformat(), until.isoformat())
         finally:
             conn.close()
     names = {up for _, up in daily}

@@ -26,10 +26,11 @@ from ..errors import (
     RegistryError,
     TooManyRequests,
     Unauthorized,
+    UpstreamBadContent,
     UpstreamUnavailable,
 )
-from .auth import Challenge, Token, TokenCache, fetch_bearer, parse_challenge
 from .credentials import Credentials
+from .tokens import Challenge, Token, TokenCache, fetch_bearer, parse_challenge
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,32 @@ class Upstream:
                 continue
             return resp
         raise UpstreamUnavailable("upstream redirected too many times")
+
+
+def pull_scope(repo: str) -> str:
+    """The token scope for pulling from ``repo`` (distribution's token spec)."""
+    return f"repository:{repo}:pull"
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A small body (a manifest, a tag list) read whole, at most ``limit`` bytes.
+
+    Raises UpstreamBadContent past the limit and UpstreamUnavailable on a break.
+    """
+    if resp.content_length is not None and resp.content_length > limit:
+        raise UpstreamBadContent("upstream answer exceeds the size limit")
+    try:
+        body = await resp.content.read(limit + 1)
+        while len(body) <= limit:
+            more = await resp.content.read(limit + 1 - len(body))
+            if not more:
+                break
+            body += more
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise UpstreamUnavailable("upstream broke off its answer") from exc
+    if len(body) > limit:
+        raise UpstreamBadContent("upstream answer exceeds the size limit")
+    return body
 
 
 async def _says_expired(resp: aiohttp.ClientResponse) -> bool:

@@ -1,5 +1,6 @@
-"""Where an upstream's login comes from: config, a file, the environment, a Docker
-``config.json``, or AWS ECR's ``GetAuthorizationToken``.
+"""Where an upstream's login comes from: config (a password given, or read from the
+environment by the configuration), a file, a Docker ``config.json``, or AWS ECR's
+``GetAuthorizationToken``.
 
 Secrets are read here and nowhere else, and never logged: every message names the
 source (a path, a variable name), never the value.
@@ -13,18 +14,17 @@ import binascii
 import datetime
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..config import ConfigError, UpstreamConfig
 from ..errors import Unauthorized, UpstreamUnavailable
+from ..registries import DOCKER_HUB, ecr_host, normalize_host
 from ..singleflight import SingleFlight
-from .auth import basic_header
-from .presets import DOCKER_HUB, ecr_host, normalize_host
+from .tokens import basic_header
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ def _docker_config_host(config: UpstreamConfig) -> str:
     return "index.docker.io" if config.name == DOCKER_HUB else config.name
 
 
-def static_login(config: UpstreamConfig, env: Mapping[str, str]) -> tuple[str, str] | None:
-    """The configured username and password, from wherever the config points."""
+def static_login(config: UpstreamConfig) -> tuple[str, str] | None:
+    """The configured username and password, from wherever the config points
+    (``password_env`` was read into ``password`` by the configuration)."""
     if config.docker_config is not None:
         found = docker_config_login(config.docker_config, _docker_config_host(config))
         if found is None:
@@ -124,12 +125,6 @@ def static_login(config: UpstreamConfig, env: Mapping[str, str]) -> tuple[str, s
             raise ConfigError(
                 f"upstream {config.name}: cannot read password_file {config.password_file}"
             ) from exc
-    if config.password_env is not None:
-        if config.password_env not in env:
-            raise ConfigError(
-                f"upstream {config.name}: password_env {config.password_env} is not set"
-            )
-        return config.username, env[config.password_env]
     return config.username, ""
 
 
@@ -275,14 +270,12 @@ class EcrCredentials:
 
 
 def credentials_for(
-    config: UpstreamConfig,
-    env: Mapping[str, str] | None = None,
-    ecr_client_factory: EcrClientFactory = boto3_ecr_client,
+    config: UpstreamConfig, ecr_client_factory: EcrClientFactory = boto3_ecr_client
 ) -> Credentials | None:
     """The credential source an upstream's config asks for, or None (anonymous)."""
     if config.ecr:
         return EcrCredentials(config, ecr_client_factory)
-    login = static_login(config, os.environ if env is None else env)
+    login = static_login(config)
     if login is None:
         return None
     return StaticCredentials(*login)

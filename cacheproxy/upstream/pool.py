@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from ..config import Config, ConfigError
 from ..errors import Denied, UpstreamUnavailable
+from ..registries import normalize_host
 from .client import RetryPolicy, Timeouts, Upstream
 from .credentials import (
     EcrClientFactory,
@@ -16,7 +16,6 @@ from .credentials import (
     credentials_for,
     static_login,
 )
-from .presets import normalize_host
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,10 @@ class UpstreamPool:
     def __init__(
         self,
         config: Config,
-        env: Mapping[str, str] | None = None,
         ecr_client_factory: EcrClientFactory = boto3_ecr_client,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._config = config
-        self._env = dict(os.environ if env is None else env)
         self._ecr_client_factory = ecr_client_factory
         self._timeouts = Timeouts(config.connect_timeout, config.read_timeout)
         self._clock = clock
@@ -59,7 +56,7 @@ class UpstreamPool:
         up = self._by_name.get(settings.name)
         if up is None:
             try:
-                creds = credentials_for(settings, self._env, self._ecr_client_factory)
+                creds = credentials_for(settings, self._ecr_client_factory)
             except ConfigError as exc:
                 log.error("%s", exc)
                 raise UpstreamUnavailable(
@@ -89,7 +86,7 @@ class UpstreamPool:
         missing password file stops the start instead of failing pulls later."""
         for settings in self._config.upstreams:
             if not settings.ecr:
-                static_login(settings, self._env)
+                static_login(settings)
 
     def all(self) -> list[Upstream]:
         return list({id(u): u for u in self._by_name.values()}.values())

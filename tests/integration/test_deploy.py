@@ -361,7 +361,7 @@ def test_every_credential_file_comes_from_a_secret(
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
     local = tmp_path / "config.json"
     local.write_text(secret["stringData"][".dockerconfigjson"])
-    login = static_login(UpstreamConfig(hub.name, hub.url, docker_config=local), {})
+    login = static_login(UpstreamConfig(hub.name, hub.url, docker_config=local))
     assert login == ("<user>", "<access token>")
 
 

@@ -99,7 +99,7 @@ def assert_broken(outcome: Outcome, data: bytes) -> None:
 async def wait_idle(proxy: RunningProxy, seconds: float = 30.0) -> None:
     """Wait (bounded) until no fill runs."""
     async with asyncio.timeout(seconds):
-        while proxy.proxy.fills.active:
+        while proxy.fills.active:
             await asyncio.sleep(0.02)
 
 
@@ -170,7 +170,7 @@ async def test_body_truncated_once_is_resumed_from_where_it_broke(
     first, resume = forwarder.ranges("GET", f"/blobs/{digest}")
     assert first is None
     assert _range_start(resume) <= offset
-    assert proxy.proxy.fills.stats.resumed == 1
+    assert proxy.fills.stats.resumed == 1
     await assert_cached(proxy, digest, data)
 
 
@@ -222,7 +222,7 @@ async def test_stall_beyond_read_timeout_is_cut_and_resumed(
         first, resume = forwarder.ranges("GET", f"/blobs/{digest}")
         assert first is None
         assert 0 < _range_start(resume) <= 300_000
-        assert proxy.proxy.fills.stats.resumed == 1
+        assert proxy.fills.stats.resumed == 1
         await assert_cached(proxy, digest, data)
 
 
@@ -260,7 +260,7 @@ async def test_corrupt_byte_breaks_every_reader_and_is_never_cached(
             # The flipped byte is the one held back until verification: never sent.
             assert data[:-1].startswith(outcome.body)
     assert forwarder.count("GET", f"/blobs/{digest}") == 1
-    assert proxy.proxy.fills.stats.digest_mismatches == 1
+    assert proxy.fills.stats.digest_mismatches == 1
     await assert_not_cached(proxy, digest)
 
 
@@ -632,7 +632,7 @@ async def test_clients_that_leave_before_the_first_byte_leave_the_fill_running(
         async with http.get(url) as resp:
             assert resp.status == 200
             resp.close()  # gone before a single body byte
-    assert proxy.proxy.fills.active == 1
+    assert proxy.fills.active == 1
     stall.release()
     await assert_cached(proxy, digest, data)
     assert forwarder.count("GET", f"/blobs/{digest}") == 1

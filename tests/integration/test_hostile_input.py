@@ -290,7 +290,7 @@ def watch(inproc: InProcess) -> Iterator[Watch]:
 
 def _wait_idle(env: InProcess, seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
-    while env.proxy.proxy.proxy.fills.active:
+    while env.proxy.proxy.fills.active:
         assert time.monotonic() < deadline, "a fill never ended"
         time.sleep(0.02)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from cacheproxy.http.keys import HOUSEKEEPER
+from cacheproxy.http.keys import KEEPER
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
@@ -61,7 +61,7 @@ async def test_eviction_keeps_the_cache_under_its_limit_while_pulls_run(
         ) as proxy,
         aiohttp.ClientSession() as http,
     ):
-        housekeeper = proxy.app[HOUSEKEEPER]
+        housekeeper = proxy.app[KEEPER]
         # A slow reader holds one blob open while the others push the cache over.
         held = next(iter(blobs))
         async with http.get(f"{proxy.url}/v2/{name}/blobs/{held}") as slow:

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cacheproxy.peers.auth import HEADER, sign
 from cacheproxy.peers.ring import ranked
+from cacheproxy.peers.signing import HEADER, sign
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
 from tests.support.process import serve_process
@@ -105,7 +105,7 @@ async def test_four_nodes_times_eight_clients_fetch_each_blob_once(
         # The tag was resolved once for the whole cluster, by its owner.
         assert forwarder.count("GET", f"/v2/{name}/manifests/v1") == 1
         assert forwarder.count("HEAD", f"/v2/{name}/manifests/") == 0
-        assert sum(n.proxy.fills.stats.peer_gets for n in nodes) >= 3 * len(image.blobs)
+        assert sum(n.fills.stats.peer_gets for n in nodes) >= 3 * len(image.blobs)
         # Every node now holds every blob, verified.
         for node in nodes:
             for blob in image.blobs:
@@ -187,7 +187,7 @@ async def test_peer_with_wrong_bytes_is_never_trusted(
                     await resp.read()
             assert served_by_fake == 1
             assert not node.blob_path(digest).exists()
-            cluster = node.proxy.cluster
+            cluster = node.cluster
             assert cluster is not None
             assert cluster.membership.health()[fake_url] == "avoided"
             async with http.get(url) as resp:  # the client's retry
@@ -277,12 +277,12 @@ async def test_membership_change_while_pulls_run(
             members.write_text("\n".join(urls[1:]) + "\n")
             os.utime(members, (1, 1))
             for node in nodes:
-                assert node.proxy.cluster is not None
-                await node.proxy.cluster.membership.refresh()
+                assert node.cluster is not None
+                await node.cluster.membership.refresh()
             async with asyncio.timeout(60):
                 results = await asyncio.gather(*pulls)
         for got in results:
             assert got == {d.digest: image.blob_data[d.digest] for d in image.blobs}
-        assert nodes[1].proxy.cluster is not None
-        assert urls[0] not in nodes[1].proxy.cluster.membership.members()
-        assert urls[2] in nodes[1].proxy.cluster.membership.members()
+        assert nodes[1].cluster is not None
+        assert urls[0] not in nodes[1].cluster.membership.members()
+        assert urls[2] in nodes[1].cluster.membership.members()

@@ -63,7 +63,7 @@ async def get_bytes(
 async def wait_idle(proxy: RunningProxy, seconds: float = 20.0) -> None:
     """Wait (bounded) until no fill is running."""
     async with asyncio.timeout(seconds):
-        while proxy.proxy.fills.active:
+        while proxy.fills.active:
             await asyncio.sleep(0.02)
 
 
@@ -159,7 +159,7 @@ async def test_client_disconnect_leaves_complete_verified_blob(
         first = await resp.content.readexactly(64 * 1024)
         assert first == data[: 64 * 1024]
         resp.close()  # the client goes away mid-blob
-    assert proxy.proxy.fills.active == 1
+    assert proxy.fills.active == 1
     await wait_idle(proxy)
     assert sha256(proxy.blob_path(digest).read_bytes()) == digest
     assert proxy.temp_files() == []
@@ -186,7 +186,7 @@ async def test_ranges_on_cold_filling_and_warm_blobs(
         assert resp.headers["Content-Range"] == f"bytes 1000-1999/{size}"
         head = await resp.content.readexactly(999)
         assert head == data[1000:1999]
-        assert proxy.proxy.fills.active == 1  # streamed while the fill runs
+        assert proxy.fills.active == 1  # streamed while the fill runs
         assert await resp.content.read() == data[1999:2000]
     assert proxy.blob_path(digest).exists()
 
@@ -197,7 +197,7 @@ async def test_ranges_on_cold_filling_and_warm_blobs(
     other_url = blob_url(proxy, name, other_digest)
     whole = asyncio.create_task(get_bytes(http, other_url))
     async with asyncio.timeout(10):
-        while not proxy.proxy.fills.active:
+        while not proxy.fills.active:
             await asyncio.sleep(0.01)
     osize = len(other)
     near_end, suffix = await asyncio.gather(
@@ -252,7 +252,7 @@ async def test_wrong_bytes_from_upstream_are_never_cached_or_cleanly_served(
     await wait_idle(proxy)
     assert not proxy.blob_path(digest).exists()
     assert proxy.temp_files() == []
-    assert proxy.proxy.fills.stats.digest_mismatches == 1
+    assert proxy.fills.stats.digest_mismatches == 1
 
     # Once the upstream behaves, the blob is fetched again and served whole.
     forwarder.clear_faults()
@@ -274,7 +274,7 @@ async def test_truncated_upstream_body_is_resumed_with_range(
     assert status == 200
     assert body == data
     assert forwarder.count("GET", f"/blobs/{digest}") == 2
-    assert proxy.proxy.fills.stats.resumed == 1
+    assert proxy.fills.stats.resumed == 1
     assert proxy.blob_path(digest).read_bytes() == data
 
 

@@ -94,7 +94,7 @@ def assert_one_upstream_fetch(image: PushedImage, upstream: Forwarder, proxy: Ru
     for blob in image.blobs:
         assert upstream.count("GET", f"/blobs/{blob.digest}") == 1, blob.digest
         assert proxy.blob_path(blob.digest).exists()
-    assert proxy.proxy.fills.stats.upstream_gets == len(image.blobs)
+    assert proxy.fills.stats.upstream_gets == len(image.blobs)
 
 
 async def ctr(daemon: Containerd, *args: str) -> ProcessResult:

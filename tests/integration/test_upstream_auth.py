@@ -59,7 +59,7 @@ async def test_anonymous_bearer_flow_one_token_per_scope(
         scopes = [r.scope for r in token_server.requests]
         assert scopes == [f"repository:{name}:pull"]
         assert all(r.authorization is None for r in token_server.requests)
-        assert proxy.proxy.upstream().tokens.fetches == 1
+        assert proxy.upstreams.get().tokens.fetches == 1
 
 
 async def test_expired_token_is_refreshed_without_client_error(
@@ -71,7 +71,7 @@ async def test_expired_token_is_refreshed_without_client_error(
     )
     clock = [0.0]
     async with running_proxy(token_registry.url, tmp_path / "cache") as proxy:
-        up = proxy.proxy.upstream()
+        up = proxy.upstreams.get()
         # The test controls time: the token cache's clock and the one that stamps
         # each token's expiry.
         up.tokens._clock = lambda: clock[0]

@@ -121,8 +121,8 @@ async def test_unconfigured_registry_is_denied_without_dialling(
     status, body, _ = await get(proxy.url + path.format(name=unique("deny")), ACCEPT)
     assert status == 403
     assert json.loads(body)["errors"][0]["code"] == "DENIED"
-    assert {u.name for u in proxy.proxy.upstreams.all()} <= {"reg-a.test", "reg-b.test"}
-    assert all(u.requests_sent == 0 for u in proxy.proxy.upstreams.all())
+    assert {u.name for u in proxy.upstreams.all()} <= {"reg-a.test", "reg-b.test"}
+    assert all(u.requests_sent == 0 for u in proxy.upstreams.all())
 
 
 # --- static credentials --------------------------------------------------------------------
@@ -222,7 +222,7 @@ async def test_ecr_pull_with_one_token_call(
         ref = f"docker://{proxy.host}/{ECR_HOST}/{name}:v1"
         (await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{out}")).check()
         assert (out / "manifest.json").read_bytes() == image.manifest
-        creds = proxy.proxy.upstream(ECR_HOST).credentials
+        creds = proxy.upstreams.get(ECR_HOST).credentials
         assert isinstance(creds, EcrCredentials)
         assert creds.calls == 1  # concurrent blob fetches shared one token call
     logged = "\n".join(r.getMessage() for r in caplog.records)
@@ -315,7 +315,7 @@ async def test_ecr_expired_answer_is_recovered_transparently(
         async with running_proxy(None, tmp_path / "cache", config_file=config) as proxy:
             status, body, _ = await get(f"{proxy.url}/v2/{name}/manifests/v1?ns={ECR_HOST}", ACCEPT)
             assert (status, body) == (200, image.manifest)
-            creds = proxy.proxy.upstream(ECR_HOST).credentials
+            creds = proxy.upstreams.get(ECR_HOST).credentials
             assert isinstance(creds, EcrCredentials)
             assert creds.calls == 2
             assert fwd.count("GET", f"/v2/{name}/manifests/v1") == 2
@@ -343,7 +343,7 @@ async def test_pull_spanning_many_token_expiries(tmp_path: Path, require_binarie
                 for blob in image.all_blobs():
                     stored = out / blob.digest.split(":")[1]
                     assert stored.read_bytes() == image.blob_data[blob.digest]
-                fetches = proxy.proxy.upstream().tokens.fetches
+                fetches = proxy.upstreams.get().tokens.fetches
                 upstream_requests = fwd.count("GET", f"/v2/{name}/")
     # The pull took several token lifetimes, so tokens were renewed along the way,
     # each once (not once per request), and no client request failed.

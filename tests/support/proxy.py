@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,9 +14,12 @@ from aiohttp import web
 
 from cacheproxy import server
 from cacheproxy.app import build_app
-from cacheproxy.config import Config, load_config
-from cacheproxy.http.keys import PROXY
-from cacheproxy.proxy import Proxy
+from cacheproxy.blobs.inflight import Fills
+from cacheproxy.config import ENV_PREFIX, Config, load_config
+from cacheproxy.http.keys import CLUSTER, FILLS, KEEPER, UPSTREAMS
+from cacheproxy.lifecycle.keeper import Keeper
+from cacheproxy.peers.cluster import Cluster
+from cacheproxy.upstream.pool import UpstreamPool
 
 
 def _free_port(host: str) -> int:
@@ -34,8 +38,21 @@ class RunningProxy:
     runner: web.AppRunner | None = None
 
     @property
-    def proxy(self) -> Proxy:
-        return self.app[PROXY]
+    def fills(self) -> Fills:
+        """The registry of fills in flight (its ``stats`` count upstream and peer GETs)."""
+        return self.app[FILLS]
+
+    @property
+    def upstreams(self) -> UpstreamPool:
+        return self.app[UPSTREAMS]
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return self.app.get(CLUSTER)
+
+    @property
+    def keeper(self) -> Keeper:
+        return self.app[KEEPER]
 
     def write_buffers(self) -> list[int]:
         """Bytes the proxy holds in user space for each open client connection: how
@@ -57,6 +74,14 @@ class RunningProxy:
         return list((self.config.cache_dir / "tmp").iterdir())
 
 
+def _environment() -> dict[str, str]:
+    """The process environment without the proxy's own settings: a test's settings
+    are its flags and its config file, whatever the shell that runs pytest exports."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | {
+        k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX + "TEST_")
+    }
+
+
 @asynccontextmanager
 async def running_proxy(
     upstream_url: str | None,
@@ -74,7 +99,7 @@ async def running_proxy(
     port = port or _free_port(bind)
     flags = {"upstream": upstream_url, "cache_dir": cache_dir, "listen": f"{bind}:{port}"}
     flags.update(settings)
-    config = load_config(file=config_file, env={}, flags=flags)
+    config = load_config(file=config_file, env=_environment(), flags=flags)
     app = build_app(config)
     # The listener the real server uses: TLS, the header deadline, graceful close.
     listener = await server.start(app, config)

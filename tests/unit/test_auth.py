@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cacheproxy.upstream.auth import Token, TokenCache, parse_challenge, same_site
+from cacheproxy.upstream.tokens import Token, TokenCache, parse_challenge, same_site
 
 
 def test_parse_challenge() -> None:

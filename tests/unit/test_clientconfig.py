@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cacheproxy import cli
-from cacheproxy.clientconfig import (
+from cacheproxy.commands.client_config import (
     containerd_files,
     daemon_json,
     mirror_url,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cacheproxy.savings import store
+from cacheproxy.savings import db
+from cacheproxy.savings.db import Counts
 from cacheproxy.savings.ledger import Ledger
-from cacheproxy.savings.store import Counts
 
 HUB = "docker.io"
 
@@ -37,7 +37,7 @@ class Clock:
 
 @pytest.fixture
 async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    led = Ledger(tmp_path / store.FILENAME, flush_interval=3600, clock=Clock("2026-03-14"))
+    led = Ledger(tmp_path / "ledger.db", flush_interval=3600, clock=Clock("2026-03-14"))
     await led.start()
     try:
         yield led
@@ -47,10 +47,10 @@ async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
 
 def stored(path: Path) -> dict[tuple[str, str], Counts]:
     """What another process would read now."""
-    conn = store.open_reader(path)
+    conn = db.open_reader(path)
     assert conn is not None
     try:
-        return store.by_repo(conn)
+        return db.by_repo(conn)
     finally:
         conn.close()
 
@@ -89,7 +89,7 @@ async def test_nothing_is_written_until_a_flush_then_everything_is(ledger: Ledge
 
 
 async def test_the_background_task_flushes_within_the_interval(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / store.FILENAME, flush_interval=0.05)
+    led = Ledger(tmp_path / "ledger.db", flush_interval=0.05)
     await led.start()
     try:
         one_pull(led)
@@ -103,7 +103,7 @@ async def test_the_background_task_flushes_within_the_interval(tmp_path: Path) -
 
 
 async def test_restart_keeps_the_totals(tmp_path: Path) -> None:
-    path = tmp_path / store.FILENAME
+    path = tmp_path / "ledger.db"
     clock = Clock("2026-03-14")
     first = Ledger(path, clock=clock)
     await first.start()
@@ -128,7 +128,7 @@ async def test_restart_keeps_the_totals(tmp_path: Path) -> None:
 
 async def test_days_and_months_are_utc_calendar_days(tmp_path: Path) -> None:
     clock = Clock("2026-03-31")
-    led = Ledger(tmp_path / store.FILENAME, clock=clock)
+    led = Ledger(tmp_path / "ledger.db", clock=clock)
     await led.start()
     try:
         one_pull(led)
@@ -140,9 +140,9 @@ async def test_days_and_months_are_utc_calendar_days(tmp_path: Path) -> None:
         assert totals[HUB].served_cache == 51_000
         assert led.totals()[HUB].served == 102_000
         await led.flush()
-        conn = store.open_reader(led.path)
+        conn = db.open_reader(led.path)
         assert conn is not None
-        days = store.by_day(conn)
+        days = db.by_day(conn)
         conn.close()
         assert sorted(days) == [("2026-03-31", HUB), ("2026-04-01", HUB)]
     finally:
@@ -166,7 +166,7 @@ async def test_a_failed_write_keeps_the_counts_for_the_next_flush(ledger: Ledger
 
 
 async def test_close_flushes_and_is_idempotent(tmp_path: Path) -> None:
-    led = Ledger(tmp_path / store.FILENAME, flush_interval=3600)
+    led = Ledger(tmp_path / "ledger.db", flush_interval=3600)
     await led.start()
     one_pull(led)
     await led.close()
@@ -175,5 +175,5 @@ async def test_close_flushes_and_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_report_reads_nothing_when_there_is_no_ledger(tmp_path: Path) -> None:
-    assert store.open_reader(tmp_path / store.FILENAME) is None
-    assert not (tmp_path / store.FILENAME).exists()
+    assert db.open_reader(tmp_path / "ledger.db") is None
+    assert not (tmp_path / "ledger.db").exists()

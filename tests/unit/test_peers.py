@@ -4,9 +4,9 @@ import collections
 import os
 from pathlib import Path
 
-from cacheproxy.peers.auth import sign, verify
 from cacheproxy.peers.membership import Membership
 from cacheproxy.peers.ring import ask_before_self, ranked
+from cacheproxy.peers.signing import sign, verify
 
 NODES = [f"http://10.0.0.{i}:5000" for i in range(1, 5)]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from cacheproxy.errors import RangeNotSatisfiable
-from cacheproxy.http.ranges import ByteRange, parse_range
+from cacheproxy.ranges import ByteRange, parse_range
 
 
 @pytest.mark.parametrize(

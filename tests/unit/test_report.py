@@ -13,9 +13,9 @@ import pytest
 
 from cacheproxy.cli import main
 from cacheproxy.config import load_config
-from cacheproxy.savings import render, report, store
+from cacheproxy.savings import db, render, report
+from cacheproxy.savings.db import Counts
 from cacheproxy.savings.prices import load_pricing
-from cacheproxy.savings.store import Counts
 
 GIB = 2**30
 ECR = "123456789012.dkr.ecr.us-west-2.amazonaws.com"
@@ -23,8 +23,8 @@ HUB = "docker.io"
 
 
 def write(cache: Path, rows: dict[tuple[str, str, str], Counts]) -> None:
-    conn = store.connect(cache / store.FILENAME)
-    store.add(conn, rows)
+    conn = db.connect(cache / "ledger.db")
+    db.add(conn, rows)
     conn.close()
 
 

@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 
-from ..config import Config
-from .access import AccessLog
-from .blobs import BlobStore
-from .index import Index
-from .lifecycle import Plan, Rules, plan_eviction
-from .maintenance import delete, gc, parse_size, read_state, reconcile
+from ..store.files import BlobStore
+from ..store.index import Index
+from ..store.usage import UsageLog
+from .apply import delete, gc, read_state, reconcile
+from .plan import Plan, Rules, plan_eviction
 
 log = logging.getLogger(__name__)
 
@@ -22,35 +22,42 @@ log = logging.getLogger(__name__)
 LOW_WATER = 0.9
 
 
-class Housekeeper:
+@dataclass(frozen=True)
+class Upkeep:
+    """What the keeper keeps to: the size limit (bytes, resolved) and the rules."""
+
+    rules: Rules = field(default_factory=Rules)
+    # Bytes the cache may hold (None: no limit).
+    limit: int | None = None
+    # Seconds between eviction checks (also run after a fill completes).
+    evict_interval: float = 30.0
+    # Content reachable from manifests used within this many seconds goes last.
+    hot_window: float = 24 * 3600.0
+    # Seconds between lifecycle runs (0: never).
+    gc_interval: float = 3600.0
+
+
+class Keeper:
     """Keeps the cache within its limit and its lifecycle rules."""
 
-    def __init__(self, config: Config, store: BlobStore, index: Index, access: AccessLog) -> None:
-        self._config = config
+    def __init__(self, upkeep: Upkeep, store: BlobStore, index: Index, usage: UsageLog) -> None:
+        self._upkeep = upkeep
         self._store = store
         self._index = index
-        self._access = access
+        self._usage = usage
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.evicted_blobs = 0
         self.evicted_bytes = 0
         self.lock = asyncio.Lock()
 
-    def rules(self) -> Rules:
-        c = self._config
-        return Rules(c.keep, c.expire_days, c.max_tags_per_repo)
-
-    def limit(self) -> int | None:
-        if self._config.max_size is None:
-            return None
-        return parse_size(self._config.max_size, self._store.total_bytes())
-
     async def start(self) -> None:
         await asyncio.to_thread(reconcile, self._store, self._index)
-        if self._config.max_size is not None:
+        if self._upkeep.limit is not None:
             self._tasks.append(asyncio.create_task(self._evict_loop(), name="eviction"))
-        if self._config.gc_interval > 0 and (
-            self._config.expire_days is not None or self._config.max_tags_per_repo is not None
+        rules = self._upkeep.rules
+        if self._upkeep.gc_interval > 0 and (
+            rules.expire_days is not None or rules.max_tags_per_repo is not None
         ):
             self._tasks.append(asyncio.create_task(self._gc_loop(), name="lifecycle"))
 
@@ -67,25 +74,25 @@ class Housekeeper:
         self._tasks.clear()
 
     async def evict_once(self) -> dict[str, int]:
-        limit = self.limit()
+        limit = self._upkeep.limit
         if limit is None:
             return {}
         async with self.lock:
-            await self._access.flush(self._index)
+            await self._usage.flush(self._index)
             state = await asyncio.to_thread(read_state, self._store, self._index)
             victims = plan_eviction(
                 state.snapshot,
                 state.sizes,
                 state.mtimes,
                 state.refs,
-                in_use=[d for d, n in self._access.in_use.items() if n > 0],
-                keep=self._config.keep,
+                in_use=[d for d, n in self._usage.in_use.items() if n > 0],
+                keep=self._upkeep.rules.keep,
                 limit=limit,
                 target=int(limit * LOW_WATER),
-                hot_since=time.time() - self._config.hot_window,
+                hot_since=time.time() - self._upkeep.hot_window,
             )
             # A client may have started reading one since the plan was made.
-            victims = {d: s for d, s in victims.items() if not self._access.in_use.get(d)}
+            victims = {d: s for d, s in victims.items() if not self._usage.in_use.get(d)}
             if victims:
                 await asyncio.to_thread(delete, self._store, self._index, Plan(content=victims))
                 self.evicted_blobs += len(victims)
@@ -100,13 +107,14 @@ class Housekeeper:
 
     async def gc_once(self, dry_run: bool = False) -> Plan:
         async with self.lock:
-            await self._access.flush(self._index)
-            return await asyncio.to_thread(gc, self._store, self._index, self.rules(), dry_run)
+            await self._usage.flush(self._index)
+            rules = self._upkeep.rules
+            return await asyncio.to_thread(gc, self._store, self._index, rules, dry_run)
 
     async def _evict_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._config.evict_interval):
+                async with asyncio.timeout(self._upkeep.evict_interval):
                     await self._wake.wait()
             self._wake.clear()
             try:
@@ -116,7 +124,7 @@ class Housekeeper:
 
     async def _gc_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._config.gc_interval)
+            await asyncio.sleep(self._upkeep.gc_interval)
             try:
                 await self.gc_once()
             except Exception:

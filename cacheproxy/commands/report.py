@@ -8,8 +8,9 @@ import sys
 from typing import TextIO
 
 from ..config import Config
-from . import render, report, store
-from .prices import PricingError, load_pricing
+from ..layout import CacheLayout
+from ..savings import render, report
+from ..savings.prices import PricingError, load_pricing
 
 
 def run(
@@ -39,5 +40,5 @@ def run(
     elif fmt == "csv":
         out.write(render.to_csv(result))
     else:
-        out.write(render.table(result, str(config.cache_dir / store.FILENAME)))
+        out.write(render.table(result, str(CacheLayout(config.cache_dir).ledger)))
     return 0

@@ -1,4 +1,7 @@
-"""Known registries: host aliases, built-in presets, and ECR host parsing. Pure."""
+"""Known registries: host aliases, built-in presets, and ECR host parsing. Pure.
+
+Below the configuration: `config` names presets from here, nothing here reads settings.
+"""
 
 from __future__ import annotations
 

@@ -9,37 +9,20 @@ content that is gone, and a file removed without its index record is harmless.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 
 from ..errors import DigestInvalid
 from ..oci import parse_digest
-from .blobs import BlobStore
-from .index import Index, Snapshot
-from .lifecycle import Plan, Rules, plan_gc, references
+from ..store.files import BlobStore
+from ..store.index import Index, Snapshot
+from .plan import Plan, Rules, plan_gc, references
 
 log = logging.getLogger(__name__)
 
-_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtp]i?b?|b|%)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
-
-
-def parse_size(text: str, disk_total: int) -> int:
-    """``"50GB"``, ``"20GiB"``, ``"80%"`` (of the disk), or plain bytes."""
-    m = _SIZE_RE.fullmatch(text)
-    if m is None:
-        raise ValueError(f"cannot read {text!r} as a size")
-    number, unit = float(m.group(1)), (m.group(2) or "").lower()
-    if unit == "%":
-        return int(disk_total * number / 100)
-    base = unit[:1]
-    factor = _UNITS[base] if "i" not in unit else 1024 ** "bkmgtp".index(base)
-    return int(number * factor)
-
 
 @dataclass
-class State:
+class CacheState:
     """The cache as the planners need it."""
 
     snapshot: Snapshot
@@ -48,7 +31,7 @@ class State:
     refs: dict[str, list[str]]
 
 
-def read_state(store: BlobStore, index: Index) -> State:
+def read_state(store: BlobStore, index: Index) -> CacheState:
     snapshot = index.snapshot()
     sizes, mtimes = store.scan()
     refs: dict[str, list[str]] = {}
@@ -58,7 +41,7 @@ def read_state(store: BlobStore, index: Index) -> State:
         body = store.read(parse_digest(digest))
         if body is not None:
             refs[digest] = references(body)
-    return State(snapshot, sizes, mtimes, refs)
+    return CacheState(snapshot, sizes, mtimes, refs)
 
 
 def delete(store: BlobStore, index: Index, plan: Plan) -> None:

@@ -1,7 +1,7 @@
-"""One upstream fetch per digest, streamed to every reader while it lands on disk.
+"""One download of a blob into the cache, streamed to every reader while it lands.
 
-A :class:`Fill` belongs to the :class:`Fills` registry, never to a request: a
-client that goes away leaves it running, and the blob is still cached. Readers
+A :class:`Fill` belongs to the registry of fills (``inflight.Fills``), never to a
+request: a client that goes away leaves it running, and the blob is still cached. Readers
 open the temp file themselves and read up to ``written``, so N readers cost N
 file descriptors and no memory. The last byte of a blob is released to readers
 only after the whole blob has been verified, so a client never sees a clean end
@@ -11,21 +11,19 @@ of a wrong or short body.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 
-from .accounting import Accounting, NullAccounting, Source
-from .errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
-from .oci import Digest
-from .store.blobs import BlobStore
+from ..accounting import Accounting, Origin
+from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
+from ..oci import Digest
+from ..ranges import parse_content_range
+from ..store.files import BlobStore
+from .source import Feed
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +35,7 @@ RESUME_ATTEMPTS = 3
 RESUME_BACKOFF = 0.5
 
 
-class BlobSource(Protocol):
-    """Where a fill gets its bytes: the upstream, or a peer chain ending upstream."""
-
-    #: "upstream" or "peer": what delivered (or is delivering) the bytes.
-    label: Source
-
-    async def open(self, offset: int) -> aiohttp.ClientResponse:
-        """The blob's body from ``offset`` (0: whole). Raises RegistryError for an
-        answer that is not the blob; opening again means the last body broke off."""
-
-    def blame(self) -> None:
-        """The bytes delivered failed verification."""
-
-
-class State(Enum):
+class FillState(Enum):
     STARTING = "starting"
     RUNNING = "running"
     DONE = "done"
@@ -70,6 +54,8 @@ class FillStats:
     failed: int = 0
     resumed: int = 0
     digest_mismatches: int = 0
+    # Misses streamed through uncached because the disk was nearly full.
+    streamed_through: int = 0
     by_digest: dict[str, int] = field(default_factory=dict)
 
 
@@ -87,20 +73,20 @@ class Fill:
         self.received = 0
         self.size: int | None = None
         self.written = 0
-        self.state = State.STARTING
+        self.state = FillState.STARTING
         self.error: RegistryError | None = None
         self.tmp_path, self._fd = store.new_temp(digest)
         self._changed = asyncio.Event()
         self._hasher = digest.hasher()
-        self._source: BlobSource | None = None
+        self._feed: Feed | None = None
 
     # --- reader side ---------------------------------------------------------
 
     async def started(self) -> None:
         """Wait until the upstream answered with the blob (size known) or failed."""
-        while self.state is State.STARTING:
+        while self.state is FillState.STARTING:
             await self._wait()
-        if self.state is State.FAILED and self.written == 0:
+        if self.state is FillState.FAILED and self.written == 0:
             assert self.error is not None
             raise self.error
 
@@ -111,10 +97,10 @@ class Fill:
         end. Raises the fill's error when it failed: the reader must then abort.
         """
         while True:
-            if self.state is State.FAILED:
+            if self.state is FillState.FAILED:
                 assert self.error is not None
                 raise self.error
-            if self.state is State.DONE:
+            if self.state is FillState.DONE:
                 return self.written
             # Hold back the final byte until the digest has been checked.
             limit = self.written
@@ -134,8 +120,12 @@ class Fill:
                 raise self.error or UpstreamUnavailable("blob fill failed") from None
             return blob.fd
 
+    def progress(self) -> int:
+        """Bytes on disk so far."""
+        return self.written
+
     async def wait_done(self) -> None:
-        while self.state not in (State.DONE, State.FAILED):
+        while self.state not in (FillState.DONE, FillState.FAILED):
             await self._wait()
         if self.error is not None:
             raise self.error
@@ -152,20 +142,20 @@ class Fill:
     @property
     def verified(self) -> bool:
         """The whole blob is in the cache and matched its digest."""
-        return self.state is State.DONE
+        return self.state is FillState.DONE
 
     @property
-    def origin(self) -> Source:
-        """Where this fill's bytes came from, once it has run."""
-        return self._source.label if self._source is not None else "upstream"
+    def origin(self) -> Origin:
+        """Where this fill's bytes come from (a peer, or the upstream)."""
+        return self._feed.origin if self._feed is not None else "upstream"
 
-    async def run(self, source: BlobSource, stats: FillStats, accounting: Accounting) -> None:
+    async def run(self, feed: Feed, stats: FillStats, accounting: Accounting) -> None:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
-        self._source = source
+        self._feed = feed
         try:
-            await self._fetch(source, stats)
+            await self._fetch(feed, stats)
             await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
-            self.state = State.DONE
+            self.state = FillState.DONE
             stats.completed += 1
             accounting.stored(self.upstream, self.repo, self.written)
             log.info("cached %s (%d bytes)", self.digest, self.written)
@@ -181,21 +171,21 @@ class Fill:
             stats.failed += 1
         finally:
             os.close(self._fd)
-            if self.received and source.label == "upstream":
+            if self.received and feed.origin == "upstream":
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
             self._notify()
 
     def _fail(self, exc: RegistryError) -> None:
-        self.state = State.FAILED
+        self.state = FillState.FAILED
         self.error = exc
         self.store.discard(self.tmp_path)
         log.warning("fill of %s failed: %s", self.digest, exc.message)
 
-    async def _fetch(self, source: BlobSource, stats: FillStats) -> None:
+    async def _fetch(self, feed: Feed, stats: FillStats) -> None:
         attempts = 0
         while True:
-            resp = await source.open(self.written)
-            from_peer = source.label == "peer"
+            resp = await feed.open(self.written)
+            from_peer = feed.origin == "peer"
             if from_peer:
                 stats.peer_gets += 1
             else:
@@ -225,7 +215,7 @@ class Fill:
         try:
             self._verify(stats)
         except UpstreamBadContent:
-            source.blame()
+            feed.blame()
             raise
 
     def _accept_headers(self, resp: aiohttp.ClientResponse) -> None:
@@ -234,7 +224,7 @@ class Fill:
             self.size = resp.content_length
         elif resp.status == 206:
             crange = resp.headers.get("Content-Range", "")
-            start, total = _parse_content_range(crange)
+            start, total = parse_content_range(crange)
             if start != self.written or (self.size is not None and total not in (None, self.size)):
                 raise UpstreamBadContent("upstream answered a resume with the wrong range")
         elif resp.status == 200:
@@ -242,8 +232,8 @@ class Fill:
             pass
         else:
             raise UpstreamBadContent(f"upstream answered {resp.status} for a blob")
-        if self.state is State.STARTING:
-            self.state = State.RUNNING
+        if self.state is FillState.STARTING:
+            self.state = FillState.RUNNING
             self._notify()
 
     async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats, from_peer: bool) -> None:
@@ -303,99 +293,3 @@ class Fill:
             )
             raise UpstreamBadContent("upstream blob does not match its digest")
         self.size = self.written
-
-
-def _parse_content_range(value: str) -> tuple[int | None, int | None]:
-    """``bytes 10-99/100`` -> (10, 100); unknown parts are None."""
-    unit, _, rest = value.partition(" ")
-    if unit.strip().lower() != "bytes":
-        return None, None
-    span, _, total = rest.partition("/")
-    first = span.partition("-")[0]
-    try:
-        start = int(first)
-    except ValueError:
-        return None, None
-    try:
-        size: int | None = int(total)
-    except ValueError:
-        size = None
-    return start, size
-
-
-class Fills:
-    """The registry of running fills: at most one per digest, owned here."""
-
-    def __init__(self, store: BlobStore, accounting: Accounting | None = None) -> None:
-        self.store = store
-        self.accounting: Accounting = accounting or NullAccounting()
-        self.stats = FillStats()
-        #: Called after each blob is committed (the housekeeper checks the size limit).
-        self.on_commit: list[Callable[[], None]] = []
-        self._fills: dict[str, Fill] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def get(self, digest: Digest, local_only: bool = False) -> Fill | None:
-        """The running fill of ``digest``, if any.
-
-        A fill fed by a peer is not offered to a peer's request (``local_only``):
-        with two views of membership, two nodes could otherwise each wait on the
-        other's fill. Such a request gets a fill straight from the upstream.
-        """
-        direct = self._fills.get(str(digest))
-        if direct is not None or local_only:
-            return direct
-        return self._fills.get(str(digest) + "@peer")
-
-    def join_or_start(
-        self,
-        digest: Digest,
-        make_source: Callable[[], BlobSource],
-        upstream: str = "",
-        repo: str = "",
-        local_only: bool = False,
-    ) -> tuple[Fill | None, bool]:
-        """The running fill of ``digest`` or a new one, and whether this call started it.
-
-        (None, False) when the blob is complete. No await happens between the check
-        of the store and the registration of a new fill, so two requests can never
-        both start one.
-        """
-        fill = self.get(digest, local_only)
-        if fill is not None:
-            return fill, False
-        if self.store.exists(digest):
-            return None, False
-        source = make_source()
-        key = str(digest) + ("@peer" if source.label == "peer" else "")
-        fill = Fill(digest, self.store, upstream, repo)
-        self._fills[key] = fill
-        task = asyncio.create_task(self._run(fill, source, key), name=f"fill {key}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return fill, True
-
-    async def _run(self, fill: Fill, source: BlobSource, key: str) -> None:
-        try:
-            await fill.run(source, self.stats, self.accounting)
-        finally:
-            if self._fills.get(key) is fill:
-                del self._fills[key]
-        if fill.state is State.DONE:
-            for callback in self.on_commit:
-                callback()
-
-    @property
-    def active(self) -> int:
-        return len(self._fills)
-
-    async def close(self) -> None:
-        """Cancel every fill (shutdown); their temp files are removed."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def temp_paths(self) -> list[Path]:
-        return [f.tmp_path for f in self._fills.values()]

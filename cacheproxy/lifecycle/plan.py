@@ -21,7 +21,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .index import Snapshot, TagRecord
+from ..store.index import Snapshot, TagRecord
 
 DAY = 86400.0
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .db import Counts
 from .ledger import Ledger
 from .prices import Price
-from .store import Counts
 from .tiers import saved
 
 _COUNTERS: tuple[tuple[str, str, Callable[[Counts], int]], ...] = (

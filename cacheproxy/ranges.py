@@ -1,4 +1,4 @@
-"""Single byte ranges (RFC 9110 section 14).
+"""Byte ranges (RFC 9110 section 14): what a client asks for, what a server answered. Pure.
 
 Only one range is served. A Range header the server does not understand, or one
 asking for several ranges, is ignored and the whole blob is sent (section 14.2:
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import RangeNotSatisfiable
+from .errors import RangeNotSatisfiable
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
 # Python's int() accepts any length; positions past 2**63 mean nothing for a file.
@@ -63,6 +63,24 @@ def parse_range(header: str | None) -> ByteRange | None:
 
 def content_range(start: int, end: int, size: int) -> str:
     return f"bytes {start}-{end}/{size}"
+
+
+def parse_content_range(value: str) -> tuple[int | None, int | None]:
+    """``bytes 10-99/100`` -> (10, 100); unknown parts are None (section 14.4)."""
+    unit, _, rest = value.partition(" ")
+    if unit.strip().lower() != "bytes":
+        return None, None
+    span, _, total = rest.partition("/")
+    first = span.partition("-")[0]
+    try:
+        start = int(first)
+    except ValueError:
+        return None, None
+    try:
+        size: int | None = int(total)
+    except ValueError:
+        size = None
+    return start, size
 
 
 def _unsatisfiable(size: int) -> RangeNotSatisfiable:

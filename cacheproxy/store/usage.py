@@ -15,7 +15,7 @@ from .index import Index
 log = logging.getLogger(__name__)
 
 
-class AccessLog:
+class UsageLog:
     """Blob and tag use since the last flush, plus what is being served right now."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -59,7 +59,7 @@ class AccessLog:
                 except Exception:  # keep counting; the next flush retries
                     log.exception("writing access times failed")
 
-        self._task = asyncio.create_task(loop(), name="access log")
+        self._task = asyncio.create_task(loop(), name="usage log")
 
     async def close(self, index: Index) -> None:
         if self._task is not None:

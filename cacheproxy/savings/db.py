@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-FILENAME = "ledger.db"
 SCHEMA_VERSION = 1
 
 

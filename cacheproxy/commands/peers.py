@@ -10,13 +10,6 @@ from urllib.parse import urlencode
 from ..config import Config
 
 
-def local_url(config: Config) -> str:
-    host = config.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://{host}:{config.port}"
-
-
 def fetch_view(base_url: str, key: str | None, timeout: float = 5.0) -> dict[str, object]:
     url = base_url.rstrip("/") + "/_cacheproxy/peers"
     if key:
@@ -51,9 +44,9 @@ def render(view: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def show(config: Config, url: str | None, key: str | None, as_json: bool) -> int:
+def run(config: Config, url: str | None, key: str | None, as_json: bool) -> int:
     try:
-        view = fetch_view(url or local_url(config), key)
+        view = fetch_view(url or config.local_url, key)
     except (OSError, ValueError, urllib.error.URLError) as exc:
         print(f"cacheproxy: cannot reach the node: {exc}")
         return 1

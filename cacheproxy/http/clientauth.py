@@ -57,7 +57,7 @@ class _WatchedFile:
         return True
 
 
-class AccessPolicy:
+class ClientAuth:
     """Who a request is, and what it may pull."""
 
     def __init__(
@@ -74,7 +74,7 @@ class AccessPolicy:
         self._verified: dict[str, tuple[str, float]] = {}
 
     @classmethod
-    def from_config(cls, config: Config) -> AccessPolicy:
+    def from_config(cls, config: Config) -> ClientAuth:
         return cls(
             config.auth_htpasswd, config.auth_tokens_file, config.auth_anonymous, config.access
         )

@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layout import CacheLayout
 from ..oci import Digest
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,11 @@ class OpenBlob:
 class BlobStore:
     """Blob files under one cache directory."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs_dir = root / "blobs"
-        self.tmp_dir = root / "tmp"
+    def __init__(self, layout: CacheLayout) -> None:
+        self.layout = layout
+        self.root = layout.root
+        self.blobs_dir = layout.blobs
+        self.tmp_dir = layout.tmp
 
     def prepare(self) -> int:
         """Create the layout and remove temp files left by a crash. Returns how many."""
@@ -50,9 +52,7 @@ class BlobStore:
         return removed
 
     def path(self, digest: Digest) -> Path:
-        # The digest was validated against the spec grammar (lowercase hex only),
-        # so it can never name anything outside blobs/.
-        return self.blobs_dir / digest.algorithm / digest.hex[:2] / digest.hex
+        return self.layout.blob(digest)
 
     def open(self, digest: Digest) -> OpenBlob | None:
         """Open a complete blob, or None when it is not cached. Cheap: one open + fstat."""

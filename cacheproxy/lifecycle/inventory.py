@@ -6,10 +6,10 @@ import datetime
 import json
 from dataclasses import asdict, dataclass
 
-from .store.blobs import BlobStore
-from .store.index import Index
-from .store.lifecycle import reachable
-from .store.maintenance import read_state
+from ..store.files import BlobStore
+from ..store.index import Index
+from .apply import read_state
+from .plan import reachable
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``python -m cacheproxy.healthcheck``: exit 0 if the local proxy answers, else 1.
+"""``python -m cacheproxy.commands.healthcheck``: exit 0 if the local proxy answers, else 1.
 
 The container image's ``HEALTHCHECK``. It finds the proxy the way ``serve`` does
 (``CACHEPROXY_CONFIG``, ``CACHEPROXY_LISTEN``, ...), so a port changed in the config
@@ -14,8 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from .config import Config, ConfigError, load_config
-from .peers.status import local_url
+from ..config import Config, ConfigError, load_config
 
 # /healthz: the process answers. Docker restarts nothing on its own, so an unready
 # proxy (cache disk full, say) is for /readyz and an orchestrator to judge.
@@ -25,7 +24,7 @@ TIMEOUT = 3.0
 
 def local_base(config: Config) -> str:
     """The proxy's own URL from inside its host or container (https with TLS on)."""
-    url = local_url(config)
+    url = config.local_url
     return "https" + url.removeprefix("http") if config.tls_cert is not None else url
 
 

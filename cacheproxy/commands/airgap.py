@@ -19,16 +19,16 @@ import re
 import sys
 import tarfile
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from .config import Config
-from .errors import RegistryError
-from .fill import Fill, Fills
-from .oci import (
+from ..blobs.source import Want
+from ..config import Config
+from ..errors import RegistryError
+from ..lifecycle.plan import references
+from ..oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     OCI_INDEX,
@@ -38,12 +38,10 @@ from .oci import (
     validate_name,
     validate_tag,
 )
-from .proxy import Proxy
-from .store.blobs import BlobStore
-from .store.index import Index, TagEntry, TagKey
-from .store.lifecycle import references
-from .upstream.pool import UpstreamPool
-from .upstream.presets import DOCKER_HUB
+from ..registries import DOCKER_HUB
+from ..runtime import Runtime, open_runtime
+from ..store.files import BlobStore
+from ..store.index import Index, TagEntry, TagKey
 
 log = logging.getLogger(__name__)
 
@@ -85,30 +83,11 @@ def read_list(path: Path) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-@asynccontextmanager
-async def runtime(config: Config) -> AsyncIterator[Proxy]:
-    """The proxy's machinery without its HTTP server, for command-line tools."""
-    store = BlobStore(config.cache_dir)
-    await asyncio.to_thread(store.prepare)
-    index = await asyncio.to_thread(Index, config.cache_dir / "index")
-    fills = Fills(store)
-    pool = UpstreamPool(config)
-    proxy = Proxy(config, store, index, fills, pool)
-    try:
-        yield proxy
-    finally:
-        await fills.close()
-        await proxy.close()
-        await proxy.access.flush(index)
-        await pool.close()
-        await asyncio.to_thread(index.close)
-
-
 # --- prefetch ---------------------------------------------------------------------
 
 
 @dataclass
-class Progress:
+class PrefetchProgress:
     """Bytes, rate and ETA: one updating line on a terminal, plain lines otherwise."""
 
     out: IO[str] = field(default_factory=lambda: sys.stderr)
@@ -116,10 +95,11 @@ class Progress:
     done: int = 0
     blobs: int = 0
     started: float = field(default_factory=time.monotonic)
-    fills: list[Fill] = field(default_factory=list)
+    # Bytes of the blobs on their way in, read as the ticker draws.
+    moving: list[Callable[[], int]] = field(default_factory=list)
 
     def line(self) -> str:
-        moving = self.done + sum(f.written for f in self.fills)
+        moving = self.done + sum(written() for written in self.moving)
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = moving / elapsed
         eta = (self.total - moving) / rate if rate > 0 and self.total > moving else 0.0
@@ -152,18 +132,21 @@ def _platform_ok(desc: dict[str, Any], platform: str | None) -> bool:
 
 
 async def _manifests(
-    proxy: Proxy, ref: ImageRef, platform: str | None
+    rt: Runtime, ref: ImageRef, platform: str | None
 ) -> tuple[list[tuple[str, bytes, str]], str]:
     """(digest, body, media type) of the image and, for an index, its children."""
-    up = proxy.upstream(ref.host)
+    up = rt.upstreams.get(ref.host)
     name = f"library/{ref.name}" if up.name == DOCKER_HUB and "/" not in ref.name else ref.name
-    top = await proxy.manifest(up, name, ref.reference, list(MANIFEST_TYPES), True)
+    manifests = rt.clients.manifests
+    top = await manifests.manifest(up, name, ref.reference, list(MANIFEST_TYPES), True)
     assert top.body is not None
     found = [(top.digest, top.body, top.media_type)]
     if top.media_type in INDEX_TYPES:
         for desc in json.loads(top.body).get("manifests", []):
             if _platform_ok(desc, platform):
-                child = await proxy.manifest(up, name, desc["digest"], list(MANIFEST_TYPES), True)
+                child = await manifests.manifest(
+                    up, name, desc["digest"], list(MANIFEST_TYPES), True
+                )
                 assert child.body is not None
                 found.append((child.digest, child.body, child.media_type))
     return found, name
@@ -174,30 +157,32 @@ async def prefetch(
 ) -> int:
     """Warm the cache with ``images``; returns how many failed."""
     refs = [parse_ref(i) for i in images]
-    progress = Progress()
+    progress = PrefetchProgress()
     failures = 0
-    async with runtime(config) as proxy:
+    async with open_runtime(config) as rt:
         gate = asyncio.Semaphore(concurrency)
         ticker = asyncio.create_task(progress.ticker())
 
         async def one_blob(up_host: str | None, name: str, digest: str, size: int) -> None:
             async with gate:
-                up = proxy.upstream(up_host)
-                found, _ = proxy.open_blob(up, name, parse_digest(digest))
-                if isinstance(found, Fill):
-                    progress.fills.append(found)
+                want = Want(rt.upstreams.get(up_host), name, parse_digest(digest))
+                async with rt.clients.blobs.open(want) as body:
+                    fill = rt.fills.running(want)
+                    if fill is not None:
+                        progress.moving.append(fill.progress)
                     try:
-                        await found.wait_done()
+                        await body.final_size()
                     finally:
-                        progress.fills.remove(found)
-                else:
-                    os.close(found.fd)
+                        if fill is not None:
+                            progress.moving.remove(fill.progress)
+                if not rt.store.exists(want.digest):
+                    raise RegistryError(f"{digest} was not cached: the disk is nearly full")
                 progress.blob_done(digest, size)
 
         try:
             for ref in refs:
                 try:
-                    manifests, name = await _manifests(proxy, ref, platform)
+                    manifests, name = await _manifests(rt, ref, platform)
                     blobs: dict[str, int] = {}
                     for _, body, media_type in manifests:
                         if media_type in INDEX_TYPES:
@@ -230,19 +215,19 @@ async def export(config: Config, images: Iterable[str], output: Path) -> int:
     offline = replace(config, offline=True)
     entries: list[dict[str, Any]] = []
     digests: dict[str, None] = {}
-    async with runtime(offline) as proxy:
+    async with open_runtime(offline) as rt:
         for text in images:
             ref = parse_ref(text)
-            manifests, name = await _manifests(proxy, ref, None)
+            manifests, name = await _manifests(rt, ref, None)
             top_digest, top_body, top_type = manifests[0]
             for digest, body, _ in manifests:
                 digests[digest] = None
                 for child in references(body):
-                    if proxy.store.exists(parse_digest(child)):
+                    if rt.store.exists(parse_digest(child)):
                         digests[child] = None
                     elif child not in {m[0] for m in manifests}:
                         raise RegistryError(f"{ref.text}: blob {child} is not in the cache")
-            up = proxy.upstream(ref.host)
+            up = rt.upstreams.get(ref.host)
             annotations = {REF_NAME: ref.text, ANN_UPSTREAM: up.name, ANN_REPO: name}
             if ":" not in ref.reference:
                 annotations[ANN_TAG] = ref.reference
@@ -254,9 +239,8 @@ async def export(config: Config, images: Iterable[str], output: Path) -> int:
                     "annotations": annotations,
                 }
             )
-        store = proxy.store
         layout = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
-        await asyncio.to_thread(_write_tar, store, list(digests), layout, output)
+        await asyncio.to_thread(_write_tar, rt.store, list(digests), layout, output)
     return len(digests)
 
 
@@ -291,38 +275,42 @@ class ImportResult:
 
 
 def import_bundle(config: Config, bundle: Path) -> ImportResult:
-    """Verify and load an OCI layout tar into the cache (blocking)."""
-    store = BlobStore(config.cache_dir)
-    store.prepare()
-    index = Index(config.cache_dir / "index")
+    """Verify and load an OCI layout tar into the cache."""
+
+    async def main() -> ImportResult:
+        async with open_runtime(config) as rt:
+            return await asyncio.to_thread(_import, rt.store, rt.index, bundle)
+
+    return asyncio.run(main())
+
+
+def _import(store: BlobStore, index: Index, bundle: Path) -> ImportResult:
+    """Verify and load an OCI layout tar (blocking)."""
     result = ImportResult()
-    try:
-        with tarfile.open(bundle, "r") as tar:
-            layout: dict[str, Any] | None = None
-            for member in tar:
-                name = member.name.lstrip("./") if member.name.startswith("./") else member.name
-                if name == "index.json" and member.isfile():
-                    handle = tar.extractfile(member)
-                    if handle is not None:
-                        layout = json.loads(handle.read(4 * 1024 * 1024))
-                    continue
-                m = _BLOB_MEMBER.fullmatch(member.name)
-                if m is None or not member.isfile():
-                    continue
-                digest = parse_digest(f"{m.group(1)}:{m.group(2)}")
-                if store.exists(digest):
-                    result.already += 1
-                    continue
+    with tarfile.open(bundle, "r") as tar:
+        layout: dict[str, Any] | None = None
+        for member in tar:
+            name = member.name.lstrip("./") if member.name.startswith("./") else member.name
+            if name == "index.json" and member.isfile():
                 handle = tar.extractfile(member)
-                if handle is None:
-                    continue
-                _load_blob(store, digest, handle, member.size)
-                result.blobs += 1
-        if layout is None:
-            raise ValueError(f"{bundle} has no index.json: not an OCI image layout")
-        _load_tags(store, index, layout, result)
-    finally:
-        index.close()
+                if handle is not None:
+                    layout = json.loads(handle.read(4 * 1024 * 1024))
+                continue
+            m = _BLOB_MEMBER.fullmatch(member.name)
+            if m is None or not member.isfile():
+                continue
+            digest = parse_digest(f"{m.group(1)}:{m.group(2)}")
+            if store.exists(digest):
+                result.already += 1
+                continue
+            handle = tar.extractfile(member)
+            if handle is None:
+                continue
+            _load_blob(store, digest, handle, member.size)
+            result.blobs += 1
+    if layout is None:
+        raise ValueError(f"{bundle} has no index.json: not an OCI image layout")
+    _load_tags(store, index, layout, result)
     return result
 
 

@@ -1,0 +1,11 @@
+"""The chain of blob sources: the path every byte of a blob takes to a client.
+
+service.py   BlobService: the chain for one kind of caller, plus its bookkeeping
+source.py    what every link answers (BlobSource, Body) and what feeds a fill (Feed)
+local.py     the local store: complete, verified files, sent with sendfile
+inflight.py  fills in flight: join one, or start one fed by the links after it
+fill.py      one download into the cache, verified before anything is kept
+peers.py     the digest's owner and the next in rank (cluster mode)
+upstream.py  the upstream registry itself, the last link
+relay.py     a body streamed through uncached, verified as it passes
+"""

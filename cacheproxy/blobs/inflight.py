@@ -1,0 +1,187 @@
+"""The second link: fills in flight. Join the one bringing a digest in, or start it.
+
+A new fill is fed by the links after this one (peers, then the upstream). When the
+disk is too full to cache a miss, this link steps aside and the next link streams
+the blob through uncached: the stream-through is just the rest of the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..accounting import Accounting, NullAccounting, Origin
+from ..errors import BlobUnknown
+from ..store.files import BlobStore
+from .fill import Fill, FillState, FillStats
+from .local import FileBody
+from .source import Body, Feed, Remote, Sink, Want
+
+log = logging.getLogger(__name__)
+
+# A reader of a fill sends what has landed in reads of up to this much.
+READ_CHUNK = 1024 * 1024
+
+
+class Fills:
+    """The registry of running fills: at most one per digest and feed kind, owned here.
+
+    A fill fed through peers is kept apart from one fed straight from the upstream:
+    a peer's request joins only the latter. With two views of membership, two nodes
+    could otherwise each wait on the other's fill.
+    """
+
+    def __init__(self, store: BlobStore, accounting: Accounting | None = None) -> None:
+        self.store = store
+        self.accounting: Accounting = accounting or NullAccounting()
+        self.stats = FillStats()
+        #: Called after each blob is committed (the keeper checks the size limit).
+        self.on_commit: list[Callable[[], None]] = []
+        self._fills: dict[tuple[str, bool], Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def running(self, want: Want, peer_fed_too: bool = True) -> Fill | None:
+        """The fill bringing ``want`` in, if any (straight from upstream first)."""
+        key = str(want.digest)
+        direct = self._fills.get((key, False))
+        if direct is not None or not peer_fed_too:
+            return direct
+        return self._fills.get((key, True))
+
+    def start(self, want: Want, feed: Feed) -> Fill | None:
+        """A new fill of ``want`` fed by ``feed``; None when the blob is complete.
+
+        The caller checked :meth:`running` without an await since, so two requests
+        can never both start one.
+        """
+        if self.store.exists(want.digest):
+            return None
+        key = (str(want.digest), feed.origin == "peer")
+        fill = Fill(want.digest, self.store, want.upstream.name, want.repo)
+        self._fills[key] = fill
+        task = asyncio.create_task(self._run(fill, feed, key), name=f"fill {key[0]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
+
+    async def _run(self, fill: Fill, feed: Feed, key: tuple[str, bool]) -> None:
+        try:
+            await fill.run(feed, self.stats, self.accounting)
+        finally:
+            if self._fills.get(key) is fill:
+                del self._fills[key]
+        if fill.state is FillState.DONE:
+            for callback in self.on_commit:
+                callback()
+
+    @property
+    def active(self) -> int:
+        return len(self._fills)
+
+    def temp_paths(self) -> list[Path]:
+        return [f.tmp_path for f in self._fills.values()]
+
+    async def close(self) -> None:
+        """Cancel every fill (shutdown); their temp files are removed."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class FillBody:
+    """A blob as its fill lands: readers tail the temp file up to what is verified."""
+
+    def __init__(self, fill: Fill, started: bool) -> None:
+        self._fill = fill
+        self._started = started
+
+    @property
+    def origin(self) -> Origin:
+        # Joining another request's fill costs no transfer: the cache served it.
+        return self._fill.origin if self._started else "cache"
+
+    async def size(self) -> int | None:
+        await self._fill.started()
+        return self._fill.size
+
+    async def final_size(self) -> int:
+        await self._fill.wait_done()
+        assert self._fill.size is not None
+        return self._fill.size
+
+    async def send(self, sink: Sink, start: int, end: int | None) -> None:
+        """Tail the fill. The last byte of the range, like the last byte of a whole
+        blob, goes out only once the whole blob is verified: a range's bytes cannot
+        be checked on their own."""
+        fill = self._fill
+        fd = fill.open_reader()
+        try:
+            pos = start
+            while end is None or pos <= end:
+                limit = await fill.readable(pos)
+                if limit <= pos:
+                    break
+                stop = limit if end is None else min(limit, end + 1)
+                if end is not None and stop > end and not fill.verified:
+                    stop = end
+                    if stop <= pos:
+                        await fill.wait_done()
+                        continue
+                while pos < stop:
+                    chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
+                    if not chunk:
+                        raise OSError("blob file shorter than its fill")
+                    await sink.write(chunk)
+                    pos += len(chunk)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        return None
+
+
+class InFlight:
+    """Joins a running fill or starts one fed by ``next``; steps aside when the disk
+    has no room (``room``), so ``next`` streams the blob through uncached."""
+
+    def __init__(
+        self,
+        fills: Fills,
+        next: Remote,
+        room: Callable[[], bool],
+        join_peer_fed: bool = True,
+    ) -> None:
+        self._fills = fills
+        self._next = next
+        self._room = room
+        self._join_peer_fed = join_peer_fed
+
+    async def open(self, want: Want, first: int = 0) -> Body:
+        fill = self._fills.running(want, self._join_peer_fed)
+        if fill is not None:
+            return FillBody(fill, started=False)
+        if not self._room():
+            self._fills.stats.streamed_through += 1
+            log.warning("disk nearly full: streaming %s through without caching it", want.digest)
+            return await self._next.open(want, first)
+        fill = self._fills.start(want, self._next.feed(want))
+        if fill is None:  # completed since the store was asked
+            blob = self._fills.store.open(want.digest)
+            if blob is None:
+                raise BlobUnknown()
+            return FileBody(blob)
+        return FillBody(fill, started=True)
+
+    async def size(self, want: Want) -> int:
+        fill = self._fills.running(want)
+        if fill is not None:
+            await fill.started()
+            if fill.size is not None:
+                return fill.size
+        return await self._next.size(want)

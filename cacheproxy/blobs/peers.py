@@ -1,0 +1,96 @@
+"""The peer link (cluster mode): the digest's owner, then the next in rank.
+
+The owner answers from its own cache or its own fill (one upstream fetch, streamed
+to every waiter, remote peers included). A peer's own request walks the chain
+without this link, so requests never loop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from ..accounting import Origin
+from ..errors import UpstreamUnavailable
+from ..peers.cluster import Cluster
+from .relay import RelayBody
+from .source import Body, Feed, Remote, Want
+
+log = logging.getLogger(__name__)
+
+
+class PeerFeed:
+    """Asks the owner, then the next in rank, then ``fallback`` (the rest of the chain).
+
+    Opening again after a failure (a resume) means the current peer broke off: it
+    is avoided for a while and the next candidate continues from the offset.
+    """
+
+    def __init__(self, cluster: Cluster, candidates: list[str], fallback: Feed, want: Want) -> None:
+        self._cluster = cluster
+        self._candidates = list(candidates)
+        self._fallback = fallback
+        self._query = {"upstream": want.upstream.name, "repo": want.repo}
+        self._path = f"/blobs/{want.digest}"
+        self._current: str | None = None
+        self._on_fallback = False
+
+    @property
+    def origin(self) -> Origin:
+        return self._fallback.origin if self._on_fallback else "peer"
+
+    async def open(self, offset: int) -> aiohttp.ClientResponse:
+        if self._current is not None:
+            self._cluster.membership.mark_bad(self._current, "broke off a blob")
+            self._cluster.stats.failures += 1
+            self._current = None
+        while self._candidates and not self._on_fallback:
+            peer = self._candidates.pop(0)
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            self._cluster.stats.blob_requests += 1
+            try:
+                resp = await self._cluster.get(peer, self._path, self._query, headers)
+            except UpstreamUnavailable:
+                continue
+            if resp.status in (200, 206):
+                self._current = peer
+                return resp
+            # A 404 relays the upstream's own answer through the owner; anything else
+            # (the owner has no such upstream, is overloaded) is the owner's problem:
+            # either way this node can still ask the upstream itself.
+            log.info("peer %s answered %d for %s", peer, resp.status, self._path)
+            resp.release()
+            if resp.status >= 500:
+                self._cluster.membership.mark_bad(peer, f"answered {resp.status}")
+        self._on_fallback = True
+        return await self._fallback.open(offset)
+
+    def blame(self) -> None:
+        if self._current is not None:
+            self._cluster.stats.bad_content += 1
+            self._cluster.membership.mark_bad(self._current, "sent bytes that failed verification")
+            self._current = None
+        else:
+            self._fallback.blame()
+
+
+class PeerSource:
+    """Feeds fills from the digest's owner (falling back to ``next``)."""
+
+    def __init__(self, cluster: Cluster, next: Remote) -> None:
+        self._cluster = cluster
+        self._next = next
+
+    def feed(self, want: Want) -> Feed:
+        fallback = self._next.feed(want)
+        candidates = self._cluster.candidates(str(want.digest))
+        if not candidates:
+            return fallback
+        return PeerFeed(self._cluster, candidates, fallback, want)
+
+    async def open(self, want: Want, first: int = 0) -> Body:
+        return await RelayBody.open(self.feed(want), want.digest, first)
+
+    async def size(self, want: Want) -> int:
+        return await self._next.size(want)

@@ -1,0 +1,105 @@
+"""What every link of the blob-source chain answers, and with what.
+
+A client's request walks the chain until a link has the digest::
+
+    local store -> fills in flight -> peers -> upstream
+
+Each link is a :class:`BlobSource`, and most wrap the next one, as distribution's
+proxy stores wrap the local store. What a link answers is a :class:`Body`: it knows
+its size and its origin (the ledger is told by it, not by a guess) and sends
+itself (sendfile for a complete file, tailing for a fill, relaying for a stream).
+The links after the fills also hand out :class:`Feed`\\ s: the raw, unverified
+bytes a fill downloads and checks before anything is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from ..accounting import Origin
+from ..oci import Digest
+from ..upstream.client import Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """A digest asked for under an upstream's repository."""
+
+    upstream: Upstream
+    repo: str
+    digest: Digest
+
+
+class Sink(Protocol):
+    """Where a body's bytes go: an HTTP response, or a test's buffer."""
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data``; raises ConnectionError when the receiver went away."""
+
+    async def sendfile(self, fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``fd`` from ``offset`` (kernel zero-copy if it can)."""
+
+
+class Body(Protocol):
+    """One blob's bytes as a link holds them."""
+
+    @property
+    def origin(self) -> Origin:
+        """Where the bytes came from, for the ledger (the cache, a peer, the upstream)."""
+
+    async def size(self) -> int | None:
+        """The blob's size once the link knows it (None: its upstream never said)."""
+
+    async def final_size(self) -> int:
+        """The blob's size, waiting for the whole blob when nothing announced it."""
+
+    async def send(self, sink: Sink, start: int, end: int | None) -> None:
+        """Send bytes ``start..end`` (inclusive; None: to the end).
+
+        A client never sees a clean end of a wrong or short body: the last byte
+        goes out only once the whole blob is verified, and a failure raises a
+        RegistryError after which the caller must break the connection.
+        """
+
+    def close(self) -> None:
+        """Release what the body holds open (a file descriptor, a connection)."""
+
+
+class BlobSource(Protocol):
+    """One link of the chain."""
+
+    async def open(self, want: Want, first: int = 0) -> Body:
+        """The blob's body; ``first``: the first byte the caller will ask for.
+
+        Raises BlobUnknown (or the upstream's own error) when no link has it.
+        """
+
+    async def size(self, want: Want) -> int:
+        """The blob's size, without sending or fetching it (HEAD)."""
+
+
+class Feed(Protocol):
+    """Unverified bytes of one blob from outside this node: a peer or the upstream."""
+
+    @property
+    def origin(self) -> Origin:
+        """Who is delivering right now ("peer" until a feed falls back to the upstream)."""
+
+    async def open(self, offset: int) -> aiohttp.ClientResponse:
+        """The blob from ``offset``: a 200 or 206 answer, or a RegistryError.
+
+        Opening again means the last answer broke off.
+        """
+
+    def blame(self) -> None:
+        """The bytes delivered failed verification."""
+
+
+class Remote(BlobSource, Protocol):
+    """A link that reaches outside this node: it also feeds fills."""
+
+    def feed(self, want: Want) -> Feed:
+        """A feed of the blob, falling back to the links after this one."""

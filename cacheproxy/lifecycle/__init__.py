@@ -1,0 +1,1 @@
+"""Keeping the cache within its limits and rules: plans (pure), applying them, the keeper."""
