@@ -1,4 +1,4 @@
-"""The one frozen configuration object, and the one place it is merged.
+"""The one place settings are merged into a :class:`Config`.
 
 Precedence, lowest first: built-in defaults, the TOML file, ``CACHEPROXY_*``
 environment variables, command-line flags. Nothing else in the package reads the
@@ -8,195 +8,25 @@ environment or a file for settings.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from .registries import (
-    ALL_PRESETS,
-    DOCKER_HUB,
-    PUBLIC_PRESETS,
-    ecr_host,
-    normalize_host,
+from ..registries import ALL_PRESETS, ecr_host, normalize_host
+from ..sizes import parse_size
+from .model import (
+    ENV_PREFIX,
+    NETWORK_PATHS,
+    REGION_RE,
+    AccessRule,
+    Config,
+    ConfigError,
+    UpstreamConfig,
+    split_listen,
+    upstream_from_url,
 )
-from .sizes import parse_size
-
-ENV_PREFIX = "CACHEPROXY_"
-# How a deployment reaches an upstream (UpstreamConfig.network_path).
-NETWORK_PATHS = ("internet", "nat-gateway", "cross-region", "same-region", "vpc-endpoint")
-_REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it."""
-
-
-@dataclass(frozen=True)
-class UpstreamConfig:
-    """One upstream registry and how to reach it.
-
-    ``name`` is the host clients name (``?ns=``, a path prefix, ``hosts.toml``);
-    ``url`` is where it is really reached. Secrets never appear in ``repr``.
-    """
-
-    name: str
-    url: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    password_file: Path | None = None
-    password_env: str | None = None
-    # A Docker config.json whose ``auths`` entry for this host holds the login.
-    docker_config: Path | None = None
-    # AWS ECR: credentials from GetAuthorizationToken (boto3's default chain).
-    ecr: bool = False
-    region: str | None = None
-    aws_profile: str | None = None
-    aws_role_arn: str | None = None
-    tls_verify: bool = True
-    ca_file: Path | None = None
-    # How this deployment reaches the registry, which decides the price of a byte
-    # (see cacheproxy/savings/prices.toml), and the region whose prices apply.
-    network_path: str = "internet"
-    price_region: str | None = None
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).netloc
-
-
-@dataclass(frozen=True)
-class AccessRule:
-    """An [[access]] table: for clients matching ``subjects``, ``deny`` beats ``allow``.
-
-    Patterns are fnmatch globs over client names (htpasswd user, token name, or
-    "anonymous") and over ``upstream/repository``.
-    """
-
-    subjects: tuple[str, ...]
-    allow: tuple[str, ...] = ("*",)
-    deny: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Config:
-    """Every setting of a running proxy."""
-
-    listen: str = "0.0.0.0:5000"
-    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
-    upstreams: tuple[UpstreamConfig, ...] = ()
-    # Built-in upstreams enabled without an [[upstream]] table (see upstream.presets).
-    presets: tuple[str, ...] = tuple(PUBLIC_PRESETS)
-    # Where a request that names no registry goes (Docker's registry-mirrors).
-    default_upstream: str = DOCKER_HUB
-    # Seconds a resolved tag is served without asking upstream again.
-    tag_ttl: float = 60.0
-    # Seconds past its freshness that a tag may still be served when upstream fails.
-    max_stale: float = 7 * 24 * 3600.0
-    # Event loop: "asyncio" (kernel sendfile), "uvloop", or "auto" (= asyncio: see
-    # benchmarks/RESULTS.md: less CPU per GB, and it keeps accepting under load).
-    loop: str = "auto"
-    log_level: str = "INFO"
-    # Savings: a pricing file replacing the packaged one, and how often the ledger
-    # writes its counters to disk (at most this many seconds are lost in a crash).
-    pricing_file: Path | None = None
-    savings_flush_interval: float = 2.0
-    connect_timeout: float = 10.0
-    # Seconds without a byte from upstream before a fill is given up.
-    read_timeout: float = 60.0
-    max_manifest_bytes: int = 4 * 1024 * 1024
-    # Upstream 5xx/429/connection failures: retries, and the seconds they may take.
-    upstream_retries: int = 3
-    upstream_retry_budget: float = 10.0
-    # Concurrent connections to one upstream.
-    upstream_connections: int = 64
-    # Seconds a client may take to send a request's headers (slow-loris bound), and
-    # an idle keep-alive connection is kept.
-    client_header_timeout: float = 30.0
-    keepalive_timeout: float = 75.0
-    # Seconds transfers in flight get to finish after SIGTERM (size the pod's
-    # terminationGracePeriodSeconds above it).
-    shutdown_timeout: float = 30.0
-    # Cache size limit: bytes ("50GB", "20GiB") or a share of the disk ("80%").
-    max_size: str | None = None
-    # Below this much free disk space a miss is streamed through without caching.
-    min_free: str = "1GiB"
-    # Seconds between eviction checks (also run after a fill completes).
-    evict_interval: float = 30.0
-    # Content reachable from manifests used within this many seconds goes last.
-    hot_window: float = 24 * 3600.0
-    # Lifecycle rules ([lifecycle] table in TOML): pinned patterns, expiry, tag count.
-    keep: tuple[str, ...] = ()
-    expire_days: float | None = None
-    max_tags_per_repo: int | None = None
-    # Seconds between lifecycle runs in the server (0: never; `cacheproxy gc` still works).
-    gc_interval: float = 3600.0
-    # Serve only the cache; never dial an upstream.
-    offline: bool = False
-    # Client access ([auth] table and [[access]] rules); anonymous pulls by default.
-    auth_htpasswd: Path | None = None
-    auth_tokens_file: Path | None = None
-    auth_anonymous: bool = True
-    access: tuple[AccessRule, ...] = ()
-    # TLS on the listener (files re-read when they change).
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    # Seconds between checks of the certificate files for a renewal.
-    tls_reload: float = 10.0
-    # Peer-to-peer cluster mode (see cacheproxy/peers): static peer URLs, a DNS name
-    # re-resolved every few seconds ("name:port"), or a file of URLs re-read on change.
-    peers: tuple[str, ...] = ()
-    peers_dns: str | None = None
-    peers_file: Path | None = None
-    # This node's own URL as its peers reach it.
-    self_url: str | None = None
-    peer_secret_file: Path | None = None
-    # Seconds a peer that failed is avoided before it is tried again.
-    peer_backoff: float = 30.0
-    peer_connect_timeout: float = 1.0
-    # Seconds without a byte from a peer (first byte included) before it is skipped.
-    peer_read_timeout: float = 5.0
-
-    @property
-    def peer_mode(self) -> bool:
-        return bool(self.peers or self.peers_dns or self.peers_file)
-
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen)[1]
-
-    @property
-    def local_url(self) -> str:
-        """This proxy's URL from its own host (a wildcard listen means loopback)."""
-        host = self.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
-
-    def upstream(self, name: str | None = None) -> UpstreamConfig:
-        """The settings of upstream ``name`` (default: the default upstream).
-
-        Raises KeyError for a registry that is neither configured nor an enabled
-        preset: the proxy is never an open relay.
-        """
-        wanted = normalize_host(name or self.default_upstream)
-        for up in self.upstreams:
-            if wanted in (up.name, normalize_host(up.host)):
-                return up
-        if wanted in PUBLIC_PRESETS and wanted in self.presets:
-            return UpstreamConfig(wanted, PUBLIC_PRESETS[wanted])
-        ecr = ecr_host(wanted)
-        if ecr is not None and "ecr" in self.presets:
-            return UpstreamConfig(wanted, f"https://{wanted}", ecr=True, region=ecr.region)
-        raise KeyError(wanted)
-
 
 _SCALARS: dict[str, type] = {
     "listen": str,
@@ -245,27 +75,6 @@ _SCALARS: dict[str, type] = {
 
 
 _LIFECYCLE_KEYS = {"keep", "expire_days", "max_tags_per_repo", "gc_interval"}
-
-
-def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "cacheproxy"
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def upstream_from_url(url: str) -> UpstreamConfig:
-    """The ``--upstream URL`` shortcut: one upstream named after its host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"upstream: expected an http(s) URL, got {url!r}")
-    return UpstreamConfig(name=normalize_host(parts.netloc), url=f"{parts.scheme}://{parts.netloc}")
 
 
 def load_config(
@@ -425,7 +234,7 @@ def _check_pricing_keys(up: UpstreamConfig) -> None:
             f"upstream {up.name}: network_path must be one of {', '.join(NETWORK_PATHS)},"
             f" got {up.network_path!r}"
         )
-    if up.price_region is not None and not _REGION_RE.fullmatch(up.price_region):
+    if up.price_region is not None and not REGION_RE.fullmatch(up.price_region):
         raise ConfigError(
             f"upstream {up.name}: price_region must be a region name such as us-west-2,"
             f" got {up.price_region!r}"
