@@ -103,3 +103,30 @@ def test_upstream_tables(tmp_path: Path) -> None:
     file.write_text('[[upstream]]\nname = "x.example"\necr = "yes"\n')
     with pytest.raises(ConfigError, match="ecr"):
         load_config(file=file, env={})
+
+
+def test_upstream_shortcut_refuses_a_file_with_upstream_tables(tmp_path: Path) -> None:
+    # Tried as a new user would: two upstreams with a login in the file, plus --upstream.
+    file = tmp_path / "c.toml"
+    file.write_text(
+        '[[upstream]]\nname = "a.example"\nusername = "u"\npassword = "pw"\n'
+        '[[upstream]]\nname = "b.example"\n'
+    )
+    with pytest.raises(ConfigError, match=r"declares 2 \[\[upstream\]\]"):
+        load_config(file=file, env={}, flags={"upstream": "http://127.0.0.1:5100"})
+    with pytest.raises(ConfigError, match="use one or the other"):
+        load_config(file=file, env={"CACHEPROXY_UPSTREAM": "http://127.0.0.1:5100"})
+    # A file without upstream tables combines with the shortcut as before.
+    plain = tmp_path / "plain.toml"
+    plain.write_text("tag_ttl = 5\n")
+    config = load_config(file=plain, env={}, flags={"upstream": "http://127.0.0.1:5100"})
+    assert config.upstream().url == "http://127.0.0.1:5100"
+
+
+def test_password_env_is_read_by_the_configuration(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[[upstream]]\nname = "a.example"\nusername = "u"\npassword_env = "PW"\n')
+    config = load_config(file=file, env={"PW": "from-env"})
+    assert config.upstream("a.example").password == "from-env"
+    with pytest.raises(ConfigError, match="password_env PW is not set"):
+        load_config(file=file, env={})
