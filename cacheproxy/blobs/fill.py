@@ -23,7 +23,7 @@ from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
 from ..oci import Digest
 from ..ranges import parse_content_range
 from ..store.files import BlobStore
-from .source import Feed
+from .source import Feed, Sink
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # the work goes to a thread so hashing a fast upstream uses the other core.
 INLINE_CHUNK = 256 * 1024
 MAX_CHUNK = 1024 * 1024
+# A reader of a fill sends what has landed in reads of up to this much.
+READ_CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
 RESUME_BACKOFF = 0.5
 
@@ -293,3 +295,55 @@ class Fill:
             )
             raise UpstreamBadContent("upstream blob does not match its digest")
         self.size = self.written
+
+
+class FillBody:
+    """A blob as its fill lands: readers tail the temp file up to what is verified."""
+
+    def __init__(self, fill: Fill, started: bool) -> None:
+        self._fill = fill
+        self._started = started
+
+    @property
+    def origin(self) -> Origin:
+        # Joining another request's fill costs no transfer: the cache served it.
+        return self._fill.origin if self._started else "cache"
+
+    async def size(self) -> int | None:
+        await self._fill.started()
+        return self._fill.size
+
+    async def final_size(self) -> int:
+        await self._fill.wait_done()
+        assert self._fill.size is not None
+        return self._fill.size
+
+    async def send(self, sink: Sink, start: int, end: int | None) -> None:
+        """Tail the fill. The last byte of the range, like the last byte of a whole
+        blob, goes out only once the whole blob is verified: a range's bytes cannot
+        be checked on their own."""
+        fill = self._fill
+        fd = fill.open_reader()
+        try:
+            pos = start
+            while end is None or pos <= end:
+                limit = await fill.readable(pos)
+                if limit <= pos:
+                    break
+                stop = limit if end is None else min(limit, end + 1)
+                if end is not None and stop > end and not fill.verified:
+                    stop = end
+                    if stop <= pos:
+                        await fill.wait_done()
+                        continue
+                while pos < stop:
+                    chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
+                    if not chunk:
+                        raise OSError("blob file shorter than its fill")
+                    await sink.write(chunk)
+                    pos += len(chunk)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        return None
