@@ -259,3 +259,23 @@ def manifest_media_type(body: bytes, header_type: str | None) -> str:
             return OCI_MANIFEST
     ct = (header_type or "").split(";", 1)[0].strip()
     return ct or "application/octet-stream"
+
+
+def references(body: bytes) -> list[str]:
+    """Digests a manifest or index points at (config, layers, child manifests, subject)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(doc, dict):
+        return []
+    found: list[str] = []
+    descriptors: list[object] = [doc.get("config"), doc.get("subject")]
+    for key in ("layers", "manifests", "blobs"):
+        items = doc.get(key)
+        if isinstance(items, list):
+            descriptors.extend(items)
+    for desc in descriptors:
+        if isinstance(desc, dict) and isinstance(desc.get("digest"), str):
+            found.append(desc["digest"])
+    return found

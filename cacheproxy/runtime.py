@@ -4,9 +4,12 @@
 nothing else wires parts together. The chains of blob sources are composed here,
 in the order a request walks them::
 
-    clients: local store -> fills in flight -> peers -> upstream
-    peers:   local store -> fills in flight ->          upstream
-    offline: local store
+    clients: vouched -> local store -> fills in flight -> peers -> upstream
+    peers:   vouched -> local store -> fills in flight ->          upstream
+    offline: vouched -> local store
+
+"vouched" serves a digest under an (upstream, repository) only when that upstream
+vouched for it there (cacheproxy/links.py).
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from .accounting import Accounting, NullAccounting
+from .blobs.fill import Fill
 from .blobs.inflight import Fills, InFlight
 from .blobs.local import LocalStore, Nowhere
 from .blobs.peers import PeerSource
 from .blobs.service import BlobService
-from .blobs.source import BlobSource, Remote
+from .blobs.source import BlobSource, Remote, Want
 from .blobs.upstream import UpstreamSource
+from .blobs.vouched import Vouched
 from .config import Config
 from .layout import CacheLayout
 from .lifecycle.keeper import Keeper, Upkeep
 from .lifecycle.plan import Rules
+from .links import Links, link_tagged_content
 from .manifests.bodies import ManifestBodies
 from .manifests.listing import TagLister
 from .manifests.peers import PeerManifests
@@ -124,6 +130,14 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
                 stack.push_async_callback(cluster.close)
         fills = Fills(store, accounting)
         stack.push_async_callback(fills.close)
+        links = Links(index, offline=config.offline)
+        await asyncio.to_thread(link_tagged_content, store, index)
+
+        async def link_fill(fill: Fill) -> None:
+            # Fetched under the starter's repository: that upstream vouched for it.
+            await links.add(fill.upstream, fill.repo, [str(fill.digest)])
+
+        fills.on_commit.append(link_fill)
 
         options = ManifestOptions(
             config.tag_ttl, config.max_stale, config.max_manifest_bytes, config.offline
@@ -138,23 +152,28 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
             peer_manifests = PeerManifests(cluster, config.max_manifest_bytes)
 
         def manifests(peers: PeerManifests | None, counted: Accounting) -> ManifestService:
-            tags = TagResolver(index, bodies, options, resolutions, peers, time.time)
-            return ManifestService(tags, bodies, options, fetches, peers, usage, counted)
+            tags = TagResolver(index, bodies, links, options, resolutions, peers, time.time)
+            return ManifestService(tags, bodies, links, options, fetches, peers, usage, counted)
 
         min_free = parse_size(config.min_free, store.total_bytes())
 
         def room() -> bool:
             return store.free_bytes() >= min_free
 
+        def held(want: Want) -> bool:
+            return store.exists(want.digest) or fills.running(want) is not None
+
         def chain(ask_peers: bool) -> BlobSource:
             if config.offline:
-                return LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
+                local = LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
+                return Vouched(links, held, local)
             remote: Remote = UpstreamSource()
             if ask_peers and cluster is not None:
                 remote = PeerSource(cluster, remote)
             # A peer's request never joins a fill fed through peers: two nodes with
             # different views of membership could otherwise wait on each other.
-            return LocalStore(store, InFlight(fills, remote, room, join_peer_fed=ask_peers))
+            inflight = InFlight(fills, remote, room, join_peer_fed=ask_peers)
+            return Vouched(links, held, LocalStore(store, inflight))
 
         clients = Callers(
             BlobService(chain(ask_peers=True), usage, accounting),
@@ -185,7 +204,11 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
         if serving:
             keeper = Keeper(_upkeep(config, store), store, index, usage)
             stack.push_async_callback(keeper.close)
-            fills.on_commit.append(keeper.poke)
+
+            async def poke(fill: Fill) -> None:
+                keeper.poke()
+
+            fills.on_commit.append(poke)
             await keeper.start()
             runtime.keeper = keeper
             usage.start(index)

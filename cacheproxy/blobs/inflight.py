@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..accounting import Accounting, NullAccounting
@@ -35,8 +35,8 @@ class Fills:
         self.store = store
         self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
-        #: Called after each blob is committed (the keeper checks the size limit).
-        self.on_commit: list[Callable[[], None]] = []
+        #: Awaited after each blob is committed (it is linked; the keeper checks the limit).
+        self.on_commit: list[Callable[[Fill], Awaitable[None]]] = []
         self._fills: dict[tuple[str, bool], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -72,7 +72,10 @@ class Fills:
                 del self._fills[key]
         if fill.state is FillState.DONE:
             for callback in self.on_commit:
-                callback()
+                try:
+                    await callback(fill)
+                except Exception:  # a hook must not leave the fill's task failing
+                    log.exception("after caching %s", fill.digest)
 
     @property
     def active(self) -> int:

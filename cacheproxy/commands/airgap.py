@@ -27,13 +27,15 @@ from typing import IO, Any
 from ..blobs.source import Want
 from ..config import Config
 from ..errors import RegistryError
-from ..lifecycle.plan import references
+from ..links import reach_sync
 from ..oci import (
+    HOST_RE,
     INDEX_TYPES,
     MANIFEST_TYPES,
     OCI_INDEX,
     Digest,
     parse_digest,
+    references,
     split_host,
     validate_name,
     validate_tag,
@@ -339,26 +341,43 @@ def _load_tags(
     store: BlobStore, index: Index, layout: dict[str, Any], result: ImportResult
 ) -> None:
     now = time.time()
+    pairs: dict[str, set[str]] = {}
     for desc in layout.get("manifests", []):
         digest = parse_digest(desc["digest"])
         body = store.read(digest)
         if body is None:
             raise ValueError(f"manifest {digest} is not in the bundle")
-        media_type = desc.get("mediaType", "")
+        media_type = _manifest_type(desc)
         index.set_manifest_type_sync(str(digest), media_type)
         if media_type in INDEX_TYPES:
             for child in json.loads(body).get("manifests", []):
                 if store.exists(parse_digest(child["digest"])):
-                    index.set_manifest_type_sync(child["digest"], child.get("mediaType", ""))
+                    index.set_manifest_type_sync(child["digest"], _manifest_type(child))
         else:
             for child in references(body):
                 if not store.exists(parse_digest(child)):
                     raise ValueError(f"blob {child} of {digest} is not in the bundle")
         ann = desc.get("annotations") or {}
         upstream, repo, tag = ann.get(ANN_UPSTREAM), ann.get(ANN_REPO), ann.get(ANN_TAG)
-        if upstream and repo and tag:
+        if upstream and repo:
+            if not isinstance(upstream, str) or not HOST_RE.fullmatch(upstream):
+                raise ValueError(f"{digest}: {str(upstream)[:100]!r} is not a registry host")
             validate_name(repo)
-            validate_tag(tag)
-            entry = TagEntry(str(digest), media_type, len(body), now)
-            index.set_tag_sync(TagKey(upstream, repo, tag, MANIFEST_TYPES), entry)
-            result.tags.append(f"{upstream}/{repo}:{tag}")
+            # Exported from that upstream's repository: it may be served there.
+            reach_sync(store, upstream, repo, str(digest), pairs)
+            if tag:
+                validate_tag(tag)
+                entry = TagEntry(str(digest), media_type, len(body), now)
+                index.set_tag_sync(TagKey(upstream, repo, tag, MANIFEST_TYPES), entry)
+                result.tags.append(f"{upstream}/{repo}:{tag}")
+    if pairs:
+        index.add_links_sync(pairs)
+
+
+def _manifest_type(desc: dict[str, Any]) -> str:
+    media_type = desc.get("mediaType", "")
+    if media_type not in MANIFEST_TYPES:
+        raise ValueError(
+            f"{str(desc.get('digest'))[:80]}: {str(media_type)[:80]!r} is not a manifest"
+        )
+    return str(media_type)

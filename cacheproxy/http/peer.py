@@ -8,6 +8,7 @@ peer's request is never forwarded to another peer, which keeps requests from loo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -16,9 +17,20 @@ from ..errors import NotFound, Unauthorized
 from ..oci import Route, parse_digest, validate_name, validate_tag
 from ..peers.cluster import PREFIX
 from ..peers.ring import ranked
-from ..peers.signing import HEADER, verify
+from ..peers.signing import ANSWER_HEADER, HEADER
 from . import handlers
 from .keys import CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
+
+
+def tag_answer(upstream: str, repo: str, tag: str, headers: Mapping[str, str]) -> list[str]:
+    """The fields a signed tag answer covers."""
+    return [
+        upstream,
+        repo,
+        tag,
+        headers.get("Docker-Content-Digest", ""),
+        headers.get("Content-Type", ""),
+    ]
 
 
 def canonical(request: web.Request) -> str:
@@ -30,8 +42,9 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
     cluster = request.app.get(CLUSTER)
     if cluster is None:
         raise NotFound("peer mode is off on this node")
-    if not verify(cluster.secret, request.method, canonical(request), request.headers.get(HEADER)):
-        raise Unauthorized("peer requests must be signed with the cluster secret")
+    signature = request.headers.get(HEADER)
+    if not cluster.verify_request(request.method, canonical(request), signature):
+        raise Unauthorized("peer requests must be signed with the cluster secret, for this node")
     kind, _, reference = request.path[len(PREFIX) + 1 :].partition("/")
     repo = validate_name(request.query.get("repo", ""))
     up = request.app[UPSTREAMS].get(request.query.get("upstream", ""))
@@ -45,7 +58,13 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
         else:
             validate_tag(reference)
         route = Route("manifest", repo, reference)
-        return await handlers.send_manifest(request, request.app[PEER_MANIFESTS], up, route)
+        resp = await handlers.send_manifest(request, request.app[PEER_MANIFESTS], up, route)
+        if ":" not in reference:
+            # What a tag names is not checked by a digest: the asker trusts it only
+            # with this node's signature over the request and the answer.
+            fields = tag_answer(up.name, repo, reference, resp.headers)
+            resp.headers[ANSWER_HEADER] = cluster.sign_answer(signature or "", fields)
+        return resp
     raise NotFound("unknown peer endpoint")
 
 

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 
 from ..errors import DigestInvalid
-from ..oci import parse_digest
+from ..oci import parse_digest, references
 from ..store.files import BlobStore
 from ..store.index import Index, Snapshot
-from .plan import Plan, Rules, plan_gc, references
+from .plan import Plan, Rules, plan_gc
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ after everything else, and never a blob a client is reading.
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -55,26 +54,6 @@ class Plan:
             f"{len(self.tags)} tags, {len(self.content)} blobs, {self.bytes_freed} bytes freed"
         )
         return lines
-
-
-def references(body: bytes) -> list[str]:
-    """Digests a manifest or index points at (config, layers, child manifests, subject)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return []
-    if not isinstance(doc, dict):
-        return []
-    found: list[str] = []
-    descriptors: list[object] = [doc.get("config"), doc.get("subject")]
-    for key in ("layers", "manifests", "blobs"):
-        items = doc.get(key)
-        if isinstance(items, list):
-            descriptors.extend(items)
-    for desc in descriptors:
-        if isinstance(desc, dict) and isinstance(desc.get("digest"), str):
-            found.append(desc["digest"])
-    return found
 
 
 def pinned(tag: TagRecord, patterns: Iterable[str]) -> bool:

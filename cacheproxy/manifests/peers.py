@@ -21,8 +21,9 @@ class PeerManifests:
     async def ask(
         self, peer: str, upstream: str, repo: str, reference: str, accept: tuple[str, ...]
     ) -> tuple[Digest, bytes, str] | None:
-        """A manifest from ``peer``, verified; None when the peer cannot give one (the
-        caller then asks the next, or its upstream)."""
+        """A manifest from ``peer``: its bytes checked against the digest, and for a tag
+        the peer's signature over what the tag names. None when the peer cannot give
+        one (the caller then asks the next, or its upstream)."""
         cluster = self._cluster
         cluster.stats.manifest_requests += 1
         try:
@@ -44,6 +45,14 @@ class PeerManifests:
                 return None
             claimed = resp.headers.get("Docker-Content-Digest", "")
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            is_tag = ":" not in reference
+            if is_tag and not cluster.signed_answer(
+                resp, [upstream, repo, reference, claimed, resp.headers.get("Content-Type", "")]
+            ):
+                # Only content addressed by digest may come unauthenticated.
+                cluster.stats.bad_content += 1
+                cluster.membership.mark_bad(peer, "answered a tag without a valid signature")
+                return None
         try:
             digest = parse_digest(claimed)
         except DigestInvalid:

@@ -24,6 +24,7 @@ from ..errors import (
     UpstreamBadContent,
     UpstreamUnavailable,
 )
+from ..links import Links
 from ..oci import digest_of, manifest_media_type, parse_digest
 from ..singleflight import SingleFlight
 from ..store.index import Index, TagEntry, TagKey
@@ -60,6 +61,7 @@ class TagResolver:
         self,
         index: Index,
         bodies: ManifestBodies,
+        links: Links,
         options: ManifestOptions,
         flights: Resolutions,
         peers: PeerManifests | None,
@@ -67,6 +69,7 @@ class TagResolver:
     ) -> None:
         self._index = index
         self._bodies = bodies
+        self._links = links
         self._options = options
         self._flights = flights
         self._peers = peers
@@ -111,7 +114,7 @@ class TagResolver:
                 digest, body, media_type = found
                 await self._bodies.keep(up.name, key.name, digest, body, media_type, "peer")
                 learned = TagEntry(str(digest), media_type, len(body), self._clock())
-                await self._index.set_tag(key, learned)
+                await self._learn(up, key, learned)
                 return learned, "peer"
         try:
             if entry is not None or not want_body:
@@ -119,7 +122,7 @@ class TagResolver:
                 if fresh is not None:
                     if entry is not None and fresh.digest == entry.digest:
                         fresh = replace(entry, checked_at=fresh.checked_at)
-                    await self._index.set_tag(key, fresh)
+                    await self._learn(up, key, fresh)
                     return fresh, None
             fresh = await self._get(up, key)
         except (UpstreamUnavailable, TooManyRequests) as exc:
@@ -139,8 +142,13 @@ class TagResolver:
                 )
                 return known, None
             raise
-        await self._index.set_tag(key, fresh)
+        await self._learn(up, key, fresh)
         return fresh, "upstream"
+
+    async def _learn(self, up: Upstream, key: TagKey, entry: TagEntry) -> None:
+        """Keep what the tag names now; the tag's repository may be served it."""
+        await self._links.add(up.name, key.name, [entry.digest])
+        await self._index.set_tag(key, entry)
 
     async def _ask(self, up: Upstream, key: TagKey, method: str) -> aiohttp.ClientResponse:
         """The upstream's 200 answer for the tag, asked with the key's Accept class."""

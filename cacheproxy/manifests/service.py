@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..accounting import Accounting, Origin
 from ..errors import ManifestUnknown, UpstreamBadContent
+from ..links import Links
 from ..oci import (
     MANIFEST_TYPES,
     Digest,
@@ -35,8 +36,10 @@ class Manifest:
     origin: Origin = "cache"
 
 
-# (digest, asks peers) -> (body, origin): one fetch of a manifest at a time.
-Fetches = SingleFlight[tuple[str, bool], tuple[bytes, Origin]]
+# (digest, upstream, repository, asks peers) -> (body, origin): one fetch of a
+# manifest at a time. The pair is in the key: a request under another repository
+# never joins a fetch the upstream answered for this one.
+Fetches = SingleFlight[tuple[str, str, str, bool], tuple[bytes, Origin]]
 
 
 class ManifestService:
@@ -46,6 +49,7 @@ class ManifestService:
         self,
         tags: TagResolver,
         bodies: ManifestBodies,
+        links: Links,
         options: ManifestOptions,
         flights: Fetches,
         peers: PeerManifests | None,
@@ -54,6 +58,7 @@ class ManifestService:
     ) -> None:
         self._tags = tags
         self._bodies = bodies
+        self._links = links
         self._options = options
         self._flights = flights
         self._peers = peers
@@ -108,17 +113,22 @@ class ManifestService:
 
     async def _body(self, up: Upstream, name: str, digest: Digest) -> tuple[bytes, Origin | None]:
         """The manifest's bytes, and where this call's own transfer got them (None:
-        the cache, or another request's transfer)."""
+        the cache, or another request's transfer). Served under (``up``, ``name``)
+        only by the links rule; what it references may then be served there too."""
         body = await self._bodies.cached(digest)
-        if body is not None:
-            return body, None
-        if self._options.offline:
-            raise ManifestUnknown("not in the cache, and the proxy is offline")
-        peers = self._peers.candidates(str(digest)) if self._peers is not None else []
-        (body, origin), leader = await self._flights.run_leading(
-            (str(digest), bool(peers)), lambda: self._fetch(up, name, digest, peers)
-        )
-        return body, origin if leader else None
+        await self._links.vouch(up, name, digest, "manifest", held=body is not None)
+        origin: Origin | None = None
+        if body is None:
+            if self._options.offline:
+                raise ManifestUnknown("not in the cache, and the proxy is offline")
+            peers = self._peers.candidates(str(digest)) if self._peers is not None else []
+            key = (str(digest), up.name, name, bool(peers))
+            (body, fetched), leader = await self._flights.run_leading(
+                key, lambda: self._fetch(up, name, digest, peers)
+            )
+            origin = fetched if leader else None
+        await self._links.add_manifest(up.name, name, str(digest), body)
+        return body, origin
 
     async def _fetch(
         self, up: Upstream, name: str, digest: Digest, peers: list[str]

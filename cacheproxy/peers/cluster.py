@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -19,7 +19,7 @@ from ..config import Config, ConfigError
 from ..errors import UpstreamUnavailable
 from .membership import Membership
 from .ring import ask_before_self
-from .signing import HEADER, sign
+from .signing import ANSWER_HEADER, HEADER, sign, sign_answer, verify, verify_answer
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,26 @@ class Cluster:
     ) -> aiohttp.ClientResponse:
         """A signed GET to a peer endpoint; raises UpstreamUnavailable if unreachable."""
         path_qs = f"{PREFIX}{path}?{urlencode(sorted(query.items()))}"
-        signed = {**headers, HEADER: sign(self.secret, "GET", path_qs)}
+        signed = {**headers, HEADER: sign(self.secret, "GET", path_qs, peer)}
         try:
             return await self._session.get(peer + path_qs, headers=signed, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.stats.failures += 1
             self.membership.mark_bad(peer, type(exc).__name__)
             raise UpstreamUnavailable(f"peer {peer} unreachable") from exc
+
+    def signed_answer(self, resp: aiohttp.ClientResponse, fields: Sequence[str]) -> bool:
+        """Whether a peer signed ``fields`` as its answer to the request ``resp`` answers."""
+        request = resp.request_info.headers.get(HEADER, "")
+        return verify_answer(self.secret, request, fields, resp.headers.get(ANSWER_HEADER))
+
+    def sign_answer(self, request: str, fields: Sequence[str]) -> str:
+        """This node's signature of its answer to a peer's request signed ``request``."""
+        return sign_answer(self.secret, request, fields)
+
+    def verify_request(self, method: str, path_qs: str, value: str | None) -> bool:
+        """Whether a request to this node was signed by a member, recently."""
+        return verify(self.secret, method, path_qs, self.self_url, value)
 
 
 async def start_cluster(config: Config) -> Cluster | None:

@@ -1,7 +1,11 @@
-"""Peer request signing: an HMAC over method, path and time with a shared secret.
+"""Peer trust: HMACs with the cluster's shared secret, on requests and on answers.
 
-Only a request with a valid signature may use the peer endpoints; a stale or
-replayed-from-long-ago signature is refused. Upstream credentials never travel
+A request is signed over its method, its target node, its path and the time: a
+stale signature is refused, and one made for one node is refused by every other.
+An answer that is not addressed by digest (what a tag names) is signed too, over
+the request's own signature and the answer's fields, so a node that never knew the
+secret cannot make a node serve its image. Content addressed by digest needs no
+signature: it is verified against its digest. Upstream credentials never travel
 between peers: a peer asks the owner for bytes, the owner uses its own login.
 """
 
@@ -10,30 +14,63 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 HEADER = "X-Cacheproxy-Peer"
+ANSWER_HEADER = "X-Cacheproxy-Peer-Answer"
 # Clocks of nodes in one cluster agree to well within this.
 MAX_SKEW = 120.0
 
 
-def sign(secret: bytes, method: str, path_qs: str, now: float | None = None) -> str:
+def _mac(secret: bytes, *parts: str) -> str:
+    return hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def _fresh(ts: str, clock: Callable[[], float]) -> bool:
+    return ts.isdigit() and abs(clock() - int(ts)) <= MAX_SKEW
+
+
+def sign(secret: bytes, method: str, path_qs: str, target: str, now: float | None = None) -> str:
+    """The signature of a request to the node ``target`` (its URL as members know it)."""
     ts = str(int(time.time() if now is None else now))
-    mac = hmac.new(secret, f"{method}\n{path_qs}\n{ts}".encode(), hashlib.sha256).hexdigest()
-    return f"{ts}.{mac}"
+    return f"{ts}.{_mac(secret, 'request', method, target, path_qs, ts)}"
 
 
 def verify(
     secret: bytes,
     method: str,
     path_qs: str,
+    target: str,
     value: str | None,
     clock: Callable[[], float] = time.time,
 ) -> bool:
+    """Whether ``value`` signs this request to this node (``target``), recently."""
     if not value or "." not in value:
         return False
     ts, _, mac = value.partition(".")
-    if not ts.isdigit() or abs(clock() - int(ts)) > MAX_SKEW:
+    if not _fresh(ts, clock):
         return False
-    expected = hmac.new(secret, f"{method}\n{path_qs}\n{ts}".encode(), hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, mac)
+    return hmac.compare_digest(_mac(secret, "request", method, target, path_qs, ts), mac)
+
+
+def sign_answer(
+    secret: bytes, request: str, fields: Sequence[str], now: float | None = None
+) -> str:
+    """The signature of an answer's ``fields`` to the request signed ``request``."""
+    ts = str(int(time.time() if now is None else now))
+    return f"{ts}.{_mac(secret, 'answer', request, *fields, ts)}"
+
+
+def verify_answer(
+    secret: bytes,
+    request: str,
+    fields: Sequence[str],
+    value: str | None,
+    clock: Callable[[], float] = time.time,
+) -> bool:
+    if not value or "." not in value or not request:
+        return False
+    ts, _, mac = value.partition(".")
+    if not _fresh(ts, clock):
+        return False
+    return hmac.compare_digest(_mac(secret, "answer", request, *fields, ts), mac)

@@ -11,6 +11,8 @@ Keys (NUL-separated strings):
   pull     upstream, name, tag                -> (last pulled, pulls)
   manifest digest                             -> media type
   access   digest                             -> (last access, hits)
+  link     digest                             -> ("upstream\0repository", ...) that may
+                                                 be served it (see cacheproxy/links.py)
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class Snapshot:
 
 
 MEMORY_RECORDS = 50_000
+# Repositories remembered per digest (a base layer is shared by many); past this the
+# oldest links go, and the next request under them asks the upstream once more.
+MAX_LINKS_PER_DIGEST = 4096
 
 
 def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -106,6 +111,7 @@ class Index:
         # wait for a thread and SQLite. Bounded; cleared whenever records are deleted.
         self._tags: OrderedDict[str, TagEntry] = OrderedDict()
         self._types: OrderedDict[str, str] = OrderedDict()
+        self._links: OrderedDict[str, frozenset[str]] = OrderedDict()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -199,9 +205,46 @@ class Index:
     def forget_content(self, digest: str) -> None:
         """Remove what the index says of a blob or manifest (blocking)."""
         self._types.pop(digest, None)
+        self._links.pop(digest, None)
         with self._cache.transact():
             self._cache.delete("manifest\0" + digest)
             self._cache.delete("access\0" + digest)
+            self._cache.delete("link\0" + digest)
+
+    async def links(self, digest: str) -> frozenset[str]:
+        """The ``upstream\0repository`` pairs ``digest`` may be served under."""
+        known = self._links.get(digest)
+        if known is not None:
+            self._links.move_to_end(digest)
+            return known
+        found: frozenset[str] = await self._call(self.links_sync, digest)
+        _remember(self._links, digest, found)
+        return found
+
+    def links_sync(self, digest: str) -> frozenset[str]:
+        raw = self._cache.get("link\0" + digest)
+        return frozenset(raw) if isinstance(raw, tuple) else frozenset()
+
+    async def add_links(self, pairs: dict[str, set[str]]) -> None:
+        """Record that each digest may be served under the given pairs."""
+        await self._call(self.add_links_sync, pairs)
+
+    def add_links_sync(self, pairs: dict[str, set[str]]) -> None:
+        with self._cache.transact():
+            for digest, new in pairs.items():
+                raw = self._cache.get("link\0" + digest)
+                old = list(raw) if isinstance(raw, tuple) else []
+                merged = old + sorted(new - set(old))
+                merged = merged[-MAX_LINKS_PER_DIGEST:]
+                self._cache.set("link\0" + digest, tuple(merged))
+                _remember(self._links, digest, frozenset(merged))
+
+    def get_sync(self, key: str) -> Any:
+        """A raw record (blocking): for markers such as a layout version."""
+        return self._cache.get(key)
+
+    def set_sync(self, key: str, value: Any) -> None:
+        self._cache.set(key, value)
 
     def set_manifest_type_sync(self, digest: str, media_type: str) -> None:
         _remember(self._types, digest, media_type)

@@ -127,14 +127,17 @@ async def test_peer_path_requires_the_secret(
             for headers in [
                 {},
                 {HEADER: "1.abc"},
-                {HEADER: sign(b"not-the-cluster-secret-xxxxxxx", "GET", canonical)},
-                {HEADER: sign(SECRET, "GET", canonical, now=1_000_000)},  # long ago
+                {HEADER: sign(b"not-the-cluster-secret-xxxxxxx", "GET", canonical, node.url)},
+                {HEADER: sign(SECRET, "GET", canonical, node.url, now=1_000_000)},  # long ago
+                # Signed for another node of the cluster: not replayable here.
+                {HEADER: sign(SECRET, "GET", canonical, "http://127.0.0.9:5000")},
             ]:
                 async with http.get(url, headers=headers) as resp:
                     assert resp.status == 401
                     assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
             assert forwarder.count("GET", f"/blobs/{digest}") == 0
-            async with http.get(url, headers={HEADER: sign(SECRET, "GET", canonical)}) as resp:
+            signed = {HEADER: sign(SECRET, "GET", canonical, node.url)}
+            async with http.get(url, headers=signed) as resp:
                 assert resp.status == 200
                 assert await resp.read() == b"peer bytes" * 100
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cacheproxy.peers.membership import Membership
 from cacheproxy.peers.ring import ask_before_self, ranked
-from cacheproxy.peers.signing import sign, verify
+from cacheproxy.peers.signing import sign, sign_answer, verify, verify_answer
 
 NODES = [f"http://10.0.0.{i}:5000" for i in range(1, 5)]
 
@@ -34,21 +34,35 @@ def test_ownership_spreads_and_moves_only_for_the_member_that_left() -> None:
 
 def test_signatures() -> None:
     secret = b"a-cluster-secret-of-enough-bytes"
-    value = sign(secret, "GET", "/_cacheproxy/peer/blobs/x?repo=a", now=1000.0)
-    assert verify(secret, "GET", "/_cacheproxy/peer/blobs/x?repo=a", value, clock=lambda: 1010.0)
-    assert not verify(secret, "GET", "/_cacheproxy/peer/blobs/y?repo=a", value, clock=lambda: 1010)
-    assert not verify(
-        b"another-secret-xxxxxxxxxxxxxxxx",
-        "GET",
-        "/_cacheproxy/peer/blobs/x?repo=a",
-        value,
-        clock=lambda: 1010.0,
-    )
-    assert not verify(
-        secret, "GET", "/_cacheproxy/peer/blobs/x?repo=a", value, clock=lambda: 1000.0 + 3600
-    )
+    node, other = "http://10.0.0.2:5000", "http://10.0.0.3:5000"
+    path = "/_cacheproxy/peer/blobs/x?repo=a"
+    value = sign(secret, "GET", path, node, now=1000.0)
+    assert verify(secret, "GET", path, node, value, clock=lambda: 1010.0)
+    assert not verify(secret, "GET", "/_cacheproxy/peer/blobs/y?repo=a", node, value)
+    # Made for one node: refused by every other.
+    assert not verify(secret, "GET", path, other, value, clock=lambda: 1010.0)
+    assert not verify(b"another-secret-xxxxxxxxxxxxxxxx", "GET", path, node, value)
+    # Replayed after the window.
+    assert not verify(secret, "GET", path, node, value, clock=lambda: 1000.0 + 3600)
     for bad in [None, "", "nodot", "abc.def", "1000."]:
-        assert not verify(secret, "GET", "/p", bad, clock=lambda: 1000.0)
+        assert not verify(secret, "GET", "/p", node, bad, clock=lambda: 1000.0)
+
+
+def test_answer_signatures_bind_the_request_and_every_field() -> None:
+    secret = b"a-cluster-secret-of-enough-bytes"
+    request = sign(secret, "GET", "/_cacheproxy/peer/manifests/v1", "http://n:1", now=1000.0)
+    fields = ["docker.io", "library/app", "v1", "sha256:" + "a" * 64, "application/json"]
+    value = sign_answer(secret, request, fields, now=1000.0)
+    assert verify_answer(secret, request, fields, value, clock=lambda: 1001.0)
+    for i in range(len(fields)):
+        changed = list(fields)
+        changed[i] += "x"
+        assert not verify_answer(secret, request, changed, value, clock=lambda: 1001.0)
+    other = sign(secret, "GET", "/_cacheproxy/peer/manifests/v2", "http://n:1", now=1000.0)
+    assert not verify_answer(secret, other, fields, value, clock=lambda: 1001.0)
+    assert not verify_answer(b"x" * 32, request, fields, value, clock=lambda: 1001.0)
+    assert not verify_answer(secret, request, fields, value, clock=lambda: 9999.0)
+    assert not verify_answer(secret, "", fields, value, clock=lambda: 1001.0)
 
 
 async def test_membership_from_file_and_health(tmp_path: Path) -> None:

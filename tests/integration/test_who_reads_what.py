@@ -1,0 +1,365 @@
+"""Who may read what: a digest is served under an (upstream, repository) only when
+that upstream vouched for it there, and a tag is believed only from this node's own
+upstream or a peer's signed answer.
+
+Tried as an attacker would, against real ``cacheproxy serve`` processes with a
+public and a private upstream (Basic credentials held by the proxy) and client auth
+on: after an authorised client pulled a private image, an anonymous client names
+its digests under a public repository, by path prefix and by ``?ns=``, with GET and
+HEAD, for blobs and manifests, through stock skopeo, through a second node of the
+cluster, and offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from cacheproxy.peers.ring import ranked
+from cacheproxy.peers.signing import HEADER, sign
+from tests.support.clients import skopeo
+from tests.support.forwarder import Forwarder
+from tests.support.images import PushedImage, push_image
+from tests.support.process import serve_process
+from tests.support.proxy import running_proxy
+from tests.support.registry import RegistryProcess, free_port, write_htpasswd
+
+ACCEPT = {
+    "Accept": ", ".join(
+        [
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ]
+    )
+}
+ROBOT = ("robot", "robot-upstream-password-1")
+ALICE = ("alice", "alice-proxy-password-1")
+SECRET = b"a-cluster-secret-of-enough-bytes"
+PRIVATE = "private.test"
+PUBLIC = "public.test"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@dataclass
+class Upstreams:
+    public: Forwarder
+    private: Forwarder
+
+
+@pytest.fixture
+async def upstreams(
+    registry: RegistryProcess, require_binaries: None, tmp_path: Path
+) -> AsyncIterator[Upstreams]:
+    with RegistryProcess(tmp_path / "private-registry", htpasswd=ROBOT) as private:
+        async with Forwarder(registry.url) as pub, Forwarder(private.url) as priv:
+            yield Upstreams(pub, priv)
+
+
+def write_config(tmp_path: Path, ups: Upstreams, extra: str = "") -> Path:
+    """Two upstreams (the private one with the proxy's own login), client auth on:
+    alice may pull both, anonymous clients only the public one."""
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, *ALICE)
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(
+        f'presets = []\ndefault_upstream = "{PUBLIC}"\n{extra}'
+        f'[[upstream]]\nname = "{PUBLIC}"\nurl = "{ups.public.url}"\n'
+        f'[[upstream]]\nname = "{PRIVATE}"\nurl = "{ups.private.url}"\n'
+        f'username = "{ROBOT[0]}"\npassword = "{ROBOT[1]}"\n'
+        f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = true\n'
+        f'[[access]]\nsubjects = ["alice"]\nallow = ["*"]\n'
+        f'[[access]]\nsubjects = ["anonymous"]\nallow = ["{PUBLIC}/*"]\n'
+    )
+    return config
+
+
+async def push_private(
+    ups: Upstreams, name: str, sizes: tuple[int, ...] = (3000, 5000)
+) -> PushedImage:
+    return await push_image(
+        ups.private.url, name, "v1", layer_sizes=sizes, headers=basic(*ROBOT), seed=name
+    )
+
+
+async def answer(http: aiohttp.ClientSession, method: str, url: str) -> tuple[int, str]:
+    """(status, OCI error code or "") of one request."""
+    async with http.request(method, url, headers=ACCEPT) as resp:
+        body = await resp.read()
+        if resp.status < 400:
+            return resp.status, ""
+        if method == "HEAD":
+            return resp.status, "(HEAD)"
+        assert resp.headers["Content-Type"].startswith("application/json"), body
+        return resp.status, json.loads(body)["errors"][0]["code"]
+
+
+async def alice_pulls(proxy: str, image: PushedImage) -> None:
+    """alice pulls the private image the way a runtime does, sending her login (skopeo
+    sends one only when /v2/ challenges, which anonymous pulls rule out)."""
+    login = basic(*ALICE)
+    base = f"{proxy}/v2/{PRIVATE}/{image.name}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/manifests/v1", headers={**ACCEPT, **login}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert await resp.read() == image.manifest
+        for blob in image.blobs:
+            async with http.get(f"{base}/blobs/{blob.digest}", headers=login) as resp:
+                assert resp.status == 200
+                data = await resp.read()
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == blob.digest
+
+
+async def test_private_digests_stay_private_under_other_repositories(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    secret = await push_private(upstreams, f"team/secret-{uuid.uuid4().hex[:6]}")
+    public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
+    await push_image(upstreams.public.url, public_repo, "v1", layer_sizes=(2000,))
+    config = write_config(tmp_path, upstreams)
+    args = ["--config", str(config), "--cache-dir", str(tmp_path / "cache")]
+    async with serve_process(*args, log=tmp_path / "serve.log") as (_, url):
+        await alice_pulls(url, secret)
+        digests = [d.digest for d in secret.blobs]
+        heads_before = upstreams.public.count("HEAD")
+        async with aiohttp.ClientSession() as http:
+            for digest in digests:
+                for method in ("GET", "HEAD"):
+                    by_prefix = f"{url}/v2/{PUBLIC}/{public_repo}/blobs/{digest}"
+                    by_ns = f"{url}/v2/{public_repo}/blobs/{digest}?ns={PUBLIC}"
+                    by_default = f"{url}/v2/{public_repo}/blobs/{digest}"
+                    for target in (by_prefix, by_ns, by_default):
+                        status, code = await answer(http, method, target)
+                        assert status == 404, (method, target)
+                        assert code in ("BLOB_UNKNOWN", "(HEAD)")
+            manifest = f"{url}/v2/{PUBLIC}/{public_repo}/manifests/{secret.digest}"
+            assert await answer(http, "GET", manifest) == (404, "MANIFEST_UNKNOWN")
+            assert (await answer(http, "HEAD", manifest))[0] == 404
+            # The private upstream's own repositories need a login, as before.
+            private = f"{url}/v2/{PRIVATE}/{secret.name}/blobs/{digests[0]}"
+            assert (await answer(http, "GET", private))[0] == 401
+        # One confirmation per (repository, digest), remembered: asking again costs none.
+        asked = upstreams.public.count("HEAD") - heads_before
+        assert 0 < asked <= len(digests) + 1
+        async with aiohttp.ClientSession() as http:
+            for digest in digests:
+                target = f"{url}/v2/{PUBLIC}/{public_repo}/blobs/{digest}"
+                assert (await answer(http, "GET", target))[0] == 404
+        assert upstreams.public.count("HEAD") - heads_before == asked
+        # Stock skopeo, anonymous, by digest under the public repository: refused.
+        host = url.removeprefix("http://")
+        ref = f"docker://{host}/{PUBLIC}/{public_repo}@{secret.digest}"
+        result = await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{tmp_path / 'anon'}")
+        assert result.returncode != 0
+        assert not (tmp_path / "anon" / "manifest.json").exists()
+
+
+async def test_shared_layers_cost_one_head_and_own_pulls_cost_none(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """The rule's price: a repository's own blobs are linked by its manifest (no HEAD);
+    the first request for a digest under another repository costs one upstream HEAD."""
+    seed = uuid.uuid4().hex
+    first, second = f"lib/one-{seed[:6]}", f"lib/two-{seed[:6]}"
+    image = await push_image(upstreams.public.url, first, "v1", layer_sizes=(4000,), seed=seed)
+    await push_image(upstreams.public.url, second, "v1", layer_sizes=(4000,), seed=seed)
+    config = write_config(tmp_path, upstreams)
+    async with running_proxy(None, tmp_path / "cache", config_file=config) as proxy:
+        host = proxy.host
+        heads = upstreams.public.count("HEAD", "/blobs/")
+        src = f"docker://{host}/{PUBLIC}/{first}:v1"
+        (await skopeo("copy", "--src-tls-verify=false", src, f"dir:{tmp_path / 'a'}")).check()
+        assert upstreams.public.count("HEAD", "/blobs/") == heads
+        layer = image.layers[0].digest
+        gets = upstreams.public.count("GET", f"/blobs/{layer}")
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                target = f"{proxy.url}/v2/{PUBLIC}/{second}/blobs/{layer}"
+                assert await answer(http, "GET", target) == (200, "")
+        assert upstreams.public.count("HEAD", f"/v2/{second}/blobs/{layer}") == 1
+        assert upstreams.public.count("GET", f"/blobs/{layer}") == gets  # stored once
+
+
+async def test_a_fill_in_flight_is_not_joined_under_another_repository(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    secret = await push_private(upstreams, f"team/big-{uuid.uuid4().hex[:6]}", (600_000,))
+    layer = secret.layers[0].digest
+    public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
+    await push_image(upstreams.public.url, public_repo, "v1", layer_sizes=(2000,))
+    config = write_config(tmp_path, upstreams)
+    upstreams.private.throttle_bps = 200_000
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"{proxy.url}/v2/{PRIVATE}/{secret.name}/blobs/{layer}"
+
+        async def alice() -> bytes:
+            async with http.get(url, headers=basic(*ALICE)) as resp:
+                assert resp.status == 200
+                return await resp.read()
+
+        pull = asyncio.create_task(alice())
+        async with asyncio.timeout(20):
+            while not proxy.fills.active:
+                await asyncio.sleep(0.02)
+        target = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs/{layer}"
+        assert await answer(http, "GET", target) == (404, "BLOB_UNKNOWN")
+        assert (await answer(http, "HEAD", target))[0] == 404
+        assert proxy.fills.active == 1  # still filling: the refusal did not wait for it
+        upstreams.private.throttle_bps = None
+        data = await pull
+        assert hashlib.sha256(data).hexdigest() == layer.split(":")[1]
+
+
+async def test_offline_serves_only_what_is_linked(upstreams: Upstreams, tmp_path: Path) -> None:
+    secret = await push_private(upstreams, f"team/off-{uuid.uuid4().hex[:6]}")
+    public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
+    config = write_config(tmp_path, upstreams)
+    cache = tmp_path / "cache"
+    async with running_proxy(None, cache, config_file=config) as proxy:
+        await alice_pulls(proxy.url, secret)
+    async with (
+        running_proxy(None, cache, config_file=config, offline=True) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        before = upstreams.public.count() + upstreams.private.count()
+        for blob in secret.blobs:
+            target = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs/{blob.digest}"
+            assert await answer(http, "GET", target) == (404, "BLOB_UNKNOWN")
+        await alice_pulls(proxy.url, secret)
+        assert upstreams.public.count() + upstreams.private.count() == before
+
+
+# --- peers -------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def cluster(
+    tmp_path: Path, config: Path, k: int
+) -> AsyncIterator[list[tuple[asyncio.subprocess.Process, str]]]:
+    secret = tmp_path / "peer-secret"
+    secret.write_bytes(SECRET)
+    ports = [free_port() for _ in range(k)]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for i, (port, url) in enumerate(zip(ports, urls, strict=True)):
+            args = ["--config", str(config), "--cache-dir", str(tmp_path / f"n{i}")]
+            args += ["--self", url, "--peer-secret-file", str(secret)]
+            for peer in urls:
+                args += ["--peer", peer]
+            nodes.append(
+                await stack.enter_async_context(
+                    serve_process(*args, port=port, log=tmp_path / f"n{i}.log")
+                )
+            )
+        yield nodes
+
+
+async def test_the_rule_holds_across_the_cluster(upstreams: Upstreams, tmp_path: Path) -> None:
+    secret = await push_private(upstreams, f"team/peer-{uuid.uuid4().hex[:6]}")
+    public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
+    await push_image(upstreams.public.url, public_repo, "v1", layer_sizes=(2000,))
+    config = write_config(tmp_path, upstreams)
+    async with cluster(tmp_path, config, 2) as nodes, aiohttp.ClientSession() as http:
+        (_, first), (_, second) = nodes
+        await alice_pulls(first, secret)
+        for blob in secret.blobs:
+            for node in (first, second):
+                target = f"{node}/v2/{PUBLIC}/{public_repo}/blobs/{blob.digest}"
+                assert await answer(http, "GET", target) == (404, "BLOB_UNKNOWN")
+            # A signed peer request naming the public repository: the serving node
+            # applies the same rule.
+            for node in (first, second):
+                path = f"/_cacheproxy/peer/blobs/{blob.digest}"
+                query = urlencode({"repo": public_repo, "upstream": PUBLIC})
+                signed = {HEADER: sign(SECRET, "GET", f"{path}?{query}", node)}
+                async with http.get(f"{node}{path}?{query}", headers=signed) as resp:
+                    assert resp.status == 404
+        # alice gets the whole image from the other node as well.
+        await alice_pulls(second, secret)
+
+
+async def test_an_unsigned_tag_answer_from_a_fake_peer_is_not_believed(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """A fake peer that never knew the secret answers a node's tag lookup with the
+    attacker's image; the node resolves the tag itself and never keeps the lie."""
+    name = f"lib/victim-{uuid.uuid4().hex[:6]}"
+    real = await push_image(upstreams.public.url, name, "v1", layer_sizes=(1500,), seed="real")
+    evil = await push_image(upstreams.public.url, f"{name}-evil", "v1", layer_sizes=(1500,))
+    fake_port, node_port = free_port(), free_port()
+    fake_url, node_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{node_port}"
+    tag_key = f"tag:{PUBLIC}/{name}:v1"
+    if ranked(tag_key, [fake_url, node_url])[0] != fake_url:
+        # The fake must own the tag's key: swap the two addresses.
+        fake_port, node_port = node_port, fake_port
+        fake_url, node_url = node_url, fake_url
+    asked = 0
+
+    async def lie(request: web.Request) -> web.StreamResponse:
+        nonlocal asked
+        asked += 1
+        if "/manifests/" in request.path:
+            return web.Response(
+                body=evil.manifest,
+                headers={
+                    "Docker-Content-Digest": evil.digest,
+                    "Content-Type": evil.media_type,
+                    # A signature made up without the secret.
+                    "X-Cacheproxy-Peer-Answer": "1.deadbeef",
+                },
+            )
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", lie)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", fake_port).start()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    config = write_config(tmp_path, upstreams)
+    try:
+        async with (
+            running_proxy(
+                None,
+                tmp_path / "node",
+                config_file=config,
+                port=node_port,
+                peers=(fake_url, node_url),
+                self_url=node_url,
+                peer_secret_file=secret,
+            ) as node,
+            aiohttp.ClientSession() as http,
+        ):
+            url = f"{node.url}/v2/{PUBLIC}/{name}/manifests/v1"
+            async with http.get(url, headers=ACCEPT) as resp:
+                assert resp.status == 200
+                assert resp.headers["Docker-Content-Digest"] == real.digest
+                assert await resp.read() == real.manifest
+            assert asked >= 1
+            assert node.cluster is not None
+            assert node.cluster.membership.health()[fake_url] == "avoided"
+            # Nor is the lie kept: the cached tag names the real image.
+            async with http.get(url, headers=ACCEPT) as resp:
+                assert resp.headers["Docker-Content-Digest"] == real.digest
+    finally:
+        await runner.cleanup()
