@@ -101,6 +101,13 @@ class UpstreamUnavailable(RegistryError):
     code, status, default_message = "UNAVAILABLE", 503, "upstream registry unavailable"
 
 
+class CredentialsUnavailable(UpstreamUnavailable):
+    """The upstream's login could not be had (an ECR token, say): retrying the request
+    at once would only ask again for what just failed."""
+
+    default_message = "upstream credentials unavailable"
+
+
 class UpstreamBadContent(RegistryError):
     """The upstream sent bytes that do not match their digest or length."""
 

@@ -27,6 +27,7 @@ class UpstreamFeed:
             f"/v2/{want.repo}/blobs/{want.digest}",
             scope=pull_scope(want.repo),
             headers=headers,
+            blob=True,
         )
         if resp.status in (200, 206):
             return resp

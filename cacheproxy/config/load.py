@@ -45,6 +45,7 @@ _SCALARS: dict[str, type] = {
     "upstream_retries": int,
     "upstream_retry_budget": float,
     "upstream_connections": int,
+    "max_dynamic_upstreams": int,
     "client_header_timeout": float,
     "keepalive_timeout": float,
     "shutdown_timeout": float,

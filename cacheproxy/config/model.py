@@ -103,6 +103,8 @@ class Config:
     upstream_retry_budget: float = 10.0
     # Concurrent connections to one upstream.
     upstream_connections: int = 64
+    # Registries the ecr preset admits, kept at once (least recently used go first).
+    max_dynamic_upstreams: int = 32
     # Seconds a client may take to send a request's headers (slow-loris bound), and
     # an idle keep-alive connection is kept.
     client_header_timeout: float = 30.0

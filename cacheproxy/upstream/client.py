@@ -8,6 +8,7 @@ retries once on 401 with a fresh token, and follows redirects itself so that the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import email.utils
 import logging
@@ -22,6 +23,7 @@ from multidict import CIMultiDict
 
 from ..config import UpstreamConfig
 from ..errors import (
+    CredentialsUnavailable,
     Denied,
     RegistryError,
     TooManyRequests,
@@ -35,6 +37,8 @@ from .tokens import Challenge, Token, TokenCache, fetch_bearer, parse_challenge
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
+# Connections per upstream for everything but blob bodies.
+CONTROL_CONNECTIONS = 16
 USER_AGENT = "cacheproxy/0.1"
 
 
@@ -133,8 +137,16 @@ class Upstream:
         self.retries = 0
         self._retry = retry or RetryPolicy()
         # Bounds the requests in flight to this upstream; a blob body holds its slot
-        # only until the response headers arrive (the connector bounds sockets).
+        # only until the response headers arrive (the connectors bound sockets).
+        # Blob bodies and everything else (manifests, tags, HEADs, tokens) have
+        # separate slots and sockets: a manifest never waits behind slow fills.
         self._slots = asyncio.Semaphore(connections)
+        self._control_slots = asyncio.Semaphore(CONTROL_CONNECTIONS)
+        # Requests inside request() now; a retired upstream takes no new ones.
+        self._active = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._retired = False
         self.name = config.name
         self.url = config.url.rstrip("/")
         self.credentials = credentials
@@ -148,20 +160,37 @@ class Upstream:
             ssl = False
         elif config.ca_file is not None:
             ssl = ssl_module.create_default_context(cafile=str(config.ca_file))
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-            ),
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._blob_session = aiohttp.ClientSession(
+            timeout=timeout,
             # Blobs are stored and verified byte for byte: never decode them.
             auto_decompress=False,
             headers={"User-Agent": USER_AGENT},
             connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=60, ssl=ssl),
         )
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            auto_decompress=False,
+            headers={"User-Agent": USER_AGENT},
+            connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS, ttl_dns_cache=60, ssl=ssl),
+        )
+
+    async def retire(self, grace: float) -> None:
+        """Take no new requests, let those in flight finish (up to ``grace`` seconds),
+        then close. Bodies still being read after that break and are resumed."""
+        self._retired = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._quiet.wait()
+        await self.close()
 
     async def close(self) -> None:
         await self.tokens.close()
         if self.credentials is not None:
             await self.credentials.close()
+        await self._blob_session.close()
         await self._session.close()
 
     async def request(
@@ -171,8 +200,11 @@ class Upstream:
         *,
         scope: str,
         headers: Mapping[str, str] | None = None,
+        blob: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send a request with auth, following redirects; the caller releases the response.
+
+        ``blob``: a blob body, on the connections kept for blobs.
 
         Raises UpstreamUnavailable when the upstream cannot be reached and
         Unauthorized when it refuses the credentials; any other status is returned.
@@ -182,12 +214,29 @@ class Upstream:
         """
         if self.offline:
             raise UpstreamUnavailable("the proxy is offline: the cache only")
+        if self._retired:
+            raise UpstreamUnavailable(f"upstream {self.name} was let go; try again")
+        self._active += 1
+        self._quiet.clear()
+        try:
+            return await self._request(method, path, scope, headers, blob)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._quiet.set()
+
+    async def _request(
+        self, method: str, path: str, scope: str, headers: Mapping[str, str] | None, blob: bool
+    ) -> aiohttp.ClientResponse:
         deadline = self._clock() + self._retry.budget
         attempt = 0
         while True:
             try:
-                async with self._slots:
-                    resp = await self._authorized(method, path, scope, headers)
+                async with self._slots if blob else self._control_slots:
+                    session = self._blob_session if blob else self._session
+                    resp = await self._authorized(session, method, path, scope, headers)
+            except CredentialsUnavailable:
+                raise
             except UpstreamUnavailable:
                 delay = self._retry.delay(attempt, None)
                 if attempt >= self._retry.attempts or self._clock() + delay > deadline:
@@ -205,12 +254,17 @@ class Upstream:
             await asyncio.sleep(delay)
 
     async def _authorized(
-        self, method: str, path: str, scope: str, headers: Mapping[str, str] | None
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        scope: str,
+        headers: Mapping[str, str] | None,
     ) -> aiohttp.ClientResponse:
         base_headers = CIMultiDict(headers or {})
         for _attempt in range(3):
             auth, sent_token, sent_basic = await self._auth_header(scope)
-            resp = await self._send(method, self.url + path, base_headers, auth)
+            resp = await self._send(session, method, self.url + path, base_headers, auth)
             limit = parse_rate_limit(resp.headers, self._clock())
             if limit is not None:
                 self.rate_limit = limit
@@ -264,6 +318,7 @@ class Upstream:
 
     async def _send(
         self,
+        session: aiohttp.ClientSession,
         method: str,
         url: str,
         headers: CIMultiDict[str],
@@ -278,7 +333,7 @@ class Upstream:
                 send_headers["Authorization"] = auth
             self.requests_sent += 1
             try:
-                resp = await self._session.request(
+                resp = await session.request(
                     method, url, headers=send_headers, allow_redirects=False
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:

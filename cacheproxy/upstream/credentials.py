@@ -21,9 +21,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..config import ConfigError, UpstreamConfig
-from ..errors import Unauthorized, UpstreamUnavailable
+from ..errors import CredentialsUnavailable, Unauthorized, UpstreamUnavailable
 from ..registries import DOCKER_HUB, ecr_host, normalize_host
 from ..singleflight import SingleFlight
+from .aws import AwsClients, ClientFactory
 from .tokens import basic_header
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 ECR_REFRESH_SHARE = 0.5
 ECR_MIN_REFRESH = 60.0
 ECR_RETRY = 30.0
+# A failed GetAuthorizationToken is not retried for this long: requests fail at once.
+ECR_FAILURE_MEMORY = 10.0
 
 
 class Credentials(Protocol):
@@ -128,7 +131,7 @@ def static_login(config: UpstreamConfig) -> tuple[str, str] | None:
     return config.username, ""
 
 
-EcrClientFactory = Callable[[UpstreamConfig], Any]
+EcrClientFactory = ClientFactory
 
 
 def quiet_aws_logs() -> None:
@@ -163,10 +166,12 @@ def boto3_ecr_client(config: UpstreamConfig) -> Any:
 
 
 class EcrCredentials:
-    """ECR's 12-hour tokens, fetched in a thread and refreshed ahead of expiry.
+    """ECR's 12-hour tokens, fetched on the AWS threads and refreshed ahead of expiry.
 
-    Many requests needing a token at once cause one ``GetAuthorizationToken``;
-    a background task refreshes at half-life so no request waits on boto3.
+    Many requests needing a token at once cause one ``GetAuthorizationToken``. After
+    the first token, a background task refreshes at half-life so no request waits
+    on boto3; a registry that never gave a token has no task. A failure is
+    remembered briefly: requests meanwhile fail at once instead of queueing on AWS.
     """
 
     preemptive = True
@@ -174,16 +179,18 @@ class EcrCredentials:
     def __init__(
         self,
         config: UpstreamConfig,
-        client_factory: EcrClientFactory = boto3_ecr_client,
+        aws: AwsClients | None = None,
         clock: Callable[[], float] = time.time,
+        client_factory: EcrClientFactory = boto3_ecr_client,
     ) -> None:
         self._config = config
         parsed = ecr_host(config.name)
         self._registry_id = parsed.account if parsed else None
-        self._client_factory = client_factory
-        self._client: Any = None
+        self._owns_aws = aws is None
+        self._aws = aws if aws is not None else AwsClients(client_factory)
         self._clock = clock
         self._header: str | None = None
+        self._failed_until = 0.0
         self.expires_at = 0.0
         self.refresh_at = 0.0
         self._flight: SingleFlight[str, str] = SingleFlight()
@@ -194,8 +201,17 @@ class EcrCredentials:
         """GetAuthorizationToken calls made so far."""
         return self._flight.calls
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether a background refresher runs (only after a first token)."""
+        return self._task is not None
+
     async def header(self) -> str:
         if self._header is None or self._clock() >= self.refresh_at:
+            if self._clock() < self._failed_until:
+                raise CredentialsUnavailable(
+                    "cannot get an ECR authorization token (recently failed)"
+                )
             return await self._flight.run("token", self._fetch)
         return self._header
 
@@ -217,6 +233,8 @@ class EcrCredentials:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self._flight.close()
+        if self._owns_aws:
+            self._aws.close()
 
     async def _refresher(self) -> None:
         while True:
@@ -231,14 +249,16 @@ class EcrCredentials:
     async def _fetch(self) -> str:
         started = self._clock()
         try:
-            data = await asyncio.to_thread(self._call)
+            data = await self._aws.run(self._call)
         except Exception as exc:  # botocore raises many kinds; none may escape raw
+            self._failed_until = self._clock() + ECR_FAILURE_MEMORY
             log.warning(
                 "ECR GetAuthorizationToken for %s failed: %s", self._config.name, type(exc).__name__
             )
-            raise UpstreamUnavailable("cannot get an ECR authorization token") from exc
+            raise CredentialsUnavailable("cannot get an ECR authorization token") from exc
         token = data.get("authorizationToken")
         if not isinstance(token, str) or not token:
+            self._failed_until = self._clock() + ECR_FAILURE_MEMORY
             raise Unauthorized("ECR returned no authorization token")
         expires = data.get("expiresAt")
         if isinstance(expires, datetime.datetime):
@@ -252,6 +272,7 @@ class EcrCredentials:
         self.refresh_at = started + max(lifetime * ECR_REFRESH_SHARE, ECR_MIN_REFRESH)
         # The token is base64 of "AWS:<password>": exactly a Basic credential.
         self._header = "Basic " + token
+        self.start()
         log.info(
             "got ECR token for %s, valid %.0f s, refresh in %.0f s",
             self._config.name,
@@ -261,20 +282,17 @@ class EcrCredentials:
         return self._header
 
     def _call(self) -> dict[str, Any]:
-        if self._client is None:
-            self._client = self._client_factory(self._config)
+        client = self._aws.client(self._config)
         kwargs = {"registryIds": [self._registry_id]} if self._registry_id else {}
-        answer = self._client.get_authorization_token(**kwargs)
+        answer = client.get_authorization_token(**kwargs)
         entries = answer.get("authorizationData") or [{}]
         return dict(entries[0])
 
 
-def credentials_for(
-    config: UpstreamConfig, ecr_client_factory: EcrClientFactory = boto3_ecr_client
-) -> Credentials | None:
+def credentials_for(config: UpstreamConfig, aws: AwsClients) -> Credentials | None:
     """The credential source an upstream's config asks for, or None (anonymous)."""
     if config.ecr:
-        return EcrCredentials(config, ecr_client_factory)
+        return EcrCredentials(config, aws)
     login = static_login(config)
     if login is None:
         return None

@@ -1,21 +1,25 @@
-"""Every upstream the proxy may talk to, created on first use, refused otherwise."""
+"""Every upstream the proxy may talk to, created on first use, refused otherwise.
+
+Configured upstreams and enabled public presets are few and fixed. The ``ecr``
+preset admits any ``<account>.dkr.ecr.<region>.amazonaws.com`` a request names, so
+those are kept in a bounded least-recently-used set: the least used one is closed
+when another comes, and a request naming it again builds it anew. They share their
+boto3 clients (per region and credentials) and the AWS threads.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, UpstreamConfig
 from ..errors import Denied, UpstreamUnavailable
 from ..registries import normalize_host
+from .aws import AwsClients
 from .client import RetryPolicy, Timeouts, Upstream
-from .credentials import (
-    EcrClientFactory,
-    EcrCredentials,
-    boto3_ecr_client,
-    credentials_for,
-    static_login,
-)
+from .credentials import EcrClientFactory, boto3_ecr_client, credentials_for, static_login
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +39,22 @@ class UpstreamPool:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._config = config
-        self._ecr_client_factory = ecr_client_factory
+        self._aws = AwsClients(ecr_client_factory)
         self._timeouts = Timeouts(config.connect_timeout, config.read_timeout)
         self._clock = clock
-        self._by_name: dict[str, Upstream] = {}
+        self._fixed: dict[str, Upstream] = {}
+        self._dynamic: OrderedDict[str, Upstream] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, host: str | None = None) -> Upstream:
         """The upstream for ``host`` (None: the default upstream), or DENIED."""
         wanted = normalize_host(host) if host else self._config.default_upstream
-        up = self._by_name.get(wanted)
+        up = self._fixed.get(wanted)
         if up is not None:
+            return up
+        up = self._dynamic.get(wanted)
+        if up is not None:
+            self._dynamic.move_to_end(wanted)
             return up
         try:
             settings = self._config.upstream(wanted)
@@ -53,33 +63,48 @@ class UpstreamPool:
                 f"registry {wanted[:200]} is not configured on this proxy",
                 detail={"registry": wanted[:200]},
             ) from None
-        up = self._by_name.get(settings.name)
-        if up is None:
-            try:
-                creds = credentials_for(settings, self._ecr_client_factory)
-            except ConfigError as exc:
-                log.error("%s", exc)
-                raise UpstreamUnavailable(
-                    f"the credentials for {settings.name} cannot be read"
-                ) from None
-            if isinstance(creds, EcrCredentials):
-                creds.start()
-            kwargs = {"clock": self._clock} if self._clock is not None else {}
-            up = Upstream(
-                settings,
-                self._timeouts,
-                creds,
-                offline=self._config.offline,
-                retry=RetryPolicy(
-                    self._config.upstream_retries, self._config.upstream_retry_budget
-                ),
-                connections=self._config.upstream_connections,
-                **kwargs,
-            )
-            log.info("upstream %s -> %s", settings.name, settings.url)
-            self._by_name[settings.name] = up
-        self._by_name[wanted] = up
+        if self._is_fixed(settings):
+            up = self._fixed.get(settings.name) or self._make(settings)
+            self._fixed[settings.name] = self._fixed[wanted] = up
+            return up
+        up = self._make(settings)
+        self._dynamic[wanted] = up
+        while len(self._dynamic) > self._config.max_dynamic_upstreams:
+            _, old = self._dynamic.popitem(last=False)
+            self._close_soon(old)
         return up
+
+    def _is_fixed(self, settings: UpstreamConfig) -> bool:
+        """Configured upstreams and public presets; not the hosts the ecr preset admits."""
+        return any(u.name == settings.name for u in self._config.upstreams) or not settings.ecr
+
+    def _make(self, settings: UpstreamConfig) -> Upstream:
+        try:
+            creds = credentials_for(settings, self._aws)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            raise UpstreamUnavailable(
+                f"the credentials for {settings.name} cannot be read"
+            ) from None
+        kwargs = {"clock": self._clock} if self._clock is not None else {}
+        log.info("upstream %s -> %s", settings.name, settings.url)
+        return Upstream(
+            settings,
+            self._timeouts,
+            creds,
+            offline=self._config.offline,
+            retry=RetryPolicy(self._config.upstream_retries, self._config.upstream_retry_budget),
+            connections=self._config.upstream_connections,
+            **kwargs,
+        )
+
+    def _close_soon(self, up: Upstream) -> None:
+        """Retire an upstream that left the set, without making a request wait for it:
+        requests in flight finish first (up to the read timeout)."""
+        retiring = up.retire(self._config.read_timeout)
+        task = asyncio.get_running_loop().create_task(retiring, name=f"retire {up.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def check(self) -> None:
         """Read every configured upstream's static credentials now (blocking), so a
@@ -89,9 +114,14 @@ class UpstreamPool:
                 static_login(settings)
 
     def all(self) -> list[Upstream]:
-        return list({id(u): u for u in self._by_name.values()}.values())
+        seen = {id(u): u for u in [*self._fixed.values(), *self._dynamic.values()]}
+        return list(seen.values())
 
     async def close(self) -> None:
         for up in self.all():
             await up.close()
-        self._by_name.clear()
+        self._fixed.clear()
+        self._dynamic.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        self._aws.close()

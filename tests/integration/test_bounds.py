@@ -1,0 +1,162 @@
+"""No request takes the proxy down: what an anonymous client can make it hold is bounded.
+
+Tried as an attacker would: thousands of made-up ECR registries through the ``ecr``
+preset, slow fills abandoned by their clients, floods of digests that do not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from cacheproxy.upstream.credentials import EcrCredentials
+from tests.support.forwarder import Fault, Forwarder
+from tests.support.images import push_blob, push_image
+from tests.support.proxy import running_proxy
+
+ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+TOKEN_TARGET = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
+
+
+class FakeEcr:
+    """An ECR API endpoint that holds every GetAuthorizationToken until released."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.released = asyncio.Event()
+        self.fail = False
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert request.headers.get("X-Amz-Target") == TOKEN_TARGET
+        self.calls += 1
+        await self.released.wait()
+        if self.fail:
+            body = {"__type": "AccessDeniedException", "message": "no"}
+            return web.json_response(body, status=400, content_type="application/x-amz-json-1.1")
+        token = {"authorizationToken": "QVdTOnBhc3N3b3Jk", "expiresAt": 4102444800}
+        data = {"authorizationData": [token]}
+        return web.json_response(data, content_type="application/x-amz-json-1.1")
+
+    async def __aenter__(self) -> FakeEcr:
+        app = web.Application()
+        app.router.add_post("/", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.released.set()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def fake_ecr(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeEcr]:
+    async with FakeEcr() as ecr:
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-west-2",
+            # boto3 sends ECR calls here (service-specific endpoint variable).
+            "AWS_ENDPOINT_URL_ECR": ecr.url,
+        }.items():
+            monkeypatch.setenv(key, value)
+        yield ecr
+
+
+def account(i: int) -> str:
+    return f"{100000000000 + i}.dkr.ecr.us-west-2.amazonaws.com"
+
+
+async def test_made_up_ecr_registries_are_bounded(fake_ecr: FakeEcr, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('presets = ["ecr"]\ndefault_upstream = "' + account(0) + '"\n')
+    settings = {"max_dynamic_upstreams": 8}
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config, **settings) as proxy,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+    ):
+
+        async def ask(i: int) -> int:
+            url = f"{proxy.url}/v2/app/manifests/v1?ns={account(i)}"
+            async with http.get(url, headers=ACCEPT) as resp:
+                return resp.status
+
+        pending = [asyncio.create_task(ask(i)) for i in range(300)]
+        async with asyncio.timeout(30):
+            while fake_ecr.calls < 2:
+                await asyncio.sleep(0.02)
+        # Every AWS thread is stuck on a token: the index and the disk still answer.
+        # (Another client session: this one's connections are all waiting.)
+        async with (
+            aiohttp.ClientSession() as probe,
+            asyncio.timeout(15),
+            probe.get(proxy.url + "/readyz") as resp,
+        ):
+            assert resp.status == 200
+        assert len(proxy.upstreams.all()) <= 8
+        # No refresher for a registry that never gave a token.
+        for up in proxy.upstreams.all():
+            assert isinstance(up.credentials, EcrCredentials)
+            assert not up.credentials.refreshing
+        async with aiohttp.ClientSession() as probe, probe.get(proxy.url + "/metrics") as resp:
+            metrics = await resp.text()
+        labels = set(re.findall(r'upstream="([^"]+)"', metrics))
+        assert len(labels) <= 8
+        fake_ecr.fail = True
+        fake_ecr.released.set()
+        statuses = await asyncio.gather(*pending)
+        assert set(statuses) <= {503}
+        # A registry whose token just failed fails at once, without asking AWS again.
+        assert await ask(299) == 503
+        calls = fake_ecr.calls
+        for _ in range(5):
+            assert await ask(299) == 503
+        assert fake_ecr.calls == calls
+        assert len(proxy.upstreams.all()) <= 8
+
+
+async def test_manifests_never_wait_behind_abandoned_fills(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """Slow fills that hold every blob connection to an upstream, abandoned by their
+    clients: a manifest from the same upstream is still answered."""
+    name = f"bounds/{uuid.uuid4().hex[:8]}"
+    image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
+    digests = [await push_blob(forwarder.url, name, uuid.uuid4().bytes * 4096) for _ in range(4)]
+    stall = forwarder.set_fault(Fault(match=re.compile("/blobs/sha256"), kind="stall", offset=10))
+    try:
+        async with running_proxy(forwarder.url, tmp_path / "c", upstream_connections=4) as proxy:
+            async with aiohttp.ClientSession() as http:
+                clients = []
+                for digest in digests:
+                    resp = await http.get(f"{proxy.url}/v2/{name}/blobs/{digest}")
+                    clients.append(resp)
+                async with asyncio.timeout(20):
+                    while proxy.fills.active < 4:
+                        await asyncio.sleep(0.02)
+                for resp in clients:  # the clients go away; the fills hold on
+                    resp.close()
+            async with (
+                aiohttp.ClientSession() as http,
+                asyncio.timeout(15),
+                http.get(f"{proxy.url}/v2/{name}/manifests/v1", headers=ACCEPT) as resp,
+            ):
+                assert resp.status == 200
+                assert await resp.read() == image.manifest
+    finally:
+        stall.release()
+        forwarder.clear_faults()
