@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -146,25 +146,23 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
         def room() -> bool:
             return store.free_bytes() >= min_free
 
-        def chain(ask_peers: bool) -> BlobSource:
-            if config.offline:
-                return LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
-            remote: Remote = UpstreamSource()
-            if ask_peers and cluster is not None:
-                remote = PeerSource(cluster, remote)
-            # A peer's request never joins a fill fed through peers: two nodes with
-            # different views of membership could otherwise wait on each other.
-            return LocalStore(store, InFlight(fills, remote, room, join_peer_fed=ask_peers))
-
         clients = Callers(
-            BlobService(chain(ask_peers=True), usage, accounting),
+            BlobService(
+                blob_chain(store, fills, room, cluster=cluster, offline=config.offline),
+                usage,
+                accounting,
+            ),
             manifests(peer_manifests, accounting),
         )
         # A peer's request is answered here, never forwarded, and not in the ledger.
         peers = None
         if cluster is not None:
             peers = Callers(
-                BlobService(chain(ask_peers=False), usage, NullAccounting()),
+                BlobService(
+                    blob_chain(store, fills, room, for_peer=True, offline=config.offline),
+                    usage,
+                    NullAccounting(),
+                ),
                 manifests(None, NullAccounting()),
             )
         runtime = Runtime(
@@ -192,6 +190,32 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
             assert ledger is not None
             await ledger.start()
         yield runtime
+
+
+def blob_chain(
+    store: BlobStore,
+    fills: Fills,
+    room: Callable[[], bool],
+    *,
+    cluster: Cluster | None = None,
+    for_peer: bool = False,
+    offline: bool = False,
+) -> BlobSource:
+    """The chain of blob sources one kind of caller walks (see the module docstring).
+
+    ``cluster``: ask the cluster's other nodes before the upstream (a client's
+    request in peer mode). ``for_peer``: the chain that answers another node, which
+    never asks a peer. ``room``: whether the disk may take a miss; when it says no,
+    the fills step aside and the blob streams through uncached.
+    """
+    if offline:
+        return LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
+    remote: Remote = UpstreamSource()
+    if cluster is not None and not for_peer:
+        remote = PeerSource(cluster, remote)
+    # A peer's request never joins a fill fed through peers: two nodes with
+    # different views of membership could otherwise wait on each other.
+    return LocalStore(store, InFlight(fills, remote, room, join_peer_fed=not for_peer))
 
 
 def _upkeep(config: Config, store: BlobStore) -> Upkeep:
