@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.anchors import CacheproxySut, DistributionSut, Throttle, free_port  # noqa: E402
+from benchmarks.anchors import CacheproxySut, DistributionSut, Throttle  # noqa: E402
 from benchmarks.load import PullResult, cold_pull  # noqa: E402
 from benchmarks.run import write_results  # noqa: E402
 from tests.support.images import push_image  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
 from tests.support.registry import RegistryProcess  # noqa: E402
 
 NAME = "bench/cluster"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import signal
 import sys
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -15,14 +13,16 @@ import aiohttp
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
-from tests.support.process import serve_process
-from tests.support.registry import RegistryProcess, free_port
+from tests.support.names import unique
+from tests.support.ports import free_port
+from tests.support.process import crash, serve_process
+from tests.support.registry import RegistryProcess
 
 
 async def test_serve_with_defaults_and_skopeo_pull(
     registry: RegistryProcess, tmp_path: Path
 ) -> None:
-    name = f"cli/{uuid.uuid4().hex[:8]}"
+    name = unique("cli")
     image = await push_image(registry.url, name, "v1", layer_sizes=(100_000,))
     home = tmp_path / "home"
     env = {"HOME": str(home), "XDG_CACHE_HOME": "", "CACHEPROXY_UPSTREAM": registry.url}
@@ -61,7 +61,7 @@ async def test_bad_config_exits_with_a_message(tmp_path: Path) -> None:
 async def test_kill_9_mid_fill_leaves_only_verified_content(
     forwarder: Forwarder, tmp_path: Path
 ) -> None:
-    name = f"crash/{uuid.uuid4().hex[:8]}"
+    name = unique("crash")
     data = hashlib.sha256(b"crash").digest() * (6 * 1024 * 1024 // 32)
     digest = await push_blob(forwarder.url, name, data)
     cache = tmp_path / "cache"
@@ -77,8 +77,7 @@ async def test_kill_9_mid_fill_leaves_only_verified_content(
         assert resp.status == 200
         await resp.content.readexactly(512 * 1024)
         assert list((cache / "tmp").iterdir()), "the fill is under way"
-        os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await crash(proc)
     hexpart = digest.split(":")[1]
     final = cache / "blobs/sha256" / hexpart[:2] / hexpart
     assert not final.exists(), "a half-fetched blob must never be in place"

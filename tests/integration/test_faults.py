@@ -14,13 +14,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import os
 import re
 import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,9 @@ from tests.support.images import (
     push_image,
     random_bytes,
 )
-from tests.support.process import serve_process
+from tests.support.names import unique
+from tests.support.ports import free_port
+from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
 
 MIB = 1 << 20
@@ -48,10 +48,6 @@ GET = frozenset({"GET"})
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def unique(prefix: str) -> str:
-    return f"faults/{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def sha256(data: bytes) -> str:
@@ -133,7 +129,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def new_blob(forwarder: Forwarder, prefix: str, size: int = SIZE) -> tuple[str, str, bytes]:
-    name = unique(prefix)
+    name = unique(f"faults/{prefix}")
     data = random_bytes(size, name)
     digest = await push_blob(forwarder.url, name, data)
     return name, digest, data
@@ -312,7 +308,7 @@ async def test_corrupt_byte_inside_a_range_of_a_filling_blob_is_never_served_cle
 async def test_corrupt_manifest_is_never_served_or_cached(
     by: str, proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
-    name = unique("corrupt-manifest")
+    name = unique("faults/corrupt-manifest")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
     reference = "v1" if by == "tag" else image.digest
     forwarder.set_fault(Fault(match=f"/v2/{name}/manifests/", kind="corrupt", offset=20))
@@ -334,7 +330,7 @@ async def test_corrupt_manifest_is_never_served_or_cached(
 async def test_oversized_manifest_is_refused_and_not_cached(
     by: str, proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
-    name = unique("huge-manifest")
+    name = unique("faults/huge-manifest")
     body = b'{"schemaVersion": 2, "x": "' + b"a" * (4 * MIB + 1) + b'"}'
     digest = sha256(body)
     reference = "v1" if by == "tag" else digest
@@ -397,9 +393,7 @@ async def test_reset_every_time_ends_in_unavailable_within_the_budget(
 async def test_unreachable_upstream_is_unavailable_within_the_budget(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     async with running_proxy(dead, tmp_path / "cache", upstream_retry_budget=2.0) as proxy:
         started = time.monotonic()
         outcome = await fetch(http, blob_url(proxy, "faults/gone", sha256(b"x")))
@@ -426,7 +420,7 @@ async def test_5xx_once_then_ok_is_retried(
 async def test_5xx_once_on_a_tag_is_retried(
     proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
-    name = unique("status-tag")
+    name = unique("faults/status-tag")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
     forwarder.set_fault(Fault(match=f"/v2/{name}/manifests/v1", kind="status", once=True))
     outcome = await fetch(http, f"{proxy.url}/v2/{name}/manifests/v1", {"Accept": ALL_MANIFESTS})
@@ -708,8 +702,7 @@ async def test_kill_9_during_concurrent_fills_then_restart_and_verify(
                 assert resp.status == 200
                 await resp.content.readexactly(256 * 1024)
             assert len(list((cache / "tmp").iterdir())) >= len(filling), "fills under way"
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await crash(proc)
         finally:
             for resp in responses:
                 resp.close()

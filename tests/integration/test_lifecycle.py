@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import signal
 import sys
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +14,8 @@ from cacheproxy.http.keys import KEEPER
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
+from tests.support.names import unique
+from tests.support.process import crash
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
 
@@ -26,10 +25,6 @@ ACCEPT = {
     "application/vnd.docker.distribution.manifest.list.v2+json, "
     "application/vnd.docker.distribution.manifest.v2+json"
 }
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}/{uuid.uuid4().hex[:8]}"
 
 
 def cached_sizes(proxy: RunningProxy) -> dict[str, int]:
@@ -238,9 +233,7 @@ async def test_kill_9_during_import_leaves_a_verified_cache(
     async with asyncio.timeout(30):
         while not list((second / "tmp").glob("*")) and proc.returncode is None:
             await asyncio.sleep(0.005)
-    if proc.returncode is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    await proc.wait()
+    await crash(proc)
     # What is in place is verified; leftovers go at the next start; no tag yet.
     verified = await cli("verify", "--upstream", fresh_registry.url, "--cache-dir", str(second))
     assert "removed 0" in verified

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
-import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import urlencode
@@ -19,9 +17,10 @@ from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import HEADER, sign
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
-from tests.support.process import serve_process
+from tests.support.names import unique
+from tests.support.ports import free_port
+from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
-from tests.support.registry import free_port
 
 ACCEPT = {
     "Accept": "application/vnd.oci.image.index.v1+json, "
@@ -87,7 +86,7 @@ async def pull(http: aiohttp.ClientSession, node: RunningProxy, name: str) -> di
 async def test_four_nodes_times_eight_clients_fetch_each_blob_once(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     image = await push_image(
         forwarder.url, name, "v1", layer_sizes=(600_000, 900_000, 300_000, 1_200_000)
     )
@@ -115,7 +114,7 @@ async def test_four_nodes_times_eight_clients_fetch_each_blob_once(
 async def test_peer_path_requires_the_secret(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     digest = await push_blob(forwarder.url, name, b"peer bytes" * 100)
     async with AsyncExitStack() as stack:
         (node,) = await start_cluster(stack, forwarder.url, tmp_path, secret_file, 1)
@@ -148,7 +147,7 @@ async def test_peer_with_wrong_bytes_is_never_trusted(
     fake_url = f"http://127.0.0.1:{fake_port}"
     node_port = free_port()
     node_url = f"http://127.0.0.1:{node_port}"
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     # A blob that the fake peer owns (rendezvous ranks it above the node).
     for i in range(64):
         data = hashlib.sha256(f"evil{i}".encode()).digest() * 40_000
@@ -203,7 +202,7 @@ async def test_peer_with_wrong_bytes_is_never_trusted(
 async def test_owner_killed_mid_stream_pulls_still_complete(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     data = hashlib.sha256(b"big").digest() * (8 * 1024 * 1024 // 32)
     digest = await push_blob(forwarder.url, name, data)
     ports = [free_port() for _ in range(3)]
@@ -234,7 +233,7 @@ async def test_owner_killed_mid_stream_pulls_still_complete(
                     await asyncio.sleep(0.05)
             await asyncio.sleep(0.7)  # the owner is streaming to the other nodes
             owner_proc, _ = procs[owner]
-            os.kill(owner_proc.pid, signal.SIGKILL)
+            await crash(owner_proc)
             async with asyncio.timeout(60):
                 bodies = await asyncio.gather(*pulls)
         assert all(body == data for body in bodies)
@@ -247,7 +246,7 @@ async def test_owner_killed_mid_stream_pulls_still_complete(
 async def test_membership_change_while_pulls_run(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(800_000, 800_000, 400_000))
     forwarder.throttle_bps = 2_000_000
     ports = [free_port() for _ in range(3)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,13 +23,10 @@ from tests.support.images import (
     push_image,
     push_index,
 )
+from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}/{uuid.uuid4().hex[:10]}"
 
 
 def sha256(data: bytes) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,12 +19,7 @@ from cacheproxy.http.keys import CLUSTER, FILLS, KEEPER, UPSTREAMS
 from cacheproxy.lifecycle.keeper import Keeper
 from cacheproxy.peers.cluster import Cluster
 from cacheproxy.upstream.pool import UpstreamPool
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_port
 
 
 @dataclass
@@ -96,7 +90,7 @@ async def running_proxy(
     ``upstream_url`` is the ``--upstream`` shortcut; None leaves the upstreams to
     ``config_file``.
     """
-    port = port or _free_port(bind)
+    port = port or free_port(bind)
     flags = {"upstream": upstream_url, "cache_dir": cache_dir, "listen": f"{bind}:{port}"}
     flags.update(settings)
     config = load_config(file=config_file, env=_environment(), flags=flags)
