@@ -92,12 +92,18 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    config: Config,
+    *,
+    serving: bool = False,
+    upstream_clock: Callable[[], float] | None = None,
+) -> AsyncIterator[Runtime]:
     """Build the parts ``config`` describes; close them all on exit.
 
     ``serving``: the server's runtime (cluster, ledger, keeper, credentials checked
     at start); otherwise the machinery a command-line tool needs, nothing in the
-    background.
+    background. ``upstream_clock``: the monotonic clock of the upstream clients
+    (token lifetimes, retry budgets), when not the system's.
     """
     layout = CacheLayout(config.cache_dir)
     store = BlobStore(layout)
@@ -114,7 +120,7 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
         stack.push_async_callback(asyncio.to_thread, index.close)
         usage = UsageLog()
         stack.push_async_callback(usage.close, index)
-        upstreams = UpstreamPool(config)
+        upstreams = UpstreamPool(config, clock=upstream_clock)
         stack.push_async_callback(upstreams.close)
         cluster = None
         if serving:

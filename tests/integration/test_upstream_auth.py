@@ -71,12 +71,12 @@ async def test_expired_token_is_refreshed_without_client_error(
         token_registry.url, name, b"x" * 100_000, headers=push_headers(token_server, name)
     )
     clock = [0.0]
-    async with running_proxy(token_registry.url, tmp_path / "cache") as proxy:
+    # The test controls the upstream client's time: the token cache's and the one
+    # that stamps each token's expiry.
+    async with running_proxy(
+        token_registry.url, tmp_path / "cache", upstream_clock=lambda: clock[0]
+    ) as proxy:
         up = proxy.upstreams.get()
-        # The test controls time: the token cache's clock and the one that stamps
-        # each token's expiry.
-        up.tokens._clock = lambda: clock[0]
-        up._clock = lambda: clock[0]
         async with aiohttp.ClientSession() as http:
             async with http.head(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
                 assert resp.status == 200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,18 +83,20 @@ async def running_proxy(
     bind: str = "127.0.0.1",
     config_file: Path | None = None,
     port: int | None = None,
+    upstream_clock: Callable[[], float] | None = None,
     **settings: Any,
 ) -> AsyncIterator[RunningProxy]:
     """Start a proxy caching in ``cache_dir``; stop it on exit.
 
     ``upstream_url`` is the ``--upstream`` shortcut; None leaves the upstreams to
-    ``config_file``.
+    ``config_file``. ``upstream_clock``: the upstream clients' clock (token
+    lifetimes), for a test that moves time itself.
     """
     port = port or free_port(bind)
     flags = {"upstream": upstream_url, "cache_dir": cache_dir, "listen": f"{bind}:{port}"}
     flags.update(settings)
     config = load_config(file=config_file, env=_environment(), flags=flags)
-    app = build_app(config)
+    app = build_app(config, upstream_clock=upstream_clock)
     # The listener the real server uses: TLS, the header deadline, graceful close.
     listener = await server.start(app, config)
     scheme = "https" if config.tls_cert is not None else "http"
