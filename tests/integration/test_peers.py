@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from contextlib import AsyncExitStack
@@ -68,6 +69,15 @@ async def start_cluster(
             )
         )
     return nodes
+
+
+def has_bytes(directory: Path) -> bool:
+    """Some file in ``directory`` holds bytes (files may go while it looks)."""
+    for path in directory.glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size:
+                return True
+    return False
 
 
 async def pull(http: aiohttp.ClientSession, node: RunningProxy, name: str) -> dict[str, bytes]:
@@ -228,10 +238,11 @@ async def test_owner_killed_mid_stream_pulls_still_complete(
                     return await resp.read()
 
             pulls = [asyncio.create_task(fetch(node)) for node in others for _ in range(2)]
+            # Until the owner is streaming to the other nodes: their fills have bytes.
+            filling = [tmp_path / f"n{i}" / "tmp" for i, url in enumerate(urls) if url != owner]
             async with asyncio.timeout(20):
-                while forwarder.count("GET", f"/blobs/{digest}") == 0:
+                while not all(has_bytes(tmp) for tmp in filling):
                     await asyncio.sleep(0.05)
-            await asyncio.sleep(0.7)  # the owner is streaming to the other nodes
             owner_proc, _ = procs[owner]
             await crash(owner_proc)
             async with asyncio.timeout(60):
@@ -271,7 +282,9 @@ async def test_membership_change_while_pulls_run(
             pulls = [
                 asyncio.create_task(pull(http, node, name)) for node in nodes for _ in range(3)
             ]
-            await asyncio.sleep(0.4)
+            async with asyncio.timeout(20):  # until the blobs are on their way
+                while not any(node.fills.stats.upstream_bytes for node in nodes):
+                    await asyncio.sleep(0.02)
             # Node 0 leaves, node 2 joins, mid-pull.
             members.write_text("\n".join(urls[1:]) + "\n")
             os.utime(members, (1, 1))

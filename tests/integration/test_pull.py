@@ -379,13 +379,14 @@ async def test_concurrent_tag_resolutions_collapse(
         Fault(match=f"/v2/{name}/manifests/v1", kind="stall", offset=10, methods=frozenset({"GET"}))
     )
     url = f"{proxy.url}/v2/{name}/manifests/v1"
+    before = proxy.requests_started()
     requests = [
         asyncio.create_task(get_bytes(http, url, {"Accept": ALL_MANIFESTS})) for _ in range(12)
     ]
+    # Every request has arrived while the one upstream GET is held.
     async with asyncio.timeout(10):
-        while stall.hits == 0:
+        while stall.hits == 0 or proxy.requests_started() < before + 12:
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # every request has arrived and is waiting
     stall.release()
     for status, body, _ in await asyncio.gather(*requests):
         assert (status, body) == (200, image.manifest)

@@ -320,6 +320,7 @@ async def test_ecr_expired_answer_is_recovered_transparently(
 # --- short-lived bearer tokens -----------------------------------------------------------
 
 
+@pytest.mark.wallclock
 async def test_pull_spanning_many_token_expiries(tmp_path: Path, require_binaries: None) -> None:
     async with TokenServer(tmp_path / "tokens", expires_in=2) as tokens:
         with RegistryProcess(tmp_path / "reg", token_auth=tokens.registry_auth()) as reg:

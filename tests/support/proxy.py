@@ -60,6 +60,11 @@ class RunningProxy:
             if handler.transport is not None
         ]
 
+    def requests_started(self) -> int:
+        """Requests the listener has begun to answer so far (aiohttp's count)."""
+        server = self.runner.server if self.runner is not None else None
+        return server.requests_count if server is not None else 0
+
     def blob_path(self, digest: str) -> Path:
         algorithm, hexpart = digest.split(":")
         return self.config.cache_dir / "blobs" / algorithm / hexpart[:2] / hexpart
