@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
@@ -39,6 +40,23 @@ async def test_serve_with_defaults_and_skopeo_pull(
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             assert await proc.wait() == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_serve_on_either_loop(loop: str, registry: RegistryProcess, tmp_path: Path) -> None:
+    name = unique("loop")
+    data = hashlib.sha256(loop.encode()).digest() * 40_000
+    digest = await push_blob(registry.url, name, data)
+    args = ("--loop", loop, "--upstream", registry.url, "--cache-dir", str(tmp_path / "c"))
+    async with (
+        serve_process(*args, log=tmp_path / "serve.log") as (_, url),
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(2):  # a miss, then the cached file (sendfile, or the copy loop)
+            async with http.get(f"{url}/v2/{name}/blobs/{digest}") as resp:
+                assert resp.status == 200
+                assert await resp.read() == data
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
 async def test_bad_config_exits_with_a_message(tmp_path: Path) -> None:
