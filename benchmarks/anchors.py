@@ -13,14 +13,12 @@ directory, is started with ``start_new_session`` and is stopped by its own PID.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import hashlib
 import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from tests.support.registry import RegistryProcess, free_port, stop_process
+from tests.support.ports import free_port
+from tests.support.process import stop_pids, stop_process
+from tests.support.registry import RegistryProcess
 
 __all__ = [
     "CacheproxySut",
@@ -41,7 +41,6 @@ __all__ = [
     "Throttle",
     "child_pids",
     "clean_env",
-    "free_port",
     "reset",
     "snapshot_source",
 ]
@@ -119,22 +118,11 @@ class Owned:
             children = child_pids(proc.pid)
             stop_process(proc, STOP_TIMEOUT)
             # nginx workers exit with their master; make sure, by their own PIDs.
-            for pid in children:
-                if _alive(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            stop_pids(children, STOP_TIMEOUT)
         self.proc = None
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def child_pids(root: int) -> list[int]:

@@ -11,25 +11,28 @@ every concurrent miss).
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Started as a file: run as the module it is, so that benchmarks and tests import
+    # as the packages they are (from the repository root, where this is started).
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.cluster", *sys.argv[1:]])
+
 import argparse
 import asyncio
 import datetime
-import os
 import platform
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.anchors import CacheproxySut, DistributionSut, Throttle, free_port  # noqa: E402
-from benchmarks.load import PullResult, cold_pull  # noqa: E402
-from benchmarks.run import write_results  # noqa: E402
-from tests.support.images import push_image  # noqa: E402
-from tests.support.registry import RegistryProcess  # noqa: E402
+from benchmarks.anchors import CacheproxySut, DistributionSut, Throttle
+from benchmarks.load import PullResult, cold_pull
+from benchmarks.run import write_results
+from tests.support.images import push_image
+from tests.support.ports import free_port
+from tests.support.registry import RegistryProcess
 
 NAME = "bench/cluster"
 TAG = "latest"

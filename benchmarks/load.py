@@ -21,12 +21,13 @@ import os
 import re
 import resource
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+
+from tests.support.process import stop_async_process
 
 from .anchors import child_pids, clean_env
 
@@ -227,11 +228,9 @@ async def _run(
         async with asyncio.timeout(timeout):
             out, _ = await proc.communicate()
     except BaseException:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.communicate(), 10)
+        with contextlib.suppress(Exception):
+            await stop_async_process(proc)
+            await asyncio.wait_for(proc.communicate(), 10)
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")

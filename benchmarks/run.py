@@ -12,6 +12,14 @@ one markdown table; ``--write`` also puts it into ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Started as a file: run as the module it is, so that benchmarks and tests import
+    # as the packages they are (from the repository root, where this is started).
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]])
+
 import argparse
 import asyncio
 import datetime
@@ -20,7 +28,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -29,10 +36,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks.anchors import (  # noqa: E402
+from benchmarks.anchors import (
     CacheproxySut,
     DistributionSut,
     NginxCacheSut,
@@ -42,7 +47,7 @@ from benchmarks.anchors import (  # noqa: E402
     reset,
     snapshot_source,
 )
-from benchmarks.load import (  # noqa: E402
+from benchmarks.load import (
     CpuWindow,
     PullResult,
     RssSampler,
@@ -56,8 +61,8 @@ from benchmarks.load import (  # noqa: E402
     tree_cpu,
     tree_kib,
 )
-from tests.support.images import push_blob_stream, push_image, random_chunks  # noqa: E402
-from tests.support.registry import RegistryProcess  # noqa: E402
+from tests.support.images import push_blob_stream, push_image, random_chunks
+from tests.support.registry import RegistryProcess
 
 NAME = "bench/app"
 TAG = "latest"

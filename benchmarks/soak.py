@@ -15,13 +15,20 @@ target is zero), latency percentiles, requests/s, peak RSS and server CPU side b
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Started as a file: run as the module it is, so that benchmarks and tests import
+    # as the packages they are (from the repository root, where this is started).
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.soak", *sys.argv[1:]])
+
 import argparse
 import asyncio
 import json
 import random
 import resource
 import shutil
-import sys
 import time
 from array import array
 from collections import Counter
@@ -30,20 +37,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks.anchors import CacheproxySut, DistributionSut, Sut  # noqa: E402
-from benchmarks.load import (  # noqa: E402
+from benchmarks.anchors import CacheproxySut, DistributionSut, Sut
+from benchmarks.load import (
     MANIFEST_ACCEPT,
     CpuWindow,
     RssSampler,
     tree_cpu,
     tree_kib,
 )
-from benchmarks.run import code_under_test, log, machine, write_results  # noqa: E402
-from tests.support.images import PushedImage, push_image  # noqa: E402
-from tests.support.registry import RegistryProcess  # noqa: E402
+from benchmarks.run import code_under_test, log, machine, write_results
+from tests.support.images import PushedImage, push_image
+from tests.support.registry import RegistryProcess
 
 NAME = "soak/app"
 KINDS = ("manifest by tag", "manifest by digest", "blob", "ranged blob")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -65,8 +65,14 @@ class _MalformedRequestFilter(logging.Filter):
 _QUIET = _MalformedRequestFilter()
 
 
-def build_app(config: Config) -> web.Application:
-    """The proxy as an aiohttp application; state is created on startup."""
+def build_app(
+    config: Config, *, upstream_clock: Callable[[], float] | None = None
+) -> web.Application:
+    """The proxy as an aiohttp application; state is created on startup.
+
+    ``upstream_clock``: the monotonic clock of the upstream clients (token lifetimes,
+    retry budgets); tests pass one they control.
+    """
     server_log = logging.getLogger("aiohttp.server")
     if _QUIET not in server_log.filters:
         server_log.addFilter(_QUIET)
@@ -77,7 +83,7 @@ def build_app(config: Config) -> web.Application:
     )
     app.on_response_prepare.append(stamp_headers)
     app[CLIENT_AUTH] = ClientAuth.from_config(config)
-    app.cleanup_ctx.append(_runtime_ctx(config))
+    app.cleanup_ctx.append(_runtime_ctx(config, upstream_clock))
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
@@ -91,10 +97,10 @@ def build_app(config: Config) -> web.Application:
     return app
 
 
-def _runtime_ctx(config: Config):  # type: ignore[no-untyped-def]
+def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pricing = await asyncio.to_thread(load_pricing, config.pricing_file)
-        async with open_runtime(config, serving=True) as rt:
+        async with open_runtime(config, serving=True, upstream_clock=upstream_clock) as rt:
             assert rt.keeper is not None and rt.ledger is not None
             app[BLOBS] = rt.clients.blobs
             app[MANIFESTS] = rt.clients.manifests

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -98,12 +98,18 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    config: Config,
+    *,
+    serving: bool = False,
+    upstream_clock: Callable[[], float] | None = None,
+) -> AsyncIterator[Runtime]:
     """Build the parts ``config`` describes; close them all on exit.
 
     ``serving``: the server's runtime (cluster, ledger, keeper, credentials checked
     at start); otherwise the machinery a command-line tool needs, nothing in the
-    background.
+    background. ``upstream_clock``: the monotonic clock of the upstream clients
+    (token lifetimes, retry budgets), when not the system's.
     """
     layout = CacheLayout(config.cache_dir)
     store = BlobStore(layout)
@@ -120,7 +126,7 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
         stack.push_async_callback(asyncio.to_thread, index.close)
         usage = UsageLog()
         stack.push_async_callback(usage.close, index)
-        upstreams = UpstreamPool(config)
+        upstreams = UpstreamPool(config, clock=upstream_clock)
         stack.push_async_callback(upstreams.close)
         cluster = None
         if serving:
@@ -160,30 +166,27 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
         def room() -> bool:
             return store.free_bytes() >= min_free
 
-        def held(want: Want) -> bool:
-            return store.exists(want.digest) or fills.running(want) is not None
-
-        def chain(ask_peers: bool) -> BlobSource:
-            if config.offline:
-                local = LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
-                return Vouched(links, held, local)
-            remote: Remote = UpstreamSource()
-            if ask_peers and cluster is not None:
-                remote = PeerSource(cluster, remote)
-            # A peer's request never joins a fill fed through peers: two nodes with
-            # different views of membership could otherwise wait on each other.
-            inflight = InFlight(fills, remote, room, join_peer_fed=ask_peers)
-            return Vouched(links, held, LocalStore(store, inflight))
-
         clients = Callers(
-            BlobService(chain(ask_peers=True), usage, accounting),
+            BlobService(
+                blob_chain(
+                    store, fills, room, cluster=cluster, offline=config.offline, links=links
+                ),
+                usage,
+                accounting,
+            ),
             manifests(peer_manifests, accounting),
         )
         # A peer's request is answered here, never forwarded, and not in the ledger.
         peers = None
         if cluster is not None:
             peers = Callers(
-                BlobService(chain(ask_peers=False), usage, NullAccounting()),
+                BlobService(
+                    blob_chain(
+                        store, fills, room, for_peer=True, offline=config.offline, links=links
+                    ),
+                    usage,
+                    NullAccounting(),
+                ),
                 manifests(None, NullAccounting()),
             )
         runtime = Runtime(
@@ -215,6 +218,44 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
             assert ledger is not None
             await ledger.start()
         yield runtime
+
+
+def blob_chain(
+    store: BlobStore,
+    fills: Fills,
+    room: Callable[[], bool],
+    *,
+    cluster: Cluster | None = None,
+    for_peer: bool = False,
+    offline: bool = False,
+    links: Links | None = None,
+) -> BlobSource:
+    """The chain of blob sources one kind of caller walks (see the module docstring).
+
+    ``cluster``: ask the cluster's other nodes before the upstream (a client's
+    request in peer mode). ``for_peer``: the chain that answers another node, which
+    never asks a peer. ``room``: whether the disk may take a miss; when it says no,
+    the fills step aside and the blob streams through uncached. ``links``: serve a
+    digest under a repository only by the links rule (every serving chain has it;
+    the sources alone, without it, are what the conformance suite checks).
+    """
+    chain: BlobSource
+    if offline:
+        chain = LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
+    else:
+        remote: Remote = UpstreamSource()
+        if cluster is not None and not for_peer:
+            remote = PeerSource(cluster, remote)
+        # A peer's request never joins a fill fed through peers: two nodes with
+        # different views of membership could otherwise wait on each other.
+        chain = LocalStore(store, InFlight(fills, remote, room, join_peer_fed=not for_peer))
+    if links is None:
+        return chain
+
+    def held(want: Want) -> bool:
+        return store.exists(want.digest) or fills.running(want) is not None
+
+    return Vouched(links, held, chain)
 
 
 def _upkeep(config: Config, store: BlobStore) -> Upkeep:

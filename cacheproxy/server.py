@@ -9,7 +9,7 @@ import logging
 import signal
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -89,8 +89,9 @@ class _Guard(asyncio.Protocol):
             self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not always an asyncio.Transport subclass:
+        # uvloop's TCPTransport only behaves like one.
+        self.transport = cast(asyncio.Transport, transport)
         self.arm()
         self.inner.connection_made(transport)
 

@@ -65,7 +65,12 @@ class Fill:
     """The download of one blob into the cache."""
 
     def __init__(
-        self, digest: Digest, store: BlobStore, upstream: str = "", repo: str = ""
+        self,
+        digest: Digest,
+        store: BlobStore,
+        upstream: str = "",
+        repo: str = "",
+        resume_backoff: float = RESUME_BACKOFF,
     ) -> None:
         self.digest = digest
         self.store = store
@@ -81,6 +86,8 @@ class Fill:
         self._changed = asyncio.Event()
         self._hasher = digest.hasher()
         self._feed: Feed | None = None
+        # Seconds before the first resume, doubling for each next one.
+        self._resume_backoff = resume_backoff
 
     # --- reader side ---------------------------------------------------------
 
@@ -209,7 +216,7 @@ class Fill:
                     type(exc).__name__,
                 )
                 stats.resumed += 1
-                await asyncio.sleep(RESUME_BACKOFF * 2 ** (attempts - 1))
+                await asyncio.sleep(self._resume_backoff * 2 ** (attempts - 1))
                 continue
             finally:
                 resp.release()

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import AccessRule as Rule
@@ -29,20 +30,23 @@ ANONYMOUS = "anonymous"
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="cacheproxy", charset="UTF-8"'}
 # A verified Authorization value is remembered this long (bcrypt costs ~0.1 s).
 REMEMBER = 60.0
+# A watched file's mtime is looked at no more often than this.
+RECHECK = 5.0
 
 
 class _WatchedFile:
-    """A small file re-read when its mtime changes (checked at most every 5 s)."""
+    """A small file re-read when its mtime changes (checked at most every RECHECK s)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float]) -> None:
         self.path = path
+        self._clock = clock
         self._mtime: float | None = None
         self._checked = 0.0
         self.lines: list[str] = []
 
     def refresh(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked < 5.0 and self._mtime is not None:
+        now = self._clock()
+        if now - self._checked < RECHECK and self._mtime is not None:
             return False
         self._checked = now
         try:
@@ -66,9 +70,11 @@ class ClientAuth:
         tokens_file: Path | None = None,
         anonymous: bool = True,
         rules: tuple[Rule, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._htpasswd = _WatchedFile(htpasswd) if htpasswd else None
-        self._tokens = _WatchedFile(tokens_file) if tokens_file else None
+        self._clock = clock
+        self._htpasswd = _WatchedFile(htpasswd, clock) if htpasswd else None
+        self._tokens = _WatchedFile(tokens_file, clock) if tokens_file else None
         self.anonymous = anonymous
         self.rules = rules
         self._verified: dict[str, tuple[str, float]] = {}
@@ -91,14 +97,14 @@ class ClientAuth:
             raise Unauthorized("authentication required", headers=CHALLENGE)
         key = hashlib.sha256(authorization.encode()).hexdigest()
         known = self._verified.get(key)
-        if known is not None and time.monotonic() - known[1] < REMEMBER:
+        if known is not None and self._clock() - known[1] < REMEMBER:
             return known[0]
         subject = await asyncio.to_thread(self._check, authorization)
         if subject is None:
             raise Unauthorized("invalid credentials", headers=CHALLENGE)
         if len(self._verified) > 10_000:
             self._verified.clear()
-        self._verified[key] = (subject, time.monotonic())
+        self._verified[key] = (subject, self._clock())
         return subject
 
     def _check(self, authorization: str) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ from cryptography.x509.oid import NameOID
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_image
+from tests.support.names import unique
 from tests.support.proxy import running_proxy
 from tests.support.registry import write_htpasswd
 from tests.support.tls import self_signed
@@ -36,9 +36,9 @@ async def status(url: str, headers: dict[str, str] | None = None) -> tuple[int, 
 
 
 async def test_htpasswd_tokens_and_rules(forwarder: Forwarder, tmp_path: Path) -> None:
-    team = f"team/{uuid.uuid4().hex[:6]}"
-    public = f"public/{uuid.uuid4().hex[:6]}"
-    secret_repo = f"team/secret-{uuid.uuid4().hex[:6]}"
+    team = unique("team")
+    public = unique("public")
+    secret_repo = unique("team/secret")
     for repo in (team, public, secret_repo):
         await push_image(forwarder.url, repo, "v1", layer_sizes=(1000,))
     htpasswd = tmp_path / "htpasswd"
@@ -50,7 +50,7 @@ async def test_htpasswd_tokens_and_rules(forwarder: Forwarder, tmp_path: Path) -
     config.write_text(
         f'[auth]\nhtpasswd = "{htpasswd}"\ntokens_file = "{tokens}"\nanonymous = true\n'
         f'[[access]]\nsubjects = ["ci", "builder"]\nallow = ["{up}/team/*"]\n'
-        f'deny = ["{up}/team/secret-*"]\n'
+        f'deny = ["{up}/team/secret/*"]\n'
         f'[[access]]\nsubjects = ["anonymous"]\nallow = ["{up}/public/*"]\n'
     )
     async with running_proxy(forwarder.url, tmp_path / "cache", config_file=config) as proxy:
@@ -78,7 +78,7 @@ async def test_htpasswd_tokens_and_rules(forwarder: Forwarder, tmp_path: Path) -
 async def test_anonymous_off_challenges_at_the_base_endpoint(
     forwarder: Forwarder, tmp_path: Path
 ) -> None:
-    name = f"private/{uuid.uuid4().hex[:6]}"
+    name = unique("private")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
     pushed = len(forwarder.requests)
     htpasswd = tmp_path / "htpasswd"
@@ -120,7 +120,7 @@ async def served_cert_name(host: str, port: int) -> str:
 async def test_tls_listener_reloads_a_renewed_certificate(
     forwarder: Forwarder, tmp_path: Path
 ) -> None:
-    name = f"tls/{uuid.uuid4().hex[:6]}"
+    name = unique("tls")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
     cert, key = self_signed(tmp_path, "first-cert")
     async with running_proxy(

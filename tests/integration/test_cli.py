@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import signal
 import sys
-import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
-from tests.support.process import serve_process
-from tests.support.registry import RegistryProcess, free_port
+from tests.support.names import unique
+from tests.support.ports import free_port
+from tests.support.process import crash, serve_process
+from tests.support.registry import RegistryProcess
 
 
 async def test_serve_with_defaults_and_skopeo_pull(
     registry: RegistryProcess, tmp_path: Path
 ) -> None:
-    name = f"cli/{uuid.uuid4().hex[:8]}"
+    name = unique("cli")
     image = await push_image(registry.url, name, "v1", layer_sizes=(100_000,))
     home = tmp_path / "home"
     env = {"HOME": str(home), "XDG_CACHE_HOME": "", "CACHEPROXY_UPSTREAM": registry.url}
@@ -39,6 +40,23 @@ async def test_serve_with_defaults_and_skopeo_pull(
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             assert await proc.wait() == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_serve_on_either_loop(loop: str, registry: RegistryProcess, tmp_path: Path) -> None:
+    name = unique("loop")
+    data = hashlib.sha256(loop.encode()).digest() * 40_000
+    digest = await push_blob(registry.url, name, data)
+    args = ("--loop", loop, "--upstream", registry.url, "--cache-dir", str(tmp_path / "c"))
+    async with (
+        serve_process(*args, log=tmp_path / "serve.log") as (_, url),
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(2):  # a miss, then the cached file (sendfile, or the copy loop)
+            async with http.get(f"{url}/v2/{name}/blobs/{digest}") as resp:
+                assert resp.status == 200
+                assert await resp.read() == data
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
 async def test_bad_config_exits_with_a_message(tmp_path: Path) -> None:
@@ -61,7 +79,7 @@ async def test_bad_config_exits_with_a_message(tmp_path: Path) -> None:
 async def test_kill_9_mid_fill_leaves_only_verified_content(
     forwarder: Forwarder, tmp_path: Path
 ) -> None:
-    name = f"crash/{uuid.uuid4().hex[:8]}"
+    name = unique("crash")
     data = hashlib.sha256(b"crash").digest() * (6 * 1024 * 1024 // 32)
     digest = await push_blob(forwarder.url, name, data)
     cache = tmp_path / "cache"
@@ -77,8 +95,7 @@ async def test_kill_9_mid_fill_leaves_only_verified_content(
         assert resp.status == 200
         await resp.content.readexactly(512 * 1024)
         assert list((cache / "tmp").iterdir()), "the fill is under way"
-        os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await crash(proc)
     hexpart = digest.split(":")[1]
     final = cache / "blobs/sha256" / hexpart[:2] / hexpart
     assert not final.exists(), "a half-fetched blob must never be in place"

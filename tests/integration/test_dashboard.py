@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ from tests.support.browser import CHROMIUM, chromium_page
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_image
+from tests.support.names import unique
 from tests.support.proxy import running_proxy
 
 # A price for the test upstream (a local registry has none): $1000 per GB, so the
@@ -67,7 +67,7 @@ def require_chromium() -> None:
 async def test_dashboard_renders_the_ledger_in_chromium(
     require_chromium: None, forwarder: Forwarder, tmp_path: Path
 ) -> None:
-    name = f"dash/{uuid.uuid4().hex[:10]}"
+    name = unique("dash")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(400_000, 900_000))
     pricing = tmp_path / "prices.toml"
     pricing.write_text(PRICING)

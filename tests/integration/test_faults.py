@@ -14,13 +14,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import os
 import re
 import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,9 @@ from tests.support.images import (
     push_image,
     random_bytes,
 )
-from tests.support.process import serve_process
+from tests.support.names import unique
+from tests.support.ports import free_port
+from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
 
 MIB = 1 << 20
@@ -48,10 +48,6 @@ GET = frozenset({"GET"})
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def unique(prefix: str) -> str:
-    return f"faults/{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def sha256(data: bytes) -> str:
@@ -133,7 +129,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def new_blob(forwarder: Forwarder, prefix: str, size: int = SIZE) -> tuple[str, str, bytes]:
-    name = unique(prefix)
+    name = unique(f"faults/{prefix}")
     data = random_bytes(size, name)
     digest = await push_blob(forwarder.url, name, data)
     return name, digest, data
@@ -174,6 +170,7 @@ async def test_body_truncated_once_is_resumed_from_where_it_broke(
     await assert_cached(proxy, digest, data)
 
 
+@pytest.mark.wallclock
 async def test_body_truncated_on_every_attempt_breaks_the_transfer(
     proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
@@ -198,10 +195,10 @@ async def test_stall_shorter_than_read_timeout_is_waited_out(
     stall = forwarder.set_fault(Fault(match=digest, kind="stall", offset=300_000, methods=GET))
     url = blob_url(proxy, name, digest)
     clients = [asyncio.create_task(fetch(http, url)) for _ in range(2)]
+    # Until the fill holds everything the upstream sent before it stalled.
     async with asyncio.timeout(10):
-        while not stall.hits:
+        while proxy.fills.stats.upstream_bytes < 300_000:
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.5)
     assert not any(c.done() for c in clients), "nobody can finish while the upstream stalls"
     stall.release()
     for outcome in await asyncio.gather(*clients):
@@ -210,6 +207,7 @@ async def test_stall_shorter_than_read_timeout_is_waited_out(
     await assert_cached(proxy, digest, data)
 
 
+@pytest.mark.wallclock
 async def test_stall_beyond_read_timeout_is_cut_and_resumed(
     forwarder: Forwarder, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -226,6 +224,7 @@ async def test_stall_beyond_read_timeout_is_cut_and_resumed(
         await assert_cached(proxy, digest, data)
 
 
+@pytest.mark.wallclock
 async def test_upstream_stalled_for_good_ends_in_a_broken_transfer_in_bounded_time(
     forwarder: Forwarder, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -312,7 +311,7 @@ async def test_corrupt_byte_inside_a_range_of_a_filling_blob_is_never_served_cle
 async def test_corrupt_manifest_is_never_served_or_cached(
     by: str, proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
-    name = unique("corrupt-manifest")
+    name = unique("faults/corrupt-manifest")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
     reference = "v1" if by == "tag" else image.digest
     forwarder.set_fault(Fault(match=f"/v2/{name}/manifests/", kind="corrupt", offset=20))
@@ -334,7 +333,7 @@ async def test_corrupt_manifest_is_never_served_or_cached(
 async def test_oversized_manifest_is_refused_and_not_cached(
     by: str, proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
-    name = unique("huge-manifest")
+    name = unique("faults/huge-manifest")
     body = b'{"schemaVersion": 2, "x": "' + b"a" * (4 * MIB + 1) + b'"}'
     digest = sha256(body)
     reference = "v1" if by == "tag" else digest
@@ -378,6 +377,7 @@ async def test_reset_mid_body_is_resumed(
     await assert_cached(proxy, digest, data)
 
 
+@pytest.mark.wallclock
 async def test_reset_every_time_ends_in_unavailable_within_the_budget(
     forwarder: Forwarder, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -394,12 +394,11 @@ async def test_reset_every_time_ends_in_unavailable_within_the_budget(
         await assert_not_cached(proxy, digest)
 
 
+@pytest.mark.wallclock
 async def test_unreachable_upstream_is_unavailable_within_the_budget(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     async with running_proxy(dead, tmp_path / "cache", upstream_retry_budget=2.0) as proxy:
         started = time.monotonic()
         outcome = await fetch(http, blob_url(proxy, "faults/gone", sha256(b"x")))
@@ -426,13 +425,14 @@ async def test_5xx_once_then_ok_is_retried(
 async def test_5xx_once_on_a_tag_is_retried(
     proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
-    name = unique("status-tag")
+    name = unique("faults/status-tag")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
     forwarder.set_fault(Fault(match=f"/v2/{name}/manifests/v1", kind="status", once=True))
     outcome = await fetch(http, f"{proxy.url}/v2/{name}/manifests/v1", {"Accept": ALL_MANIFESTS})
     assert (outcome.status, outcome.body) == (200, image.manifest)
 
 
+@pytest.mark.wallclock
 async def test_5xx_every_time_exhausts_the_retries(
     forwarder: Forwarder, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -450,6 +450,7 @@ async def test_5xx_every_time_exhausts_the_retries(
         await assert_not_cached(proxy, digest)
 
 
+@pytest.mark.wallclock
 async def test_5xx_retries_stop_at_the_budget(
     forwarder: Forwarder, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -467,6 +468,7 @@ async def test_5xx_retries_stop_at_the_budget(
         await assert_not_cached(proxy, digest)
 
 
+@pytest.mark.wallclock
 async def test_429_with_retry_after_is_waited_out_then_retried(
     proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
@@ -488,6 +490,7 @@ async def test_429_with_retry_after_is_waited_out_then_retried(
     await assert_cached(proxy, digest, data)
 
 
+@pytest.mark.wallclock
 async def test_429_with_a_past_http_date_is_retried_at_once(
     proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
@@ -509,6 +512,7 @@ async def test_429_with_a_past_http_date_is_retried_at_once(
     assert forwarder.count("GET", f"/blobs/{digest}") == 2
 
 
+@pytest.mark.wallclock
 async def test_429_beyond_the_budget_goes_to_the_client_at_once(
     proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
@@ -547,10 +551,16 @@ async def test_upstream_connections_are_bounded(
             asyncio.create_task(fetch(http, blob_url(proxy, name, digest)))
             for name, digest, _ in blobs
         ]
+        # Every fill has started and two of them hold the two connections.
         async with asyncio.timeout(10):
-            while sum(forwarder.count("GET", d) for _, d, _ in blobs) < 2:
+            while (
+                proxy.fills.active < len(blobs)
+                or sum(forwarder.count("GET", d) for _, d, _ in blobs) < 2
+            ):
                 await asyncio.sleep(0.01)
-        await asyncio.sleep(0.5)  # time for any request past the limit to show up
+        # An observation window, not a wait for something to happen: nothing may
+        # happen in it, so no length of it can fail a correct proxy.
+        await asyncio.sleep(0.5)
         assert sum(forwarder.count("GET", d) for _, d, _ in blobs) == 2
         assert forwarder.max_in_flight <= 2
         forwarder.clear_faults()
@@ -564,9 +574,12 @@ async def test_upstream_connections_are_bounded(
 # --- slow and departing clients -----------------------------------------------------------
 
 
-async def _slow_reader(host: str, port: int, path: str, got: bytearray, pace: asyncio.Event) -> int:
+async def _slow_reader(
+    host: str, port: int, path: str, got: bytearray, pace: asyncio.Event, answered: asyncio.Event
+) -> int:
     """A client with a small receive window reading 16 KiB per 50 ms until *pace* is
-    set, then as fast as it can. Returns the status."""
+    set, then as fast as it can (*answered* is set once the head came). Returns the
+    status."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
@@ -576,6 +589,7 @@ async def _slow_reader(host: str, port: int, path: str, got: bytearray, pace: as
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
+        answered.set()
         status = int(head.split(b" ", 2)[1])
         length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
         while len(got) < length:
@@ -590,6 +604,7 @@ async def _slow_reader(host: str, port: int, path: str, got: bytearray, pace: as
         writer.close()
 
 
+@pytest.mark.wallclock
 async def test_slow_client_neither_slows_a_fast_one_nor_is_buffered_for(
     proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
 ) -> None:
@@ -599,9 +614,12 @@ async def test_slow_client_neither_slows_a_fast_one_nor_is_buffered_for(
     host, port = proxy.host.rsplit(":", 1)
     path = f"/v2/{name}/blobs/{digest}"
     slow_got = bytearray()
-    fast_pace = asyncio.Event()
-    slow = asyncio.create_task(_slow_reader(host, int(port), path, slow_got, fast_pace))
-    await asyncio.sleep(0.1)
+    fast_pace, slow_answered = asyncio.Event(), asyncio.Event()
+    slow = asyncio.create_task(
+        _slow_reader(host, int(port), path, slow_got, fast_pace, slow_answered)
+    )
+    async with asyncio.timeout(10):
+        await slow_answered.wait()  # the slow client is reading the fill
 
     started = time.monotonic()
     assert_exact(await fetch(http, proxy.url + path), data)
@@ -708,8 +726,7 @@ async def test_kill_9_during_concurrent_fills_then_restart_and_verify(
                 assert resp.status == 200
                 await resp.content.readexactly(256 * 1024)
             assert len(list((cache / "tmp").iterdir())) >= len(filling), "fills under way"
-            os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await crash(proc)
         finally:
             for resp in responses:
                 resp.close()

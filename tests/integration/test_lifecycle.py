@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import signal
 import sys
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +14,8 @@ from cacheproxy.http.keys import KEEPER
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
+from tests.support.names import unique
+from tests.support.process import crash
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
 
@@ -26,10 +25,6 @@ ACCEPT = {
     "application/vnd.docker.distribution.manifest.list.v2+json, "
     "application/vnd.docker.distribution.manifest.v2+json"
 }
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}/{uuid.uuid4().hex[:8]}"
 
 
 def cached_sizes(proxy: RunningProxy) -> dict[str, int]:
@@ -103,7 +98,6 @@ async def test_gc_dry_run_equals_gc_and_ls_lists_the_cache(
         for tag in ["t1", "t2", "t3", "t4"]:  # t4 is pulled last: the most recent
             ref = f"docker://{proxy.host}/{name}:{tag}"
             (await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{tmp_path / tag}")).check()
-            await asyncio.sleep(0.05)
         async with http.get(f"{proxy.url}/v2/{name}/manifests/t4", headers=ACCEPT) as resp:
             assert resp.status == 200
     config = tmp_path / "c.toml"
@@ -238,9 +232,7 @@ async def test_kill_9_during_import_leaves_a_verified_cache(
     async with asyncio.timeout(30):
         while not list((second / "tmp").glob("*")) and proc.returncode is None:
             await asyncio.sleep(0.005)
-    if proc.returncode is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    await proc.wait()
+    await crash(proc)
     # What is in place is verified; leftovers go at the next start; no tag yet.
     verified = await cli("verify", "--upstream", fresh_registry.url, "--cache-dir", str(second))
     assert "removed 0" in verified

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
-import signal
-import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import urlencode
@@ -19,9 +18,10 @@ from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import HEADER, sign
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
-from tests.support.process import serve_process
+from tests.support.names import unique
+from tests.support.ports import free_port
+from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
-from tests.support.registry import free_port
 
 ACCEPT = {
     "Accept": "application/vnd.oci.image.index.v1+json, "
@@ -71,6 +71,15 @@ async def start_cluster(
     return nodes
 
 
+def has_bytes(directory: Path) -> bool:
+    """Some file in ``directory`` holds bytes (files may go while it looks)."""
+    for path in directory.glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size:
+                return True
+    return False
+
+
 async def pull(http: aiohttp.ClientSession, node: RunningProxy, name: str) -> dict[str, bytes]:
     """Pull name:v1 through ``node`` like a client: manifest, then every blob."""
     async with http.get(f"{node.url}/v2/{name}/manifests/v1", headers=ACCEPT) as resp:
@@ -87,7 +96,7 @@ async def pull(http: aiohttp.ClientSession, node: RunningProxy, name: str) -> di
 async def test_four_nodes_times_eight_clients_fetch_each_blob_once(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     image = await push_image(
         forwarder.url, name, "v1", layer_sizes=(600_000, 900_000, 300_000, 1_200_000)
     )
@@ -115,7 +124,7 @@ async def test_four_nodes_times_eight_clients_fetch_each_blob_once(
 async def test_peer_path_requires_the_secret(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     digest = await push_blob(forwarder.url, name, b"peer bytes" * 100)
     async with AsyncExitStack() as stack:
         (node,) = await start_cluster(stack, forwarder.url, tmp_path, secret_file, 1)
@@ -151,7 +160,7 @@ async def test_peer_with_wrong_bytes_is_never_trusted(
     fake_url = f"http://127.0.0.1:{fake_port}"
     node_port = free_port()
     node_url = f"http://127.0.0.1:{node_port}"
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     # A blob that the fake peer owns (rendezvous ranks it above the node).
     for i in range(64):
         data = hashlib.sha256(f"evil{i}".encode()).digest() * 40_000
@@ -206,7 +215,7 @@ async def test_peer_with_wrong_bytes_is_never_trusted(
 async def test_owner_killed_mid_stream_pulls_still_complete(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     data = hashlib.sha256(b"big").digest() * (8 * 1024 * 1024 // 32)
     digest = await push_blob(forwarder.url, name, data)
     ports = [free_port() for _ in range(3)]
@@ -232,12 +241,13 @@ async def test_owner_killed_mid_stream_pulls_still_complete(
                     return await resp.read()
 
             pulls = [asyncio.create_task(fetch(node)) for node in others for _ in range(2)]
+            # Until the owner is streaming to the other nodes: their fills have bytes.
+            filling = [tmp_path / f"n{i}" / "tmp" for i, url in enumerate(urls) if url != owner]
             async with asyncio.timeout(20):
-                while forwarder.count("GET", f"/blobs/{digest}") == 0:
+                while not all(has_bytes(tmp) for tmp in filling):
                     await asyncio.sleep(0.05)
-            await asyncio.sleep(0.7)  # the owner is streaming to the other nodes
             owner_proc, _ = procs[owner]
-            os.kill(owner_proc.pid, signal.SIGKILL)
+            await crash(owner_proc)
             async with asyncio.timeout(60):
                 bodies = await asyncio.gather(*pulls)
         assert all(body == data for body in bodies)
@@ -250,7 +260,7 @@ async def test_owner_killed_mid_stream_pulls_still_complete(
 async def test_membership_change_while_pulls_run(
     forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
-    name = f"cluster/{uuid.uuid4().hex[:8]}"
+    name = unique("cluster")
     image = await push_image(forwarder.url, name, "v1", layer_sizes=(800_000, 800_000, 400_000))
     forwarder.throttle_bps = 2_000_000
     ports = [free_port() for _ in range(3)]
@@ -275,7 +285,9 @@ async def test_membership_change_while_pulls_run(
             pulls = [
                 asyncio.create_task(pull(http, node, name)) for node in nodes for _ in range(3)
             ]
-            await asyncio.sleep(0.4)
+            async with asyncio.timeout(20):  # until the blobs are on their way
+                while not any(node.fills.stats.upstream_bytes for node in nodes):
+                    await asyncio.sleep(0.02)
             # Node 0 leaves, node 2 joins, mid-pull.
             members.write_text("\n".join(urls[1:]) + "\n")
             os.utime(members, (1, 1))

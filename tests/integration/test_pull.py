@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,13 +23,10 @@ from tests.support.images import (
     push_image,
     push_index,
 )
+from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}/{uuid.uuid4().hex[:10]}"
 
 
 def sha256(data: bytes) -> str:
@@ -383,13 +379,14 @@ async def test_concurrent_tag_resolutions_collapse(
         Fault(match=f"/v2/{name}/manifests/v1", kind="stall", offset=10, methods=frozenset({"GET"}))
     )
     url = f"{proxy.url}/v2/{name}/manifests/v1"
+    before = proxy.requests_started()
     requests = [
         asyncio.create_task(get_bytes(http, url, {"Accept": ALL_MANIFESTS})) for _ in range(12)
     ]
+    # Every request has arrived while the one upstream GET is held.
     async with asyncio.timeout(10):
-        while stall.hits == 0:
+        while stall.hits == 0 or proxy.requests_started() < before + 12:
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # every request has arrived and is waiting
     stall.release()
     for status, body, _ in await asyncio.gather(*requests):
         assert (status, body) == (200, image.manifest)

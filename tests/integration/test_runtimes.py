@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import tomllib
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 from tests.support.clients import ProcessResult, run_process
 from tests.support.forwarder import Forwarder
 from tests.support.images import PushedImage, push_image
+from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
 from tests.support.runtimes import CONTAINERD, CTR, PODMAN, Containerd, Podman
@@ -55,7 +55,7 @@ def containerd(tmp_path: Path) -> Iterator[Containerd]:
 @pytest.fixture
 async def image(registry: RegistryProcess) -> PushedImage:
     return await push_image(
-        registry.url, f"runtimes/{uuid.uuid4().hex[:8]}", "v1", layer_sizes=(64 * 1024, 600_000)
+        registry.url, unique("runtimes"), "v1", layer_sizes=(64 * 1024, 600_000)
     )
 
 

@@ -6,12 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -23,14 +18,12 @@ from cacheproxy.savings.db import Counts
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import PushedImage, push_image
+from tests.support.names import unique
+from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
-from tests.support.registry import RegistryProcess, free_port
+from tests.support.registry import RegistryProcess
 
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}/{uuid.uuid4().hex[:10]}"
 
 
 async def ledger_counts(proxy: RunningProxy, upstream: str) -> Counts:
@@ -145,38 +138,6 @@ async def _get_text(url: str) -> str:
         return await resp.text()
 
 
-@asynccontextmanager
-async def serve(cache: Path, upstream: str, log: Path) -> AsyncIterator[tuple[int, str]]:
-    """``cacheproxy serve`` as a process: (pid, host:port) once it answers /v2/."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "CACHEPROXY_LISTEN": f"127.0.0.1:{port}",
-        "CACHEPROXY_SAVINGS_FLUSH_INTERVAL": "0.2",
-    }
-    argv = ["-m", "cacheproxy", "serve", "--upstream", upstream, "--cache-dir", str(cache)]
-    with open(log, "ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
-        )
-    try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/v2/") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert proc.returncode is None, log.read_text()
-                await asyncio.sleep(0.1)
-        yield proc.pid, f"127.0.0.1:{port}"
-    finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
-
-
 async def report_json(cache: Path, upstream: str) -> dict[str, object]:
     result = await run_process(
         sys.executable, "-m", "cacheproxy", "report", "--json", "--cache-dir", str(cache),
@@ -192,7 +153,10 @@ async def test_report_reads_a_running_server_and_survives_kill_9(
     name = unique("crash")
     image = await push_image(registry.url, name, "v1", layer_sizes=(250_000,))
     cache = tmp_path / "cache"
-    async with serve(cache, registry.url, tmp_path / "serve.log") as (pid, host):
+    args = ("--upstream", registry.url, "--cache-dir", str(cache))
+    env = {"CACHEPROXY_SAVINGS_FLUSH_INTERVAL": "0.2"}
+    async with serve_process(*args, env=env, log=tmp_path / "serve.log") as (proc, url):
+        host = url.removeprefix("http://")
         await pull_with_skopeo(host, image, tmp_path / "out")
         expected = pulled_bytes(image, tmp_path / "out")
         # Read by another process while the server runs: within a flush interval
@@ -204,7 +168,7 @@ async def test_report_reads_a_running_server_and_survives_kill_9(
                 if totals["bytes_served"] == expected:
                     break
                 await asyncio.sleep(0.2)
-        os.kill(pid, signal.SIGKILL)  # no close, no final flush
+        await crash(proc)  # no close, no final flush
     after = (await report_json(cache, registry.url))["totals"]
     assert isinstance(after, dict)
     assert after["bytes_served"] == after["bytes_from_upstream"] == expected

@@ -254,6 +254,7 @@ async def test_push_blob_and_stream(registry: RegistryProcess, repo: str) -> Non
     assert headers["Docker-Content-Digest"] == digest
 
 
+@pytest.mark.wallclock
 async def test_run_process_timeout_kills() -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -299,6 +300,7 @@ async def test_forwarder_passes_status_and_head(forwarder: Forwarder, repo: str)
     assert body == b""
 
 
+@pytest.mark.wallclock
 async def test_forwarder_throttle(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:
@@ -399,6 +401,7 @@ async def test_fault_stall_then_release(
     assert head + rest == data
 
 
+@pytest.mark.wallclock
 async def test_fault_stall_client_leaves(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:

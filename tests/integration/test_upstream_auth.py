@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,8 +13,10 @@ from aiohttp import web
 
 from tests.support.clients import skopeo
 from tests.support.images import push_blob, push_image
+from tests.support.names import unique
+from tests.support.ports import free_port
 from tests.support.proxy import running_proxy
-from tests.support.registry import RegistryProcess, free_port
+from tests.support.registry import RegistryProcess
 from tests.support.tokenserver import TokenServer
 
 
@@ -42,7 +43,7 @@ def push_headers(server: TokenServer, name: str) -> dict[str, str]:
 async def test_anonymous_bearer_flow_one_token_per_scope(
     token_server: TokenServer, token_registry: RegistryProcess, tmp_path: Path
 ) -> None:
-    name = f"auth/{uuid.uuid4().hex[:8]}"
+    name = unique("auth")
     image = await push_image(
         token_registry.url,
         name,
@@ -65,17 +66,17 @@ async def test_anonymous_bearer_flow_one_token_per_scope(
 async def test_expired_token_is_refreshed_without_client_error(
     token_server: TokenServer, token_registry: RegistryProcess, tmp_path: Path
 ) -> None:
-    name = f"auth/{uuid.uuid4().hex[:8]}"
+    name = unique("auth")
     digest = await push_blob(
         token_registry.url, name, b"x" * 100_000, headers=push_headers(token_server, name)
     )
     clock = [0.0]
-    async with running_proxy(token_registry.url, tmp_path / "cache") as proxy:
+    # The test controls the upstream client's time: the token cache's and the one
+    # that stamps each token's expiry.
+    async with running_proxy(
+        token_registry.url, tmp_path / "cache", upstream_clock=lambda: clock[0]
+    ) as proxy:
         up = proxy.upstreams.get()
-        # The test controls time: the token cache's clock and the one that stamps
-        # each token's expiry.
-        up.tokens._clock = lambda: clock[0]
-        up._clock = lambda: clock[0]
         async with aiohttp.ClientSession() as http:
             async with http.head(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
                 assert resp.status == 200

@@ -7,7 +7,6 @@ import datetime
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from cacheproxy.upstream.credentials import EcrCredentials
 from tests.support.clients import skopeo
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import basic_auth, push_image
+from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
 from tests.support.tokenserver import TokenServer
@@ -38,10 +38,6 @@ ACCEPT = {
 }
 ECR_HOST = "123456789012.dkr.ecr.us-west-2.amazonaws.com"
 ECR_PASSWORD = "123456789012-auth-token"  # what moto's GetAuthorizationToken hands out
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}/{uuid.uuid4().hex[:8]}"
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -324,6 +320,7 @@ async def test_ecr_expired_answer_is_recovered_transparently(
 # --- short-lived bearer tokens -----------------------------------------------------------
 
 
+@pytest.mark.wallclock
 async def test_pull_spanning_many_token_expiries(tmp_path: Path, require_binaries: None) -> None:
     async with TokenServer(tmp_path / "tokens", expires_in=2) as tokens:
         with RegistryProcess(tmp_path / "reg", token_auth=tokens.registry_auth()) as reg:

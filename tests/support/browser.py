@@ -13,10 +13,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import re
 import shutil
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.support.process import stop_async_process
 
 CHROMIUM = "chromium"
 _LISTENING = re.compile(rb"DevTools listening on (ws://\S+)")
@@ -168,10 +168,7 @@ async def chromium_page(profile: Path) -> AsyncIterator[Page]:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await stop_async_process(proc)
         if drain is not None:
             drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):

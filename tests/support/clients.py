@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 from collections.abc import Mapping
 from typing import NamedTuple
+
+from tests.support.process import stop_async_process
 
 SKOPEO = "skopeo"
 
@@ -55,10 +56,8 @@ async def run_process(
     except BaseException:
         # Timed out or the test was cancelled: end the process we started, then reap it
         # so its pipes close (no ResourceWarning, no zombie).
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
+            await stop_async_process(proc)
             await asyncio.wait_for(proc.communicate(), 10.0)
         raise
     assert proc.returncode is not None

@@ -1,4 +1,5 @@
-"""Run ``cacheproxy serve`` as a real process, the way a user does."""
+"""The processes the tests start: stopping them (by PID, only ours), crashing them on
+purpose, and ``cacheproxy serve`` run the way a user runs it."""
 
 from __future__ import annotations
 
@@ -11,13 +12,80 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 
-from tests.support.registry import free_port
+from tests.support.ports import free_port
+
+#: How long a stop waits after SIGTERM before it sends SIGKILL.
+STOP_TIMEOUT = 10.0
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM a process we started (by its PID), SIGKILL it if it outlives
+    ``timeout``, and reap it. Idempotent."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+
+
+async def stop_async_process(
+    proc: asyncio.subprocess.Process,
+    timeout: float = STOP_TIMEOUT,  # noqa: ASYNC109
+) -> None:
+    """:func:`stop_process` for a process started with asyncio."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+    await asyncio.wait_for(proc.wait(), timeout)
+
+
+async def crash(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a process we started (by its PID) and reap it: a crash, with no chance
+    to close, flush or clean up."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+def stop_pids(pids: Iterable[int], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop processes that are not our children but that ours started (a server's
+    workers, left behind when their parent went first): SIGTERM, then SIGKILL."""
+    left = [pid for pid in pids if _alive(pid)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if _alive(pid)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 @asynccontextmanager
@@ -53,9 +121,7 @@ async def serve_process(
                 await asyncio.sleep(0.1)
         yield proc, url
     finally:
-        if proc.returncode is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await stop_async_process(proc)
 
 
 @contextlib.contextmanager
@@ -90,6 +156,4 @@ def serve_process_sync(
             time.sleep(0.1)
         yield proc, url
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        stop_process(proc)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,7 @@ from cacheproxy.http.keys import CLUSTER, FILLS, KEEPER, UPSTREAMS
 from cacheproxy.lifecycle.keeper import Keeper
 from cacheproxy.peers.cluster import Cluster
 from cacheproxy.upstream.pool import UpstreamPool
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_port
 
 
 @dataclass
@@ -66,6 +60,11 @@ class RunningProxy:
             if handler.transport is not None
         ]
 
+    def requests_started(self) -> int:
+        """Requests the listener has begun to answer so far (aiohttp's count)."""
+        server = self.runner.server if self.runner is not None else None
+        return server.requests_count if server is not None else 0
+
     def blob_path(self, digest: str) -> Path:
         algorithm, hexpart = digest.split(":")
         return self.config.cache_dir / "blobs" / algorithm / hexpart[:2] / hexpart
@@ -89,18 +88,20 @@ async def running_proxy(
     bind: str = "127.0.0.1",
     config_file: Path | None = None,
     port: int | None = None,
+    upstream_clock: Callable[[], float] | None = None,
     **settings: Any,
 ) -> AsyncIterator[RunningProxy]:
     """Start a proxy caching in ``cache_dir``; stop it on exit.
 
     ``upstream_url`` is the ``--upstream`` shortcut; None leaves the upstreams to
-    ``config_file``.
+    ``config_file``. ``upstream_clock``: the upstream clients' clock (token
+    lifetimes), for a test that moves time itself.
     """
-    port = port or _free_port(bind)
+    port = port or free_port(bind)
     flags = {"upstream": upstream_url, "cache_dir": cache_dir, "listen": f"{bind}:{port}"}
     flags.update(settings)
     config = load_config(file=config_file, env=_environment(), flags=flags)
-    app = build_app(config)
+    app = build_app(config, upstream_clock=upstream_clock)
     # The listener the real server uses: TLS, the header deadline, graceful close.
     listener = await server.start(app, config)
     scheme = "https" if config.tls_cert is not None else "http"

@@ -8,13 +8,9 @@ upstream away mid-flight and bring it back.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,6 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from tests.support.ports import free_port
+from tests.support.process import stop_process
 
 DOCKER_REGISTRY = "docker-registry"
 
@@ -34,28 +33,6 @@ STOP_TIMEOUT = 10.0
 # Bind-race retries: free_port() releases the port before the registry binds it, so
 # another process may take it in between. Only a start on a port we chose is retried.
 _PORT_ATTEMPTS = 3
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM a process we started (by its PID), SIGKILL it if it outlives ``timeout``."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on *host* right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _yaml(value: Any, indent: int = 0) -> str:
@@ -272,8 +249,7 @@ class RegistryProcess:
 
     def _reap(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=STOP_TIMEOUT)
+            stop_process(self._proc, STOP_TIMEOUT)
         self._proc = None
         for log in self._logs:
             log.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from tests.support.registry import stop_process
+from tests.support.process import stop_process
 
 CONTAINERD = "containerd"
 CTR = "ctr"

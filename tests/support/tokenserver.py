@@ -12,7 +12,6 @@ import base64
 import datetime
 import json
 import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +23,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.support.ports import free_port
+
 ISSUER = "cacheproxy-test-issuer"
 SERVICE = "cacheproxy-test-registry"
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -56,7 +51,7 @@ class TokenServer:
     requests: list[TokenRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.port = _free_port(self.host)
+        self.port = free_port(self.host)
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cacheproxy test token signer")])
         now = datetime.datetime.now(datetime.UTC)

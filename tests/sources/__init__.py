@@ -1,0 +1,1 @@
+"""The conformance suite every blob source of the chain passes."""

@@ -1,0 +1,215 @@
+"""Each blob source of the chain, built as the runtime builds it, over a real upstream.
+
+A :class:`Kind` names a source and writes down what the suite expects of it where
+sources legitimately differ; :func:`open_subject` builds that source for one test:
+its own store and fills, the upstream pool, and for the peer kinds a cluster whose
+other node is a real proxy in peer mode, signed with a shared secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cacheproxy.accounting import Origin
+from cacheproxy.blobs.inflight import Fills
+from cacheproxy.blobs.peers import PeerSource
+from cacheproxy.blobs.source import BlobSource, Want
+from cacheproxy.blobs.upstream import UpstreamSource
+from cacheproxy.config import Config, load_config
+from cacheproxy.layout import CacheLayout
+from cacheproxy.oci import parse_digest
+from cacheproxy.peers.cluster import Cluster, start_cluster
+from cacheproxy.peers.ring import ranked
+from cacheproxy.runtime import blob_chain
+from cacheproxy.store.files import BlobStore
+from cacheproxy.upstream.pool import UpstreamPool
+from tests.support.ports import free_port
+from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.sink import send_all
+
+SECRET = b"conformance-suite-cluster-secret-0123"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One blob source, and what it answers where sources differ (with the reason)."""
+
+    name: str
+    #: What ``Body.origin`` reports: the ledger's word for where the bytes came from.
+    origin: Origin
+    #: A whole read leaves the blob, verified, in this node's store.
+    keeps: bool
+    #: Reaches outside this node (so the upstream's faults reach it); the disk does not.
+    fetches: bool
+    #: A body that breaks off upstream is resumed: the bytes still come out exact. A
+    #: relay cannot resume on its own (it has no file to continue), so it raises.
+    resumes: bool
+    #: ``open(want, first)`` asks its feed for the bytes from ``first``: a range past
+    #: the end fails in ``open`` with the upstream's 416. The others open the whole
+    #: blob and the range is planned against its size.
+    asks_for_ranges: bool
+    #: The last byte of a range waits until the whole blob is verified. A relay
+    #: cannot verify a part of a blob on its own (the client checks the whole it
+    #: assembles), so a wrong byte inside a range passes through it.
+    verifies_ranges: bool
+
+
+KINDS = (
+    Kind("disk", "cache", keeps=True, fetches=False, resumes=True, asks_for_ranges=False,
+         verifies_ranges=True),
+    Kind("fill", "upstream", keeps=True, fetches=True, resumes=True, asks_for_ranges=False,
+         verifies_ranges=True),
+    # The peer relays its answer; the peer's own fill resumes and verifies the blob,
+    # and holds back only the blob's last byte, not a range's.
+    Kind("peer", "peer", keeps=False, fetches=True, resumes=True, asks_for_ranges=True,
+         verifies_ranges=False),
+    Kind("peer-fill", "peer", keeps=True, fetches=True, resumes=True, asks_for_ranges=False,
+         verifies_ranges=True),
+    Kind("upstream", "upstream", keeps=False, fetches=True, resumes=False, asks_for_ranges=True,
+         verifies_ranges=False),
+    Kind("stream-through", "upstream", keeps=False, fetches=True, resumes=False,
+         asks_for_ranges=True, verifies_ranges=False),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PushedBlob:
+    """A blob as pushed to the upstream registry."""
+
+    repo: str
+    digest: str
+    data: bytes
+
+
+@dataclass
+class Subject:
+    """The source under test, and what to look at around it."""
+
+    kind: Kind
+    source: BlobSource
+    want: Want
+    store: BlobStore
+    #: The cluster's other node (peer kinds only).
+    peer: RunningProxy | None = None
+
+    def kept(self) -> bool:
+        """The blob is complete in this node's store."""
+        return self.store.exists(self.want.digest)
+
+    def temp_files(self) -> list[Path]:
+        """Unfinished downloads left here or on the peer."""
+        found = list(self.store.tmp_dir.iterdir())
+        if self.peer is not None:
+            found += self.peer.temp_files()
+        return found
+
+
+def _room() -> bool:
+    return True
+
+
+def _no_room() -> bool:
+    return False
+
+
+@asynccontextmanager
+async def open_subject(
+    kind: Kind, upstream_url: str, workdir: Path, blob: PushedBlob
+) -> AsyncIterator[Subject]:
+    """The ``kind`` source over ``upstream_url``, caching (if at all) under ``workdir``."""
+    config = _config(upstream_url, workdir / "node")
+    store = BlobStore(CacheLayout(config.cache_dir))
+    await asyncio.to_thread(store.prepare)
+    async with AsyncExitStack() as stack:
+        upstreams = UpstreamPool(config)
+        stack.push_async_callback(upstreams.close)
+        want = Want(upstreams.get(), blob.repo, parse_digest(blob.digest))
+        peer = cluster = None
+        if kind.name.startswith("peer"):
+            peer, cluster = await _cluster(stack, upstream_url, workdir, blob.digest)
+        fills = Fills(store)
+        # Closed first: a fill still running stops before the clients it uses.
+        stack.push_async_callback(fills.close)
+        source = _source(kind.name, store, fills, cluster)
+        if kind.name == "disk":
+            # Brought in from the real registry by the fill chain, as a client's pull
+            # would, not written by hand.
+            body = await blob_chain(store, fills, _room).open(want)
+            try:
+                await send_all(body)
+            finally:
+                body.close()
+            assert store.exists(want.digest)
+        yield Subject(kind, source, want, store, peer)
+
+
+def _source(name: str, store: BlobStore, fills: Fills, cluster: Cluster | None) -> BlobSource:
+    builders: dict[str, Callable[[], BlobSource]] = {
+        # The offline chain: the local store and nothing behind it.
+        "disk": lambda: blob_chain(store, fills, _room, offline=True),
+        "fill": lambda: blob_chain(store, fills, _room),
+        "peer": lambda: PeerSource(_required(cluster), UpstreamSource()),
+        "peer-fill": lambda: blob_chain(store, fills, _room, cluster=_required(cluster)),
+        "upstream": UpstreamSource,
+        # The fills step aside (no room on disk): the next link relays.
+        "stream-through": lambda: blob_chain(store, fills, _no_room),
+    }
+    return builders[name]()
+
+
+def _required(cluster: Cluster | None) -> Cluster:
+    assert cluster is not None
+    return cluster
+
+
+def _config(upstream_url: str, cache_dir: Path, **settings: object) -> Config:
+    # No environment: the suite's settings are these, whatever the shell exports.
+    flags = {"upstream": upstream_url, "cache_dir": cache_dir, **settings}
+    return load_config(env={}, flags=flags)
+
+
+async def _cluster(
+    stack: AsyncExitStack, upstream_url: str, workdir: Path, digest: str
+) -> tuple[RunningProxy, Cluster]:
+    """A real second node, and this node's cluster in which it owns ``digest``."""
+    secret = workdir / "peer-secret"
+    secret.write_bytes(SECRET + b"\n")
+    port, self_url = _owned_by_peer(digest)
+    peer_url = f"http://127.0.0.1:{port}"
+    peer = await stack.enter_async_context(
+        running_proxy(
+            upstream_url,
+            workdir / "peer",
+            port=port,
+            peers=(peer_url,),
+            self_url=peer_url,
+            peer_secret_file=secret,
+        )
+    )
+    config = _config(
+        upstream_url,
+        workdir / "node",
+        peers=(peer_url, self_url),
+        self_url=self_url,
+        peer_secret_file=secret,
+    )
+    cluster = await start_cluster(config)
+    assert cluster is not None
+    stack.push_async_callback(cluster.close)
+    assert cluster.candidates(digest) == [peer_url]
+    return peer, cluster
+
+
+def _owned_by_peer(digest: str) -> tuple[int, str]:
+    """A port for the peer, and a URL for this node (which only asks, never listens),
+    such that the ring ranks the peer first for ``digest``: the owner it asks."""
+    # Each try is a new pair, so each has an even chance, whatever the last one scored.
+    for attempt in range(1, 65):
+        port, self_url = free_port(), f"http://127.0.0.2:{attempt}"
+        if ranked(digest, [f"http://127.0.0.1:{port}", self_url])[0] != self_url:
+            return port, self_url
+    raise AssertionError("no pair of URLs puts the peer first")

@@ -1,0 +1,179 @@
+"""ClientAuth: who a client is (htpasswd, tokens), and what its rules let it pull."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from cacheproxy.config import AccessRule
+from cacheproxy.errors import Denied, Unauthorized
+from cacheproxy.http.clientauth import ANONYMOUS, RECHECK, REMEMBER, ClientAuth
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def htpasswd_line(user: str, password: str, prefix: str = "$2b$") -> str:
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{user}:{prefix}{hashed[4:]}"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- rules ----------------------------------------------------------------------------
+
+
+def test_without_rules_everyone_may_pull_everything() -> None:
+    ClientAuth().check(ANONYMOUS, "docker.io", "library/alpine")
+
+
+def test_the_first_rule_whose_subjects_match_decides() -> None:
+    auth = ClientAuth(
+        rules=(
+            AccessRule(subjects=("ci-*",), allow=("docker.io/team/*",)),
+            AccessRule(subjects=("*",), allow=("*",)),
+        )
+    )
+    auth.check("ci-runner", "docker.io", "team/app")
+    # The first rule matched ci-runner and does not allow this: the catch-all after
+    # it is never asked.
+    with pytest.raises(Denied):
+        auth.check("ci-runner", "docker.io", "library/alpine")
+    auth.check("alice", "docker.io", "library/alpine")
+
+
+def test_deny_beats_allow_within_a_rule() -> None:
+    auth = ClientAuth(
+        rules=(AccessRule(subjects=("*",), allow=("docker.io/*",), deny=("docker.io/secret/*",)),)
+    )
+    auth.check("alice", "docker.io", "team/app")
+    with pytest.raises(Denied):
+        auth.check("alice", "docker.io", "secret/keys")
+    with pytest.raises(Denied):
+        auth.check("alice", "ghcr.io", "team/app")
+
+
+def test_a_client_no_rule_names_is_denied() -> None:
+    auth = ClientAuth(rules=(AccessRule(subjects=("alice",)),))
+    auth.check("alice", "docker.io", "anything")
+    with pytest.raises(Denied):
+        auth.check("bob", "docker.io", "anything")
+
+
+def test_anonymous_is_challenged_where_credentials_exist(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-1 alice\n")
+    rules = (AccessRule(subjects=("alice",)),)
+    # A client holding credentials sends them only when challenged: 401, not 403.
+    with pytest.raises(Unauthorized) as caught:
+        ClientAuth(tokens_file=tokens, rules=rules).check(ANONYMOUS, "docker.io", "app")
+    assert caught.value.headers["WWW-Authenticate"].startswith("Basic realm=")
+    # With no way to log in, there is nothing to challenge for.
+    with pytest.raises(Denied):
+        ClientAuth(rules=rules).check(ANONYMOUS, "docker.io", "app")
+
+
+# --- identity -------------------------------------------------------------------------
+
+
+async def test_anonymous_pulls_unless_turned_off() -> None:
+    assert await ClientAuth().identify(None) == ANONYMOUS
+    with pytest.raises(Unauthorized) as caught:
+        await ClientAuth(anonymous=False).identify(None)
+    assert "WWW-Authenticate" in caught.value.headers
+
+
+@pytest.mark.parametrize("prefix", ["$2b$", "$2y$", "$2a$"])
+async def test_htpasswd_bcrypt_logins(tmp_path: Path, prefix: str) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(
+        "\n".join(
+            [
+                htpasswd_line("alice", "wonderland", prefix),
+                # Hashes other than bcrypt are never accepted (distribution's rule too).
+                "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=",
+                "carol:plaintext",
+            ]
+        )
+        + "\n"
+    )
+    auth = ClientAuth(htpasswd=htpasswd)
+    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    for wrong in [
+        basic("alice", "looking-glass"),
+        basic("mallory", "wonderland"),
+        basic("bob", "password"),
+        basic("carol", "plaintext"),
+        "Basic !!not-base64!!",
+        "Basic " + base64.b64encode(b"no colon").decode(),
+        "Bearer some-token",  # no tokens file
+    ]:
+        with pytest.raises(Unauthorized):
+            await auth.identify(wrong)
+
+
+async def test_tokens_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-ci ci-runner\n\ntok-bare\n")
+    auth = ClientAuth(tokens_file=tokens)
+    assert await auth.identify("Bearer tok-ci") == "ci-runner"
+    assert await auth.identify("bearer  tok-bare ") == "token"
+    for wrong in ["Bearer tok", "Bearer tok-ci-2", basic("ci-runner", "tok-ci")]:
+        with pytest.raises(Unauthorized):
+            await auth.identify(wrong)
+
+
+async def test_a_changed_file_is_read_again_and_forgets_old_logins(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-old alice\n")
+    clock = Clock()
+    auth = ClientAuth(tokens_file=tokens, clock=clock)
+    assert await auth.identify("Bearer tok-old") == "alice"
+    tokens.write_text("tok-new alice\n")
+    os.utime(tokens, (1, 1))  # a different mtime, whatever the file system's resolution
+    # Within the recheck interval the file is not looked at, and a verified
+    # Authorization value is remembered.
+    clock.now += RECHECK / 2
+    assert await auth.identify("Bearer tok-old") == "alice"
+    with pytest.raises(Unauthorized):
+        await auth.identify("Bearer tok-new")
+    # Past it, the new file counts and what the old one allowed is forgotten.
+    clock.now += RECHECK
+    assert await auth.identify("Bearer tok-new") == "alice"
+    with pytest.raises(Unauthorized):
+        await auth.identify("Bearer tok-old")
+
+
+async def test_a_verified_login_is_remembered_for_a_while(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(htpasswd_line("alice", "wonderland") + "\n")
+    clock = Clock()
+    auth = ClientAuth(htpasswd=htpasswd, clock=clock)
+    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    # The file goes away: the remembered login still answers (no bcrypt, no read)...
+    htpasswd.unlink()
+    clock.now += REMEMBER - 1
+    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    # ...until it is too old to trust; the last good copy of the file still counts.
+    clock.now += 2
+    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    with pytest.raises(Unauthorized):
+        await auth.identify(basic("alice", "wrong"))
+
+
+def test_active_only_when_something_is_configured(tmp_path: Path) -> None:
+    assert not ClientAuth().active
+    assert ClientAuth(anonymous=False).active
+    assert ClientAuth(rules=(AccessRule(subjects=("*",)),)).active
+    assert ClientAuth(tokens_file=tmp_path / "tokens").active
