@@ -22,6 +22,7 @@ from pathlib import Path
 from ..config import AccessRule as Rule
 from ..config import Config
 from ..errors import Denied, Unauthorized
+from .authfiles import WatchedFile, parse_htpasswd, parse_tokens
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +30,6 @@ ANONYMOUS = "anonymous"
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="cacheproxy", charset="UTF-8"'}
 # A verified Authorization value is remembered this long (bcrypt costs ~0.1 s).
 REMEMBER = 60.0
-
-
-class _WatchedFile:
-    """A small file re-read when its mtime changes (checked at most every 5 s)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._mtime: float | None = None
-        self._checked = 0.0
-        self.lines: list[str] = []
-
-    def refresh(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked < 5.0 and self._mtime is not None:
-            return False
-        self._checked = now
-        try:
-            mtime = self.path.stat().st_mtime
-            if mtime == self._mtime:
-                return False
-            self.lines = self.path.read_text().splitlines()
-        except OSError as exc:
-            log.error("cannot read %s: %s", self.path, exc.strerror)
-            return False
-        self._mtime = mtime
-        return True
 
 
 class ClientAuth:
@@ -67,8 +42,10 @@ class ClientAuth:
         anonymous: bool = True,
         rules: tuple[Rule, ...] = (),
     ) -> None:
-        self._htpasswd = _WatchedFile(htpasswd) if htpasswd else None
-        self._tokens = _WatchedFile(tokens_file) if tokens_file else None
+        self._htpasswd = WatchedFile(htpasswd) if htpasswd else None
+        self._tokens = WatchedFile(tokens_file) if tokens_file else None
+        self._users: dict[str, bytes] = {}
+        self._token_names: tuple[tuple[bytes, str], ...] = ()
         self.anonymous = anonymous
         self.rules = rules
         self._verified: dict[str, tuple[str, float]] = {}
@@ -106,6 +83,7 @@ class ClientAuth:
         scheme = scheme.lower()
         if scheme == "basic" and self._htpasswd is not None:
             if self._htpasswd.refresh():
+                self._users = parse_htpasswd(self._htpasswd.lines)
                 self._verified.clear()
             try:
                 user, sep, password = base64.b64decode(value.strip()).decode().partition(":")
@@ -114,25 +92,24 @@ class ClientAuth:
             return user if sep and self._password_ok(user, password) else None
         if scheme == "bearer" and self._tokens is not None:
             if self._tokens.refresh():
+                self._token_names = parse_tokens(self._tokens.lines)
                 self._verified.clear()
-            for line in self._tokens.lines:
-                token, _, name = line.strip().partition(" ")
-                if token and hmac.compare_digest(token.encode(), value.strip().encode()):
-                    return name.strip() or "token"
+            offered = value.strip().encode()
+            for token, name in self._token_names:
+                if hmac.compare_digest(token, offered):
+                    return name
         return None
 
     def _password_ok(self, user: str, password: str) -> bool:
         import bcrypt
 
-        assert self._htpasswd is not None
-        for line in self._htpasswd.lines:
-            name, _, hashed = line.strip().partition(":")
-            if name == user and hashed.startswith(("$2y$", "$2b$", "$2a$")):
-                try:
-                    return bool(bcrypt.checkpw(password.encode(), hashed.encode()))
-                except ValueError:
-                    return False
-        return False
+        hashed = self._users.get(user)
+        if hashed is None:
+            return False
+        try:
+            return bool(bcrypt.checkpw(password.encode(), hashed))
+        except ValueError:
+            return False
 
     def check(self, subject: str, upstream: str, repository: str) -> None:
         """DENIED unless a rule for ``subject`` allows ``upstream/repository``."""

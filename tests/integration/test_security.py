@@ -1,0 +1,91 @@
+"""Attacks on a running proxy: each test reproduces one and checks it fails.
+
+The setting is the one a deployment has: a public upstream, a private one whose
+Basic credentials the proxy holds, client authentication on.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.images import push_image
+from tests.support.proxy import running_proxy
+from tests.support.registry import RegistryProcess, write_htpasswd
+
+ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+ROBOT = ("robot", "robot-s3cret-pass")
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture(scope="module")
+def private_registry(
+    require_binaries: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryProcess]:
+    """An upstream that wants Basic credentials (the proxy holds them)."""
+    with RegistryProcess(tmp_path_factory.mktemp("private"), htpasswd=ROBOT) as reg:
+        yield reg
+
+
+async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers or {}) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_comment_lines_in_tokens_file_are_not_tokens(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    await push_image(registry.url, name, "v1", layer_sizes=(1000,))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(
+        "# tokens for the CI runners: <token> <name>\n"
+        "\n"
+        "   \n"
+        "#disabled-token-0123456789 old-runner\n"
+        "tok-0123456789abcdef builder\n"
+    )
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\ntokens_file = "{tokens}"\nanonymous = false\n')
+    async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
+        url = f"{proxy.url}/v2/{name}/manifests/v1"
+        for value in ("#", "# tokens", "#disabled-token-0123456789", "", " "):
+            code, _ = await get(url, {**ACCEPT, "Authorization": f"Bearer {value}"})
+            assert code == 401, value
+        code, _ = await get(url, {**ACCEPT, "Authorization": "Bearer tok-0123456789abcdef"})
+        assert code == 200
+
+
+async def test_comment_lines_in_htpasswd_are_not_logins(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    await push_image(registry.url, name, "v1", layer_sizes=(1000,))
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, "ci", "ci-password-1")
+    disabled = tmp_path / "disabled"
+    write_htpasswd(disabled, "old", "old-password-1")
+    empty_user = tmp_path / "empty"
+    write_htpasswd(empty_user, "", "no-name-password")
+    # A commented-out entry and an entry without a user name are not logins.
+    htpasswd.write_text(
+        "# users of the proxy\n\n#"
+        + disabled.read_text()
+        + empty_user.read_text()
+        + htpasswd.read_text()
+    )
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
+        url = f"{proxy.url}/v2/{name}/manifests/v1"
+        assert (await get(url, {**ACCEPT, **basic("#old", "old-password-1")}))[0] == 401
+        assert (await get(url, {**ACCEPT, **basic("", "no-name-password")}))[0] == 401
+        assert (await get(url, {**ACCEPT, **basic("ci", "ci-password-1")}))[0] == 200
