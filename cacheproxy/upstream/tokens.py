@@ -11,6 +11,7 @@ import base64
 import ipaddress
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -27,6 +28,9 @@ DEFAULT_EXPIRES_IN = 60.0
 # at REFRESH_MARGIN_MAX seconds, so a 2-second token is still reused.
 REFRESH_SHARE = 0.2
 REFRESH_MARGIN_MAX = 30.0
+# Tokens kept per upstream. Scopes are per repository, and a client names
+# repositories freely (made-up names too): the least recently used go first.
+MAX_TOKENS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,27 +114,44 @@ Fetcher = Callable[[], Awaitable[Token]]
 
 
 class TokenCache:
-    """Tokens per (realm, service, scope); one fetch at a time per key."""
+    """Tokens per (realm, service, scope), at most ``limit`` of them (least recently
+    used out first); one fetch at a time per key."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, limit: int = MAX_TOKENS
+    ) -> None:
         self._clock = clock
-        self._tokens: dict[tuple[str, str, str], Token] = {}
+        self.limit = limit
+        self._tokens: OrderedDict[tuple[str, str, str], Token] = OrderedDict()
         self._flight: SingleFlight[tuple[str, str, str], Token] = SingleFlight()
 
     @property
     def fetches(self) -> int:
         return self._flight.calls
 
+    def __len__(self) -> int:
+        return len(self._tokens)
+
     def cached(self, key: tuple[str, str, str]) -> str | None:
         token = self._tokens.get(key)
-        if token is not None and token.fresh(self._clock()):
-            return token.value
-        return None
+        if token is None:
+            return None
+        if not token.fresh(self._clock()):
+            del self._tokens[key]
+            return None
+        self._tokens.move_to_end(key)
+        return token.value
 
     def invalidate(self, key: tuple[str, str, str], value: str) -> None:
         current = self._tokens.get(key)
         if current is not None and current.value == value:
             del self._tokens[key]
+
+    def _keep(self, key: tuple[str, str, str], token: Token) -> None:
+        self._tokens[key] = token
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > self.limit:
+            self._tokens.popitem(last=False)
 
     async def get(self, key: tuple[str, str, str], fetch: Fetcher) -> str:
         value = self.cached(key)
@@ -139,7 +160,7 @@ class TokenCache:
 
         async def fetch_and_keep() -> Token:
             token = await fetch()
-            self._tokens[key] = token
+            self._keep(key, token)
             return token
 
         return (await self._flight.run(key, fetch_and_keep)).value

@@ -17,6 +17,7 @@ import pytest
 from tests.support.images import push_image
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, write_htpasswd
+from tests.support.tokenserver import TokenServer
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 ROBOT = ("robot", "robot-s3cret-pass")
@@ -89,3 +90,21 @@ async def test_comment_lines_in_htpasswd_are_not_logins(
         assert (await get(url, {**ACCEPT, **basic("#old", "old-password-1")}))[0] == 401
         assert (await get(url, {**ACCEPT, **basic("", "no-name-password")}))[0] == 401
         assert (await get(url, {**ACCEPT, **basic("ci", "ci-password-1")}))[0] == 200
+
+
+async def test_token_cache_is_bounded_under_made_up_repository_names(
+    token_server: TokenServer, token_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Every repository name is a token scope: names must not grow the cache forever."""
+    async with (
+        running_proxy(token_registry.url, tmp_path / "cache") as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        tokens = proxy.upstreams.get().tokens
+        tokens.limit = 16  # the default is larger; the rule is the same
+        for i in range(48):
+            url = f"{proxy.url}/v2/made-up/{uuid.uuid4().hex[:10]}-{i}/manifests/v1"
+            async with http.get(url, headers=ACCEPT) as resp:
+                assert resp.status == 404
+        assert tokens.fetches == 48
+        assert len(tokens) <= 16

@@ -55,3 +55,27 @@ async def test_token_cache_single_fetch_and_expiry() -> None:
     assert await cache.get(key, fetch) == "t2"
     cache.invalidate(key, "t2")
     assert await cache.get(key, fetch) == "t3"
+
+
+async def test_token_cache_keeps_the_most_recently_used_tokens() -> None:
+    cache = TokenCache(clock=lambda: 0.0, limit=3)
+    fetched: list[str] = []
+
+    def key(repo: str) -> tuple[str, str, str]:
+        return ("realm", "svc", f"repository:{repo}:pull")
+
+    async def get(repo: str) -> str:
+        async def fetch() -> Token:
+            fetched.append(repo)
+            return Token(f"t-{repo}", 3600.0, 3600.0)
+
+        return await cache.get(key(repo), fetch)
+
+    for repo in ("a", "b", "c"):
+        await get(repo)
+    await get("a")  # used again: now the most recent
+    await get("d")  # over the limit: "b", the least recently used, goes
+    assert len(cache) == 3
+    assert cache.cached(key("b")) is None
+    assert cache.cached(key("a")) == "t-a"
+    assert fetched == ["a", "b", "c", "d"]
