@@ -6,7 +6,10 @@ Basic credentials the proxy holds, client authentication on.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import signal
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.images import push_image
+from tests.support.images import basic_auth, push_image
+from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, write_htpasswd
 from tests.support.tokenserver import TokenServer
@@ -108,3 +112,40 @@ async def test_token_cache_is_bounded_under_made_up_repository_names(
                 assert resp.status == 404
         assert tokens.fetches == 48
         assert len(tokens) <= 16
+
+
+async def test_credentials_in_an_upstream_url_are_never_shown(
+    private_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``--upstream http://user:pass@host``: the login is used, and shown nowhere."""
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    image = await push_image(
+        private_registry.url, name, "v1", layer_sizes=(1000,), headers=basic_auth(*ROBOT)
+    )
+    user, password = ROBOT
+    upstream = f"http://{user}:{password}@{private_registry.host}"
+    cache, log = tmp_path / "cache", tmp_path / "serve.log"
+    args = ("--upstream", upstream, "--cache-dir", str(cache), "--log-level", "DEBUG")
+    async with (
+        serve_process(*args, log=log) as (proc, url),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{url}/v2/{name}/manifests/v1", headers=ACCEPT) as resp:
+            assert resp.status == 200  # the login from the URL reached the upstream
+            assert await resp.read() == image.manifest
+        layer = image.layers[0].digest
+        async with http.get(f"{url}/v2/{name}/blobs/{layer}") as resp:
+            assert resp.status == 200
+        shown = []
+        for path in ("/metrics", "/dashboard/data", "/_cacheproxy/peers"):
+            async with http.get(url + path) as resp:
+                shown.append(await resp.text())
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    with sqlite3.connect(cache / "ledger.db") as db:
+        upstreams = [row[0] for row in db.execute("SELECT DISTINCT upstream FROM usage")]
+    assert upstreams == [private_registry.host]
+    for text in (*shown, log.read_text(), repr(upstreams)):
+        assert password not in text
+        assert f"{user}:" not in text and f"{user}@" not in text
