@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..config import AccessRule as Rule
@@ -128,3 +129,21 @@ class ClientAuth:
             # A client holding credentials sends them only when challenged.
             raise Unauthorized(f"log in to pull {target[:300]}", headers=CHALLENGE)
         raise Denied(f"{subject} may not pull {target[:300]}")
+
+    def check_viewer(self, subject: str, targets: Iterable[tuple[str, str]]) -> None:
+        """For a view over many repositories (the dashboard): a logged-in client
+        allowed to pull every (upstream, repository) in ``targets``.
+
+        Anonymous access exists so that runtimes can pull, not to publish what the
+        cache holds. The errors name none of the targets: the names are what is
+        protected.
+        """
+        if subject == ANONYMOUS:
+            if self._htpasswd or self._tokens:
+                raise Unauthorized("log in to see this", headers=CHALLENGE)
+            raise Denied("anonymous clients may not see this")
+        for upstream, repository in targets:
+            try:
+                self.check(subject, upstream, repository)
+            except Denied:
+                raise Denied(f"{subject} may not pull everything this counts") from None

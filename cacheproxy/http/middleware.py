@@ -61,14 +61,18 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
         response.headers["OCI-Namespace"] = ns
 
 
-# Paths answered without client authentication: probes, metrics, and the peer path
-# (which carries its own HMAC).
-OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/_cacheproxy/peer")
+# Answered without client authentication: the probes (the kubelet sends no
+# credentials) and the peer path, which carries its own HMAC. Everything else,
+# /metrics and the cluster view (/_cacheproxy/peers) included, needs a login when
+# anonymous access is off: they name upstreams, ECR account IDs and members.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+PEER_PATHS = "/_cacheproxy/peer/"
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     policy = request.app[CLIENT_AUTH]
-    if policy.active and not request.path.startswith(OPEN_PREFIXES):
+    path = request.path
+    if policy.active and path not in OPEN_PATHS and not path.startswith(PEER_PATHS):
         request[SUBJECT] = await policy.identify(request.headers.get("Authorization"))
     return await handler(request)

@@ -159,3 +159,12 @@ def by_repo(
     where, args = _range(since, until)
     sql = f"SELECT upstream, repo, {_SUMS} FROM usage{where} GROUP BY upstream, repo"
     return {(row[0], row[1]): _counts(row[2:]) for row in conn.execute(sql, args)}
+
+
+def repositories(
+    conn: sqlite3.Connection, since: str | None = None, until: str | None = None
+) -> list[tuple[str, str]]:
+    """Every (upstream, repository) with counts on days in [since, until]."""
+    where, args = _range(since, until)
+    sql = f"SELECT DISTINCT upstream, repo FROM usage{where}"
+    return [(row[0], row[1]) for row in conn.execute(sql, args)]

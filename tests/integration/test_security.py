@@ -13,14 +13,18 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 
+from cacheproxy.peers.signing import HEADER, sign
+from cacheproxy.savings.dashboard import SAVINGS
 from tests.support.images import basic_auth, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
-from tests.support.registry import RegistryProcess, write_htpasswd
+from tests.support.rawhttp import request as raw_request
+from tests.support.registry import RegistryProcess, free_port, write_htpasswd
 from tests.support.tokenserver import TokenServer
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
@@ -149,3 +153,128 @@ async def test_credentials_in_an_upstream_url_are_never_shown(
     for text in (*shown, log.read_text(), repr(upstreams)):
         assert password not in text
         assert f"{user}:" not in text and f"{user}@" not in text
+
+
+async def test_cluster_view_and_metrics_need_a_login_when_anonymous_is_off(
+    private_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """They name upstreams (ECR account IDs) and members: not for anonymous eyes."""
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, "ops", "ops-password-1")
+    secret = tmp_path / "peer-secret"
+    secret.write_bytes(b"cluster-secret-for-the-tests-0123456789")
+    port = free_port()
+    me = f"http://127.0.0.1:{port}"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    upstream = f"http://{ROBOT[0]}:{ROBOT[1]}@{private_registry.host}"
+    async with running_proxy(
+        upstream,
+        tmp_path / "cache",
+        config_file=config,
+        port=port,
+        peers=(me,),
+        self_url=me,
+        peer_secret_file=secret,
+    ) as proxy:
+        login = basic("ops", "ops-password-1")
+        for path in ("/metrics", "/_cacheproxy/peers", "/_cacheproxy/peers?key=x"):
+            assert (await get(proxy.url + path))[0] == 401, path
+            assert (await get(proxy.url + path, login))[0] == 200, path
+        # The probes stay open for the kubelet.
+        for path in ("/healthz", "/readyz"):
+            assert (await get(proxy.url + path))[0] == 200, path
+        # The peer path keeps its own HMAC and needs no client login.
+        path = f"/_cacheproxy/peer/blobs/sha256:{'a' * 64}"
+        query = urlencode(sorted({"repo": "made-up/x", "upstream": private_registry.host}.items()))
+        unsigned, _ = await get(f"{proxy.url}{path}?{query}")
+        assert unsigned == 401
+        signed = {
+            HEADER: sign(b"cluster-secret-for-the-tests-0123456789", "GET", f"{path}?{query}")
+        }
+        assert (await get(f"{proxy.url}{path}?{query}", signed))[0] == 404
+        # No dot-segment walks from an open path into the registry API.
+        address = ("127.0.0.1", port)
+        for target in ("/healthz/../v2/", "/_cacheproxy/peer/../../v2/", "/readyz/%2e%2e/v2/"):
+            answer = await asyncio.to_thread(raw_request, address, "GET", target)
+            assert answer.status in (401, 404), target
+
+
+async def test_dashboard_shows_only_what_the_client_may_pull(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    team, other = f"team/{uuid.uuid4().hex[:6]}", f"other/{uuid.uuid4().hex[:6]}"
+    for repo in (team, other):
+        await push_image(registry.url, repo, "v1", layer_sizes=(1000,))
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, "admin", "admin-password-1")
+    users = htpasswd.read_text()
+    write_htpasswd(htpasswd, "ci", "ci-password-1")
+    htpasswd.write_text(users + htpasswd.read_text())
+    up = registry.host
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[auth]\nhtpasswd = "{htpasswd}"\n'
+        f'[[access]]\nsubjects = ["admin"]\nallow = ["*"]\n'
+        f'[[access]]\nsubjects = ["ci"]\nallow = ["{up}/team/*"]\n'
+        f'[[access]]\nsubjects = ["anonymous"]\nallow = ["{up}/team/*", "{up}/other/*"]\n'
+    )
+    admin, ci = basic("admin", "admin-password-1"), basic("ci", "ci-password-1")
+    async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
+        data = f"{proxy.url}/dashboard/data"
+        assert (await get(f"{proxy.url}/v2/{team}/manifests/v1", {**ACCEPT, **ci}))[0] == 200
+        code, body = await get(data, ci)
+        assert code == 200 and team.encode() in body  # everything shown is ci's to pull
+        # The dashboard sums every repository of an upstream: a client that may
+        # not pull one of them sees none of it.
+        assert (await get(f"{proxy.url}/v2/{other}/manifests/v1", ACCEPT))[0] == 200
+        await proxy.app[SAVINGS].ledger.flush()
+        code, body = await get(data, ci)
+        assert code == 403 and other.encode() not in body
+        code, body = await get(data)  # anonymous may pull both, but must log in to see
+        assert code == 401 and other.encode() not in body
+        code, body = await get(data, admin)
+        assert code == 200 and other.encode() in body and team.encode() in body
+
+
+async def test_requests_for_made_up_repositories_leave_no_ledger_rows(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Only answered pulls are counted: names a client invents add no row.
+
+    Made-up names ask for unknown tags and digests, and for digests the cache
+    holds under a real repository: whatever is not answered must not count.
+    """
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    image = await push_image(registry.url, name, "v1", layer_sizes=(1000,))
+    async with (
+        running_proxy(registry.url, tmp_path / "cache") as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        for path in ("manifests/v1", f"blobs/{image.layers[0].digest}"):
+            async with http.get(f"{proxy.url}/v2/{name}/{path}", headers=ACCEPT) as resp:
+                assert resp.status == 200
+        answered = {name}
+        unknown = f"sha256:{'a' * 64}"
+        for i in range(40):
+            repo = f"made-up/{uuid.uuid4().hex[:8]}-{i}"
+            paths = (
+                f"manifests/v{i}",
+                f"manifests/{unknown}",
+                f"manifests/{image.digest}",
+                f"blobs/{unknown}",
+                f"blobs/{image.layers[0].digest}",
+                "tags/list",
+            )
+            for method in ("GET", "HEAD"):
+                for path in paths:
+                    url = f"{proxy.url}/v2/{repo}/{path}"
+                    async with http.request(method, url, headers=ACCEPT) as resp:
+                        await resp.read()
+                        if resp.status < 300 and method == "GET":
+                            answered.add(repo)
+        await proxy.app[SAVINGS].ledger.flush()
+    with sqlite3.connect(tmp_path / "cache" / "ledger.db") as db:
+        counted = {row[0] for row in db.execute("SELECT DISTINCT repo FROM usage")}
+    assert name in counted
+    assert counted <= answered
