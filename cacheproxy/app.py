@@ -77,6 +77,7 @@ def build_app(config: Config) -> web.Application:
     )
     app.on_response_prepare.append(stamp_headers)
     app[CLIENT_AUTH] = ClientAuth.from_config(config)
+    app.on_cleanup.append(_close_client_auth)
     app.cleanup_ctx.append(_runtime_ctx(config))
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/healthz", handlers.healthz)
@@ -89,6 +90,10 @@ def build_app(config: Config) -> web.Application:
     app.router.add_route("*", "/v2/{tail:.*}", handlers.v2)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)
     return app
+
+
+async def _close_client_auth(app: web.Application) -> None:
+    await app[CLIENT_AUTH].close()
 
 
 def _runtime_ctx(config: Config):  # type: ignore[no-untyped-def]

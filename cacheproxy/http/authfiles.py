@@ -61,11 +61,15 @@ class WatchedFile:
         self._checked = 0.0
         self.lines: list[str] = []
 
+    def due(self) -> bool:
+        """Whether :meth:`refresh` would look at the file now (cheap, no I/O)."""
+        return self._mtime is None or time.monotonic() - self._checked >= 5.0
+
     def refresh(self) -> bool:
         """Re-read the file if it changed; True when it did (blocking)."""
-        now = time.monotonic()
-        if now - self._checked < 5.0 and self._mtime is not None:
+        if not self.due():
             return False
+        now = time.monotonic()
         self._checked = now
         try:
             mtime = self.path.stat().st_mtime

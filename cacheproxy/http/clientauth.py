@@ -24,12 +24,13 @@ from ..config import AccessRule as Rule
 from ..config import Config
 from ..errors import Denied, Unauthorized
 from .authfiles import WatchedFile, parse_htpasswd, parse_tokens
+from .passwords import PasswordChecks, dummy_for
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="cacheproxy", charset="UTF-8"'}
-# A verified Authorization value is remembered this long (bcrypt costs ~0.1 s).
+# A verified Authorization value is remembered this long (bcrypt costs 0.1-0.3 s).
 REMEMBER = 60.0
 
 
@@ -42,10 +43,14 @@ class ClientAuth:
         tokens_file: Path | None = None,
         anonymous: bool = True,
         rules: tuple[Rule, ...] = (),
+        passwords: PasswordChecks | None = None,
     ) -> None:
         self._htpasswd = WatchedFile(htpasswd) if htpasswd else None
         self._tokens = WatchedFile(tokens_file) if tokens_file else None
         self._users: dict[str, bytes] = {}
+        self._dummy = b""
+        #: Where bcrypt runs (its ``checker`` may be replaced, to count calls).
+        self.passwords = passwords or PasswordChecks()
         self._token_names: tuple[tuple[bytes, str], ...] = ()
         self.anonymous = anonymous
         self.rules = rules
@@ -71,7 +76,7 @@ class ClientAuth:
         known = self._verified.get(key)
         if known is not None and time.monotonic() - known[1] < REMEMBER:
             return known[0]
-        subject = await asyncio.to_thread(self._check, authorization)
+        subject = await self._check(authorization)
         if subject is None:
             raise Unauthorized("invalid credentials", headers=CHALLENGE)
         if len(self._verified) > 10_000:
@@ -79,38 +84,46 @@ class ClientAuth:
         self._verified[key] = (subject, time.monotonic())
         return subject
 
-    def _check(self, authorization: str) -> str | None:
+    async def _check(self, authorization: str) -> str | None:
         scheme, _, value = authorization.partition(" ")
         scheme = scheme.lower()
         if scheme == "basic" and self._htpasswd is not None:
-            if self._htpasswd.refresh():
-                self._users = parse_htpasswd(self._htpasswd.lines)
-                self._verified.clear()
+            await self._reread()
             try:
                 user, sep, password = base64.b64decode(value.strip()).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return None
-            return user if sep and self._password_ok(user, password) else None
+            if not sep:
+                return None
+            # An unknown user costs one check against a dummy of the same cost: the
+            # answer takes as long as for a real user with a wrong password.
+            hashed = self._users.get(user)
+            matched = await self.passwords.check(password.encode(), hashed or self._dummy)
+            return user if matched and hashed is not None else None
         if scheme == "bearer" and self._tokens is not None:
-            if self._tokens.refresh():
-                self._token_names = parse_tokens(self._tokens.lines)
-                self._verified.clear()
+            await self._reread()
             offered = value.strip().encode()
             for token, name in self._token_names:
                 if hmac.compare_digest(token, offered):
                     return name
         return None
 
-    def _password_ok(self, user: str, password: str) -> bool:
-        import bcrypt
+    async def _reread(self) -> None:
+        """Re-read changed files (a stat every few seconds, in a thread)."""
+        htpasswd, tokens = self._htpasswd, self._tokens
+        if htpasswd is not None and htpasswd.due() and await asyncio.to_thread(htpasswd.refresh):
+            self._users = parse_htpasswd(htpasswd.lines)
+            self._dummy = dummy_for(list(self._users.values()))
+            self._verified.clear()
+        if htpasswd is not None and not self._dummy:
+            self._dummy = dummy_for([])
+        if tokens is not None and tokens.due() and await asyncio.to_thread(tokens.refresh):
+            self._token_names = parse_tokens(tokens.lines)
+            self._verified.clear()
 
-        hashed = self._users.get(user)
-        if hashed is None:
-            return False
-        try:
-            return bool(bcrypt.checkpw(password.encode(), hashed))
-        except ValueError:
-            return False
+    async def close(self) -> None:
+        """Stop the password checks' executor."""
+        await self.passwords.close()
 
     def check(self, subject: str, upstream: str, repository: str) -> None:
         """DENIED unless a rule for ``subject`` allows ``upstream/repository``."""

@@ -10,6 +10,9 @@ import asyncio
 import base64
 import signal
 import sqlite3
+import statistics
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,8 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
+from cacheproxy.http.keys import CLIENT_AUTH
+from cacheproxy.http.passwords import bcrypt_check, cost_of
 from cacheproxy.peers.signing import HEADER, sign
 from cacheproxy.savings.dashboard import SAVINGS
 from tests.support.images import basic_auth, push_image
@@ -278,3 +283,105 @@ async def test_requests_for_made_up_repositories_leave_no_ledger_rows(
         counted = {row[0] for row in db.execute("SELECT DISTINCT repo FROM usage")}
     assert name in counted
     assert counted <= answered
+
+
+def htpasswd_of(path: Path, users: dict[str, str], rounds: int) -> dict[str, bytes]:
+    import bcrypt
+
+    hashes = {u: bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=rounds)) for u, p in users.items()}
+    path.write_text("".join(f"{u}:{h.decode()}\n" for u, h in hashes.items()))
+    return hashes
+
+
+async def test_an_unknown_user_costs_one_bcrypt_check_of_the_same_cost(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """User enumeration by timing: every failed login goes through one bcrypt check
+    of the file's cost, known user or not (counted through the checker)."""
+    htpasswd = tmp_path / "htpasswd"
+    hashes = htpasswd_of(htpasswd, {"ci": "ci-password-1"}, rounds=6)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
+        checked: list[bytes] = []
+
+        def counting(password: bytes, hashed: bytes) -> bool:
+            checked.append(hashed)
+            return bcrypt_check(password, hashed)
+
+        proxy.app[CLIENT_AUTH].passwords.checker = counting
+        assert (await get(f"{proxy.url}/v2/", basic("ci", "wrong-password")))[0] == 401
+        assert checked == [hashes["ci"]]
+        for user in ("nobody", "root", "admin"):
+            assert (await get(f"{proxy.url}/v2/", basic(user, "wrong-password")))[0] == 401
+        assert len(checked) == 4
+        assert all(cost_of(h) == 6 for h in checked[1:])
+        assert hashes["ci"] not in checked[1:]
+        assert (await get(f"{proxy.url}/v2/", basic("ci", "ci-password-1")))[0] == 200
+
+
+async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """bcrypt runs on its own small executor; past the bound a login waits for
+    nothing (429 with Retry-After), and /readyz never waits behind bcrypt."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd_of(htpasswd, {"ci": "ci-password-1"}, rounds=4)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
+        passwords = proxy.app[CLIENT_AUTH].passwords
+        gate = threading.Event()
+
+        def stuck(password: bytes, hashed: bytes) -> bool:
+            gate.wait(30)
+            return bcrypt_check(password, hashed)
+
+        passwords.checker = stuck
+        try:
+            burst = [
+                asyncio.create_task(get(f"{proxy.url}/v2/", basic(f"u{i}", f"guess-{i}")))
+                for i in range(passwords.max_pending)
+            ]
+            async with asyncio.timeout(10):
+                while passwords.pending < passwords.max_pending:
+                    await asyncio.sleep(0.01)
+            # Full: the next login is answered at once, while every check is stuck.
+            async with aiohttp.ClientSession() as http, asyncio.timeout(5):
+                async with http.get(f"{proxy.url}/v2/", headers=basic("ci", "x")) as resp:
+                    assert resp.status == 429
+                    assert resp.headers["Retry-After"] == "1"
+                    assert (await resp.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+                for probe in ("/readyz", "/healthz"):
+                    async with http.get(proxy.url + probe) as resp:
+                        assert resp.status == 200, probe
+            assert not any(task.done() for task in burst)
+        finally:
+            gate.set()
+        async with asyncio.timeout(30):
+            assert [code for code, _ in await asyncio.gather(*burst)] == [401] * len(burst)
+        assert passwords.pending == 0
+        assert (await get(f"{proxy.url}/v2/", basic("ci", "ci-password-1")))[0] == 200
+
+
+@pytest.mark.wallclock
+async def test_wrong_password_timing_does_not_tell_users_apart(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """The real timing (run with ``-m wallclock``): medians within a factor of 2."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd_of(htpasswd, {"ci": "ci-password-1"}, rounds=10)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
+
+        async def seconds(user: str, i: int) -> float:
+            started = time.perf_counter()
+            code, _ = await get(f"{proxy.url}/v2/", basic(user, f"wrong-{i}"))
+            assert code == 401
+            return time.perf_counter() - started
+
+        known = [await seconds("ci", i) for i in range(7)]
+        unknown = [await seconds(f"nobody{i}", i) for i in range(7)]
+    ratio = statistics.median(unknown) / statistics.median(known)
+    assert 0.5 < ratio < 2.0, (known, unknown)
