@@ -8,7 +8,6 @@ returns ``token``/``access_token`` with ``expires_in`` (60 s when absent).
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -20,6 +19,7 @@ import aiohttp
 
 from ..errors import Unauthorized, UpstreamUnavailable
 from ..singleflight import SingleFlight
+from .destinations import realm_gets_credentials
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +76,6 @@ def parse_challenge(header: str) -> Challenge | None:
 def basic_header(username: str, password: str) -> str:
     raw = f"{username}:{password}".encode()
     return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-def registrable_domain(host: str) -> str:
-    """The last two labels of a DNS name; an IP address or single label as is.
-
-    An approximation of the public-suffix rule, strict in the safe direction: two
-    hosts compare equal only when they share at least their last two labels.
-    """
-    host = host.lower().rstrip(".")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return host
-    except ValueError:
-        pass
-    labels = host.split(".")
-    return ".".join(labels[-2:])
-
-
-def same_site(url_a: str, url_b: str) -> bool:
-    a, b = urlsplit(url_a).hostname or "", urlsplit(url_b).hostname or ""
-    return bool(a) and registrable_domain(a) == registrable_domain(b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +158,10 @@ async def fetch_bearer(
 ) -> Token:
     """Ask the challenge's realm for a token for ``scope``.
 
-    Credentials go to the realm only when it is on the registry's own registrable
-    domain (the rule distribution's proxy follows); elsewhere the request is anonymous.
+    Credentials go to the realm only when it is on the registry's own site (see
+    ``destinations``: the rule distribution's proxy follows, with the Public Suffix
+    List, the same scheme, and host and port for an IP address); elsewhere the
+    request is anonymous.
     """
     realm = challenge.params.get("realm", "")
     if urlsplit(realm).scheme not in ("http", "https"):
@@ -189,7 +170,7 @@ async def fetch_bearer(
     if "service" in challenge.params:
         query["service"] = challenge.params["service"]
     headers = {}
-    if basic and same_site(realm, registry_url):
+    if basic and realm_gets_credentials(realm, registry_url):
         headers["Authorization"] = basic
     started = clock()
     try:

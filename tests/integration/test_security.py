@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
+import hashlib
+import random
 import signal
 import sqlite3
+import ssl
 import statistics
 import threading
 import time
@@ -20,16 +24,19 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from cacheproxy.http.keys import CLIENT_AUTH
 from cacheproxy.http.passwords import bcrypt_check, cost_of
 from cacheproxy.peers.signing import HEADER, sign
 from cacheproxy.savings.dashboard import SAVINGS
+from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import basic_auth, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.rawhttp import request as raw_request
 from tests.support.registry import RegistryProcess, free_port, write_htpasswd
+from tests.support.tls import self_signed
 from tests.support.tokenserver import TokenServer
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
@@ -385,3 +392,135 @@ async def test_wrong_password_timing_does_not_tell_users_apart(
         unknown = [await seconds(f"nobody{i}", i) for i in range(7)]
     ratio = statistics.median(unknown) / statistics.median(known)
     assert 0.5 < ratio < 2.0, (known, unknown)
+
+
+async def test_credentials_never_reach_a_realm_on_another_port_of_the_same_address(
+    token_server: TokenServer, token_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """The upstream's realm is on 127.0.0.1 like it, on another port: another
+    service, another owner. The pull still works, with an anonymous token."""
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    push = {"Authorization": "Bearer " + token_server.issue(f"repository:{name}:pull,push")}
+    image = await push_image(token_registry.url, name, "v1", layer_sizes=(1000,), headers=push)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'presets = []\n[[upstream]]\nurl = "{token_registry.url}"\n'
+        f'username = "{ROBOT[0]}"\npassword = "{ROBOT[1]}"\n'
+    )
+    async with running_proxy(None, tmp_path / "cache", config_file=config) as proxy:
+        code, body = await get(f"{proxy.url}/v2/{name}/manifests/v1", ACCEPT)
+        assert code == 200 and body == image.manifest
+    assert token_server.requests
+    assert all(r.authorization is None for r in token_server.requests)
+
+
+async def test_redirects_to_addresses_only_the_proxy_host_reaches_are_not_followed(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """An upstream (on loopback) redirects a blob to 0.0.0.0, the unspecified
+    address (which reaches this host's own services): the proxy does not go."""
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    image = await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
+    hits: list[str] = []
+
+    async def internal(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(text="instance credentials")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", internal)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        layer = image.layers[0].digest
+        forwarder.set_fault(
+            Fault(
+                f"/blobs/{layer}",
+                "status",
+                status=307,
+                headers={"Location": f"http://0.0.0.0:{port}/latest/meta-data/iam"},
+            )
+        )
+        async with running_proxy(forwarder.url, tmp_path / "cache") as proxy:
+            code, _ = await get(f"{proxy.url}/v2/{name}/blobs/{layer}")
+            assert code in (502, 503)
+            forwarder.clear_faults()
+            # An ordinary answer from the same upstream is still served.
+            code, body = await get(f"{proxy.url}/v2/{name}/blobs/{layer}")
+            assert code == 200 and body == image.blob_data[layer]
+    finally:
+        await runner.cleanup()
+    assert hits == []
+
+
+async def _bind_default_ports(
+    apps: tuple[web.Application, web.Application], context: ssl.SSLContext
+) -> tuple[str, list[web.AppRunner]]:
+    """The two apps on 127.0.0.X:443 (TLS) and :80, for a free X."""
+    for _ in range(20):
+        host = f"127.0.0.{random.randrange(10, 250)}"
+        runners = [web.AppRunner(app, access_log=None) for app in apps]
+        try:
+            for runner, port, tls in zip(runners, (443, 80), (context, None), strict=True):
+                await runner.setup()
+                await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        except OSError as exc:
+            for runner in runners:
+                await runner.cleanup()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return host, runners
+    raise AssertionError("no 127.0.0.X had ports 443 and 80 free")
+
+
+async def test_https_upstream_credentials_never_go_over_plain_http(tmp_path: Path) -> None:
+    """An https upstream names an http realm and redirects a blob to http, on its
+    own host: neither its login nor its token may travel in clear text."""
+    data = b"layer bytes " * 1000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    login = basic(*ROBOT)["Authorization"]
+    seen_plain: list[dict[str, str]] = []
+    where: dict[str, str] = {}
+
+    async def registry(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer tok-1":
+            realm = f'Bearer realm="http://{where["host"]}/token",service="reg"'
+            return web.Response(status=401, headers={"WWW-Authenticate": realm})
+        location = f"http://{where['host']}/storage/{digest}"
+        return web.Response(status=307, headers={"Location": location})
+
+    async def plain(request: web.Request) -> web.Response:
+        seen_plain.append(dict(request.headers))
+        if request.path == "/token":
+            return web.json_response({"token": "tok-1", "expires_in": 300})
+        return web.Response(body=data)
+
+    secure, clear = web.Application(), web.Application()
+    secure.router.add_route("*", "/{tail:.*}", registry)
+    clear.router.add_route("*", "/{tail:.*}", plain)
+    cert_dir = tmp_path / "cert"
+    cert_dir.mkdir()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # The certificate names the address, which is known once bound.
+    host, runners = await _bind_default_ports((secure, clear), context)
+    try:
+        cert, key = self_signed(cert_dir, host)
+        context.load_cert_chain(cert, key)
+        where["host"] = host
+        config = tmp_path / "c.toml"
+        config.write_text(
+            f'presets = []\n[[upstream]]\nurl = "https://{host}"\nca_file = "{cert}"\n'
+            f'username = "{ROBOT[0]}"\npassword = "{ROBOT[1]}"\n'
+        )
+        async with running_proxy(None, tmp_path / "cache", config_file=config) as proxy:
+            code, body = await get(f"{proxy.url}/v2/app/blobs/{digest}")
+            assert code == 200 and body == data
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    assert [h.get("Host", "").split(":")[0] for h in seen_plain] == [host, host]
+    assert all("Authorization" not in headers for headers in seen_plain), seen_plain
+    assert login not in repr(seen_plain) and "tok-1" not in repr(seen_plain)
