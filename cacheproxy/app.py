@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from . import server
 from .config import Config
@@ -39,37 +38,14 @@ from .savings.service import Savings
 log = logging.getLogger(__name__)
 
 # Request line and header fields beyond these are refused by aiohttp's parser
-# with 400 before any handler runs.
+# with 400 before any handler runs (answered as OCI JSON: see
+# http.middleware.protocol_errors_as_oci, installed by server.start).
 MAX_LINE = 8190
 MAX_FIELD = 8190
 
 
-class _MalformedRequestFilter(logging.Filter):
-    """Log a request aiohttp could not parse as one warning line, not a traceback.
-
-    Garbage from the network is expected input for a server, not a bug; aiohttp
-    already answers it with 400 and closes the connection.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg = "malformed request refused: %s"
-            record.args = (str(exc.message).strip(),)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-_QUIET = _MalformedRequestFilter()
-
-
 def build_app(config: Config) -> web.Application:
     """The proxy as an aiohttp application; state is created on startup."""
-    server_log = logging.getLogger("aiohttp.server")
-    if _QUIET not in server_log.filters:
-        server_log.addFilter(_QUIET)
     app = web.Application(
         middlewares=[server.mark, oci_errors, authenticate],
         client_max_size=64 * 1024,

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import errno
 import hashlib
+import json
 import random
 import signal
 import sqlite3
@@ -30,6 +31,7 @@ from cacheproxy.http.keys import CLIENT_AUTH
 from cacheproxy.http.passwords import bcrypt_check, cost_of
 from cacheproxy.peers.signing import HEADER, sign
 from cacheproxy.savings.dashboard import SAVINGS
+from tests.support import rawhttp
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import basic_auth, push_image
 from tests.support.process import serve_process
@@ -524,3 +526,60 @@ async def test_https_upstream_credentials_never_go_over_plain_http(tmp_path: Pat
     assert [h.get("Host", "").split(":")[0] for h in seen_plain] == [host, host]
     assert all("Authorization" not in headers for headers in seen_plain), seen_plain
     assert login not in repr(seen_plain) and "tok-1" not in repr(seen_plain)
+
+
+async def test_a_namespace_with_cr_lf_is_never_echoed_raw(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``?ns=`` with CR/LF that still names the upstream once trimmed: the answer
+    echoes the normalised host, never the raw value (a header injection)."""
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    image = await push_image(registry.url, name, "v1", layer_sizes=(1000,))
+    async with running_proxy(registry.url, tmp_path / "cache") as proxy:
+        host, port = proxy.host.rsplit(":", 1)
+        for ns in (
+            f"{registry.host}%0D%0A",
+            f"%0D%0A{registry.host}",
+            f"{registry.host.upper()}%0d%0aSet-Cookie:%20a=b",
+            f"{registry.host}%0A%20",
+        ):
+            target = f"/v2/{name}/manifests/v1?ns={ns}"
+            answer = await asyncio.to_thread(
+                raw_request, (host, int(port)), "GET", target, [("Accept", ACCEPT["Accept"])]
+            )
+            assert answer.status in (200, 403), (ns, answer)
+            echoed = answer.header("OCI-Namespace")
+            assert echoed in (None, registry.host), (ns, echoed)
+            assert answer.header("Set-Cookie") is None
+            if answer.status == 200:
+                assert answer.body == image.manifest
+                assert echoed == registry.host
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"GET /v2/\xff\xfe/manifests/latest HTTP/1.1",
+        b"GET /v2/" + b"a" * 9000 + b"/manifests/latest HTTP/1.1",
+        b"BREW /v2/ HTTP/1.1",
+        b"GET /v2/<script>alert(1)</script> HTTP/9.9",
+    ],
+    ids=["non-ascii-path", "line-over-8k", "unknown-method", "bad-version"],
+)
+async def test_request_line_errors_answer_oci_json_without_echo(
+    line: bytes, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    async with running_proxy(registry.url, tmp_path / "cache") as proxy:
+        host, port = proxy.host.rsplit(":", 1)
+        raw = line + b"\r\nHost: x\r\n\r\n"
+        out = await asyncio.to_thread(rawhttp.exchange, (host, int(port)), raw)
+    assert len(out.responses) == 1, out
+    answer = out.responses[0]
+    assert answer.status == 400
+    assert answer.header(
+        "Content-Type",
+    ).startswith("application/json")  # type: ignore[union-attr]
+    error = json.loads(answer.body)["errors"][0]
+    assert error["code"] == "UNSUPPORTED"
+    for piece in (b"\xff", b"aaaa", b"BREW", b"script", b"9.9"):
+        assert piece not in answer.body
