@@ -11,10 +11,12 @@ import base64
 import errno
 import hashlib
 import json
+import os
 import random
 import signal
 import sqlite3
 import ssl
+import stat
 import statistics
 import threading
 import time
@@ -583,3 +585,62 @@ async def test_request_line_errors_answer_oci_json_without_echo(
     assert error["code"] == "UNSUPPORTED"
     for piece in (b"\xff", b"aaaa", b"BREW", b"script", b"9.9"):
         assert piece not in answer.body
+
+
+def modes(root: Path) -> dict[str, int]:
+    """Permission bits of ``root`` and everything under it, by relative path."""
+    found = {".": stat.S_IMODE(root.stat().st_mode)}
+    for path in root.rglob("*"):
+        found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+async def test_cached_private_layers_are_readable_by_the_proxy_user_only(
+    umask: int, private_registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Another local user must not read private layers, the index or the ledger:
+    files 0600 and directories 0700, whatever the umask."""
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    image = await push_image(
+        private_registry.url, name, "v1", layer_sizes=(300_000,), headers=basic_auth(*ROBOT)
+    )
+    layer = image.layers[0].digest
+    async with Forwarder(private_registry.url) as forwarder:
+        stall = forwarder.set_fault(Fault(f"/blobs/{layer}", "stall", offset=100_000))
+        upstream = f"http://{ROBOT[0]}:{ROBOT[1]}@{forwarder.host}"
+        cache = tmp_path / "cache"
+        previous = os.umask(umask)
+        try:
+            async with running_proxy(upstream, cache) as proxy:
+                assert (await get(f"{proxy.url}/v2/{name}/manifests/v1", ACCEPT))[0] == 200
+                filling = asyncio.create_task(get(f"{proxy.url}/v2/{name}/blobs/{layer}"))
+                async with asyncio.timeout(10):
+                    while stall.hits == 0 or not proxy.temp_files():
+                        await asyncio.sleep(0.02)
+                temp_modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in proxy.temp_files()}
+                stall.release()
+                code, body = await filling
+                assert code == 200 and body == image.blob_data[layer]
+                await proxy.app[SAVINGS].ledger.flush()
+                seen = modes(cache)
+        finally:
+            os.umask(previous)
+    assert temp_modes and set(temp_modes.values()) == {0o600}, temp_modes
+    assert any(path.startswith("blobs/sha256/") for path in seen)
+    assert {"index/cache.db", "ledger.db", "ledger.db-wal"} <= set(seen), sorted(seen)
+    wide = {path: oct(mode) for path, mode in seen.items() if mode & 0o077}
+    assert wide == {}
+
+
+async def test_the_cache_root_is_closed_at_start(registry: RegistryProcess, tmp_path: Path) -> None:
+    """A cache directory left open by an older version or a careless mkdir: the
+    root is set to 0700 at start; nothing below it is changed."""
+    cache = tmp_path / "cache"
+    (cache / "blobs").mkdir(parents=True)
+    os.chmod(cache, 0o755)
+    os.chmod(cache / "blobs", 0o755)
+    async with running_proxy(registry.url, cache):
+        pass
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert stat.S_IMODE((cache / "blobs").stat().st_mode) == 0o755
