@@ -39,13 +39,19 @@ class BlobStore:
         self.blobs_dir = layout.blobs
         self.tmp_dir = layout.tmp
 
-    def prepare(self) -> int:
+    def prepare(self, clean: bool = True) -> int:
         """Create the layout (private: see store.private), close the cache root, and
-        remove temp files left by a crash. Returns how many."""
+        with ``clean`` remove temp files left by a crash. Returns how many.
+
+        Only the holder of the cache lock (store.lock) may clean: anyone else's
+        "leftovers" could be a running server's fills.
+        """
         make_dirs(self.blobs_dir)
         make_dirs(self.tmp_dir)
         close_root(self.root)
         removed = 0
+        if not clean:
+            return removed
         for leftover in self.tmp_dir.iterdir():
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()

@@ -18,6 +18,7 @@ import sqlite3
 import ssl
 import stat
 import statistics
+import sys
 import threading
 import time
 import uuid
@@ -644,3 +645,68 @@ async def test_the_cache_root_is_closed_at_start(registry: RegistryProcess, tmp_
         pass
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     assert stat.S_IMODE((cache / "blobs").stat().st_mode) == 0o755
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    """Run ``cacheproxy ARGS`` to the end (bounded); its exit code and stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEPROXY_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cacheproxy",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode(errors="replace")
+
+
+async def test_cache_commands_never_touch_a_running_servers_fills(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """gc, verify, import and prefetch remove temp files at start: against a running
+    server they would delete its fills. They refuse; readers (ls) run beside it."""
+    name = f"sec/{uuid.uuid4().hex[:8]}"
+    image = await push_image(registry.url, name, "v1", layer_sizes=(400_000,))
+    layer = image.layers[0].digest
+    cache = tmp_path / "cache"
+    async with Forwarder(registry.url) as forwarder:
+        stall = forwarder.set_fault(Fault(f"/blobs/{layer}", "stall", offset=100_000))
+        where = ("--cache-dir", str(cache), "--upstream", forwarder.url)
+        log = tmp_path / "serve.log"
+        async with serve_process(*where, log=log) as (proc, url):
+            filling = asyncio.create_task(get(f"{url}/v2/{name}/blobs/{layer}"))
+            async with asyncio.timeout(10):
+                while stall.hits == 0 or not list((cache / "tmp").iterdir()):
+                    await asyncio.sleep(0.02)
+            temp = list((cache / "tmp").iterdir())
+            bundle = tmp_path / "bundle.tar"
+            for command in (
+                ("gc",),
+                ("verify",),
+                ("import", str(bundle)),
+                ("prefetch", f"{name}:v1"),
+            ):
+                code, err = await cli(*command, *where)
+                assert code == 1, (command, err)
+                assert "server" in err and len(err.strip().splitlines()) == 1, err
+            for command in (("ls",), ("gc", "--dry-run")):
+                code, err = await cli(*command, *where)
+                assert code == 0, (command, err)
+            # A second server on the same cache would clean it too.
+            code, err = await cli("serve", *where, "--listen", f"127.0.0.1:{free_port()}")
+            assert code == 1 and "server" in err, err
+            assert list((cache / "tmp").iterdir()) == temp
+            stall.release()
+            code, body = await filling
+            assert code == 200 and body == image.blob_data[layer]
+            # A killed server leaves no lock behind.
+            proc.kill()
+            await proc.wait()
+        code, err = await cli("gc", *where)
+        assert code == 0, err
