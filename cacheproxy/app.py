@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from . import server
 from .config import Config
@@ -39,30 +38,10 @@ from .savings.service import Savings
 log = logging.getLogger(__name__)
 
 # Request line and header fields beyond these are refused by aiohttp's parser
-# with 400 before any handler runs.
+# with 400 before any handler runs (answered as OCI JSON: see
+# http.middleware.protocol_errors_as_oci, installed by server.start).
 MAX_LINE = 8190
 MAX_FIELD = 8190
-
-
-class _MalformedRequestFilter(logging.Filter):
-    """Log a request aiohttp could not parse as one warning line, not a traceback.
-
-    Garbage from the network is expected input for a server, not a bug; aiohttp
-    already answers it with 400 and closes the connection.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg = "malformed request refused: %s"
-            record.args = (str(exc.message).strip(),)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-_QUIET = _MalformedRequestFilter()
 
 
 def build_app(
@@ -73,9 +52,6 @@ def build_app(
     ``upstream_clock``: the monotonic clock of the upstream clients (token lifetimes,
     retry budgets); tests pass one they control.
     """
-    server_log = logging.getLogger("aiohttp.server")
-    if _QUIET not in server_log.filters:
-        server_log.addFilter(_QUIET)
     app = web.Application(
         middlewares=[server.mark, oci_errors, authenticate],
         client_max_size=64 * 1024,
@@ -83,6 +59,7 @@ def build_app(
     )
     app.on_response_prepare.append(stamp_headers)
     app[CLIENT_AUTH] = ClientAuth.from_config(config)
+    app.on_cleanup.append(_close_client_auth)
     app.cleanup_ctx.append(_runtime_ctx(config, upstream_clock))
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/healthz", handlers.healthz)
@@ -95,6 +72,10 @@ def build_app(
     app.router.add_route("*", "/v2/{tail:.*}", handlers.v2)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)
     return app
+
+
+async def _close_client_auth(app: web.Application) -> None:
+    await app[CLIENT_AUTH].close()
 
 
 def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  # type: ignore[no-untyped-def]

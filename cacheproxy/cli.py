@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
+from .store.lock import CacheBusy
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,6 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        return _run(args, config)
+    except CacheBusy as exc:
+        print(f"cacheproxy {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
     command = args.command
     if command == "serve":
         from .commands import serve

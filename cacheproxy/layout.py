@@ -5,6 +5,7 @@
 <cache_dir>/tmp/                     fills in progress (removed at start)
 <cache_dir>/index/                   diskcache: tags, manifest types, access records
 <cache_dir>/ledger.db                the savings ledger (SQLite, WAL)
+<cache_dir>/lock                     held (flock) by the process that may change the cache
 ```
 """
 
@@ -37,6 +38,10 @@ class CacheLayout:
     @property
     def ledger(self) -> Path:
         return self.root / "ledger.db"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
 
     def blob(self, digest: Digest) -> Path:
         """Where a complete blob lives. The digest was validated against the spec

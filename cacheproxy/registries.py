@@ -37,6 +37,11 @@ _ECR_RE = re.compile(
 )
 
 
+# A DNS name or an IPv6 literal, with an optional port: what a registry host may be.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?")
+
+
 @dataclass(frozen=True, slots=True)
 class EcrHost:
     account: str
@@ -49,6 +54,15 @@ def normalize_host(host: str) -> str:
     if host.endswith(":443"):
         host = host[:-4]
     return _ALIASES.get(host, host)
+
+
+def clean_host(value: str) -> str | None:
+    """``value`` normalised, if it is a plain ``host[:port]``; else None.
+
+    What may be echoed in a header: never a character that could end one.
+    """
+    host = normalize_host(value)
+    return host if len(host) <= 255 and _HOST_RE.fullmatch(host) else None
 
 
 def ecr_host(host: str) -> EcrHost | None:

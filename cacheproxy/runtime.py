@@ -46,6 +46,7 @@ from .singleflight import SingleFlight
 from .sizes import parse_size
 from .store.files import BlobStore
 from .store.index import Index
+from .store.lock import CacheLock
 from .store.usage import UsageLog
 from .upstream.pool import UpstreamPool
 
@@ -102,19 +103,27 @@ async def open_runtime(
     config: Config,
     *,
     serving: bool = False,
+    writes: bool = True,
     upstream_clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Build the parts ``config`` describes; close them all on exit.
 
     ``serving``: the server's runtime (cluster, ledger, keeper, credentials checked
     at start); otherwise the machinery a command-line tool needs, nothing in the
-    background. ``upstream_clock``: the monotonic clock of the upstream clients
-    (token lifetimes, retry budgets), when not the system's.
+    background. The server, and a tool that ``writes`` (blobs, or removing temp
+    files), hold the cache directory's lock throughout, or raise CacheBusy at once
+    when another process holds it; a tool that only reads leaves temp files alone.
+    ``upstream_clock``: the monotonic clock of the upstream clients (token lifetimes,
+    retry budgets), when not the system's.
     """
     layout = CacheLayout(config.cache_dir)
     store = BlobStore(layout)
-    await asyncio.to_thread(store.prepare)
     async with AsyncExitStack() as stack:
+        if serving or writes:
+            lock = await asyncio.to_thread(CacheLock.take, layout.root, layout.lock)
+            # Released last: nothing may change the cache after it is let go.
+            stack.callback(lock.release)
+        await asyncio.to_thread(store.prepare, serving or writes)
         ledger = None
         accounting: Accounting = NullAccounting()
         if serving:

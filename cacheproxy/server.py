@@ -14,6 +14,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from .config import Config
+from .http.middleware import protocol_errors_as_oci
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,9 @@ async def start(app: web.Application, config: Config) -> Listener:
         handle_signals=False,
     )
     await runner.setup()
-    deadline.factory = runner.server
+    protocols = runner.server
+    assert protocols is not None
+    deadline.factory = lambda: protocol_errors_as_oci(protocols())
     context = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = await asyncio.to_thread(tls_context, config.tls_cert, config.tls_key)

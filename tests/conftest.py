@@ -1,4 +1,5 @@
-"""Shared fixtures: a real upstream registry and a fault-injecting forwarder."""
+"""Shared fixtures: a real upstream registry (plain, or behind a token server) and a
+fault-injecting forwarder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from tests.support.clients import SKOPEO
 from tests.support.forwarder import Forwarder
 from tests.support.registry import DOCKER_REGISTRY, RegistryProcess
+from tests.support.tokenserver import TokenServer
 
 _REQUIRED = {
     DOCKER_REGISTRY: "apt-get install docker-registry",
@@ -63,6 +65,22 @@ def fresh_registry(require_binaries: None, tmp_path: Path) -> Iterator[RegistryP
     """A registry of this test's own, free to be stopped and started again."""
     with RegistryProcess(tmp_path / "registry") as reg:
         yield reg
+
+
+@pytest.fixture
+async def token_server(tmp_path: Path) -> AsyncIterator[TokenServer]:
+    async with TokenServer(tmp_path / "tokens", expires_in=60) as server:
+        yield server
+
+
+@pytest.fixture
+def token_registry(
+    require_binaries: None, token_server: TokenServer, tmp_path: Path
+) -> RegistryProcess:
+    reg = RegistryProcess(tmp_path / "registry", token_auth=token_server.registry_auth())
+    reg.start()
+    yield reg  # type: ignore[misc]
+    reg.stop()
 
 
 @pytest.fixture

@@ -217,7 +217,8 @@ async def export(config: Config, images: Iterable[str], output: Path) -> int:
     offline = replace(config, offline=True)
     entries: list[dict[str, Any]] = []
     digests: dict[str, None] = {}
-    async with open_runtime(offline) as rt:
+    # Reads only (the bundle goes elsewhere): runs beside a server, without its lock.
+    async with open_runtime(offline, writes=False) as rt:
         for text in images:
             ref = parse_ref(text)
             manifests, name = await _manifests(rt, ref, None)

@@ -1,4 +1,5 @@
-"""``cacheproxy ls``, ``gc`` and ``verify``: the cache directory, server running or not."""
+"""``cacheproxy ls``, ``gc`` and ``verify``: the cache directory. ``ls`` and ``gc --dry-run``
+run beside a server; ``gc`` and ``verify`` change the cache and need it stopped."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from ..runtime import open_runtime
 
 def ls(config: Config, as_json: bool) -> int:
     async def main() -> str:
-        async with open_runtime(config) as rt:
+        # Reads only: runs beside a server, without its lock.
+        async with open_runtime(config, writes=False) as rt:
             rows = await asyncio.to_thread(inventory.inventory, rt.store, rt.index)
         return inventory.render(rows, as_json)
 
@@ -24,7 +26,7 @@ def gc(config: Config, dry_run: bool) -> int:
     rules = Rules(config.keep, config.expire_days, config.max_tags_per_repo)
 
     async def main() -> Plan:
-        async with open_runtime(config) as rt:
+        async with open_runtime(config, writes=not dry_run) as rt:
             return await asyncio.to_thread(apply.gc, rt.store, rt.index, rules, dry_run)
 
     plan = asyncio.run(main())

@@ -8,6 +8,7 @@ import logging
 from .. import server
 from ..app import build_app
 from ..config import Config, ConfigError
+from ..store.lock import CacheBusy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ def run(config: Config) -> None:
     except ConfigError as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
+    except CacheBusy as exc:
+        log.error("cannot serve: %s", exc)
+        raise SystemExit(1) from None
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()

@@ -198,6 +198,14 @@ def _upstreams_from_toml(raw: object) -> list[UpstreamConfig] | None:
         base = upstream_from_url(url)
         values: dict[str, Any] = {"name": normalize_host(str(item.get("name", base.name)))}
         values["url"] = base.url
+        if base.username is not None:
+            if {"username", "password", "password_file", "password_env", "docker_config"} & set(
+                item
+            ):
+                raise ConfigError(
+                    f"upstream {values['name']}: a login in the url and in the table: use one"
+                )
+            values["username"], values["password"] = base.username, base.password
         for key, value in item.items():
             if key in ("name", "url"):
                 continue

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..registries import DOCKER_HUB, PUBLIC_PRESETS, ecr_host, normalize_host
 
@@ -204,8 +204,37 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def upstream_from_url(url: str) -> UpstreamConfig:
-    """The ``--upstream URL`` shortcut: one upstream named after its host."""
+    """The ``--upstream URL`` shortcut: one upstream named after its host.
+
+    A login written into the URL (``https://user:pass@host``) is split out into the
+    upstream's credentials: the URL and the name keep only ``scheme://host[:port]``,
+    so the password never reaches a log line, a metric label or the ledger.
+    """
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"upstream: expected an http(s) URL, got {url!r}")
-    return UpstreamConfig(name=normalize_host(parts.netloc), url=f"{parts.scheme}://{parts.netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"upstream: expected an http(s) URL, got {_without_login(url)!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is not None:
+        host = f"{host}:{port}"
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return UpstreamConfig(
+        name=normalize_host(host),
+        url=f"{parts.scheme}://{host}",
+        username=username or None,
+        password=password if username else None,
+    )
+
+
+def _without_login(url: str) -> str:
+    """``url`` with any ``user:pass@`` cut out, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>" if "@" in url else url
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"

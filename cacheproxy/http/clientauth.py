@@ -17,48 +17,21 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..config import AccessRule as Rule
 from ..config import Config
 from ..errors import Denied, Unauthorized
+from .authfiles import WatchedFile, parse_htpasswd, parse_tokens
+from .passwords import PasswordChecks, dummy_for
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="cacheproxy", charset="UTF-8"'}
-# A verified Authorization value is remembered this long (bcrypt costs ~0.1 s).
+# A verified Authorization value is remembered this long (bcrypt costs 0.1-0.3 s).
 REMEMBER = 60.0
-# A watched file's mtime is looked at no more often than this.
-RECHECK = 5.0
-
-
-class _WatchedFile:
-    """A small file re-read when its mtime changes (checked at most every RECHECK s)."""
-
-    def __init__(self, path: Path, clock: Callable[[], float]) -> None:
-        self.path = path
-        self._clock = clock
-        self._mtime: float | None = None
-        self._checked = 0.0
-        self.lines: list[str] = []
-
-    def refresh(self) -> bool:
-        now = self._clock()
-        if now - self._checked < RECHECK and self._mtime is not None:
-            return False
-        self._checked = now
-        try:
-            mtime = self.path.stat().st_mtime
-            if mtime == self._mtime:
-                return False
-            self.lines = self.path.read_text().splitlines()
-        except OSError as exc:
-            log.error("cannot read %s: %s", self.path, exc.strerror)
-            return False
-        self._mtime = mtime
-        return True
 
 
 class ClientAuth:
@@ -70,11 +43,17 @@ class ClientAuth:
         tokens_file: Path | None = None,
         anonymous: bool = True,
         rules: tuple[Rule, ...] = (),
+        passwords: PasswordChecks | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
-        self._htpasswd = _WatchedFile(htpasswd, clock) if htpasswd else None
-        self._tokens = _WatchedFile(tokens_file, clock) if tokens_file else None
+        self._htpasswd = WatchedFile(htpasswd, clock) if htpasswd else None
+        self._tokens = WatchedFile(tokens_file, clock) if tokens_file else None
+        self._users: dict[str, bytes] = {}
+        self._dummy = b""
+        #: Where bcrypt runs (its ``checker`` may be replaced, to count calls).
+        self.passwords = passwords or PasswordChecks()
+        self._token_names: tuple[tuple[bytes, str], ...] = ()
         self.anonymous = anonymous
         self.rules = rules
         self._verified: dict[str, tuple[str, float]] = {}
@@ -99,7 +78,7 @@ class ClientAuth:
         known = self._verified.get(key)
         if known is not None and self._clock() - known[1] < REMEMBER:
             return known[0]
-        subject = await asyncio.to_thread(self._check, authorization)
+        subject = await self._check(authorization)
         if subject is None:
             raise Unauthorized("invalid credentials", headers=CHALLENGE)
         if len(self._verified) > 10_000:
@@ -107,38 +86,46 @@ class ClientAuth:
         self._verified[key] = (subject, self._clock())
         return subject
 
-    def _check(self, authorization: str) -> str | None:
+    async def _check(self, authorization: str) -> str | None:
         scheme, _, value = authorization.partition(" ")
         scheme = scheme.lower()
         if scheme == "basic" and self._htpasswd is not None:
-            if self._htpasswd.refresh():
-                self._verified.clear()
+            await self._reread()
             try:
                 user, sep, password = base64.b64decode(value.strip()).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return None
-            return user if sep and self._password_ok(user, password) else None
+            if not sep:
+                return None
+            # An unknown user costs one check against a dummy of the same cost: the
+            # answer takes as long as for a real user with a wrong password.
+            hashed = self._users.get(user)
+            matched = await self.passwords.check(password.encode(), hashed or self._dummy)
+            return user if matched and hashed is not None else None
         if scheme == "bearer" and self._tokens is not None:
-            if self._tokens.refresh():
-                self._verified.clear()
-            for line in self._tokens.lines:
-                token, _, name = line.strip().partition(" ")
-                if token and hmac.compare_digest(token.encode(), value.strip().encode()):
-                    return name.strip() or "token"
+            await self._reread()
+            offered = value.strip().encode()
+            for token, name in self._token_names:
+                if hmac.compare_digest(token, offered):
+                    return name
         return None
 
-    def _password_ok(self, user: str, password: str) -> bool:
-        import bcrypt
+    async def _reread(self) -> None:
+        """Re-read changed files (a stat every few seconds, in a thread)."""
+        htpasswd, tokens = self._htpasswd, self._tokens
+        if htpasswd is not None and htpasswd.due() and await asyncio.to_thread(htpasswd.refresh):
+            self._users = parse_htpasswd(htpasswd.lines)
+            self._dummy = dummy_for(list(self._users.values()))
+            self._verified.clear()
+        if htpasswd is not None and not self._dummy:
+            self._dummy = dummy_for([])
+        if tokens is not None and tokens.due() and await asyncio.to_thread(tokens.refresh):
+            self._token_names = parse_tokens(tokens.lines)
+            self._verified.clear()
 
-        assert self._htpasswd is not None
-        for line in self._htpasswd.lines:
-            name, _, hashed = line.strip().partition(":")
-            if name == user and hashed.startswith(("$2y$", "$2b$", "$2a$")):
-                try:
-                    return bool(bcrypt.checkpw(password.encode(), hashed.encode()))
-                except ValueError:
-                    return False
-        return False
+    async def close(self) -> None:
+        """Stop the password checks' executor."""
+        await self.passwords.close()
 
     def check(self, subject: str, upstream: str, repository: str) -> None:
         """DENIED unless a rule for ``subject`` allows ``upstream/repository``."""
@@ -157,3 +144,21 @@ class ClientAuth:
             # A client holding credentials sends them only when challenged.
             raise Unauthorized(f"log in to pull {target[:300]}", headers=CHALLENGE)
         raise Denied(f"{subject} may not pull {target[:300]}")
+
+    def check_viewer(self, subject: str, targets: Iterable[tuple[str, str]]) -> None:
+        """For a view over many repositories (the dashboard): a logged-in client
+        allowed to pull every (upstream, repository) in ``targets``.
+
+        Anonymous access exists so that runtimes can pull, not to publish what the
+        cache holds. The errors name none of the targets: the names are what is
+        protected.
+        """
+        if subject == ANONYMOUS:
+            if self._htpasswd or self._tokens:
+                raise Unauthorized("log in to see this", headers=CHALLENGE)
+            raise Denied("anonymous clients may not see this")
+        for upstream, repository in targets:
+            try:
+                self.check(subject, upstream, repository)
+            except Denied:
+                raise Denied(f"{subject} may not pull everything this counts") from None

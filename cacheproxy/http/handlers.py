@@ -17,7 +17,7 @@ from ..manifests.service import ManifestService
 from ..metrics import CONTENT_TYPE
 from ..oci import Route, parse_digest, parse_path, split_host, validate_name
 from ..ranges import ByteRange, content_range, parse_range
-from ..registries import DOCKER_HUB
+from ..registries import DOCKER_HUB, clean_host
 from ..upstream.client import Upstream
 from .clientauth import ANONYMOUS
 from .keys import (
@@ -50,7 +50,10 @@ def route_request(request: web.Request, route: Route) -> tuple[Route, Upstream]:
     ns = request.query.get("ns")
     if ns is not None:
         up = upstreams.get(ns)
-        request[NAMESPACE] = ns
+        echo = clean_host(ns)
+        if echo is not None:
+            # Echoed normalised, or not at all: a raw value could carry CR/LF.
+            request[NAMESPACE] = echo
         name = validate_name(route.name)
     else:
         host, name = split_host(route.name)

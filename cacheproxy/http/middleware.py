@@ -6,9 +6,12 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
-from ..errors import NotFound, RegistryError, Unsupported
+from ..errors import BadRequest, NotFound, RegistryError, Unsupported
 from .keys import CLIENT_AUTH, NAMESPACE, SUBJECT
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,51 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return error_response(RegistryError("internal error"), head)
 
 
+class _OciProtocolErrors(RequestHandler):
+    """aiohttp's protocol, answering what its HTTP parser refuses as OCI error JSON.
+
+    A request line aiohttp cannot parse (a non-ASCII path, a line past 8 KiB, an
+    unknown method) never reaches the app or its middleware: the protocol answers
+    it itself in ``handle_error``, with text/plain quoting the offending bytes, and
+    has no setting for that answer. This subclass adds no state (``__slots__`` is
+    empty), so a handler aiohttp built can take it as its class:
+    :func:`protocol_errors_as_oci` does that for each connection, without having
+    to rebuild handlers from the private arguments aiohttp's ``Server`` keeps.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started: no error answer is possible")
+        if isinstance(exc, HttpProcessingError):
+            # Garbage from the network is expected input, not a bug: one line, no
+            # traceback (the reason as repr: control bytes cannot forge log lines),
+            # and nothing of the input echoed back to the client.
+            reason = str(exc.message).strip()[:120]
+            log.warning("malformed request refused: %s %r", type(exc).__name__, reason)
+            err: RegistryError = BadRequest("malformed request")
+            err.status = status if 400 <= status < 500 else 400
+        else:
+            self.log_exception("Error handling request", exc_info=exc)
+            err = RegistryError("internal error")
+        response = error_response(err)
+        response.force_close()
+        return response
+
+
+def protocol_errors_as_oci(handler: RequestHandler) -> RequestHandler:
+    """One connection's aiohttp protocol, with parse errors answered as OCI JSON."""
+    handler.__class__ = _OciProtocolErrors
+    return handler
+
+
 async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault(*API_VERSION)
     ns = request.get(NAMESPACE)
@@ -61,14 +109,18 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
         response.headers["OCI-Namespace"] = ns
 
 
-# Paths answered without client authentication: probes, metrics, and the peer path
-# (which carries its own HMAC).
-OPEN_PREFIXES = ("/healthz", "/readyz", "/metrics", "/_cacheproxy/peer")
+# Answered without client authentication: the probes (the kubelet sends no
+# credentials) and the peer path, which carries its own HMAC. Everything else,
+# /metrics and the cluster view (/_cacheproxy/peers) included, needs a login when
+# anonymous access is off: they name upstreams, ECR account IDs and members.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+PEER_PATHS = "/_cacheproxy/peer/"
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     policy = request.app[CLIENT_AUTH]
-    if policy.active and not request.path.startswith(OPEN_PREFIXES):
+    path = request.path
+    if policy.active and path not in OPEN_PATHS and not path.startswith(PEER_PATHS):
         request[SUBJECT] = await policy.identify(request.headers.get("Authorization"))
     return await handler(request)

@@ -12,6 +12,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from ..http.clientauth import ANONYMOUS
+from ..http.keys import CLIENT_AUTH, SUBJECT
 from .service import Savings
 
 SAVINGS = web.AppKey("savings", Savings)
@@ -52,5 +54,13 @@ async def data(request: web.Request) -> web.StreamResponse:
     savings = request.app[SAVINGS]
     until = dt.datetime.now(dt.UTC).date()
     since = until - dt.timedelta(days=days - 1)
+    access = request.app[CLIENT_AUTH]
+    if access.rules:
+        # The report sums every repository of an upstream (and prices the month's
+        # volume as a whole), so it cannot be cut per client without printing wrong
+        # numbers: it is shown whole, to a logged-in client allowed to pull every
+        # repository it counts (the month's first days too: they set the tiers).
+        counted = await savings.repositories(since.replace(day=1), until)
+        access.check_viewer(request.get(SUBJECT, ANONYMOUS), counted)
     report = await savings.report(since, until, top)
     return web.json_response(report.to_json(), headers={"Cache-Control": "no-store"})

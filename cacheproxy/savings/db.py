@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..store.private import make_dirs, touch
+
 SCHEMA_VERSION = 1
 
 
@@ -84,8 +86,9 @@ _SUMS = ", ".join(f"SUM({name})" for name in FIELDS)
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the ledger for writing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open (creating if needed, private: see store.private) the ledger for writing."""
+    make_dirs(path.parent)
+    touch(path)
     # One owner writes, from whichever worker thread runs its flush; flushes never
     # overlap (the Ledger serialises them), so the thread check is not needed.
     conn = sqlite3.connect(path, timeout=10.0, check_same_thread=False)
@@ -159,3 +162,12 @@ def by_repo(
     where, args = _range(since, until)
     sql = f"SELECT upstream, repo, {_SUMS} FROM usage{where} GROUP BY upstream, repo"
     return {(row[0], row[1]): _counts(row[2:]) for row in conn.execute(sql, args)}
+
+
+def repositories(
+    conn: sqlite3.Connection, since: str | None = None, until: str | None = None
+) -> list[tuple[str, str]]:
+    """Every (upstream, repository) with counts on days in [since, until]."""
+    where, args = _range(since, until)
+    sql = f"SELECT DISTINCT upstream, repo FROM usage{where}"
+    return [(row[0], row[1]) for row in conn.execute(sql, args)]

@@ -267,3 +267,14 @@ def read(
     names = {up for _, up in daily}
     prices = {name: pricing.price(upstream_settings(config, name)) for name in names}
     return build(since, until, daily, repos, prices, pricing.origin, top)
+
+
+def repositories(path: Path, since: str, until: str) -> list[tuple[str, str]]:
+    """Every (upstream, repository) in the ledger at ``path`` for [since, until] (blocks)."""
+    conn = db.open_reader(path)
+    if conn is None:
+        return []
+    try:
+        return db.repositories(conn, since, until)
+    finally:
+        conn.close()

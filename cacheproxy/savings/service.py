@@ -34,3 +34,10 @@ class Savings:
         return await asyncio.to_thread(
             report.read, self.config, self.pricing, since, until, top, self.ledger.path
         )
+
+    async def repositories(self, since: dt.date, until: dt.date) -> list[tuple[str, str]]:
+        """Every (upstream, repository) the ledger counted on days in [since, until]."""
+        await self.ledger.flush()
+        return await asyncio.to_thread(
+            report.repositories, self.ledger.path, since.isoformat(), until.isoformat()
+        )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..layout import CacheLayout
 from ..oci import Digest
+from .private import FILE_MODE, close_root, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,19 @@ class BlobStore:
         self.blobs_dir = layout.blobs
         self.tmp_dir = layout.tmp
 
-    def prepare(self) -> int:
-        """Create the layout and remove temp files left by a crash. Returns how many."""
-        self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+    def prepare(self, clean: bool = True) -> int:
+        """Create the layout (private: see store.private), close the cache root, and
+        with ``clean`` remove temp files left by a crash. Returns how many.
+
+        Only the holder of the cache lock (store.lock) may clean: anyone else's
+        "leftovers" could be a running server's fills.
+        """
+        make_dirs(self.blobs_dir)
+        make_dirs(self.tmp_dir)
+        close_root(self.root)
         removed = 0
+        if not clean:
+            return removed
         for leftover in self.tmp_dir.iterdir():
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
@@ -74,14 +83,14 @@ class BlobStore:
     def new_temp(self, digest: Digest) -> tuple[Path, int]:
         """Create a fresh temp file for a fill; returns its path and a write fd."""
         path = self.tmp_dir / f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         return path, fd
 
     def commit(self, tmp_path: Path, fd: int, digest: Digest) -> Path:
         """Make a verified temp file durable and move it into place (blocking)."""
         os.fsync(fd)
         final = self.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(final.parent)
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
         return final
@@ -148,7 +157,7 @@ class BlobStore:
         """Whether a temp file can be created and removed (blocking)."""
         try:
             probe = self.tmp_dir / f".probe-{secrets.token_hex(4)}"
-            probe.write_bytes(b"")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             probe.unlink()
         except OSError:
             return False

@@ -25,6 +25,8 @@ from typing import Any
 
 import diskcache
 
+from .private import make_dirs, touch
+
 
 @dataclass(frozen=True, slots=True)
 class TagEntry:
@@ -104,6 +106,10 @@ class Index:
     """Async facade over one diskcache.Cache."""
 
     def __init__(self, directory: Path) -> None:
+        # Private (store.private): diskcache would make the directory 0755 and its
+        # database as the umask says; it keeps what exists.
+        make_dirs(directory)
+        touch(directory / diskcache.core.DBNAME)
         # sqlite_synchronous=1 (NORMAL) with WAL keeps commits durable across a
         # process crash; the blob files themselves are fsynced separately.
         self._cache = diskcache.Cache(str(directory), size_limit=2**40, eviction_policy="none")

@@ -32,6 +32,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from .credentials import Credentials
+from .destinations import Destinations, GuardedResolver, same_origin
 from .tokens import Challenge, Token, TokenCache, fetch_bearer, parse_challenge
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ class Upstream:
         self._clock = clock
         self.tokens = TokenCache(clock)
         self._challenge: Challenge | None = None
+        self.destinations = Destinations(self.url)
+        self._resolver = GuardedResolver(self.destinations)
         ssl: ssl_module.SSLContext | bool = True
         if not config.tls_verify:
             ssl = False
@@ -168,7 +171,9 @@ class Upstream:
             # Blobs are stored and verified byte for byte: never decode them.
             auto_decompress=False,
             headers={"User-Agent": USER_AGENT},
-            connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=60, ssl=ssl),
+            connector=aiohttp.TCPConnector(
+                limit=connections, ttl_dns_cache=60, ssl=ssl, resolver=self._resolver
+            ),
         )
         self._session = aiohttp.ClientSession(
             timeout=timeout,
@@ -192,6 +197,7 @@ class Upstream:
             await self.credentials.close()
         await self._blob_session.close()
         await self._session.close()
+        await self._resolver.close()
 
     async def request(
         self,
@@ -311,6 +317,8 @@ class Upstream:
         login = await creds.header() if creds is not None else None
 
         async def fetch() -> Token:
+            if not self.destinations.url_allowed(challenge.params.get("realm", "")):
+                raise UpstreamUnavailable("upstream named a token realm the proxy does not dial")
             return await fetch_bearer(self._session, challenge, scope, self.url, login, self._clock)
 
         token = await self.tokens.get(key, fetch)
@@ -324,12 +332,13 @@ class Upstream:
         headers: CIMultiDict[str],
         auth: str | None,
     ) -> aiohttp.ClientResponse:
-        origin = urlsplit(url).netloc
+        first = url
         for _ in range(MAX_REDIRECTS + 1):
             send_headers = CIMultiDict(headers)
-            # RFC 9110 section 15.4: a redirect to another origin is a new
-            # authority; upstream credentials must not follow it.
-            if auth and urlsplit(url).netloc == origin:
+            # RFC 9110 section 15.4: a redirect to another origin (RFC 6454: scheme,
+            # host and port; https -> http on one host too) is a new authority, and
+            # upstream credentials must not follow it.
+            if auth and same_origin(url, first):
                 send_headers["Authorization"] = auth
             self.requests_sent += 1
             try:
@@ -344,6 +353,9 @@ class Upstream:
                 resp.release()
                 if urlsplit(url).scheme not in ("http", "https"):
                     raise UpstreamUnavailable("upstream redirected to a non-HTTP URL")
+                if not self.destinations.url_allowed(url):
+                    log.warning("upstream %s redirected to a forbidden address", self.name)
+                    raise UpstreamUnavailable("upstream redirected to an address not dialled")
                 continue
             return resp
         raise UpstreamUnavailable("upstream redirected too many times")

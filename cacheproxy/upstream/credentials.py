@@ -146,23 +146,65 @@ def quiet_aws_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
-def boto3_ecr_client(config: UpstreamConfig) -> Any:
-    """An ECR client from boto3's default credential chain, a profile, or a role."""
+def boto3_ecr_client(
+    config: UpstreamConfig, role_clock: Callable[[], datetime.datetime] | None = None
+) -> Any:
+    """An ECR client from boto3's default credential chain, a profile, or a role
+    (``role_clock``: the time the role's keys are judged by, for tests)."""
     import boto3
 
     quiet_aws_logs()
     session = boto3.session.Session(profile_name=config.aws_profile, region_name=config.region)
     if config.aws_role_arn:
-        creds = session.client("sts").assume_role(
-            RoleArn=config.aws_role_arn, RoleSessionName="cacheproxy"
-        )["Credentials"]
-        session = boto3.session.Session(
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-            region_name=config.region,
-        )
+        session = assumed_role_session(session, config.aws_role_arn, config.region, role_clock)
     return session.client("ecr")
+
+
+def assumed_role_session(
+    base: Any,
+    role_arn: str,
+    region: str | None,
+    clock: Callable[[], datetime.datetime] | None = None,
+) -> Any:
+    """A boto3 session acting as ``role_arn``, its keys renewed before they expire.
+
+    AssumeRole keys last an hour: taken once, ECR would stop answering an hour after
+    start. botocore's refreshable credentials call AssumeRole again (with ``base``'s
+    own, themselves refreshed, credentials) when less than 15 minutes are left, on
+    the thread that is about to use them, which is a boto3 worker thread here.
+    """
+    import boto3
+    import botocore.session
+    from botocore.credentials import (
+        CredentialProvider,
+        CredentialResolver,
+        DeferredRefreshableCredentials,
+    )
+
+    def assume() -> dict[str, str]:
+        answer = base.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="cacheproxy")
+        keys = answer["Credentials"]
+        expiry = keys["Expiration"]
+        log.info("assumed role %s until %s", role_arn, expiry)
+        return {
+            "access_key": keys["AccessKeyId"],
+            "secret_key": keys["SecretAccessKey"],
+            "token": keys["SessionToken"],
+            "expiry_time": expiry.isoformat() if hasattr(expiry, "isoformat") else str(expiry),
+        }
+
+    extra = {"time_fetcher": clock} if clock is not None else {}
+    credentials = DeferredRefreshableCredentials(assume, "assume-role", **extra)
+
+    class Role(CredentialProvider):  # type: ignore[misc]
+        METHOD = "assume-role"
+
+        def load(self) -> Any:
+            return credentials
+
+    core = botocore.session.Session()
+    core.register_component("credential_provider", CredentialResolver([Role()]))
+    return boto3.session.Session(botocore_session=core, region_name=region)
 
 
 class EcrCredentials:

@@ -8,9 +8,9 @@ returns ``token``/``access_token`` with ``expires_in`` (60 s when absent).
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ import aiohttp
 
 from ..errors import Unauthorized, UpstreamUnavailable
 from ..singleflight import SingleFlight
+from .destinations import realm_gets_credentials
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ DEFAULT_EXPIRES_IN = 60.0
 # at REFRESH_MARGIN_MAX seconds, so a 2-second token is still reused.
 REFRESH_SHARE = 0.2
 REFRESH_MARGIN_MAX = 30.0
+# Tokens kept per upstream. Scopes are per repository, and a client names
+# repositories freely (made-up names too): the least recently used go first.
+MAX_TOKENS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,27 +78,6 @@ def basic_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-def registrable_domain(host: str) -> str:
-    """The last two labels of a DNS name; an IP address or single label as is.
-
-    An approximation of the public-suffix rule, strict in the safe direction: two
-    hosts compare equal only when they share at least their last two labels.
-    """
-    host = host.lower().rstrip(".")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return host
-    except ValueError:
-        pass
-    labels = host.split(".")
-    return ".".join(labels[-2:])
-
-
-def same_site(url_a: str, url_b: str) -> bool:
-    a, b = urlsplit(url_a).hostname or "", urlsplit(url_b).hostname or ""
-    return bool(a) and registrable_domain(a) == registrable_domain(b)
-
-
 @dataclass(frozen=True, slots=True)
 class Token:
     value: str
@@ -110,27 +93,44 @@ Fetcher = Callable[[], Awaitable[Token]]
 
 
 class TokenCache:
-    """Tokens per (realm, service, scope); one fetch at a time per key."""
+    """Tokens per (realm, service, scope), at most ``limit`` of them (least recently
+    used out first); one fetch at a time per key."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, limit: int = MAX_TOKENS
+    ) -> None:
         self._clock = clock
-        self._tokens: dict[tuple[str, str, str], Token] = {}
+        self.limit = limit
+        self._tokens: OrderedDict[tuple[str, str, str], Token] = OrderedDict()
         self._flight: SingleFlight[tuple[str, str, str], Token] = SingleFlight()
 
     @property
     def fetches(self) -> int:
         return self._flight.calls
 
+    def __len__(self) -> int:
+        return len(self._tokens)
+
     def cached(self, key: tuple[str, str, str]) -> str | None:
         token = self._tokens.get(key)
-        if token is not None and token.fresh(self._clock()):
-            return token.value
-        return None
+        if token is None:
+            return None
+        if not token.fresh(self._clock()):
+            del self._tokens[key]
+            return None
+        self._tokens.move_to_end(key)
+        return token.value
 
     def invalidate(self, key: tuple[str, str, str], value: str) -> None:
         current = self._tokens.get(key)
         if current is not None and current.value == value:
             del self._tokens[key]
+
+    def _keep(self, key: tuple[str, str, str], token: Token) -> None:
+        self._tokens[key] = token
+        self._tokens.move_to_end(key)
+        while len(self._tokens) > self.limit:
+            self._tokens.popitem(last=False)
 
     async def get(self, key: tuple[str, str, str], fetch: Fetcher) -> str:
         value = self.cached(key)
@@ -139,7 +139,7 @@ class TokenCache:
 
         async def fetch_and_keep() -> Token:
             token = await fetch()
-            self._tokens[key] = token
+            self._keep(key, token)
             return token
 
         return (await self._flight.run(key, fetch_and_keep)).value
@@ -158,8 +158,10 @@ async def fetch_bearer(
 ) -> Token:
     """Ask the challenge's realm for a token for ``scope``.
 
-    Credentials go to the realm only when it is on the registry's own registrable
-    domain (the rule distribution's proxy follows); elsewhere the request is anonymous.
+    Credentials go to the realm only when it is on the registry's own site (see
+    ``destinations``: the rule distribution's proxy follows, with the Public Suffix
+    List, the same scheme, and host and port for an IP address); elsewhere the
+    request is anonymous.
     """
     realm = challenge.params.get("realm", "")
     if urlsplit(realm).scheme not in ("http", "https"):
@@ -168,7 +170,7 @@ async def fetch_bearer(
     if "service" in challenge.params:
         query["service"] = challenge.params["service"]
     headers = {}
-    if basic and same_site(realm, registry_url):
+    if basic and realm_gets_credentials(realm, registry_url):
         headers["Authorization"] = basic
     started = clock()
     try:

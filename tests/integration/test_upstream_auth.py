@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tests.support.clients import skopeo
@@ -18,22 +16,6 @@ from tests.support.ports import free_port
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess
 from tests.support.tokenserver import TokenServer
-
-
-@pytest.fixture
-async def token_server(tmp_path: Path) -> AsyncIterator[TokenServer]:
-    async with TokenServer(tmp_path / "tokens", expires_in=60) as server:
-        yield server
-
-
-@pytest.fixture
-def token_registry(
-    require_binaries: None, token_server: TokenServer, tmp_path: Path
-) -> RegistryProcess:
-    reg = RegistryProcess(tmp_path / "registry", token_auth=token_server.registry_auth())
-    reg.start()
-    yield reg  # type: ignore[misc]
-    reg.stop()
 
 
 def push_headers(server: TokenServer, name: str) -> dict[str, str]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cacheproxy.upstream.tokens import Token, TokenCache, parse_challenge, same_site
+from cacheproxy.upstream.tokens import Token, TokenCache, parse_challenge
 
 
 def test_parse_challenge() -> None:
@@ -20,13 +20,6 @@ def test_parse_challenge() -> None:
     basic = parse_challenge('Basic realm="Registry Realm"')
     assert basic is not None and basic.scheme == "basic"
     assert parse_challenge("") is None
-
-
-def test_same_site() -> None:
-    assert same_site("https://auth.docker.io/token", "https://registry-1.docker.io")
-    assert same_site("http://127.0.0.1:9000/token", "http://127.0.0.1:5000")
-    assert not same_site("https://evil.example/token", "https://registry-1.docker.io")
-    assert not same_site("http://127.0.0.2/token", "http://127.0.0.1:5000")
 
 
 async def test_token_cache_single_fetch_and_expiry() -> None:
@@ -55,3 +48,27 @@ async def test_token_cache_single_fetch_and_expiry() -> None:
     assert await cache.get(key, fetch) == "t2"
     cache.invalidate(key, "t2")
     assert await cache.get(key, fetch) == "t3"
+
+
+async def test_token_cache_keeps_the_most_recently_used_tokens() -> None:
+    cache = TokenCache(clock=lambda: 0.0, limit=3)
+    fetched: list[str] = []
+
+    def key(repo: str) -> tuple[str, str, str]:
+        return ("realm", "svc", f"repository:{repo}:pull")
+
+    async def get(repo: str) -> str:
+        async def fetch() -> Token:
+            fetched.append(repo)
+            return Token(f"t-{repo}", 3600.0, 3600.0)
+
+        return await cache.get(key(repo), fetch)
+
+    for repo in ("a", "b", "c"):
+        await get(repo)
+    await get("a")  # used again: now the most recent
+    await get("d")  # over the limit: "b", the least recently used, goes
+    assert len(cache) == 3
+    assert cache.cached(key("b")) is None
+    assert cache.cached(key("a")) == "t-a"
+    assert fetched == ["a", "b", "c", "d"]

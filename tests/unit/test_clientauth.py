@@ -11,7 +11,8 @@ import pytest
 
 from cacheproxy.config import AccessRule
 from cacheproxy.errors import Denied, Unauthorized
-from cacheproxy.http.clientauth import ANONYMOUS, RECHECK, REMEMBER, ClientAuth
+from cacheproxy.http.authfiles import RECHECK
+from cacheproxy.http.clientauth import ANONYMOUS, REMEMBER, ClientAuth
 
 
 def basic(user: str, password: str) -> str:

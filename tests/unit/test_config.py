@@ -130,3 +130,34 @@ def test_password_env_is_read_by_the_configuration(tmp_path: Path) -> None:
     assert config.upstream("a.example").password == "from-env"
     with pytest.raises(ConfigError, match="password_env PW is not set"):
         load_config(file=file, env={})
+
+
+@pytest.mark.parametrize("where", ["flag", "env", "table"])
+def test_a_login_in_an_upstream_url_becomes_its_credentials(where: str, tmp_path: Path) -> None:
+    url = "https://robot%40ci:p%3Ass-w0rd@Registry.Example.com:8443/ignored"
+    file = tmp_path / "c.toml"
+    file.write_text(f'presets = []\n[[upstream]]\nurl = "{url}"\n')
+    config = {
+        "flag": lambda: load_config(env={}, flags={"upstream": url}),
+        "env": lambda: load_config(env={"CACHEPROXY_UPSTREAM": url}),
+        "table": lambda: load_config(file=file, env={}),
+    }[where]()
+    up = config.upstream()
+    assert (up.name, up.url) == ("registry.example.com:8443", "https://registry.example.com:8443")
+    assert (up.username, up.password) == ("robot@ci", "p:ss-w0rd")
+    assert config.default_upstream == "registry.example.com:8443"
+    assert "p:ss-w0rd" not in repr(config) and "p%3Ass" not in repr(config)
+
+
+def test_a_login_in_the_url_and_in_the_table_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[[upstream]]\nurl = "https://u:pw@r.example"\nusername = "other"\n')
+    with pytest.raises(ConfigError, match="login in the url and in the table") as err:
+        load_config(file=file, env={})
+    assert "pw" not in str(err.value)
+
+
+def test_a_bad_upstream_url_is_named_without_its_login() -> None:
+    with pytest.raises(ConfigError, match="upstream") as err:
+        load_config(env={}, flags={"upstream": "ftp://u:secret-pw@r.example"})
+    assert "secret-pw" not in str(err.value)

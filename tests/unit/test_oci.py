@@ -98,3 +98,14 @@ def test_manifest_media_type() -> None:
     assert manifest_media_type(b'{"schemaVersion":2,"layers":[]}', OCI_MANIFEST) == OCI_MANIFEST
     assert manifest_media_type(b'{"schemaVersion":2}', DOCKER_MANIFEST) == DOCKER_MANIFEST
     assert manifest_media_type(b"\xff", None) == "application/octet-stream"
+
+
+def test_clean_host_is_what_may_be_echoed() -> None:
+    from cacheproxy.registries import clean_host
+
+    assert clean_host(" Docker.IO.\r\n") == "docker.io"
+    assert clean_host("127.0.0.1:5000\n") == "127.0.0.1:5000"
+    assert clean_host("[::1]:5000") == "[::1]:5000"
+    assert clean_host("registry.example.com:443") == "registry.example.com"
+    for bad in ("a\r\nSet-Cookie: x", "a b", "a/b", "", "-a.example", "a" * 300, "h:99999999"):
+        assert clean_host(bad) is None, bad

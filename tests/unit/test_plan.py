@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from cacheproxy.lifecycle.plan import DAY, Rules, plan_eviction, plan_gc, references
+from cacheproxy.lifecycle.plan import DAY, Rules, plan_eviction, plan_gc
+from cacheproxy.oci import references
 from cacheproxy.store.index import Snapshot, TagEntry, TagRecord
 
 NOW = 1_700_000_000.0
