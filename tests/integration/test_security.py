@@ -207,7 +207,7 @@ async def test_cluster_view_and_metrics_need_a_login_when_anonymous_is_off(
         unsigned, _ = await get(f"{proxy.url}{path}?{query}")
         assert unsigned == 401
         signed = {
-            HEADER: sign(b"cluster-secret-for-the-tests-0123456789", "GET", f"{path}?{query}")
+            HEADER: sign(b"cluster-secret-for-the-tests-0123456789", "GET", f"{path}?{query}", me)
         }
         assert (await get(f"{proxy.url}{path}?{query}", signed))[0] == 404
         # No dot-segment walks from an open path into the registry API.
