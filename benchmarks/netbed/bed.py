@@ -361,21 +361,26 @@ def _result(proc: subprocess.Popen[bytes], deadline: float) -> dict[str, Any]:
 
 
 def _stderr(proc: subprocess.Popen[bytes]) -> str:
-    _end(proc)
-    assert proc.stderr is not None
+    _stop(proc)
     with contextlib.suppress(ValueError, OSError):
+        assert proc.stderr is not None
         return proc.stderr.read().decode(errors="replace")[-2000:]
     return ""
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a client we started, by its PID; reap it."""
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a client we started, by its PID, and reap it."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    for pipe in (proc.stdin, proc.stdout):
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a client and close its pipes."""
+    _stop(proc)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             with contextlib.suppress(OSError, ValueError):
                 pipe.close()
