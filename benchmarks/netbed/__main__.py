@@ -77,14 +77,17 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-        size, blobs = bed.image_size, [b.size for b in bed.image.blobs] if bed.image else []
-    record = {
-        "rate": args.rate,
-        "upstream_rate": upstream_rate,
-        "image_size": size,
-        "blobs": blobs,
-        "rollouts": as_json(rollouts),
-    }
+        assert bed.image is not None
+        size = bed.image_size
+        record = {
+            "rate": args.rate,
+            "upstream_rate": upstream_rate,
+            "image_size": size,
+            # In manifest order (config first), as the clients ask for them.
+            "blobs": [{"digest": b.digest, "size": b.size} for b in bed.image.blobs],
+            "members": [bed.node_url(i) for i in range(max(nodes))],
+            "rollouts": as_json(rollouts),
+        }
     (args.workdir / "results.json").write_text(json.dumps(record, indent=1))
     section = render(args, rollouts, size, time.monotonic() - started)
     print(section)

@@ -160,10 +160,11 @@ class Bed:
         """The node index that owns the biggest layer in an ``n``-node cluster."""
         assert self.image is not None and self.net is not None
         biggest = max(self.image.blobs, key=lambda b: b.size)
-        members = [self._url(i) for i in range(n)]
+        members = [self.node_url(i) for i in range(n)]
         return members.index(ranked(biggest.digest, members)[0])
 
-    def _url(self, i: int) -> str:
+    def node_url(self, i: int) -> str:
+        """Node ``i``'s cacheproxy URL (its cluster member name)."""
         assert self.net is not None
         return f"http://{self.net.nodes[i].address}:{PORT}"
 
@@ -208,7 +209,7 @@ class Bed:
         members: list[str] = []
         secret: Path | None = None
         if system == "cluster":
-            members = [self._url(i) for i in range(n)]
+            members = [self.node_url(i) for i in range(n)]
             secret = run_dir / "secret"
             run_dir.mkdir(parents=True, exist_ok=True)
             secret.write_text(SECRET)

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cacheproxy.peers import pieces
 from cacheproxy.peers.ring import ranked
+
+from .fair import max_min
 
 UPSTREAM = -1
 
@@ -68,8 +69,14 @@ class Setup:
     #: Blobs a client fetches at once (containerd's and docker's default).
     parallel: int = 3
     overhead: float = 0.0
-    retry: float = 0.02
-    step: float = 0.002
+    retry: float = 0.05
+    step: float = 0.005
+    #: Member names and blob keys (URLs, digests) that decide the owners, as in the
+    #: bed; synthetic ones when empty.
+    members: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    #: ``no-peers``: times each node fetches each blob (distribution's proxy: 2).
+    copies: int = 1
 
 
 @dataclass
@@ -120,11 +127,10 @@ class Model:
     def __init__(self, setup: Setup) -> None:
         self.s = setup
         n = setup.nodes
-        self.names = [f"node{i}" for i in range(n)]
+        self.names = list(setup.members[:n]) or [f"node{i}" for i in range(n)]
         self.index = {name: i for i, name in enumerate(self.names)}
-        self.owner = [
-            self.index[ranked(f"blob{j}", self.names)[0]] for j in range(len(setup.blobs))
-        ]
+        keys = setup.keys or tuple(f"blob{j}" for j in range(len(setup.blobs)))
+        self.owner = [self.index[ranked(key, self.names)[0]] for key in keys]
         self.piece = [self._piece_size(size) for size in setup.blobs]
         self.fills: list[dict[int, _Fill]] = [{} for _ in range(n)]
         self.serving = [0] * n
@@ -203,10 +209,11 @@ class Model:
 
     def _from_upstream(self, node: int, blob: int) -> None:
         fill = self.fills[node][blob]
-        flow = _Flow(UPSTREAM, node, blob, -1, 0, fill.size)
+        copies = self.s.copies if self.s.policy == "no-peers" else 1
+        flow = _Flow(UPSTREAM, node, blob, -1, 0, fill.size * copies)
         fill.upstream = flow
         self.flows.append(flow)
-        self.upstream_bytes += fill.size
+        self.upstream_bytes += flow.length
         if fill.size == 0:
             self._complete(flow)
 
@@ -261,22 +268,8 @@ class Model:
 
     # --- moving bytes ----------------------------------------------------------------
 
-    def source_progress(self, flow: _Flow) -> float:
-        """How many bytes of ``flow``'s range its source holds now (inf: all)."""
-        if flow.src == UPSTREAM:
-            return math.inf
-        fill = self.fills[flow.src][flow.blob]
-        if flow.piece in fill.have:
-            return math.inf
-        if fill.upstream is not None and fill.done_at is None:
-            return max(0.0, fill.upstream.delivered - flow.start)
-        for f in fill.flows:
-            if f.piece == flow.piece:
-                return f.delivered
-        return 0.0
-
     def feeder(self, flow: _Flow) -> _Flow | None:
-        """The flow bringing ``flow``'s bytes to its source, when it is still coming."""
+        """The flow bringing ``flow``'s bytes to its source, when they are still coming."""
         if flow.src == UPSTREAM:
             return None
         fill = self.fills[flow.src][flow.blob]
@@ -285,6 +278,17 @@ class Model:
         if fill.upstream is not None and fill.done_at is None:
             return fill.upstream
         return next((f for f in fill.flows if f.piece == flow.piece), None)
+
+    def source_progress(self, flow: _Flow) -> float:
+        """How many bytes of ``flow``'s range its source holds now (inf: all)."""
+        feeder = self.feeder(flow)
+        if feeder is None:
+            # The source has the piece, or (a holder that lost it) will never: 0 below.
+            has = flow.src == UPSTREAM or flow.piece in self.fills[flow.src][flow.blob].have
+            return math.inf if has else 0.0
+        if feeder.src == UPSTREAM and feeder.piece == -1:
+            return max(0.0, feeder.delivered - flow.start)
+        return feeder.delivered
 
     def allocate(self) -> None:
         """Max-min fair rates by progressive filling over every link."""
@@ -390,43 +394,6 @@ class Model:
         if math.isinf(best):
             return None
         return max(best, self.s.step)
-
-
-def max_min(links: Sequence[tuple[int, ...]], capacity: Sequence[float]) -> list[float]:
-    """Max-min fair rates of flows that each cross the links listed for it.
-
-    Progressive filling: the link with the smallest fair share (remaining capacity
-    over unfrozen flows) fixes its flows at that share; removing them can only raise
-    the other links' shares, so a heap of shares gives the next bottleneck.
-    """
-    members: list[list[int]] = [[] for _ in capacity]
-    for i, own in enumerate(links):
-        for link in own:
-            members[link].append(i)
-    left = list(capacity)
-    count = [len(m) for m in members]
-    share = [left[k] / count[k] if count[k] else math.inf for k in range(len(capacity))]
-    heap = [(share[k], k) for k in range(len(capacity)) if count[k]]
-    heapq.heapify(heap)
-    rates: list[float | None] = [None] * len(links)
-    while heap:
-        value, link = heapq.heappop(heap)
-        if value != share[link] or count[link] == 0:
-            continue
-        for i in members[link]:
-            if rates[i] is not None:
-                continue
-            rates[i] = value
-            for other in links[i]:
-                if other == link:
-                    continue
-                left[other] -= value
-                count[other] -= 1
-                if count[other]:
-                    share[other] = max(left[other], 0.0) / count[other]
-                    heapq.heappush(heap, (share[other], other))
-        count[link] = 0
-    return [r if r is not None else 0.0 for r in rates]
 
 
 def simulate(setup: Setup) -> Outcome:
