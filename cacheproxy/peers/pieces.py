@@ -81,7 +81,8 @@ class Asking:
     me: str
     size: int
     holders: tuple[Holder, ...]
-    #: Pieces this node has complete (its contiguous prefix: :func:`pieces_below`).
+    #: Pieces this node has complete: its contiguous prefix (:func:`pieces_below`) and
+    #: any segment that landed further on.
     have: frozenset[int] = frozenset()
     in_flight: tuple[Request, ...] = ()
     #: Holders that answered busy or failed lately: not asked this time.
@@ -112,6 +113,9 @@ def pieces_below(written: int, size: int, piece_size: int) -> frozenset[int]:
     return frozenset(range(written // piece_size))
 
 
+_MASK = (1 << 64) - 1
+
+
 def _mix(a: int, b: int, c: int = 0) -> int:
     """A cheap, stable spread of three integers (splitmix64's finaliser).
 
@@ -122,9 +126,6 @@ def _mix(a: int, b: int, c: int = 0) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
     return x ^ (x >> 31)
-
-
-_MASK = (1 << 64) - 1
 
 
 def _id(name: str) -> int:
@@ -194,7 +195,9 @@ def admit(serving: int, slots: int | None = UPLOAD_SLOTS) -> bool:
     ``None``: no bound (the owner-only star). Refusing is cheap for the asker, which
     holds a list of other holders; accepting one more would split this uplink
     further and make every transfer on it slower, while the refused asker's bytes
-    come as fast from a holder with a free slot.
+    come as fast from a holder with a free slot. On the wire a refusal is a "busy"
+    answer (429, RFC 6585) that the asker takes as "try another holder": it avoids
+    that holder briefly but does not count it as failed.
     """
     return slots is None or serving < slots
 
