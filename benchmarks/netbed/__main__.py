@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         assert bed.image is not None
         size = bed.image_size
         record = {
+            "command": "python3 -m benchmarks.netbed " + " ".join(sys.argv[1:]),
             "rate": args.rate,
             "upstream_rate": upstream_rate,
             "image_size": size,

@@ -133,8 +133,14 @@ def check(path: Path, tolerance: float) -> tuple[str, bool]:
     if ("alone", 1) in measured:
         bare = simulate(replace(base, overhead=0.0, policy="no-peers")).wall
         overhead = max(0.0, statistics.median(measured[("alone", 1)]) - bare)
+    runs = max(len(v) for v in measured.values()) if measured else 0
     lines = [
-        f"Model against `{path}` (fitted overhead per client: {overhead:.2f} s)",
+        f"Bed: `{record.get('command', '?')}` (on a shared machine: a check, not a benchmark)",
+        "",
+        f"Every link {record['rate']}, upstream egress {record['upstream_rate']}, image "
+        f"{record['image_size'] / MB:.1f} MB, {runs} run(s) (median); the model with the "
+        f"bed's digests and member URLs (same owners); fitted overhead per client "
+        f"{overhead:.2f} s.",
         "",
         "| system | nodes | measured wall s | model wall s | model error |",
         "|---|---:|---:|---:|---:|",
@@ -169,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             from benchmarks.run import write_results
 
-            write_results("## Model against the bed\n\n" + text, "netbed-model-check")
+            command = "python3 -m benchmarks.netbed.curve --check RESULTS_JSON"
+            head = f"## Model against the bed\n\nCommand: `{command}`\n\n"
+            write_results(head + text, "netbed-model-check")
         return 0 if ok else 1
     text = curve(args)
     print(text)
