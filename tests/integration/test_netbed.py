@@ -1,0 +1,76 @@
+"""The network bed at CI size: a 4-node rollout on a kernel network, bytes and correctness.
+
+Four node namespaces and an upstream on a bridge, every veth limited to 40 Mbit/s by
+tbf, a 5 MB image. The assertions are about bytes (the kernel's counters) and about
+every client's sha256 checks, never about time; ``benchmarks/netbed`` measures time.
+Needs root (CI is root): without it the test fails and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks.netbed.bed import MB, Bed, Kill, Rollout
+from benchmarks.netbed.net import cleanup
+
+NODES = 4
+LAYERS = (4 * MB, 1 * MB)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    if os.geteuid() != 0:
+        pytest.fail("the network bed needs root (network namespaces, tc); CI runs as root")
+    missing = [b for b in ("ip", "tc", "docker-registry") if shutil.which(b) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)} (apt-get install iproute2 docker-registry)")
+    cleanup()  # namespaces of earlier beds whose process died
+    work = Path(tmp_path_factory.mktemp("netbed"))
+    # The context manager removes every namespace, veth and process, pass or fail.
+    with Bed(work, NODES, "40mbit", "40mbit", LAYERS, timeout=90.0) as made:
+        yield made
+
+
+def failures(rollout: Rollout, skip: int | None = None) -> list[object]:
+    return [c for i, c in enumerate(rollout.clients) if i != skip and not c.get("ok")]
+
+
+def test_cluster_mode_takes_each_blob_from_the_upstream_once(bed: Bed) -> None:
+    r = bed.rollout("cluster", NODES)
+    assert len(r.clients) == NODES and not failures(r), r.clients
+    assert r.upstream / bed.image_size <= 1.05
+    # Every node but one got the image from peers: the peers uploaded N - 1 images.
+    assert (NODES - 1) * 0.95 <= sum(r.uploads) / bed.image_size <= (NODES - 1) * 1.1
+
+
+def test_without_peers_every_node_takes_the_image_from_the_upstream(bed: Bed) -> None:
+    r = bed.rollout("nopeers", NODES)
+    assert len(r.clients) == NODES and not failures(r), r.clients
+    assert NODES * 0.95 <= r.upstream / bed.image_size <= NODES * 1.1
+    assert max(r.uploads) / bed.image_size < 0.1
+
+
+@pytest.mark.parametrize("victim", ["owner", "holder"])
+def test_kill_9_of_a_node_mid_rollout_leaves_every_other_client_verified(
+    bed: Bed, victim: str
+) -> None:
+    owner = bed.owner_of_biggest(NODES)
+    biggest = max(b.size for b in bed.image.blobs) if bed.image else 0
+    if victim == "owner":
+        # Once the owner has sent a third of its biggest layer to its peers.
+        kill = Kill("owner", after=biggest // 3, counter="tx")
+    else:
+        kill = Kill((owner + 1) % NODES, after=biggest // 3, counter="rx")
+    r = bed.rollout("cluster", NODES, kill)
+    assert r.killed is not None and r.kill_at is not None, "the victim was never killed"
+    survivors = r.survivors()
+    assert len(survivors) == NODES - 1 and not failures(r, r.killed), r.clients
+    # Mid-rollout: some survivor was still pulling when the victim died.
+    assert max(c["end"] for c in survivors) > r.kill_at
