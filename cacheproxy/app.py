@@ -27,6 +27,7 @@ from .http.keys import (
     UPSTREAMS,
 )
 from .http.middleware import authenticate, oci_errors, stamp_headers
+from .listeners import guard
 from .metrics import CacheCollector, Metrics
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime import open_runtime
@@ -53,7 +54,7 @@ def build_app(
     retry budgets); tests pass one they control.
     """
     app = web.Application(
-        middlewares=[server.mark, oci_errors, authenticate],
+        middlewares=[server.mark, oci_errors, guard(config), authenticate],
         client_max_size=64 * 1024,
         handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
     )

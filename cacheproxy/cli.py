@@ -49,7 +49,13 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="peers from a file of URLs, re-read when it changes",
     )
-    serve.add_argument("--self", dest="self_url", metavar="URL", help="this node's URL")
+    serve.add_argument("--self", dest="self_url", metavar="URL", help="this node's peer URL")
+    serve.add_argument(
+        "--peer-listen",
+        dest="peer_listen",
+        metavar="HOST:PORT",
+        help="a listener for peers only (the signed peer path and the probes)",
+    )
     serve.add_argument(
         "--peer-secret-file",
         dest="peer_secret_file",

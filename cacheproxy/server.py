@@ -13,8 +13,9 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from .config import Config
+from .config import Config, ConfigError, split_listen
 from .http.middleware import protocol_errors_as_oci
+from .listeners import exposure_problem
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,14 @@ async def _reload_certs(context: ssl.SSLContext, cert: Path, key: Path, interval
 class Listener:
     """The app served on the configured address; ``close`` shuts it down gracefully."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.Server) -> None:
+    def __init__(self, runner: web.AppRunner, servers: list[asyncio.Server]) -> None:
         self._runner = runner
-        self._server = server
+        self._servers = servers
         self._reloader: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        self._server.close()
+        for server in self._servers:
+            server.close()
         if self._reloader is not None:
             self._reloader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,7 +181,15 @@ class Listener:
 
 
 async def start(app: web.Application, config: Config) -> Listener:
-    """Set the app up and listen (TLS and the header deadline included)."""
+    """Set the app up and listen (TLS and the header deadline included), on the client
+    listener and, if configured, the peer listener.
+
+    Raises ConfigError when the listener would hand the proxy's upstream logins to
+    the network (see ``listeners.exposure_problem``).
+    """
+    problem = exposure_problem(config)
+    if problem is not None:
+        raise ConfigError(problem)
     deadline = HeaderDeadline(config.client_header_timeout)
     app[DEADLINE] = deadline
     runner = web.AppRunner(
@@ -197,14 +207,25 @@ async def start(app: web.Application, config: Config) -> Listener:
     if config.tls_cert is not None and config.tls_key is not None:
         context = await asyncio.to_thread(tls_context, config.tls_cert, config.tls_key)
     loop = asyncio.get_running_loop()
+    servers: list[asyncio.Server] = []
     try:
-        server = await loop.create_server(
-            deadline, config.host, config.port, ssl=context, backlog=BACKLOG
+        servers.append(
+            await loop.create_server(
+                deadline, config.host, config.port, ssl=context, backlog=BACKLOG
+            )
         )
+        if config.peer_listen is not None:
+            host, port = split_listen(config.peer_listen)
+            servers.append(
+                await loop.create_server(deadline, host, port, ssl=context, backlog=BACKLOG)
+            )
+            log.info("peers reach this node on %s", config.peer_listen)
     except BaseException:
+        for server in servers:
+            server.close()
         await runner.cleanup()
         raise
-    listener = Listener(runner, server)
+    listener = Listener(runner, servers)
     if context is not None:
         assert config.tls_cert is not None and config.tls_key is not None
         listener._reloader = asyncio.create_task(

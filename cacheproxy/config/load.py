@@ -72,6 +72,8 @@ _SCALARS: dict[str, type] = {
     "peer_backoff": float,
     "peer_connect_timeout": float,
     "peer_read_timeout": float,
+    "peer_listen": str,
+    "expose_credentials": bool,
 }
 
 
@@ -273,6 +275,8 @@ def _coerce(key: str, raw: Any) -> Any:
 
 def _check(config: Config) -> None:
     split_listen(config.listen)
+    if config.peer_listen is not None and split_listen(config.peer_listen)[1] == config.port:
+        raise ConfigError("peer_listen needs a port of its own, not listen's")
     if config.loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError(f"loop: expected auto, uvloop or asyncio, got {config.loop!r}")
     if config.tag_ttl < 0 or config.max_stale < 0:

@@ -151,6 +151,12 @@ class Config:
     peer_connect_timeout: float = 1.0
     # Seconds without a byte from a peer (first byte included) before it is skipped.
     peer_read_timeout: float = 5.0
+    # A listener of its own for peers (HOST:PORT): it serves only the signed peer path
+    # and the probes, so the client listener can stay on loopback.
+    peer_listen: str | None = None
+    # Serve on a non-loopback address without client logins although the proxy holds
+    # upstream logins: anyone who reaches it pulls with them. Off: serve refuses.
+    expose_credentials: bool = False
 
     @property
     def peer_mode(self) -> bool:
@@ -163,6 +169,10 @@ class Config:
     @property
     def port(self) -> int:
         return split_listen(self.listen)[1]
+
+    @property
+    def peer_port(self) -> int | None:
+        return split_listen(self.peer_listen)[1] if self.peer_listen else None
 
     @property
     def local_url(self) -> str:

@@ -13,7 +13,7 @@ import json
 import shlex
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,12 @@ import yaml
 
 from cacheproxy import cli
 from cacheproxy.config import Config, UpstreamConfig, load_config
+from cacheproxy.listeners import exposure_problem
 from cacheproxy.server import SHUTDOWN_TIMEOUT
 from cacheproxy.upstream.credentials import static_login
 from tests.support.clients import run_process
 from tests.support.forwarder import Forwarder
+from tests.support.ports import free_port
 from tests.support.proxy import running_proxy
 from tests.support.tls import self_signed
 
@@ -284,7 +286,7 @@ def test_configmap_config_is_realistic(pod_config: Config) -> None:
     assert ecr and ecr[0].region == "us-west-2"
     assert pod_config.default_upstream == "docker.io"
     assert pod_config.peer_mode
-    assert pod_config.self_url == f"http://{NODE_IP}:{pod_config.port}"
+    assert pod_config.self_url == f"http://{NODE_IP}:{pod_config.peer_port}"
 
 
 def test_daemonset_ports_and_network_agree_with_the_config(
@@ -293,10 +295,17 @@ def test_daemonset_ports_and_network_agree_with_the_config(
     daemonset = only(manifests, "DaemonSet")
     spec = daemonset["spec"]["template"]["spec"]
     container = proxy_container(daemonset)
-    assert pod_config.host == "0.0.0.0"
+    # Clients on the node's loopback only; peers and probes on the node's IP.
+    assert pod_config.host == "127.0.0.1"
+    assert pod_config.peer_listen == f"{NODE_IP}:{pod_config.peer_port}"
     (port,) = container["ports"]
-    assert port["containerPort"] == pod_config.port
+    assert port["containerPort"] == pod_config.peer_port
     assert port.get("hostPort", port["containerPort"]) == port["containerPort"]
+    # It holds logins, so the same config on a network-wide listener is refused.
+    assert exposure_problem(pod_config) is None
+    wide = replace(pod_config, listen=f"0.0.0.0:{pod_config.port}")
+    problem = exposure_problem(wide)
+    assert problem is not None and "ghcr.io" in problem
     # On the node's network, still resolving cluster names (the peers' Service).
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
@@ -381,8 +390,8 @@ def test_peer_dns_name_is_the_headless_service(
     assert service["spec"]["selector"].items() <= labels.items()
     (svc_port,) = service["spec"]["ports"]
     container = proxy_container(daemonset)
-    assert svc_port["port"] == int(port) == pod_config.port
-    assert http_port(container, svc_port["targetPort"]) == pod_config.port
+    assert svc_port["port"] == int(port) == pod_config.peer_port
+    assert http_port(container, svc_port["targetPort"]) == pod_config.peer_port
 
 
 async def test_probes_point_at_endpoints_a_running_proxy_answers(
@@ -392,11 +401,21 @@ async def test_probes_point_at_endpoints_a_running_proxy_answers(
     probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    async with running_proxy(None, tmp_path / "cache") as proxy, aiohttp.ClientSession() as http:
+    # The kubelet probes the peer listener (it cannot reach the node's loopback).
+    peer = f"127.0.0.1:{free_port()}"
+    async with (
+        running_proxy(None, tmp_path / "cache", peer_listen=peer) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
         for kind, probe in probes.items():
-            assert http_port(container, probe["httpGet"]["port"]) == pod_config.port, kind
-            async with http.get(proxy.url + probe["httpGet"]["path"]) as resp:
+            assert http_port(container, probe["httpGet"]["port"]) == pod_config.peer_port, kind
+            async with http.get(f"http://{peer}" + probe["httpGet"]["path"]) as resp:
                 assert resp.status == 200, kind
+        # ... which serves nothing else: no registry API for a pod that reaches it.
+        async with http.get(f"http://{peer}/v2/library/alpine/manifests/3") as resp:
+            assert resp.status == 404
+        async with http.get(f"{proxy.url}/v2/") as resp:
+            assert resp.status == 200
 
 
 def test_node_files_from_the_configmap_config(
@@ -410,7 +429,7 @@ def test_node_files_from_the_configmap_config(
     config_file = tmp_path / "cacheproxy.toml"
     config_file.write_text(configmap["data"]["config.toml"])
     # Peer settings need a self URL to load; the node files do not use it.
-    monkeypatch.setenv("CACHEPROXY_SELF_URL", "http://127.0.0.1:5000")
+    monkeypatch.setenv("CACHEPROXY_SELF_URL", "http://127.0.0.1:5001")
     out = tmp_path / "certs.d"
     argv = ["client-config", "containerd", "--config", str(config_file), "--out", str(out)]
     assert cli.main(argv) == 0

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,7 +30,7 @@ from aiohttp import web
 
 from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import HEADER, sign
-from tests.support.clients import skopeo
+from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import PushedImage, push_image
 from tests.support.process import serve_process
@@ -363,3 +364,82 @@ async def test_an_unsigned_tag_answer_from_a_fake_peer_is_not_believed(
                 assert resp.headers["Docker-Content-Digest"] == real.digest
     finally:
         await runner.cleanup()
+
+
+# --- what a deployment exposes ---------------------------------------------------------
+
+
+async def test_serve_refuses_to_hand_its_logins_to_the_network(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    config = (
+        write_config(tmp_path, upstreams)
+        .read_text()
+        .replace("anonymous = true", "anonymous = true\n")
+    )
+    (tmp_path / "open.toml").write_text(config)
+    argv = [sys.executable, "-m", "cacheproxy", "serve", "--config", str(tmp_path / "open.toml")]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--listen", f"0.0.0.0:{free_port()}"]
+    refused = await run_process(*argv, timeout=60)
+    assert refused.returncode == 2
+    lines = [ln for ln in refused.stderr.splitlines() if "refusing to listen" in ln]
+    assert len(lines) == 1 and PRIVATE in lines[0] and "expose_credentials" in lines[0]
+    # Said explicitly, it serves (a central mirror on a trusted network).
+    explicit = tmp_path / "explicit.toml"
+    explicit.write_text("expose_credentials = true\n" + config)
+    port = free_port()
+    args = ["--config", str(explicit), "--cache-dir", str(tmp_path / "cache2")]
+    args += ["--listen", f"0.0.0.0:{port}"]
+    async with (
+        serve_process(*args, port=port, log=tmp_path / "explicit.log") as (_, url),
+        aiohttp.ClientSession() as http,
+        http.get(url + "/v2/") as resp,
+    ):
+        assert resp.status == 200
+
+
+async def test_peers_on_a_listener_of_their_own(upstreams: Upstreams, tmp_path: Path) -> None:
+    """Clients on loopback, peers on the peer listener: the registry API is not on the
+    peer listener, the peer path is not on the client listener, and blobs still
+    travel between nodes."""
+    image = await push_image(
+        upstreams.public.url, f"lib/pl-{uuid.uuid4().hex[:6]}", "v1", layer_sizes=(300_000,) * 3
+    )
+    config = write_config(tmp_path, upstreams)
+    secret = tmp_path / "peer-secret"
+    secret.write_bytes(SECRET)
+    ports = [free_port() for _ in range(2)]
+    peer_ports = [free_port() for _ in range(2)]
+    peer_urls = [f"http://127.0.0.1:{p}" for p in peer_ports]
+    async with AsyncExitStack() as stack, aiohttp.ClientSession() as http:
+        nodes = []
+        for i, (port, peer_url) in enumerate(zip(ports, peer_urls, strict=True)):
+            args = ["--config", str(config), "--cache-dir", str(tmp_path / f"n{i}")]
+            args += ["--self", peer_url, "--peer-secret-file", str(secret)]
+            args += ["--peer-listen", peer_url.removeprefix("http://")]
+            for peer in peer_urls:
+                args += ["--peer", peer]
+            _, url = await stack.enter_async_context(
+                serve_process(*args, port=port, log=tmp_path / f"n{i}.log")
+            )
+            nodes.append(url)
+        for peer_url in peer_urls:
+            for path in ("/healthz", "/readyz"):
+                async with http.get(peer_url + path) as resp:
+                    assert resp.status == 200
+            target = f"{peer_url}/v2/{PUBLIC}/{image.name}/manifests/v1"
+            assert (await answer(http, "GET", target))[0] == 404
+        blob = image.layers[0].digest
+        peer_path = f"/_cacheproxy/peer/blobs/{blob}?repo=x&upstream={PUBLIC}"
+        assert (await answer(http, "GET", nodes[0] + peer_path))[0] == 404
+        for node in nodes:
+            base = f"{node}/v2/{PUBLIC}/{image.name}"
+            async with http.get(f"{base}/manifests/v1", headers=ACCEPT) as resp:
+                assert await resp.read() == image.manifest
+            for desc in image.blobs:
+                async with http.get(f"{base}/blobs/{desc.digest}") as resp:
+                    data = await resp.read()
+                assert "sha256:" + hashlib.sha256(data).hexdigest() == desc.digest
+        # Each layer left the upstream once: the second node got it from its owner.
+        for desc in image.layers:
+            assert upstreams.public.count("GET", f"/blobs/{desc.digest}") == 1
