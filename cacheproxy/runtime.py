@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from .accounting import Accounting, NullAccounting
+from .blobs.admission import DiskBudget, FillLimits
 from .blobs.fill import Fill
 from .blobs.inflight import Fills, InFlight
 from .blobs.local import LocalStore, Nowhere
@@ -143,7 +144,11 @@ async def open_runtime(
             cluster = await start_cluster(config)
             if cluster is not None:
                 stack.push_async_callback(cluster.close)
-        fills = Fills(store, accounting)
+        min_free = parse_size(config.min_free, store.total_bytes())
+        limit = parse_size(config.max_size, store.total_bytes()) if config.max_size else None
+        budget = DiskBudget(limit, min_free, store.free_bytes)
+        limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
+        fills = Fills(store, accounting, limits, budget)
         stack.push_async_callback(fills.close)
         links = Links(index, offline=config.offline)
         await asyncio.to_thread(link_tagged_content, store, index)
@@ -170,10 +175,7 @@ async def open_runtime(
             tags = TagResolver(index, bodies, links, options, resolutions, peers, time.time)
             return ManifestService(tags, bodies, links, options, fetches, peers, usage, counted)
 
-        min_free = parse_size(config.min_free, store.total_bytes())
-
-        def room() -> bool:
-            return store.free_bytes() >= min_free
+        room = budget.admits_fill
 
         clients = Callers(
             BlobService(
@@ -214,7 +216,7 @@ async def open_runtime(
             ledger=ledger,
         )
         if serving:
-            keeper = Keeper(_upkeep(config, store), store, index, usage)
+            keeper = Keeper(_upkeep(config, limit), store, index, usage, lambda: budget.reserved)
             stack.push_async_callback(keeper.close)
 
             async def poke(fill: Fill) -> None:
@@ -267,10 +269,7 @@ def blob_chain(
     return Vouched(links, held, chain)
 
 
-def _upkeep(config: Config, store: BlobStore) -> Upkeep:
-    limit = None
-    if config.max_size is not None:
-        limit = parse_size(config.max_size, store.total_bytes())
+def _upkeep(config: Config, limit: int | None) -> Upkeep:
     return Upkeep(
         rules=Rules(config.keep, config.expire_days, config.max_tags_per_repo),
         limit=limit,

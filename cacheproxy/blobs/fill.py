@@ -19,7 +19,7 @@ from enum import Enum
 import aiohttp
 
 from ..accounting import Accounting, Origin
-from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
+from ..errors import BlobUnknown, RegistryError, UpstreamBadContent, UpstreamUnavailable
 from ..oci import Digest
 from ..ranges import parse_content_range
 from ..store.files import BlobStore
@@ -188,7 +188,9 @@ class Fill:
         self.state = FillState.FAILED
         self.error = exc
         self.store.discard(self.tmp_path)
-        log.warning("fill of %s failed: %s", self.digest, exc.message)
+        # A digest the upstream does not have is an answer, not a fault.
+        level = logging.INFO if isinstance(exc, BlobUnknown) else logging.WARNING
+        log.log(level, "fill of %s failed: %s", self.digest, exc.message)
 
     async def _fetch(self, feed: Feed, stats: FillStats) -> None:
         attempts = 0

@@ -2,7 +2,8 @@
 
 A new fill is fed by the links after this one (peers, then the upstream). When the
 disk is too full to cache a miss, this link steps aside and the next link streams
-the blob through uncached: the stream-through is just the rest of the chain.
+the blob through uncached: the stream-through is just the rest of the chain. How
+many fills run, wait and run per client is bounded (``admission.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..accounting import Accounting, NullAccounting
-from ..errors import BlobUnknown
+from ..errors import BlobUnknown, RegistryError
 from ..store.files import BlobStore
+from .admission import DiskBudget, FillGate, FillLimits, Misses
 from .fill import Fill, FillBody, FillState, FillStats
 from .local import FileBody
 from .source import Body, Feed, Remote, Want
@@ -31,10 +33,19 @@ class Fills:
     could otherwise each wait on the other's fill.
     """
 
-    def __init__(self, store: BlobStore, accounting: Accounting | None = None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        accounting: Accounting | None = None,
+        limits: FillLimits | None = None,
+        budget: DiskBudget | None = None,
+    ) -> None:
         self.store = store
         self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
+        self.gate = FillGate(limits or FillLimits())
+        self.budget = budget or DiskBudget(None, 0, lambda: 1)
+        self.misses = Misses()
         #: Awaited after each blob is committed (it is linked; the keeper checks the limit).
         self.on_commit: list[Callable[[Fill], Awaitable[None]]] = []
         self._fills: dict[tuple[str, bool], Fill] = {}
@@ -51,25 +62,46 @@ class Fills:
     def start(self, want: Want, feed: Feed) -> Fill | None:
         """A new fill of ``want`` fed by ``feed``; None when the blob is complete.
 
-        The caller checked :meth:`running` without an await since, so two requests
-        can never both start one.
+        The caller holds a slot of the gate for ``want.requester`` (the fill gives
+        it back when it ends), and checked :meth:`running` without an await since,
+        so two requests can never both start one.
         """
         if self.store.exists(want.digest):
             return None
         key = (str(want.digest), feed.origin == "peer")
         fill = Fill(want.digest, self.store, want.upstream.name, want.repo)
         self._fills[key] = fill
-        task = asyncio.create_task(self._run(fill, feed, key), name=f"fill {key[0]}")
+        run = self._run(fill, feed, key, want.requester)
+        task = asyncio.create_task(run, name=f"fill {key[0]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
 
-    async def _run(self, fill: Fill, feed: Feed, key: tuple[str, bool]) -> None:
+    async def _run(self, fill: Fill, feed: Feed, key: tuple[str, bool], client: str) -> None:
+        reserved = 0
+
+        async def reserve() -> None:
+            # What the fill announced counts against the cache's limit until it ends.
+            nonlocal reserved
+            with contextlib.suppress(RegistryError):
+                await fill.started()
+            if fill.size:
+                reserved = fill.size
+                self.budget.reserved += reserved
+
+        reserving = asyncio.create_task(reserve())
         try:
             await fill.run(feed, self.stats, self.accounting)
         finally:
+            reserving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reserving
+            self.budget.reserved -= reserved
+            self.gate.leave(client)
             if self._fills.get(key) is fill:
                 del self._fills[key]
+        if isinstance(fill.error, BlobUnknown):
+            self.misses.add(fill.upstream, fill.repo, str(fill.digest))
         if fill.state is FillState.DONE:
             for callback in self.on_commit:
                 try:
@@ -110,16 +142,30 @@ class InFlight:
         self._join_peer_fed = join_peer_fed
 
     async def open(self, want: Want, first: int = 0) -> Body:
-        fill = self._fills.running(want, self._join_peer_fed)
+        fills = self._fills
+        fill = fills.running(want, self._join_peer_fed)
         if fill is not None:
             return FillBody(fill, started=False)
+        if fills.misses.recent(want.upstream.name, want.repo, str(want.digest)):
+            raise BlobUnknown("blob unknown to the upstream (asked moments ago)")
         if not self._room():
-            self._fills.stats.streamed_through += 1
-            log.warning("disk nearly full: streaming %s through without caching it", want.digest)
+            fills.stats.streamed_through += 1
+            log.warning("no room for a fill: streaming %s through uncached", want.digest)
             return await self._next.open(want, first)
-        fill = self._fills.start(want, self._next.feed(want))
+        await fills.gate.enter(want.requester)
+        try:
+            # Waiting for a slot may have taken a while: look again.
+            fill = fills.running(want, self._join_peer_fed)
+            if fill is not None:
+                fills.gate.leave(want.requester)
+                return FillBody(fill, started=False)
+            fill = fills.start(want, self._next.feed(want))
+        except BaseException:
+            fills.gate.leave(want.requester)
+            raise
         if fill is None:  # completed since the store was asked
-            blob = self._fills.store.open(want.digest)
+            fills.gate.leave(want.requester)
+            blob = fills.store.open(want.digest)
             if blob is None:
                 raise BlobUnknown()
             return FileBody(blob)

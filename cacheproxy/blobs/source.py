@@ -26,11 +26,13 @@ from ..upstream.client import Upstream
 
 @dataclass(frozen=True, slots=True)
 class Want:
-    """A digest asked for under an upstream's repository."""
+    """A digest asked for under an upstream's repository (by ``requester``: a client's
+    name or address, which bounds what one client may start; "" for a peer node)."""
 
     upstream: Upstream
     repo: str
     digest: Digest
+    requester: str = ""
 
 
 class Sink(Protocol):

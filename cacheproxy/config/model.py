@@ -105,6 +105,11 @@ class Config:
     upstream_connections: int = 64
     # Registries the ecr preset admits, kept at once (least recently used go first).
     max_dynamic_upstreams: int = 32
+    # Blob downloads running at once, waiting for a slot (beyond: TOOMANYREQUESTS),
+    # and running for one client (an authenticated name, or an address).
+    max_fills: int = 128
+    max_queued_fills: int = 512
+    max_fills_per_client: int = 32
     # Seconds a client may take to send a request's headers (slow-loris bound), and
     # an idle keep-alive connection is kept.
     client_header_timeout: float = 30.0

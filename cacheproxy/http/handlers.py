@@ -79,7 +79,7 @@ async def v2(request: web.Request) -> web.StreamResponse:
     if route.kind == "manifest":
         return await send_manifest(request, request.app[MANIFESTS], up, route)
     if route.kind == "blob":
-        return await send_blob(request, request.app[BLOBS], up, route)
+        return await send_blob(request, request.app[BLOBS], up, route, requester_of(request))
     return await tags(request, up, route)
 
 
@@ -117,12 +117,20 @@ def blob_headers(digest: str) -> dict[str, str]:
     }
 
 
+def requester_of(request: web.Request) -> str:
+    """Who starts the downloads this request needs: its login, else its address."""
+    subject = request.get(SUBJECT)
+    if subject and subject != ANONYMOUS:
+        return f"client {subject}"
+    return f"address {request.remote or ''}"
+
+
 async def send_blob(
-    request: web.Request, blobs: BlobService, up: Upstream, route: Route
+    request: web.Request, blobs: BlobService, up: Upstream, route: Route, requester: str = ""
 ) -> web.StreamResponse:
-    """A blob, with ranges (for a client, or for a peer node)."""
+    """A blob, with ranges (for a client; for a peer node, ``requester`` is "")."""
     digest = parse_digest(route.reference)
-    want = Want(up, route.name, digest)
+    want = Want(up, route.name, digest, requester)
     if request.method == "HEAD":
         headers = blob_headers(str(digest))
         headers["Content-Length"] = str(await blobs.size(want))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..store.files import BlobStore
@@ -40,8 +41,17 @@ class Upkeep:
 class Keeper:
     """Keeps the cache within its limit and its lifecycle rules."""
 
-    def __init__(self, upkeep: Upkeep, store: BlobStore, index: Index, usage: UsageLog) -> None:
+    def __init__(
+        self,
+        upkeep: Upkeep,
+        store: BlobStore,
+        index: Index,
+        usage: UsageLog,
+        reserved: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._upkeep = upkeep
+        # Bytes running fills announced: they count against the limit already.
+        self._reserved = reserved
         self._store = store
         self._index = index
         self._usage = usage
@@ -80,6 +90,7 @@ class Keeper:
         async with self.lock:
             await self._usage.flush(self._index)
             state = await asyncio.to_thread(read_state, self._store, self._index)
+            room = max(limit - self._reserved(), 0)
             victims = plan_eviction(
                 state.snapshot,
                 state.sizes,
@@ -87,8 +98,8 @@ class Keeper:
                 state.refs,
                 in_use=[d for d, n in self._usage.in_use.items() if n > 0],
                 keep=self._upkeep.rules.keep,
-                limit=limit,
-                target=int(limit * LOW_WATER),
+                limit=room,
+                target=int(room * LOW_WATER),
                 hot_since=time.time() - self._upkeep.hot_window,
             )
             # A client may have started reading one since the plan was made.

@@ -19,6 +19,7 @@ from aiohttp import web
 from cacheproxy.upstream.credentials import EcrCredentials
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob, push_image
+from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
@@ -160,3 +161,119 @@ async def test_manifests_never_wait_behind_abandoned_fills(
     finally:
         stall.release()
         forwarder.clear_faults()
+
+
+async def test_random_digests_cannot_exhaust_fills_files_or_the_upstream(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """A flood of requests for digests nobody has: every answer is quick and honest
+    (404, or 429 past the bounds), the temp files and fills stay bounded, the probes
+    keep answering, and asking again costs the upstream nothing for a while."""
+    name = f"bounds/{uuid.uuid4().hex[:8]}"
+    await push_image(forwarder.url, name, "v1", layer_sizes=(1000,))
+    digests = [f"sha256:{uuid.uuid4().hex}{uuid.uuid4().hex}" for _ in range(200)]
+    settings = {"max_fills": 8, "max_queued_fills": 16, "max_fills_per_client": 4}
+    async with (
+        running_proxy(forwarder.url, tmp_path / "c", **settings) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        most_temp = 0
+
+        async def ask(digest: str) -> int:
+            nonlocal most_temp
+            async with http.get(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
+                await resp.read()
+                most_temp = max(most_temp, len(proxy.temp_files()))
+                return resp.status
+
+        async with asyncio.timeout(60):
+            first = await asyncio.gather(*(ask(d) for d in digests))
+            async with aiohttp.ClientSession() as probe, probe.get(proxy.url + "/healthz") as r:
+                assert r.status == 200
+        assert set(first) <= {404, 429}
+        assert first.count(404) >= 4
+        assert proxy.fills.active == 0
+        assert most_temp <= 8
+        asked = forwarder.count("GET", "/blobs/")
+        # Asked again at once: the upstream's 404s are remembered.
+        again = [d for d, status in zip(digests, first, strict=True) if status == 404]
+        async with asyncio.timeout(30):
+            second = await asyncio.gather(*(ask(d) for d in again))
+        assert set(second) == {404}
+        assert forwarder.count("GET", "/blobs/") == asked
+
+
+async def test_running_fills_count_against_max_size(forwarder: Forwarder, tmp_path: Path) -> None:
+    """What running fills will write is reserved: past max_size, further misses stream
+    through uncached instead of piling up in tmp/; every client still gets its bytes."""
+    name = f"bounds/{uuid.uuid4().hex[:8]}"
+    blobs = {}
+    for _ in range(6):
+        data = uuid.uuid4().bytes * 25_000  # 400 kB each
+        blobs[await push_blob(forwarder.url, name, data)] = data
+    forwarder.throttle_bps = 1_500_000
+    try:
+        async with (
+            running_proxy(forwarder.url, tmp_path / "c", max_size="1MB") as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            most_reserved = 0
+
+            async def fetch(digest: str) -> bytes:
+                nonlocal most_reserved
+                async with http.get(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
+                    assert resp.status == 200
+                    chunks = []
+                    async for chunk in resp.content.iter_chunked(65536):
+                        chunks.append(chunk)
+                        most_reserved = max(most_reserved, proxy.fills.budget.reserved)
+                    return b"".join(chunks)
+
+            async with asyncio.timeout(60):
+                pulls = []
+                for digest in blobs:
+                    # As a runtime pulls an image: the next layer once this one is coming.
+                    before = (proxy.fills.budget.reserved, proxy.fills.stats.streamed_through)
+                    pulls.append(asyncio.create_task(fetch(digest)))
+                    while not pulls[-1].done() and before == (
+                        proxy.fills.budget.reserved,
+                        proxy.fills.stats.streamed_through,
+                    ):
+                        await asyncio.sleep(0.01)
+                got = await asyncio.gather(*pulls)
+            assert got == list(blobs.values())
+            assert proxy.fills.stats.streamed_through >= 2
+            assert 0 < most_reserved <= 1_000_000 + 400_000
+    finally:
+        forwarder.throttle_bps = None
+
+
+async def test_failures_on_purpose_do_not_flood_the_log(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """An attacker makes every fill fail (the upstream answers 500 to blobs): the
+    process's log stays small, each kind of warning said a few times, then counted."""
+    name = f"bounds/{uuid.uuid4().hex[:8]}"
+    digests = [await push_blob(forwarder.url, name, uuid.uuid4().bytes * 64) for _ in range(60)]
+    forwarder.set_fault(Fault(match=re.compile("/blobs/sha256"), kind="status", status=500))
+    config = tmp_path / "c.toml"
+    config.write_text("upstream_retries = 0\nmax_fills_per_client = 1000\n")
+    log = tmp_path / "serve.log"
+    args = [
+        "--upstream",
+        forwarder.url,
+        "--config",
+        str(config),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
+    try:
+        async with serve_process(*args, log=log) as (_, url), aiohttp.ClientSession() as http:
+            for _ in range(5):
+                for digest in digests:
+                    async with http.get(f"{url}/v2/{name}/blobs/{digest}") as resp:
+                        assert resp.status == 503
+    finally:
+        forwarder.clear_faults()
+    warnings = [ln for ln in log.read_text().splitlines() if " WARNING " in ln or " ERROR " in ln]
+    assert len(warnings) <= 40, "\n".join(warnings[-5:])
