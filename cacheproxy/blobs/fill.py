@@ -86,6 +86,10 @@ class Fill:
         self._changed = asyncio.Event()
         self._hasher = digest.hasher()
         self._feed: Feed | None = None
+        #: False: serve the verified blob to its readers, but do not keep it (a blob
+        #: larger than the cache may hold). The temp file goes when the last reader does.
+        self.keep = True
+        self._readers = 0
         # Seconds before the first resume, doubling for each next one.
         self._resume_backoff = resume_backoff
 
@@ -118,6 +122,18 @@ class Fill:
             if limit > pos:
                 return limit
             await self._wait()
+
+    def attach(self) -> None:
+        """A reader will read this fill (until :meth:`detach`)."""
+        self._readers += 1
+
+    def detach(self) -> None:
+        self._readers -= 1
+        self._drop_transient()
+
+    def _drop_transient(self) -> None:
+        if not self.keep and self.state is FillState.DONE and not self._readers:
+            self.store.discard(self.tmp_path)
 
     def open_reader(self) -> int:
         """Open the blob's bytes for one reader (temp file, or the final file once done)."""
@@ -163,11 +179,15 @@ class Fill:
         self._feed = feed
         try:
             await self._fetch(feed, stats)
-            await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
+            if self.keep:
+                await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
+                accounting.stored(self.upstream, self.repo, self.written)
+                log.info("cached %s (%d bytes)", self.digest, self.written)
+            else:
+                log.info("served %s (%d bytes) without keeping it", self.digest, self.written)
             self.state = FillState.DONE
             stats.completed += 1
-            accounting.stored(self.upstream, self.repo, self.written)
-            log.info("cached %s (%d bytes)", self.digest, self.written)
+            self._drop_transient()
         except asyncio.CancelledError:
             self._fail(UpstreamUnavailable("proxy shutting down"))
             raise
@@ -312,6 +332,8 @@ class FillBody:
     def __init__(self, fill: Fill, started: bool) -> None:
         self._fill = fill
         self._started = started
+        self._closed = False
+        fill.attach()
 
     @property
     def origin(self) -> Origin:
@@ -355,4 +377,6 @@ class FillBody:
             os.close(fd)
 
     def close(self) -> None:
-        return None
+        if not self._closed:
+            self._closed = True
+            self._fill.detach()

@@ -85,7 +85,10 @@ class Fills:
             nonlocal reserved
             with contextlib.suppress(RegistryError):
                 await fill.started()
-            if fill.size:
+            if fill.size and not self.budget.keeps(fill.size):
+                # Larger than the cache may hold: served to its readers, never kept.
+                fill.keep = False
+            elif fill.size:
                 reserved = fill.size
                 self.budget.reserved += reserved
 

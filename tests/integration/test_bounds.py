@@ -277,3 +277,25 @@ async def test_failures_on_purpose_do_not_flood_the_log(
         forwarder.clear_faults()
     warnings = [ln for ln in log.read_text().splitlines() if " WARNING " in ln or " ERROR " in ln]
     assert len(warnings) <= 40, "\n".join(warnings[-5:])
+
+
+async def test_a_blob_larger_than_the_cache_is_served_but_never_kept(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    name = f"bounds/{uuid.uuid4().hex[:8]}"
+    data = uuid.uuid4().bytes * 200_000  # 3.2 MB
+    digest = await push_blob(forwarder.url, name, data)
+    async with (
+        running_proxy(forwarder.url, tmp_path / "c", max_size="1MB") as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(2):
+            async with http.get(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
+                assert resp.status == 200
+                assert await resp.read() == data
+            async with asyncio.timeout(10):
+                while proxy.fills.active:
+                    await asyncio.sleep(0.01)
+            assert not proxy.blob_path(digest).exists()
+            assert proxy.temp_files() == []
+        assert proxy.fills.budget.reserved == 0
