@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import logs
 from .config import Config, ConfigError, load_config
+from .errors import RegistryError
 from .store.lock import CacheBusy
 
 
@@ -140,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, config)
     except CacheBusy as exc:
         print(f"cacheproxy {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, RegistryError, OSError, tarfile.TarError) as exc:
+        # A bundle, a list or an image that cannot be used: say which, no traceback.
+        message = exc.message if isinstance(exc, RegistryError) else str(exc)
+        print(f"cacheproxy {args.command}: {message}", file=sys.stderr)
         return 1
 
 

@@ -93,6 +93,13 @@ class DiskBudget:
         # Running fills alone could fill the whole cache: nothing more goes to disk.
         return self.limit is None or self.reserved < self.limit
 
+    def room_for_import(self, used: int) -> int:
+        """Bytes an import may add to a cache holding ``used`` bytes."""
+        room = self._free_bytes() - self._min_free
+        if self.limit is not None:
+            room = min(room, self.limit - used)
+        return max(room, 0)
+
     def keeps(self, size: int) -> bool:
         """Whether a blob of ``size`` bytes may be kept at all (not past the limit)."""
         return self.limit is None or size <= self.limit

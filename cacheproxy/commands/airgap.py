@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from ..blobs.admission import DiskBudget
 from ..blobs.source import Want
 from ..config import Config
 from ..errors import RegistryError
@@ -282,14 +283,18 @@ def import_bundle(config: Config, bundle: Path) -> ImportResult:
 
     async def main() -> ImportResult:
         async with open_runtime(config) as rt:
-            return await asyncio.to_thread(_import, rt.store, rt.index, bundle)
+            budget = rt.fills.budget
+            return await asyncio.to_thread(_import, rt.store, rt.index, bundle, budget)
 
     return asyncio.run(main())
 
 
-def _import(store: BlobStore, index: Index, bundle: Path) -> ImportResult:
-    """Verify and load an OCI layout tar (blocking)."""
+def _import(store: BlobStore, index: Index, bundle: Path, budget: DiskBudget) -> ImportResult:
+    """Verify and load an OCI layout tar (blocking), within the cache's limit and the
+    disk's free space: what a member says it holds is checked before a byte of it is
+    written (a sparse tar can announce gigabytes in a few kilobytes)."""
     result = ImportResult()
+    room = budget.room_for_import(sum(store.scan()[0].values()))
     with tarfile.open(bundle, "r") as tar:
         layout: dict[str, Any] | None = None
         for member in tar:
@@ -309,6 +314,12 @@ def _import(store: BlobStore, index: Index, bundle: Path) -> ImportResult:
             handle = tar.extractfile(member)
             if handle is None:
                 continue
+            if member.size > room:
+                raise ValueError(
+                    f"{digest} ({member.size} bytes) does not fit in the cache"
+                    " (max_size, min_free); import stopped"
+                )
+            room -= member.size
             _load_blob(store, digest, handle, member.size)
             result.blobs += 1
     if layout is None:

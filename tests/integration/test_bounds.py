@@ -7,7 +7,9 @@ preset, slow fills abandoned by their clients, floods of digests that do not exi
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from cacheproxy.upstream.credentials import EcrCredentials
+from tests.support.clients import run_process
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob, push_image
 from tests.support.process import serve_process
@@ -299,3 +302,31 @@ async def test_a_blob_larger_than_the_cache_is_served_but_never_kept(
             assert not proxy.blob_path(digest).exists()
             assert proxy.temp_files() == []
         assert proxy.fills.budget.reserved == 0
+
+
+async def test_import_refuses_what_does_not_fit_before_writing_it(tmp_path: Path) -> None:
+    """A 10 kB sparse tar announcing a 512 MiB blob: refused in one line, nothing
+    written, with max_size and (without it) against the disk's free space too."""
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "blobs" / "sha256" / ("ab" * 32)).touch()
+    os.truncate(layout / "blobs" / "sha256" / ("ab" * 32), 512 * 1024 * 1024)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    bundle = tmp_path / "sparse.tar"
+    made = await run_process(
+        "tar", "-S", "-C", str(layout), "-cf", str(bundle), "oci-layout", "index.json", "blobs"
+    )
+    assert made.returncode == 0, made.stderr
+    assert bundle.stat().st_size < 64 * 1024
+    cache = tmp_path / "cache"
+    argv = [sys.executable, "-m", "cacheproxy", "import", "--cache-dir", str(cache)]
+    argv += ["--upstream", "http://127.0.0.1:9", str(bundle)]
+    refused = await run_process(*argv, env={"CACHEPROXY_MAX_SIZE": "10MB"}, timeout=60)
+    assert refused.returncode == 1
+    assert "does not fit in the cache" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    written = sum(
+        p.stat().st_size for p in cache.rglob("*") if p.is_file() and "index" not in p.parts
+    )
+    assert written < 1024 * 1024
