@@ -96,7 +96,7 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[PEER_BLOBS] = rt.peers.blobs
                 app[PEER_MANIFESTS] = rt.peers.manifests
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
-            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
+            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster, rt.links))
             savings = app[dashboard.SAVINGS] = Savings(config, pricing, rt.ledger)
             metrics.registry.register(SavingsCollector(rt.ledger, savings.price_of))
             log.info(

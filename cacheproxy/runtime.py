@@ -92,6 +92,7 @@ class Runtime:
     clients: Callers
     tag_lists: TagLister
     readiness: Readiness
+    links: Links
     # Serving only: the other nodes' view, the ledger, the keeper.
     peers: Callers | None = None
     cluster: Cluster | None = None
@@ -211,6 +212,7 @@ async def open_runtime(
             clients=clients,
             tag_lists=TagLister(config.max_manifest_bytes),
             readiness=Readiness(store, index),
+            links=links,
             peers=peers,
             cluster=cluster,
             ledger=ledger,
