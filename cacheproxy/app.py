@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import server
 from .config import Config
-from .http import handlers, peer
+from .http import dashboard, handlers, peer
 from .http.clientauth import ClientAuth
 from .http.keys import (
     BLOBS,
@@ -23,6 +23,7 @@ from .http.keys import (
     PEER_BLOBS,
     PEER_MANIFESTS,
     READINESS,
+    SAVINGS,
     TAG_LISTS,
     UPSTREAMS,
 )
@@ -31,7 +32,6 @@ from .listeners import guard
 from .metrics import CacheCollector, Metrics
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime import open_runtime
-from .savings import dashboard
 from .savings.collector import SavingsCollector
 from .savings.prices import load_pricing
 from .savings.service import Savings
@@ -97,7 +97,7 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[PEER_MANIFESTS] = rt.peers.manifests
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
             metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster, rt.links))
-            savings = app[dashboard.SAVINGS] = Savings(config, pricing, rt.ledger)
+            savings = app[SAVINGS] = Savings(config, pricing, rt.ledger)
             metrics.registry.register(SavingsCollector(rt.ledger, savings.price_of))
             log.info(
                 "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s",

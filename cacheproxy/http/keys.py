@@ -11,7 +11,8 @@ from ..manifests.listing import TagLister
 from ..manifests.service import ManifestService
 from ..metrics import Metrics
 from ..peers.cluster import Cluster
-from ..runtime import Readiness
+from ..savings.service import Savings
+from ..store.readiness import Readiness
 from ..upstream.pool import UpstreamPool
 from .clientauth import ClientAuth
 
@@ -29,6 +30,8 @@ KEEPER = web.AppKey("keeper", Keeper)
 READINESS = web.AppKey("readiness", Readiness)
 METRICS = web.AppKey("metrics", Metrics)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
+# What the cache saved (the dashboard).
+SAVINGS = web.AppKey("savings", Savings)
 # The ``ns`` a request named, echoed back as ``OCI-Namespace``.
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
