@@ -186,7 +186,7 @@ class Fill:
     async def _fetch(self, feed: Feed, stats: FillStats) -> None:
         attempts = 0
         while True:
-            resp = await feed.open(self.written)
+            resp = await feed.open(self.written, None)
             from_peer = feed.origin == "peer"
             if from_peer:
                 stats.peer_gets += 1

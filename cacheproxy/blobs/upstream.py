@@ -6,6 +6,7 @@ import aiohttp
 
 from ..accounting import Origin
 from ..errors import BlobUnknown, RangeNotSatisfiable, RegistryError, UpstreamUnavailable
+from ..ranges import range_header
 from ..upstream.client import error_for_status, pull_scope
 from .relay import RelayBody
 from .source import Body, Want
@@ -19,9 +20,10 @@ class UpstreamFeed:
     def __init__(self, want: Want) -> None:
         self._want = want
 
-    async def open(self, offset: int) -> aiohttp.ClientResponse:
+    async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         want = self._want
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        wanted = range_header(start, end)
+        headers = {"Range": wanted} if wanted else {}
         resp = await want.upstream.request(
             "GET",
             f"/v2/{want.repo}/blobs/{want.digest}",
