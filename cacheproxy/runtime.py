@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from .accounting import Accounting, NullAccounting
+from .blobs.fill import FillOptions
 from .blobs.inflight import Fills, InFlight
 from .blobs.local import LocalStore, Nowhere
 from .blobs.peers import PeerSource
@@ -122,7 +123,9 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
             cluster = await start_cluster(config)
             if cluster is not None:
                 stack.push_async_callback(cluster.close)
-        fills = Fills(store, accounting)
+        fills = Fills(
+            store, accounting, FillOptions(max_blob_size=parse_size(config.max_blob_size, 0))
+        )
         stack.push_async_callback(fills.close)
 
         options = ManifestOptions(

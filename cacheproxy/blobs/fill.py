@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 import aiohttp
 
@@ -44,6 +45,14 @@ class FillState(Enum):
     FAILED = "failed"
 
 
+@dataclass(frozen=True)
+class FillOptions:
+    """What a fill may fetch, from the settings."""
+
+    #: Bytes a blob may have at most (0: no limit); a longer body is cut and discarded.
+    max_blob_size: int = 0
+
+
 @dataclass
 class FillStats:
     """Counters the metrics and the tests read."""
@@ -65,19 +74,28 @@ class Fill:
     """The download of one blob into the cache."""
 
     def __init__(
-        self, digest: Digest, store: BlobStore, upstream: str = "", repo: str = ""
+        self,
+        digest: Digest,
+        store: BlobStore,
+        upstream: str = "",
+        repo: str = "",
+        options: FillOptions | None = None,
     ) -> None:
         self.digest = digest
         self.store = store
         # Who asked first: the ledger charges the transfer to this upstream and repo.
         self.upstream = upstream
         self.repo = repo
+        self.options = options or FillOptions()
         self.received = 0
         self.size: int | None = None
         self.written = 0
         self.state = FillState.STARTING
         self.error: RegistryError | None = None
-        self.tmp_path, self._fd = store.new_temp(digest)
+        # The temp file exists only once a feed has answered with the blob: a
+        # request for a digest nobody has costs no file.
+        self.tmp_path: Path | None = None
+        self._fd = -1
         self._changed = asyncio.Event()
         self._hasher = digest.hasher()
         self._feed: Feed | None = None
@@ -113,8 +131,13 @@ class Fill:
             await self._wait()
 
     def open_reader(self) -> int:
-        """Open the blob's bytes for one reader (temp file, or the final file once done)."""
+        """Open the blob's bytes for one reader (temp file, or the final file once done).
+
+        Call it once :meth:`started` returned.
+        """
         try:
+            if self.tmp_path is None:
+                raise FileNotFoundError(self.digest)
             return os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             blob = self.store.open(self.digest)
@@ -156,6 +179,7 @@ class Fill:
         self._feed = feed
         try:
             await self._fetch(feed, stats)
+            assert self.tmp_path is not None
             await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
             self.state = FillState.DONE
             stats.completed += 1
@@ -172,7 +196,9 @@ class Fill:
             self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))
             stats.failed += 1
         finally:
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
             if self.received and feed.origin == "upstream":
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
             self._notify()
@@ -180,7 +206,8 @@ class Fill:
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED
         self.error = exc
-        self.store.discard(self.tmp_path)
+        if self.tmp_path is not None:
+            self.store.discard(self.tmp_path)
         log.warning("fill of %s failed: %s", self.digest, exc.message)
 
     async def _fetch(self, feed: Feed, stats: FillStats) -> None:
@@ -222,21 +249,28 @@ class Fill:
 
     def _accept_headers(self, resp: aiohttp.ClientResponse) -> None:
         """Take the size from the first answer; check a resumed answer's range."""
-        if self.written == 0 and resp.status == 200:
-            self.size = resp.content_length
-        elif resp.status == 206:
+        if resp.status == 206:
             crange = resp.headers.get("Content-Range", "")
             start, total = parse_content_range(crange)
             if start != self.written or (self.size is not None and total not in (None, self.size)):
                 raise UpstreamBadContent("upstream answered a resume with the wrong range")
         elif resp.status == 200:
-            # A resume answered with the whole body: skip what is already on disk.
-            pass
+            # The whole body (on a resume: skip what is already on disk).
+            total = resp.content_length
         else:
             raise UpstreamBadContent(f"upstream answered {resp.status} for a blob")
-        if self.state is FillState.STARTING:
-            self.state = FillState.RUNNING
-            self._notify()
+        if self.tmp_path is None:
+            self._begin(total)
+
+    def _begin(self, size: int | None) -> None:
+        """The feed answered with the blob: its size (if announced) and the temp file."""
+        limit = self.options.max_blob_size
+        if limit and size is not None and size > limit:
+            raise UpstreamBadContent(f"blob of {size} bytes is over max_blob_size ({limit})")
+        self.size = size
+        self.tmp_path, self._fd = self.store.new_temp(self.digest)
+        self.state = FillState.RUNNING
+        self._notify()
 
     async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats, from_peer: bool) -> None:
         skip = self.written if resp.status == 200 else 0
@@ -264,13 +298,21 @@ class Fill:
                 data, skip = data[cut:], skip - cut
                 if not data:
                     continue
-            if self.size is not None and self.written + len(data) > self.size:
-                raise UpstreamBadContent("upstream sent more bytes than announced")
+            bound = self.size if self.size is not None else self.options.max_blob_size
+            if bound and self.written + len(data) > bound:
+                if self.size is None:
+                    raise UpstreamBadContent("blob is over max_blob_size")
+                # Longer than announced: keep the announced length (the digest
+                # decides) and drop the rest with the connection.
+                data = data[: bound - self.written]
+                resp.close()
             if len(data) >= INLINE_CHUNK:
                 await asyncio.to_thread(self._append, data)
             else:
                 self._append(data)
             self._notify()
+            if self.size is not None and self.written >= self.size:
+                break
         if self.size is not None and self.written < self.size:
             raise aiohttp.ClientPayloadError("upstream body ended early")
 
@@ -323,6 +365,7 @@ class FillBody:
         blob, goes out only once the whole blob is verified: a range's bytes cannot
         be checked on their own."""
         fill = self._fill
+        await fill.started()
         fd = fill.open_reader()
         try:
             pos = start

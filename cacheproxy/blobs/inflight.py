@@ -16,7 +16,7 @@ from pathlib import Path
 from ..accounting import Accounting, NullAccounting
 from ..errors import BlobUnknown
 from ..store.files import BlobStore
-from .fill import Fill, FillBody, FillState, FillStats
+from .fill import Fill, FillBody, FillOptions, FillState, FillStats
 from .local import FileBody
 from .source import Body, Feed, Remote, Want
 
@@ -31,8 +31,14 @@ class Fills:
     could otherwise each wait on the other's fill.
     """
 
-    def __init__(self, store: BlobStore, accounting: Accounting | None = None) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        accounting: Accounting | None = None,
+        options: FillOptions | None = None,
+    ) -> None:
         self.store = store
+        self.options = options or FillOptions()
         self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
         #: Called after each blob is committed (the keeper checks the size limit).
@@ -57,7 +63,7 @@ class Fills:
         if self.store.exists(want.digest):
             return None
         key = (str(want.digest), feed.origin == "peer")
-        fill = Fill(want.digest, self.store, want.upstream.name, want.repo)
+        fill = Fill(want.digest, self.store, want.upstream.name, want.repo, self.options)
         self._fills[key] = fill
         task = asyncio.create_task(self._run(fill, feed, key), name=f"fill {key[0]}")
         self._tasks.add(task)
@@ -79,7 +85,7 @@ class Fills:
         return len(self._fills)
 
     def temp_paths(self) -> list[Path]:
-        return [f.tmp_path for f in self._fills.values()]
+        return [f.tmp_path for f in self._fills.values() if f.tmp_path is not None]
 
     async def close(self) -> None:
         """Cancel every fill (shutdown); their temp files are removed."""

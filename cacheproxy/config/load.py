@@ -42,6 +42,7 @@ _SCALARS: dict[str, type] = {
     "connect_timeout": float,
     "read_timeout": float,
     "max_manifest_bytes": int,
+    "max_blob_size": str,
     "upstream_retries": int,
     "upstream_retry_budget": float,
     "upstream_connections": int,
@@ -270,13 +271,15 @@ def _check(config: Config) -> None:
         raise ConfigError("tag_ttl and max_stale must not be negative")
     if not config.savings_flush_interval > 0:
         raise ConfigError("savings_flush_interval must be positive")
-    for key in ("max_size", "min_free"):
+    for key in ("max_size", "min_free", "max_blob_size"):
         value = getattr(config, key)
         if value is not None:
             try:
                 parse_size(value, 1)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
+    if config.max_blob_size.strip().endswith("%"):
+        raise ConfigError('max_blob_size: expected bytes ("64GiB"), not a share of the disk')
     unknown = set(config.presets) - set(ALL_PRESETS)
     if unknown:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")

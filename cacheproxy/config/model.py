@@ -98,6 +98,9 @@ class Config:
     # Seconds without a byte from upstream before a fill is given up.
     read_timeout: float = 60.0
     max_manifest_bytes: int = 4 * 1024 * 1024
+    # The largest blob a fill takes ("64GiB"; "0": no limit); a longer body is cut
+    # and discarded, so an upstream cannot fill the disk with one endless answer.
+    max_blob_size: str = "64GiB"
     # Upstream 5xx/429/connection failures: retries, and the seconds they may take.
     upstream_retries: int = 3
     upstream_retry_budget: float = 10.0
