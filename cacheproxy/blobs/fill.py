@@ -1,29 +1,34 @@
 """One download of a blob into the cache, streamed to every reader while it lands.
 
 A :class:`Fill` belongs to the registry of fills (``inflight.Fills``), never to a
-request: a client that goes away leaves it running, and the blob is still cached. Readers
-open the temp file themselves and read up to ``written``, so N readers cost N
-file descriptors and no memory. The last byte of a blob is released to readers
-only after the whole blob has been verified, so a client never sees a clean end
-of a wrong or short body.
+request: a client that goes away leaves it running, and the blob is still cached.
+Its bytes may come as ranges on several connections (``scheduler.Lanes``): each
+lands at its offset in the one temp file, and the digest is computed over the
+contiguous prefix as it grows. Readers open the temp file themselves and send
+what is on disk, so N readers cost N file descriptors and no memory. The last
+byte of a blob is released to readers only after the whole blob has been
+verified, so a client never sees a clean end of a wrong or short body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-
-import aiohttp
+from typing import Any
 
 from ..accounting import Accounting, Origin
 from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
 from ..oci import Digest
-from ..ranges import parse_content_range
 from ..store.files import BlobStore
+from .scheduler import Lanes
+from .segments import Extents, RangeSupport
 from .source import Feed, Sink
 
 log = logging.getLogger(__name__)
@@ -31,11 +36,12 @@ log = logging.getLogger(__name__)
 # Below this a chunk is written and hashed on the loop (microseconds); above it
 # the work goes to a thread so hashing a fast upstream uses the other core.
 INLINE_CHUNK = 256 * 1024
-MAX_CHUNK = 1024 * 1024
+# The digest catches up with the prefix in reads of this much (in a thread).
+HASH_BLOCK = 4 * 1024 * 1024
 # A reader of a fill sends what has landed in reads of up to this much.
 READ_CHUNK = 1024 * 1024
-RESUME_ATTEMPTS = 3
-RESUME_BACKOFF = 0.5
+# Readers waiting past the written bytes, given to the planner as hints.
+MAX_HINTS = 16
 
 
 class FillState(Enum):
@@ -47,10 +53,13 @@ class FillState(Enum):
 
 @dataclass(frozen=True)
 class FillOptions:
-    """What a fill may fetch, from the settings."""
+    """What a fill may fetch and how, from the settings."""
 
     #: Bytes a blob may have at most (0: no limit); a longer body is cut and discarded.
     max_blob_size: int = 0
+    #: The smallest byte range asked for on its own connection; the first request
+    #: asks for this much, so a blob no bigger comes in one stream.
+    segment_min_size: int = 8 * 1024 * 1024
 
 
 @dataclass
@@ -65,9 +74,12 @@ class FillStats:
     failed: int = 0
     resumed: int = 0
     digest_mismatches: int = 0
+    #: Range requests beyond a blob's first (its other segments).
+    segments: int = 0
+    #: Fills that fell back to one stream: a feed answered a range wrongly.
+    single_stream: int = 0
     # Misses streamed through uncached because the disk was nearly full.
     streamed_through: int = 0
-    by_digest: dict[str, int] = field(default_factory=dict)
 
 
 class Fill:
@@ -80,6 +92,7 @@ class Fill:
         upstream: str = "",
         repo: str = "",
         options: FillOptions | None = None,
+        ranges: RangeSupport | None = None,
     ) -> None:
         self.digest = digest
         self.store = store
@@ -87,48 +100,60 @@ class Fill:
         self.upstream = upstream
         self.repo = repo
         self.options = options or FillOptions()
+        self.ranges = ranges or RangeSupport()
         self.received = 0
         self.size: int | None = None
-        self.written = 0
+        self.extents = Extents()
+        self.hashed = 0
         self.state = FillState.STARTING
         self.error: RegistryError | None = None
         # The temp file exists only once a feed has answered with the blob: a
         # request for a digest nobody has costs no file.
         self.tmp_path: Path | None = None
         self._fd = -1
-        self._changed = asyncio.Event()
         self._hasher = digest.hasher()
+        self._hashing = False
+        self._hash_task: asyncio.Task[None] | None = None
+        self._hash_error: OSError | None = None
+        # Thread work on the file still running (it must end before the fd closes).
+        self._io: set[asyncio.Future[Any]] = set()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._feed: Feed | None = None
 
     # --- reader side ---------------------------------------------------------
 
     async def started(self) -> None:
-        """Wait until the upstream answered with the blob (size known) or failed."""
+        """Wait until a feed answered with the blob (size known if announced) or failed."""
         while self.state is FillState.STARTING:
-            await self._wait()
-        if self.state is FillState.FAILED and self.written == 0:
+            await self._wait_at(-1)
+        if self.state is FillState.FAILED and self.tmp_path is None:
             assert self.error is not None
             raise self.error
 
     async def readable(self, pos: int) -> int:
-        """Wait until bytes past ``pos`` may be read; returns the exclusive limit.
+        """Wait until bytes from ``pos`` on are on disk; returns the exclusive limit.
 
-        Returns ``pos`` itself only when the fill is complete and ``pos`` is at its
-        end. Raises the fill's error when it failed: the reader must then abort.
+        The bytes need not be contiguous with the start: a reader far ahead is
+        served as soon as its part has landed (and is a hint for the planner
+        meanwhile). Returns ``pos`` itself only when the fill is complete and
+        ``pos`` is at its end. Raises the fill's error when it failed: the reader
+        must then abort.
         """
         while True:
             if self.state is FillState.FAILED:
                 assert self.error is not None
                 raise self.error
             if self.state is FillState.DONE:
-                return self.written
-            # Hold back the final byte until the digest has been checked.
-            limit = self.written
-            if self.size is not None:
-                limit = min(limit, self.size - 1)
-            if limit > pos:
-                return limit
-            await self._wait()
+                assert self.size is not None
+                return self.size
+            end = self.extents.end_at(pos)
+            if end is not None:
+                # Hold back the final byte until the digest has been checked.
+                if self.size is not None:
+                    end = min(end, self.size - 1)
+                if end > pos:
+                    return end
+            await self._wait_at(pos)
 
     def open_reader(self) -> int:
         """Open the blob's bytes for one reader (temp file, or the final file once done).
@@ -146,21 +171,49 @@ class Fill:
             return blob.fd
 
     def progress(self) -> int:
-        """Bytes on disk so far."""
-        return self.written
+        """Bytes on disk from the start without a hole."""
+        return self.extents.prefix
+
+    def hints(self) -> list[int]:
+        """Positions readers wait at that are not on disk yet (the lowest few)."""
+        wanted = {p for p, _ in self._waiters if p >= 0 and self.extents.end_at(p) is None}
+        return sorted(wanted)[:MAX_HINTS]
 
     async def wait_done(self) -> None:
         while self.state not in (FillState.DONE, FillState.FAILED):
-            await self._wait()
+            await self._wait_at(-1)
         if self.error is not None:
             raise self.error
 
-    async def _wait(self) -> None:
-        await self._changed.wait()
+    async def _wait_at(self, pos: int) -> None:
+        """Sleep until bytes at ``pos`` land or the state changes (``pos`` -1: only that)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (pos, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        finally:
+            # Woken waiters are off the list already; a cancelled one takes itself off.
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _wake(self, start: int, end: int) -> None:
+        """Wake the readers waiting for a byte of ``start..end`` (exclusive)."""
+        kept = []
+        for entry in self._waiters:
+            if start <= entry[0] < end:
+                if not entry[1].done():
+                    entry[1].set_result(None)
+            else:
+                kept.append(entry)
+        self._waiters = kept
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- writer side ---------------------------------------------------------
 
@@ -178,13 +231,21 @@ class Fill:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         self._feed = feed
         try:
-            await self._fetch(feed, stats)
+            lanes = Lanes(
+                self, [feed], stats, self.options.segment_min_size, self.ranges, self.upstream
+            )
+            await lanes.run()
+            try:
+                self._verify(await self._length(), stats)
+            except UpstreamBadContent:
+                feed.blame()
+                raise
             assert self.tmp_path is not None
-            await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
+            await self._in_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
             self.state = FillState.DONE
             stats.completed += 1
-            accounting.stored(self.upstream, self.repo, self.written)
-            log.info("cached %s (%d bytes)", self.digest, self.written)
+            accounting.stored(self.upstream, self.repo, self.extents.prefix)
+            log.info("cached %s (%d bytes)", self.digest, self.extents.prefix)
         except asyncio.CancelledError:
             self._fail(UpstreamUnavailable("proxy shutting down"))
             raise
@@ -196,12 +257,10 @@ class Fill:
             self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))
             stats.failed += 1
         finally:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            await self._close()
             if self.received and feed.origin == "upstream":
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
-            self._notify()
+            self._wake_all()
 
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED
@@ -210,123 +269,109 @@ class Fill:
             self.store.discard(self.tmp_path)
         log.warning("fill of %s failed: %s", self.digest, exc.message)
 
-    async def _fetch(self, feed: Feed, stats: FillStats) -> None:
-        attempts = 0
-        while True:
-            resp = await feed.open(self.written, None)
-            from_peer = feed.origin == "peer"
-            if from_peer:
-                stats.peer_gets += 1
-            else:
-                stats.upstream_gets += 1
-                key = str(self.digest)
-                stats.by_digest[key] = stats.by_digest.get(key, 0) + 1
-            try:
-                self._accept_headers(resp)
-                await self._copy(resp, stats, from_peer)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # RFC 9110 section 14: resume a broken body from where it broke.
-                attempts += 1
-                if attempts > RESUME_ATTEMPTS:
-                    raise UpstreamUnavailable("upstream broke off the blob") from exc
-                log.info(
-                    "upstream body of %s broke at %d (%s), resuming",
-                    self.digest,
-                    self.written,
-                    type(exc).__name__,
-                )
-                stats.resumed += 1
-                await asyncio.sleep(RESUME_BACKOFF * 2 ** (attempts - 1))
-                continue
-            finally:
-                resp.release()
-            break
-        try:
-            self._verify(stats)
-        except UpstreamBadContent:
-            feed.blame()
-            raise
+    async def _close(self) -> None:
+        if self._hash_task is not None:
+            self._hash_task.cancel()
+        # A thread still writing or hashing must finish before its fd is closed.
+        while self._io:
+            await asyncio.wait(list(self._io))
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
-    def _accept_headers(self, resp: aiohttp.ClientResponse) -> None:
-        """Take the size from the first answer; check a resumed answer's range."""
-        if resp.status == 206:
-            crange = resp.headers.get("Content-Range", "")
-            start, total = parse_content_range(crange)
-            if start != self.written or (self.size is not None and total not in (None, self.size)):
-                raise UpstreamBadContent("upstream answered a resume with the wrong range")
-        elif resp.status == 200:
-            # The whole body (on a resume: skip what is already on disk).
-            total = resp.content_length
-        else:
-            raise UpstreamBadContent(f"upstream answered {resp.status} for a blob")
-        if self.tmp_path is None:
-            self._begin(total)
-
-    def _begin(self, size: int | None) -> None:
-        """The feed answered with the blob: its size (if announced) and the temp file."""
+    def begin(self, size: int | None) -> None:
+        """A feed answered with the blob: its size (if announced) and the temp file."""
         limit = self.options.max_blob_size
         if limit and size is not None and size > limit:
             raise UpstreamBadContent(f"blob of {size} bytes is over max_blob_size ({limit})")
         self.size = size
         self.tmp_path, self._fd = self.store.new_temp(self.digest)
         self.state = FillState.RUNNING
-        self._notify()
+        self._wake_all()
 
-    async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats, from_peer: bool) -> None:
-        skip = self.written if resp.status == 200 else 0
-        content = resp.content
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            parts = [chunk]
-            total = len(chunk)
-            while total < MAX_CHUNK:
-                more = content.read_nowait(MAX_CHUNK - total)
-                if not more:
-                    break
-                parts.append(more)
-                total += len(more)
-            data = b"".join(parts) if len(parts) > 1 else chunk
-            if from_peer:
-                stats.peer_bytes += len(data)
-            else:
-                stats.upstream_bytes += len(data)
-                self.received += len(data)
-            if skip:
-                cut = min(skip, len(data))
-                data, skip = data[cut:], skip - cut
-                if not data:
-                    continue
-            bound = self.size if self.size is not None else self.options.max_blob_size
-            if bound and self.written + len(data) > bound:
-                if self.size is None:
-                    raise UpstreamBadContent("blob is over max_blob_size")
-                # Longer than announced: keep the announced length (the digest
-                # decides) and drop the rest with the connection.
-                data = data[: bound - self.written]
-                resp.close()
+    async def write_at(self, offset: int, data: bytes) -> None:
+        """Put ``data`` at ``offset`` (``os.pwrite``); hash it now if it extends the
+        hashed prefix, else the digest catches up once the prefix reaches it."""
+        end = offset + len(data)
+        limit = self.size if self.size is not None else self.options.max_blob_size
+        if limit and end > limit:
+            raise UpstreamBadContent("blob is over max_blob_size")
+        hash_now = offset == self.hashed and not self._hashing
+        if hash_now:
+            self._hashing = True
+        try:
             if len(data) >= INLINE_CHUNK:
-                await asyncio.to_thread(self._append, data)
+                await self._in_thread(self._pwrite, data, offset, hash_now)
             else:
-                self._append(data)
-            self._notify()
-            if self.size is not None and self.written >= self.size:
-                break
-        if self.size is not None and self.written < self.size:
-            raise aiohttp.ClientPayloadError("upstream body ended early")
+                self._pwrite(data, offset, hash_now)
+        finally:
+            if hash_now:
+                self._hashing = False
+        self.extents.add(offset, end)
+        self._wake(offset, end)
+        if self.extents.prefix > self.hashed and not self._hashing and self._hash_task is None:
+            self._hash_task = asyncio.create_task(self._catch_up(), name=f"hash {self.digest}")
 
-    def _append(self, data: bytes) -> None:
+    def _pwrite(self, data: bytes, offset: int, hash_now: bool) -> None:
         view = memoryview(data)
+        at = offset
         while view:
-            view = view[os.write(self._fd, view) :]
-        self._hasher.update(data)
-        self.written += len(data)
+            written = os.pwrite(self._fd, view, at)
+            view, at = view[written:], at + written
+        if hash_now:
+            self._hasher.update(data)
+            self.hashed += len(data)
 
-    def _verify(self, stats: FillStats) -> None:
-        actual = self._hasher.hexdigest()
-        if self.size is not None and self.written != self.size:
+    async def _catch_up(self) -> None:
+        """Hash the prefix from the file where it grew by bytes written out of order."""
+        try:
+            while self.extents.prefix > self.hashed and not self._hashing:
+                self._hashing = True
+                try:
+                    stop = min(self.extents.prefix, self.hashed + HASH_BLOCK)
+                    await self._in_thread(self._hash_file, self.hashed, stop)
+                finally:
+                    self._hashing = False
+        except OSError as exc:
+            # Reported when the fill checks its digest (see _length).
+            self._hash_error = exc
+        finally:
+            self._hash_task = None
+
+    def _hash_file(self, start: int, stop: int) -> None:
+        while start < stop:
+            data = os.pread(self._fd, min(HASH_BLOCK, stop - start), start)
+            if not data:
+                raise OSError("blob temp file shorter than written")
+            self._hasher.update(data)
+            start += len(data)
+            self.hashed = start
+
+    async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking file work in a thread; it finishes even if the caller is
+        cancelled, and :meth:`_close` waits for it."""
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(None, functools.partial(func, *args))
+        self._io.add(work)
+        work.add_done_callback(_settle)
+        work.add_done_callback(self._io.discard)
+        return await asyncio.shield(work)
+
+    async def _length(self) -> int:
+        """The blob's length once every lane is done, its prefix hashed to the end."""
+        size = self.extents.prefix
+        if (self.size is not None and size != self.size) or self.extents.total != size:
             raise UpstreamBadContent("upstream blob has the wrong length")
+        if self._hash_task is not None:
+            await asyncio.shield(self._hash_task)
+        if self._hash_error is not None:
+            raise self._hash_error
+        if self.hashed < size:
+            await self._in_thread(self._hash_file, self.hashed, size)
+        return size
+
+    def _verify(self, size: int, stats: FillStats) -> None:
+        actual = self._hasher.hexdigest()
         if actual != self.digest.hex:
             stats.digest_mismatches += 1
             log.error(
@@ -336,7 +381,13 @@ class Fill:
                 actual,
             )
             raise UpstreamBadContent("upstream blob does not match its digest")
-        self.size = self.written
+        self.size = size
+
+
+def _settle(work: asyncio.Future[Any]) -> None:
+    # Retrieve a result nobody awaits any more (its caller was cancelled).
+    if not work.cancelled():
+        work.exception()
 
 
 class FillBody:

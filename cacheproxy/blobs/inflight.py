@@ -18,6 +18,7 @@ from ..errors import BlobUnknown
 from ..store.files import BlobStore
 from .fill import Fill, FillBody, FillOptions, FillState, FillStats
 from .local import FileBody
+from .segments import RangeSupport
 from .source import Body, Feed, Remote, Want
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Fills:
     ) -> None:
         self.store = store
         self.options = options or FillOptions()
+        #: Upstreams that answered a range wrongly: their blobs come in one stream.
+        self.ranges = RangeSupport()
         self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
         #: Called after each blob is committed (the keeper checks the size limit).
@@ -63,7 +66,9 @@ class Fills:
         if self.store.exists(want.digest):
             return None
         key = (str(want.digest), feed.origin == "peer")
-        fill = Fill(want.digest, self.store, want.upstream.name, want.repo, self.options)
+        fill = Fill(
+            want.digest, self.store, want.upstream.name, want.repo, self.options, self.ranges
+        )
         self._fills[key] = fill
         task = asyncio.create_task(self._run(fill, feed, key), name=f"fill {key[0]}")
         self._tasks.add(task)

@@ -41,6 +41,12 @@ class PeerFeed:
     def origin(self) -> Origin:
         return self._fallback.origin if self._on_fallback else "peer"
 
+    @property
+    def lanes(self) -> int:
+        # One range at a time from a peer (its owner fetches in segments itself), so
+        # opening again means the last answer broke off.
+        return self._fallback.lanes if self._on_fallback else 1
+
     async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         if self._current is not None:
             self._cluster.membership.mark_bad(self._current, "broke off a blob")

@@ -88,6 +88,10 @@ class Feed(Protocol):
     def origin(self) -> Origin:
         """Who is delivering right now ("peer" until a feed falls back to the upstream)."""
 
+    @property
+    def lanes(self) -> int:
+        """How many ranges of one blob it may carry at once (connections)."""
+
     async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         """Bytes ``start..end`` of the blob (``end`` inclusive; None: to the end).
 

@@ -17,8 +17,9 @@ class UpstreamFeed:
 
     origin: Origin = "upstream"
 
-    def __init__(self, want: Want) -> None:
+    def __init__(self, want: Want, lanes: int = 1) -> None:
         self._want = want
+        self.lanes = lanes
 
     async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         want = self._want
