@@ -123,9 +123,11 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
             cluster = await start_cluster(config)
             if cluster is not None:
                 stack.push_async_callback(cluster.close)
-        fills = Fills(
-            store, accounting, FillOptions(max_blob_size=parse_size(config.max_blob_size, 0))
+        fill_options = FillOptions(
+            max_blob_size=parse_size(config.max_blob_size, 0),
+            segment_min_size=parse_size(config.segment_min_size, 0),
         )
+        fills = Fills(store, accounting, fill_options)
         stack.push_async_callback(fills.close)
 
         options = ManifestOptions(
@@ -152,7 +154,7 @@ async def open_runtime(config: Config, *, serving: bool = False) -> AsyncIterato
         def chain(ask_peers: bool) -> BlobSource:
             if config.offline:
                 return LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
-            remote: Remote = UpstreamSource()
+            remote: Remote = UpstreamSource(lanes=config.upstream_segments)
             if ask_peers and cluster is not None:
                 remote = PeerSource(cluster, remote)
             # A peer's request never joins a fill fed through peers: two nodes with

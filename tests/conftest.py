@@ -16,6 +16,8 @@ from tests.support.registry import DOCKER_REGISTRY, RegistryProcess
 _REQUIRED = {
     DOCKER_REGISTRY: "apt-get install docker-registry",
     SKOPEO: "apt-get install skopeo",
+    # The per-connection throttle of the segment tests (as the benchmarks use).
+    "nginx": "apt-get install nginx-light",
 }
 
 

@@ -106,6 +106,12 @@ class Config:
     upstream_retry_budget: float = 10.0
     # Concurrent connections to one upstream.
     upstream_connections: int = 64
+    # Connections one blob is fetched on at once, as byte ranges (object stores and
+    # CDNs throttle each connection; see benchmarks/segments.py). 1: one stream.
+    upstream_segments: int = 4
+    # The smallest range worth a connection of its own; a blob no bigger comes in
+    # one stream ("8MiB": S3's advice for parallel ranged GETs is 8-16 MB).
+    segment_min_size: str = "8MiB"
     # Seconds a client may take to send a request's headers (slow-loris bound), and
     # an idle keep-alive connection is kept.
     client_header_timeout: float = 30.0

@@ -204,6 +204,20 @@ class Upstream:
             log.info("upstream %s: retry %d of %s in %.1f s", self.name, attempt, path, delay)
             await asyncio.sleep(delay)
 
+    async def fetch_storage(
+        self, url: str, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        """GET a URL a blob request was redirected to (a presigned storage URL) as is.
+
+        No credentials (they never leave the registry's origin) and no retries: on
+        any failure the caller goes back through the registry, which signs anew.
+        Raises UpstreamUnavailable when the storage cannot be reached.
+        """
+        if self.offline:
+            raise UpstreamUnavailable("the proxy is offline: the cache only")
+        async with self._slots:
+            return await self._send("GET", url, CIMultiDict(headers or {}), None)
+
     async def _authorized(
         self, method: str, path: str, scope: str, headers: Mapping[str, str] | None
     ) -> aiohttp.ClientResponse:

@@ -96,7 +96,7 @@ async def test_unannounced_body_past_max_blob_size_is_cut_and_discarded(
     # No Content-Length and no range: nothing announces the size.
     forwarder.set_fault(Fault(match=digest, kind="length", offset=-1, methods=GET))
     forwarder.throttle_bps = 8_000_000
-    settings = {"max_blob_size": "1MB"}
+    settings = {"max_blob_size": "1MB", "upstream_segments": 1}
     async with running_proxy(forwarder.url, tmp_path / "cache", **settings) as proxy:
         with pytest.raises(aiohttp.ClientPayloadError):
             async with http.get(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
