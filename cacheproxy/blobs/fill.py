@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -37,8 +38,12 @@ log = logging.getLogger(__name__)
 # Below this a chunk is written and hashed on the loop (microseconds); above it
 # the work goes to a thread so hashing a fast upstream uses the other core.
 INLINE_CHUNK = 256 * 1024
-# The digest catches up with the prefix in reads of this much (in a thread).
-HASH_BLOCK = 4 * 1024 * 1024
+# The digest catches up with the prefix in blocks of this much (in a thread).
+HASH_BLOCK = 8 * 1024 * 1024
+# Buffers one pwritev takes at most (Linux IOV_MAX is 1024).
+IOV_MAX = 512
+# After its first bytes, a reader of a fill wakes for this much at least.
+SEND_BATCH = 1024 * 1024
 # Readers waiting past the written bytes, given to the planner as hints.
 MAX_HINTS = 16
 
@@ -116,7 +121,8 @@ class Fill:
         self._hash_error: OSError | None = None
         # Thread work on the file still running (it must end before the fd closes).
         self._io: set[asyncio.Future[Any]] = set()
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # (byte that wakes it, where its reader is, the future it sleeps on)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._feed: Feed | None = None
 
     # --- reader side ---------------------------------------------------------
@@ -129,14 +135,15 @@ class Fill:
             assert self.error is not None
             raise self.error
 
-    async def readable(self, pos: int) -> int:
+    async def readable(self, pos: int, batch: int = 1) -> int:
         """Wait until bytes from ``pos`` on are on disk; returns the exclusive limit.
 
-        The bytes need not be contiguous with the start: a reader far ahead is
-        served as soon as its part has landed (and is a hint for the planner
-        meanwhile). Returns ``pos`` itself only when the fill is complete and
-        ``pos`` is at its end. Raises the fill's error when it failed: the reader
-        must then abort.
+        ``batch``: how many bytes are worth a wake-up (a reader sends each wake-up's
+        bytes with one system call): fewer only at the end of what may be sent. The
+        bytes need not be contiguous with the start: a reader far ahead is served
+        as soon as its part has landed (and is a hint for the planner meanwhile).
+        Returns ``pos`` itself only when the fill is complete and ``pos`` is at its
+        end. Raises the fill's error when it failed: the reader must then abort.
         """
         while True:
             if self.state is FillState.FAILED:
@@ -146,13 +153,20 @@ class Fill:
                 assert self.size is not None
                 return self.size
             end = self.extents.end_at(pos)
-            if end is not None:
-                # Hold back the final byte until the digest has been checked.
-                if self.size is not None:
-                    end = min(end, self.size - 1)
-                if end > pos:
-                    return end
-            await self._wait_at(pos)
+            # Hold back the final byte until the digest has been checked.
+            last = self.size - 1 if self.size is not None else None
+            if end is not None and last is not None:
+                end = min(end, last)
+            if end is None or end <= pos:
+                await self._wait_at(pos, pos)
+                continue
+            goal = pos + batch if last is None else min(pos + batch, last)
+            if end >= goal:
+                return end
+            # Sleep until the goal's last byte lands, or, if that one is there
+            # already (landed out of order), until the hole after ``end`` fills.
+            wake = goal - 1 if self.extents.end_at(goal - 1) is None else end
+            await self._wait_at(wake, pos)
 
     def open_reader(self) -> int:
         """Open the blob's bytes for one reader (temp file, or the final file once done).
@@ -175,7 +189,7 @@ class Fill:
 
     def hints(self) -> list[int]:
         """Positions readers wait at that are not on disk yet (the lowest few)."""
-        wanted = {p for p, _ in self._waiters if p >= 0 and self.extents.end_at(p) is None}
+        wanted = {p for _, p, _ in self._waiters if p >= 0 and self.extents.end_at(p) is None}
         return sorted(wanted)[:MAX_HINTS]
 
     async def wait_done(self) -> None:
@@ -184,10 +198,11 @@ class Fill:
         if self.error is not None:
             raise self.error
 
-    async def _wait_at(self, pos: int) -> None:
-        """Sleep until bytes at ``pos`` land or the state changes (``pos`` -1: only that)."""
+    async def _wait_at(self, wake: int, pos: int = -1) -> None:
+        """Sleep until the byte at ``wake`` lands or the state changes (``wake`` -1:
+        only that); ``pos``: where the reader is (a hint for the planner)."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (pos, waiter)
+        entry = (wake, pos, waiter)
         self._waiters.append(entry)
         try:
             await waiter
@@ -202,15 +217,15 @@ class Fill:
         kept = []
         for entry in self._waiters:
             if start <= entry[0] < end:
-                if not entry[1].done():
-                    entry[1].set_result(None)
+                if not entry[2].done():
+                    entry[2].set_result(None)
             else:
                 kept.append(entry)
         self._waiters = kept
 
     def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, []
-        for _, waiter in waiters:
+        for _, _, waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -288,10 +303,12 @@ class Fill:
         self.state = FillState.RUNNING
         self._wake_all()
 
-    async def write_at(self, offset: int, data: bytes) -> None:
-        """Put ``data`` at ``offset`` (``os.pwrite``); hash it now if it extends the
-        hashed prefix, else the digest catches up once the prefix reaches it."""
-        end = offset + len(data)
+    async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
+        """Put ``parts`` (one piece, in order) at ``offset`` with one ``os.pwritev``;
+        hash them now if they extend the hashed prefix, else the digest catches up
+        once the prefix reaches them."""
+        size = sum(len(p) for p in parts)
+        end = offset + size
         limit = self.size if self.size is not None else self.options.max_blob_size
         if limit and end > limit:
             raise UpstreamBadContent("blob is over max_blob_size")
@@ -299,10 +316,10 @@ class Fill:
         if hash_now:
             self._hashing = True
         try:
-            if len(data) >= INLINE_CHUNK:
-                await self._in_thread(self._pwrite, data, offset, hash_now)
+            if size >= INLINE_CHUNK:
+                await self._in_thread(self._pwrite, parts, offset, hash_now)
             else:
-                self._pwrite(data, offset, hash_now)
+                self._pwrite(parts, offset, hash_now)
         finally:
             if hash_now:
                 self._hashing = False
@@ -311,15 +328,21 @@ class Fill:
         if self.extents.prefix > self.hashed and not self._hashing and self._hash_task is None:
             self._hash_task = asyncio.create_task(self._catch_up(), name=f"hash {self.digest}")
 
-    def _pwrite(self, data: bytes, offset: int, hash_now: bool) -> None:
-        view = memoryview(data)
+    def _pwrite(self, parts: Sequence[bytes | memoryview], offset: int, hash_now: bool) -> None:
+        pending = [memoryview(p) for p in parts if len(p)]
         at = offset
-        while view:
-            written = os.pwrite(self._fd, view, at)
-            view, at = view[written:], at + written
+        while pending:
+            written = os.pwritev(self._fd, pending[:IOV_MAX], at)
+            at += written
+            while pending and written >= len(pending[0]):
+                written -= len(pending[0])
+                pending.pop(0)
+            if pending and written:
+                pending[0] = pending[0][written:]
         if hash_now:
-            self._hasher.update(data)
-            self.hashed += len(data)
+            for part in parts:
+                self._hasher.update(part)
+            self.hashed = at
 
     async def _catch_up(self) -> None:
         """Hash the prefix from the file where it grew by bytes written out of order."""
@@ -338,13 +361,14 @@ class Fill:
             self._hash_task = None
 
     def _hash_file(self, start: int, stop: int) -> None:
-        while start < stop:
-            data = os.pread(self._fd, min(HASH_BLOCK, stop - start), start)
-            if not data:
-                raise OSError("blob temp file shorter than written")
-            self._hasher.update(data)
-            start += len(data)
-            self.hashed = start
+        # Mapped, not read: the page cache is hashed in place, without a copy.
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with (
+            mmap.mmap(self._fd, stop - base, offset=base, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped) as view,
+        ):
+            self._hasher.update(view[start - base :])
+        self.hashed = stop
 
     async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run blocking file work in a thread; it finishes even if the caller is
@@ -419,8 +443,12 @@ class FillBody:
         fd = fill.open_reader()
         try:
             pos = start
+            batch = 1  # the first byte goes out as soon as it lands
             while end is None or pos <= end:
-                limit = await fill.readable(pos)
+                limit = await fill.readable(
+                    pos, batch if end is None else min(batch, end + 1 - pos)
+                )
+                batch = SEND_BATCH
                 if limit <= pos:
                     break
                 stop = limit if end is None else min(limit, end + 1)

@@ -59,8 +59,8 @@ class Target(Protocol):
     def begin(self, size: int | None) -> None:
         """A feed answered with the blob (its size, if known)."""
 
-    async def write_at(self, offset: int, data: bytes) -> None:
-        """Put ``data`` at ``offset`` of the blob."""
+    async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
+        """Put ``parts`` (consecutive bytes) at ``offset`` of the blob."""
 
     def hints(self) -> list[int]:
         """Positions readers wait at that nothing has landed at yet."""
@@ -252,26 +252,28 @@ class Lanes:
         content = resp.content
         from_peer = self._feeds[lane.feed].origin == "peer"
         while lane.end is None or lane.pos < lane.end:
-            data = await _read_chunk(content)
-            if not data:
+            parts = await _read_chunk(content)
+            if not parts:
                 break
+            size = sum(len(p) for p in parts)
             if from_peer:
-                self._stats.peer_bytes += len(data)
+                self._stats.peer_bytes += size
             else:
-                self._stats.upstream_bytes += len(data)
-                self._target.received += len(data)
+                self._stats.upstream_bytes += size
+                self._target.received += size
             if skip:
-                cut = min(skip, len(data))
-                data, skip = data[cut:], skip - cut
-                if not data:
+                cut = min(skip, size)
+                parts, skip, size = _drop(parts, cut), skip - cut, size - cut
+                if not size:
                     continue
-            over = lane.end is not None and lane.pos + len(data) > lane.end
+            over = lane.end is not None and lane.pos + size > lane.end
             if lane.end is not None and over:
                 # Longer than asked (or announced): keep what was asked, drop the
                 # rest with the connection.
-                data = data[: lane.end - lane.pos]
-            await self._target.write_at(lane.pos, data)
-            lane.pos += len(data)
+                size = lane.end - lane.pos
+                parts = _keep(parts, size)
+            await self._target.write_at(lane.pos, parts)
+            lane.pos += size
             if over:
                 resp.close()
                 break
@@ -309,12 +311,13 @@ class Lanes:
             self._ranges.remember(self._key)
 
 
-async def _read_chunk(content: aiohttp.StreamReader) -> bytes:
-    """What has arrived, at least one read's worth, at most ``MAX_CHUNK``."""
+async def _read_chunk(content: aiohttp.StreamReader) -> list[bytes | memoryview]:
+    """What has arrived (at least one read's worth, at most about ``MAX_CHUNK``), as
+    the buffers it came in: written with one pwritev, never joined."""
     chunk = await content.readany()
     if not chunk:
-        return chunk
-    parts = [chunk]
+        return []
+    parts: list[bytes | memoryview] = [chunk]
     total = len(chunk)
     while total < MAX_CHUNK:
         more = content.read_nowait(MAX_CHUNK - total)
@@ -322,4 +325,27 @@ async def _read_chunk(content: aiohttp.StreamReader) -> bytes:
             break
         parts.append(more)
         total += len(more)
-    return b"".join(parts) if len(parts) > 1 else chunk
+    return parts
+
+
+def _drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
+    """``parts`` without their first ``count`` bytes."""
+    out = []
+    for part in parts:
+        if count >= len(part):
+            count -= len(part)
+            continue
+        out.append(memoryview(part)[count:] if count else part)
+        count = 0
+    return out
+
+
+def _keep(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
+    """The first ``count`` bytes of ``parts``."""
+    out = []
+    for part in parts:
+        if count <= 0:
+            break
+        out.append(part if len(part) <= count else memoryview(part)[:count])
+        count -= len(part)
+    return out
