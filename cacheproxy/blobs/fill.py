@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import mmap
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,8 +37,10 @@ log = logging.getLogger(__name__)
 # Below this a chunk is written and hashed on the loop (microseconds); above it
 # the work goes to a thread so hashing a fast upstream uses the other core.
 INLINE_CHUNK = 256 * 1024
-# The digest catches up with the prefix in blocks of this much (in a thread).
+# The digest follows the prefix in blocks of this much per thread call, read back
+# in pieces of HASH_READ.
 HASH_BLOCK = 8 * 1024 * 1024
+HASH_READ = 1024 * 1024
 # Buffers one pwritev takes at most (Linux IOV_MAX is 1024).
 IOV_MAX = 512
 # After its first bytes, a reader of a fill wakes for this much at least.
@@ -116,9 +117,9 @@ class Fill:
         self.tmp_path: Path | None = None
         self._fd = -1
         self._hasher = digest.hasher()
-        self._hashing = False
         self._hash_task: asyncio.Task[None] | None = None
         self._hash_error: OSError | None = None
+        self._hash_buffer: bytearray | None = None
         # Thread work on the file still running (it must end before the fd closes).
         self._io: set[asyncio.Future[Any]] = set()
         # (byte that wakes it, where its reader is, the future it sleeps on)
@@ -304,31 +305,28 @@ class Fill:
         self._wake_all()
 
     async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
-        """Put ``parts`` (one piece, in order) at ``offset`` with one ``os.pwritev``;
-        hash them now if they extend the hashed prefix, else the digest catches up
-        once the prefix reaches them."""
+        """Put ``parts`` (consecutive bytes) at ``offset`` with one ``os.pwritev``,
+        wake the readers they serve, and let the digest follow the prefix.
+
+        A blob's first bytes are written on the loop whatever their size (the
+        first byte's latency; one write per blob); later big writes in a thread.
+        """
         size = sum(len(p) for p in parts)
         end = offset + size
         limit = self.size if self.size is not None else self.options.max_blob_size
         if limit and end > limit:
             raise UpstreamBadContent("blob is over max_blob_size")
-        hash_now = offset == self.hashed and not self._hashing
-        if hash_now:
-            self._hashing = True
-        try:
-            if size >= INLINE_CHUNK:
-                await self._in_thread(self._pwrite, parts, offset, hash_now)
-            else:
-                self._pwrite(parts, offset, hash_now)
-        finally:
-            if hash_now:
-                self._hashing = False
+        if size >= INLINE_CHUNK and self.extents.total:
+            await self._in_thread(self._pwrite, parts, offset)
+        else:
+            self._pwrite(parts, offset)
         self.extents.add(offset, end)
         self._wake(offset, end)
-        if self.extents.prefix > self.hashed and not self._hashing and self._hash_task is None:
-            self._hash_task = asyncio.create_task(self._catch_up(), name=f"hash {self.digest}")
+        # The digest follows a MiB or more at a time (the rest when the fill ends).
+        if self.extents.prefix - self.hashed >= HASH_READ and self._hash_task is None:
+            self._hash_task = asyncio.create_task(self._hash_prefix(), name=f"hash {self.digest}")
 
-    def _pwrite(self, parts: Sequence[bytes | memoryview], offset: int, hash_now: bool) -> None:
+    def _pwrite(self, parts: Sequence[bytes | memoryview], offset: int) -> None:
         pending = [memoryview(p) for p in parts if len(p)]
         at = offset
         while pending:
@@ -339,21 +337,15 @@ class Fill:
                 pending.pop(0)
             if pending and written:
                 pending[0] = pending[0][written:]
-        if hash_now:
-            for part in parts:
-                self._hasher.update(part)
-            self.hashed = at
 
-    async def _catch_up(self) -> None:
-        """Hash the prefix from the file where it grew by bytes written out of order."""
+    async def _hash_prefix(self) -> None:
+        """The digest follows the contiguous prefix, off the loop, a block at a time:
+        the writers never wait for it, and bytes that landed out of order are
+        hashed once the prefix reaches them."""
         try:
-            while self.extents.prefix > self.hashed and not self._hashing:
-                self._hashing = True
-                try:
-                    stop = min(self.extents.prefix, self.hashed + HASH_BLOCK)
-                    await self._in_thread(self._hash_file, self.hashed, stop)
-                finally:
-                    self._hashing = False
+            while self.extents.prefix > self.hashed:
+                stop = min(self.extents.prefix, self.hashed + HASH_BLOCK)
+                await self._in_thread(self._hash_file, self.hashed, stop)
         except OSError as exc:
             # Reported when the fill checks its digest (see _length).
             self._hash_error = exc
@@ -361,14 +353,18 @@ class Fill:
             self._hash_task = None
 
     def _hash_file(self, start: int, stop: int) -> None:
-        # Mapped, not read: the page cache is hashed in place, without a copy.
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        with (
-            mmap.mmap(self._fd, stop - base, offset=base, access=mmap.ACCESS_READ) as mapped,
-            memoryview(mapped) as view,
-        ):
-            self._hasher.update(view[start - base :])
-        self.hashed = stop
+        # Read back from the page cache into one buffer the fill reuses: a copy
+        # costs about a tenth of the hashing, and memory stays one buffer per fill.
+        if self._hash_buffer is None:
+            self._hash_buffer = bytearray(HASH_READ)
+        buffer = memoryview(self._hash_buffer)
+        while start < stop:
+            got = os.preadv(self._fd, [buffer[: min(HASH_READ, stop - start)]], start)
+            if got <= 0:
+                raise OSError("blob temp file shorter than what was written")
+            self._hasher.update(buffer[:got])
+            start += got
+            self.hashed = start
 
     async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run blocking file work in a thread; it finishes even if the caller is

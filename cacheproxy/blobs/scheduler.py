@@ -249,10 +249,10 @@ class Lanes:
             resp.release()
 
     async def _copy(self, lane: Lane, resp: aiohttp.ClientResponse, skip: int) -> None:
-        content = resp.content
+        body = _Body(resp.content)
         from_peer = self._feeds[lane.feed].origin == "peer"
         while lane.end is None or lane.pos < lane.end:
-            parts = await _read_chunk(content)
+            parts = await body.next()
             if not parts:
                 break
             size = sum(len(p) for p in parts)
@@ -311,21 +311,31 @@ class Lanes:
             self._ranges.remember(self._key)
 
 
-async def _read_chunk(content: aiohttp.StreamReader) -> list[bytes | memoryview]:
-    """What has arrived (at least one read's worth, at most about ``MAX_CHUNK``), as
-    the buffers it came in: written with one pwritev, never joined."""
-    chunk = await content.readany()
-    if not chunk:
-        return []
-    parts: list[bytes | memoryview] = [chunk]
-    total = len(chunk)
-    while total < MAX_CHUNK:
-        more = content.read_nowait(MAX_CHUNK - total)
-        if not more:
-            break
-        parts.append(more)
-        total += len(more)
-    return parts
+class _Body:
+    """A response body read as the buffers it arrived in: never joined or sliced (a
+    copy of every byte, and a fresh allocation, is what a join costs)."""
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._taken = 0
+
+    async def next(self) -> list[bytes | memoryview]:
+        """What has arrived: at least one buffer (waiting for it), at most about
+        ``MAX_CHUNK``; nothing at the end of the body."""
+        parts: list[bytes | memoryview] = []
+        total = 0
+        while total < MAX_CHUNK:
+            if parts and self._content.total_bytes <= self._taken:
+                break  # nothing more has arrived yet
+            data, end_of_chunk = await self._content.readchunk()
+            if not data:
+                if end_of_chunk:  # the end of an HTTP chunk: data may follow
+                    continue
+                break
+            parts.append(data)
+            total += len(data)
+            self._taken += len(data)
+        return parts
 
 
 def _drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
