@@ -199,9 +199,12 @@ class Lanes:
             return
         busy = [0] * len(self._feeds)
         taken = self._target.extents.spans()
+        pending = 0
         for lane in self._active.values():
             busy[lane.feed] += 1
-            taken.append(Span(lane.pos, size if lane.end is None else lane.end))
+            end = size if lane.end is None else lane.end
+            taken.append(Span(lane.pos, end))
+            pending += end - lane.pos
         free = [max(0, self.lanes(i) - busy[i]) for i in range(len(self._feeds))]
         if not any(free):
             return
@@ -213,6 +216,7 @@ class Lanes:
             chunk=self._chunk,
             min_size=self._min_size,
             lanes=lanes,
+            pending=pending,
             hints=self._target.hints(),
         ):
             self._stats.segments += 1

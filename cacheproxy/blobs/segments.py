@@ -111,21 +111,26 @@ def plan(
     chunk: int,
     min_size: int,
     lanes: int,
+    pending: int = 0,
     hints: Sequence[int] = (),
 ) -> list[tuple[int, Span]]:
     """The next requests: ``(feed index, span)`` pairs, at most ``free[i]`` for feed i.
 
     ``taken``: spans written or already asked for (never asked again: the bytes
-    fetched stay equal to the blob's size). Spans go out in order, so the prefix
-    readers see grows steadily, except that a reader waiting at a position nobody
-    has asked for yet (``hints``) has that position asked for first. Near the end
-    the spans shrink so that ``lanes`` connections finish together, never below
-    ``min_size``; a remainder under ``min_size`` joins the span before it.
-    Feeds come first in the order given.
+    fetched stay equal to the blob's size); ``pending``: how many of those are
+    asked for and still on their way. Spans go out in order, so the prefix readers
+    see grows steadily, except that a reader waiting at a position nobody has
+    asked for yet (``hints``) has that position asked for first. Spans are
+    ``chunk`` long until the work left (open plus pending) is less than that per
+    lane; then each takes a lane's share, so the ``lanes`` connections finish
+    together, but never less than a quarter of ``min_size``; a remainder shorter
+    than that joins the span before it. Feeds come first in the order given.
     """
     open_spans = gaps(size, taken)
     left = sum(len(g) for g in open_spans)
-    length = max(min_size, min(chunk, -(-left // max(1, lanes))))
+    floor = max(1, min_size // 4)
+    share = -(-(left + pending) // max(1, lanes))
+    length = max(floor, min(chunk, share))
     out: list[tuple[int, Span]] = []
     for feed, count in enumerate(free):
         for _ in range(count):
@@ -134,7 +139,7 @@ def plan(
             index, start = _pick(open_spans, hints)
             gap = open_spans[index]
             end = min(gap.end, start + length)
-            if gap.end - end < min_size:
+            if gap.end - end < floor:
                 end = gap.end
             span = Span(start, end)
             out.append((feed, span))

@@ -100,18 +100,23 @@ def test_plan_respects_free_lanes_per_feed_and_their_order() -> None:
     assert plan(100, [Span(0, 100)], [4], chunk=10, min_size=10, lanes=4) == []
 
 
-def test_plan_shrinks_spans_near_the_end_but_not_below_the_minimum() -> None:
+def test_plan_shrinks_spans_near_the_end_so_lanes_finish_together() -> None:
     # 40 bytes left for 4 lanes: 10 each, not one lane taking a 32-byte chunk.
     out = plan(100, [Span(0, 60)], [4], chunk=32, min_size=8, lanes=4)
     assert [len(s) for _, s in out] == [10, 10, 10, 10]
-    out = plan(100, [Span(0, 90)], [4], chunk=32, min_size=8, lanes=4)
-    assert [s for _, s in out] == [Span(90, 100)]  # 10 left: one span, min 8
+    # 3 lanes still have 30 bytes on their way: the free one takes a share of
+    # what is left and pending, not the whole chunk.
+    out = plan(100, [Span(0, 80)], [1], chunk=32, min_size=8, lanes=4, pending=30)
+    assert out == [(0, Span(80, 93))]
+    # Never below a quarter of the minimum; a smaller remainder joins the span.
+    out = plan(100, [Span(0, 90)], [4], chunk=32, min_size=16, lanes=4)
+    assert [s for _, s in out] == [Span(90, 94), Span(94, 100)]
 
 
 def test_plan_never_leaves_a_sliver() -> None:
     out = plan(101, [], [1], chunk=50, min_size=40, lanes=2)
     assert out == [(0, Span(0, 50))]
-    out = plan(101, [Span(0, 50)], [1], chunk=50, min_size=40, lanes=2)
+    out = plan(101, [Span(0, 50)], [1], chunk=50, min_size=40, lanes=2, pending=50)
     assert out == [(0, Span(50, 101))]  # 50 + 1 would leave a 1-byte request
 
 
