@@ -4,45 +4,35 @@ A :class:`Fill` belongs to the registry of fills (``inflight.Fills``), never to 
 request: a client that goes away leaves it running, and the blob is still cached.
 Its bytes may come as ranges on several connections (``scheduler.Lanes``): each
 lands at its offset in the one temp file, and the digest is computed over the
-contiguous prefix as it grows. Readers open the temp file themselves and send
-what is on disk with the kernel's sendfile, so N readers cost N file descriptors
-and no memory. The last
-byte of a blob is released to readers only after the whole blob has been
-verified, so a client never sees a clean end of a wrong or short body.
+contiguous prefix as it grows (``landing.Landing``). Readers open the temp file
+themselves and send what is on disk with the kernel's sendfile, so N readers cost
+N file descriptors and no memory. The last byte of a blob is released to readers
+only after the whole blob has been verified, so a client never sees a clean end of
+a wrong or short body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from ..accounting import Accounting, Origin
 from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
 from ..oci import Digest
 from ..store.files import BlobStore
+from .landing import Landing
 from .scheduler import Lanes
 from .segments import Extents, RangeSupport
 from .source import Feed, Sink
 
 log = logging.getLogger(__name__)
 
-# Below this a chunk is written and hashed on the loop (microseconds); above it
-# the work goes to a thread so hashing a fast upstream uses the other core.
-INLINE_CHUNK = 256 * 1024
-# The digest follows the prefix in blocks of this much per thread call, read back
-# in pieces of HASH_READ.
-HASH_BLOCK = 8 * 1024 * 1024
-HASH_READ = 1024 * 1024
-# Buffers one pwritev takes at most (Linux IOV_MAX is 1024).
-IOV_MAX = 512
 # After its first bytes, a reader of a fill wakes for this much at least.
 SEND_BATCH = 1024 * 1024
 # Readers waiting past the written bytes, given to the planner as hints.
@@ -108,23 +98,24 @@ class Fill:
         self.ranges = ranges or RangeSupport()
         self.received = 0
         self.size: int | None = None
-        self.extents = Extents()
-        self.hashed = 0
         self.state = FillState.STARTING
         self.error: RegistryError | None = None
-        # The temp file exists only once a feed has answered with the blob: a
+        # The temp file is created only once a feed has answered with the blob: a
         # request for a digest nobody has costs no file.
-        self.tmp_path: Path | None = None
-        self._fd = -1
-        self._hasher = digest.hasher()
-        self._hash_task: asyncio.Task[None] | None = None
-        self._hash_error: OSError | None = None
-        self._hash_buffer: bytearray | None = None
-        # Thread work on the file still running (it must end before the fd closes).
-        self._io: set[asyncio.Future[Any]] = set()
+        self._landing = Landing(store, digest)
         # (byte that wakes it, where its reader is, the future it sleeps on)
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._feed: Feed | None = None
+
+    @property
+    def extents(self) -> Extents:
+        """The spans of the blob on disk."""
+        return self._landing.extents
+
+    @property
+    def tmp_path(self) -> Path | None:
+        """The temp file (None until a feed answered with the blob)."""
+        return self._landing.path
 
     # --- reader side ---------------------------------------------------------
 
@@ -251,12 +242,11 @@ class Fill:
             )
             await lanes.run()
             try:
-                self._verify(await self._length(), stats)
+                await self._verify(stats)
             except UpstreamBadContent:
                 feed.blame()
                 raise
-            assert self.tmp_path is not None
-            await self._in_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
+            await self._landing.commit()
             self.state = FillState.DONE
             stats.completed += 1
             accounting.stored(self.upstream, self.repo, self.extents.prefix)
@@ -272,7 +262,7 @@ class Fill:
             self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))
             stats.failed += 1
         finally:
-            await self._close()
+            await self._landing.close()
             if self.received and feed.origin == "upstream":
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
             self._wake_all()
@@ -280,19 +270,8 @@ class Fill:
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED
         self.error = exc
-        if self.tmp_path is not None:
-            self.store.discard(self.tmp_path)
+        self._landing.discard()
         log.warning("fill of %s failed: %s", self.digest, exc.message)
-
-    async def _close(self) -> None:
-        if self._hash_task is not None:
-            self._hash_task.cancel()
-        # A thread still writing or hashing must finish before its fd is closed.
-        while self._io:
-            await asyncio.wait(list(self._io))
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
     def begin(self, size: int | None) -> None:
         """A feed answered with the blob: its size (if announced) and the temp file."""
@@ -300,97 +279,25 @@ class Fill:
         if limit and size is not None and size > limit:
             raise UpstreamBadContent(f"blob of {size} bytes is over max_blob_size ({limit})")
         self.size = size
-        self.tmp_path, self._fd = self.store.new_temp(self.digest)
+        self._landing.create()
         self.state = FillState.RUNNING
         self._wake_all()
 
     async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
-        """Put ``parts`` (consecutive bytes) at ``offset`` with one ``os.pwritev``,
-        wake the readers they serve, and let the digest follow the prefix.
-
-        A blob's first bytes are written on the loop whatever their size (the
-        first byte's latency; one write per blob); later big writes in a thread.
-        """
-        size = sum(len(p) for p in parts)
-        end = offset + size
+        """Put ``parts`` (consecutive bytes) at ``offset`` and wake the readers they serve."""
+        end = offset + sum(len(p) for p in parts)
         limit = self.size if self.size is not None else self.options.max_blob_size
         if limit and end > limit:
             raise UpstreamBadContent("blob is over max_blob_size")
-        if size >= INLINE_CHUNK and self.extents.total:
-            await self._in_thread(self._pwrite, parts, offset)
-        else:
-            self._pwrite(parts, offset)
-        self.extents.add(offset, end)
+        await self._landing.write(offset, parts)
         self._wake(offset, end)
-        # The digest follows a MiB or more at a time (the rest when the fill ends).
-        if self.extents.prefix - self.hashed >= HASH_READ and self._hash_task is None:
-            self._hash_task = asyncio.create_task(self._hash_prefix(), name=f"hash {self.digest}")
 
-    def _pwrite(self, parts: Sequence[bytes | memoryview], offset: int) -> None:
-        pending = [memoryview(p) for p in parts if len(p)]
-        at = offset
-        while pending:
-            written = os.pwritev(self._fd, pending[:IOV_MAX], at)
-            at += written
-            while pending and written >= len(pending[0]):
-                written -= len(pending[0])
-                pending.pop(0)
-            if pending and written:
-                pending[0] = pending[0][written:]
-
-    async def _hash_prefix(self) -> None:
-        """The digest follows the contiguous prefix, off the loop, a block at a time:
-        the writers never wait for it, and bytes that landed out of order are
-        hashed once the prefix reaches them."""
-        try:
-            while self.extents.prefix > self.hashed:
-                stop = min(self.extents.prefix, self.hashed + HASH_BLOCK)
-                await self._in_thread(self._hash_file, self.hashed, stop)
-        except OSError as exc:
-            # Reported when the fill checks its digest (see _length).
-            self._hash_error = exc
-        finally:
-            self._hash_task = None
-
-    def _hash_file(self, start: int, stop: int) -> None:
-        # Read back from the page cache into one buffer the fill reuses: a copy
-        # costs about a tenth of the hashing, and memory stays one buffer per fill.
-        if self._hash_buffer is None:
-            self._hash_buffer = bytearray(HASH_READ)
-        buffer = memoryview(self._hash_buffer)
-        while start < stop:
-            got = os.preadv(self._fd, [buffer[: min(HASH_READ, stop - start)]], start)
-            if got <= 0:
-                raise OSError("blob temp file shorter than what was written")
-            self._hasher.update(buffer[:got])
-            start += got
-            self.hashed = start
-
-    async def _in_thread(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking file work in a thread; it finishes even if the caller is
-        cancelled, and :meth:`_close` waits for it."""
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(None, functools.partial(func, *args))
-        self._io.add(work)
-        work.add_done_callback(_settle)
-        work.add_done_callback(self._io.discard)
-        return await asyncio.shield(work)
-
-    async def _length(self) -> int:
-        """The blob's length once every lane is done, its prefix hashed to the end."""
+    async def _verify(self, stats: FillStats) -> None:
+        """Check the whole blob: every lane done, its length, its digest."""
         size = self.extents.prefix
         if (self.size is not None and size != self.size) or self.extents.total != size:
             raise UpstreamBadContent("upstream blob has the wrong length")
-        if self._hash_task is not None:
-            await asyncio.shield(self._hash_task)
-        if self._hash_error is not None:
-            raise self._hash_error
-        if self.hashed < size:
-            await self._in_thread(self._hash_file, self.hashed, size)
-        return size
-
-    def _verify(self, size: int, stats: FillStats) -> None:
-        actual = self._hasher.hexdigest()
+        actual = await self._landing.hexdigest()
         if actual != self.digest.hex:
             stats.digest_mismatches += 1
             log.error(
@@ -401,12 +308,6 @@ class Fill:
             )
             raise UpstreamBadContent("upstream blob does not match its digest")
         self.size = size
-
-
-def _settle(work: asyncio.Future[Any]) -> None:
-    # Retrieve a result nobody awaits any more (its caller was cancelled).
-    if not work.cancelled():
-        work.exception()
 
 
 class FillBody:

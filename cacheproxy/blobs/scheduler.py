@@ -53,8 +53,11 @@ class Target(Protocol):
 
     digest: Digest
     size: int | None
-    extents: Extents
     received: int
+
+    @property
+    def extents(self) -> Extents:
+        """The spans of the blob on disk."""
 
     def begin(self, size: int | None) -> None:
         """A feed answered with the blob (its size, if known)."""
