@@ -491,9 +491,12 @@ class CacheproxySut(Owned):
         upstream_url: str,
         loop: str | None,
         source: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.label = label
+        #: Settings as CACHEPROXY_* variables (e.g. CACHEPROXY_UPSTREAM_SEGMENTS).
+        self.env = dict(env or {})
         self.workdir = workdir
         self.upstream_url = upstream_url
         self.loop = loop
@@ -518,7 +521,9 @@ class CacheproxySut(Owned):
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Without a snapshot, the installed (editable) package runs.
-        env = {"PYTHONPATH": str(self.source)} if self.source is not None else None
+        env = dict(self.env)
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         proc = self.spawn(self.argv(), self.log, self.workdir, env)
         wait_http(f"{self.url}/v2/", proc, self.log)
 
