@@ -116,6 +116,10 @@ async def test_blob_comes_in_segments_every_byte_once(
         await assert_cached(proxy, digest, data)
         stats = proxy.fills.stats
         assert (stats.upstream_bytes, stats.resumed, stats.single_stream) == (len(data), 0, 0)
+        async with http.get(f"{proxy.url}/metrics") as resp:
+            metrics = await resp.text()
+        assert f"cacheproxy_fill_segments_total {float(stats.segments)}" in metrics
+        assert stats.segments > 0
     gets = (await logged(throttle, mark)).blob(digest)
     assert len(gets) > 1, "one stream: the blob was not segmented"
     assert all(g.status == 206 and g.range for g in gets)
