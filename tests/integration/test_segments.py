@@ -313,6 +313,8 @@ async def test_range_far_ahead_of_the_prefix_is_served_as_it_lands(
     stall = faulty.set_fault(
         Fault(match=digest, kind="stall", offset=0, once=True, methods=GET, range_start=0)
     )
+    # Paced so that the second segment is still arriving when the range is asked.
+    faulty.throttle_bps = 1_000_000
     settings = {"upstream_segments": 2, "segment_min_size": "256KiB"}
     lo, hi = size - 300_000, size - 200_001
     async with running_proxy(faulty.url, tmp_path / "cache", **settings) as proxy:
