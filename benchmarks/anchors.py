@@ -180,14 +180,20 @@ def _http_common(workdir: Path) -> str:
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     # Exactly the fields the benchmark counts: what each request took from upstream.
-    log_format upstream '$msec "$request" $status $body_bytes_sent';
+    log_format upstream '$msec "$request" "$http_range" $status $body_bytes_sent';
     keepalive_requests 100000;
     client_max_body_size 0;
 """
 
 
-def throttle_conf(workdir: Path, port: int, upstream: str, rate: str) -> str:
-    """nginx in front of the upstream registry, each connection limited to ``rate``."""
+def throttle_conf(workdir: Path, port: int, upstream: str, rate: str, ranges: bool = True) -> str:
+    """nginx in front of the upstream registry, each connection limited to ``rate``.
+
+    ``ranges=False``: an upstream that ignores ``Range`` (every GET answered 200 with
+    the whole blob), as some storage behind a registry does.
+    """
+    # Range never reaches the registry, and nginx does not cut ranges itself.
+    no_ranges = 'proxy_set_header Range "";\n            max_ranges 0;' if not ranges else ""
     return (
         _nginx_head(workdir, "1")
         + f"""\
@@ -220,6 +226,7 @@ http {{
             proxy_read_timeout 600s;
             proxy_send_timeout 600s;
             limit_rate {rate};
+            {no_ranges}
         }}
     }}
 }}
@@ -308,6 +315,16 @@ class LogMark:
 
 
 @dataclass(frozen=True)
+class Logged:
+    """One request in a throttle's access log."""
+
+    request: str  # "GET /v2/... HTTP/1.1"
+    range: str | None
+    status: int
+    body_bytes: int
+
+
+@dataclass(frozen=True)
 class UpstreamTraffic:
     """What a throttle logged between two marks."""
 
@@ -315,19 +332,36 @@ class UpstreamTraffic:
     body_bytes: int
     blob_gets: int
     statuses: dict[int, int]
+    #: Blob GETs that asked for a range.
+    ranged_gets: int = 0
+    lines: tuple[Logged, ...] = ()
+
+    def blob(self, digest: str) -> list[Logged]:
+        """The GETs of one blob."""
+        return [
+            line
+            for line in self.lines
+            if line.request.startswith("GET ") and digest in line.request
+        ]
 
 
 class Throttle(NginxProcess):
     """The upstream as a system under test sees it: rate-limited, every byte logged."""
 
-    def __init__(self, workdir: Path, upstream_hostport: str, rate: str) -> None:
+    def __init__(
+        self, workdir: Path, upstream_hostport: str, rate: str, ranges: bool = True
+    ) -> None:
         super().__init__(workdir, free_port())
         self.upstream_hostport = upstream_hostport
         self.rate = rate
+        self.ranges = ranges
         self.access_log = workdir / "access.log"
 
     def start(self) -> None:
-        self.run(throttle_conf(self.workdir, self.port, self.upstream_hostport, self.rate))
+        conf = throttle_conf(
+            self.workdir, self.port, self.upstream_hostport, self.rate, self.ranges
+        )
+        self.run(conf)
 
     def mark(self) -> LogMark:
         try:
@@ -363,20 +397,23 @@ class Throttle(NginxProcess):
         with self.access_log.open("rb") as fh:
             fh.seek(mark.offset)
             lines = fh.read().decode(errors="replace").splitlines()
-        requests = body = blob_gets = 0
+        requests = body = blob_gets = ranged = 0
         statuses: dict[int, int] = {}
+        logged = []
         for line in lines:
-            # $msec "$request" $status $body_bytes_sent
+            # $msec "$request" "$http_range" $status $body_bytes_sent
             head, _, counts = line.rpartition('" ')
             status_s, _, sent_s = counts.partition(" ")
-            request = head.partition('"')[2]
+            request, _, wanted = head.partition('"')[2].partition('" "')
             status, sent = int(status_s), int(sent_s)
             requests += 1
             body += sent
             statuses[status] = statuses.get(status, 0) + 1
             if request.startswith("GET ") and "/blobs/sha256:" in request:
                 blob_gets += 1
-        return UpstreamTraffic(requests, body, blob_gets, statuses)
+                ranged += wanted not in ("", "-")
+            logged.append(Logged(request, None if wanted in ("", "-") else wanted, status, sent))
+        return UpstreamTraffic(requests, body, blob_gets, statuses, ranged, tuple(logged))
 
 
 # --- systems under test -----------------------------------------------------------
@@ -442,9 +479,12 @@ class CacheproxySut(Owned):
         upstream_url: str,
         loop: str | None,
         source: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.label = label
+        #: Settings as CACHEPROXY_* variables (e.g. CACHEPROXY_UPSTREAM_SEGMENTS).
+        self.env = dict(env or {})
         self.workdir = workdir
         self.upstream_url = upstream_url
         self.loop = loop
@@ -469,7 +509,9 @@ class CacheproxySut(Owned):
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Without a snapshot, the installed (editable) package runs.
-        env = {"PYTHONPATH": str(self.source)} if self.source is not None else None
+        env = dict(self.env)
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         proc = self.spawn(self.argv(), self.log, self.workdir, env)
         wait_http(f"{self.url}/v2/", proc, self.log)
 

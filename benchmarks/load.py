@@ -56,6 +56,10 @@ class PullResult:
     bytes: int = 0
     failures: list[str] = field(default_factory=list)
     client_times: list[float] = field(default_factory=list)
+    #: Seconds from sending each blob GET to its first body byte.
+    first_bytes: list[float] = field(default_factory=list)
+    #: Seconds from each client's start to the first byte it got (of the manifest).
+    client_first_bytes: list[float] = field(default_factory=list)
 
 
 def client_session(parallel: int) -> aiohttp.ClientSession:
@@ -69,16 +73,25 @@ def client_session(parallel: int) -> aiohttp.ClientSession:
 
 
 async def fetch_blob(
-    session: aiohttp.ClientSession, base: str, name: str, digest: str, size: int
+    session: aiohttp.ClientSession,
+    base: str,
+    name: str,
+    digest: str,
+    size: int,
+    first_bytes: list[float] | None = None,
 ) -> tuple[int, str | None]:
-    """GET one blob, hash it; return (bytes read, failure or None)."""
+    """GET one blob, hash it; return (bytes read, failure or None). Appends the
+    seconds to the first body byte to ``first_bytes``."""
     hasher = hashlib.sha256()
     got = 0
+    t0 = time.perf_counter()
     try:
         async with session.get(f"{base}/v2/{name}/blobs/{digest}") as resp:
             if resp.status != 200:
                 return 0, f"{digest[:19]}: HTTP {resp.status}"
             async for chunk in resp.content.iter_any():
+                if not got and first_bytes is not None:
+                    first_bytes.append(time.perf_counter() - t0)
                 hasher.update(chunk)
                 got += len(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -91,14 +104,24 @@ async def fetch_blob(
 
 
 async def fetch_manifest(
-    session: aiohttp.ClientSession, base: str, name: str, tag: str, digest: str
+    session: aiohttp.ClientSession,
+    base: str,
+    name: str,
+    tag: str,
+    digest: str,
+    first_byte: list[float] | None = None,
 ) -> tuple[bytes | None, str | None]:
-    """GET the manifest by tag; check it is the pushed one."""
+    """GET the manifest by tag; check it is the pushed one. Appends the seconds to
+    its first body byte to ``first_byte``."""
+    t0 = time.perf_counter()
     try:
         async with session.get(
             f"{base}/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}
         ) as resp:
-            body = await resp.read()
+            body = await resp.content.readany()
+            if first_byte is not None:
+                first_byte.append(time.perf_counter() - t0)
+            body += await resp.read()
             if resp.status != 200:
                 return None, f"manifest: HTTP {resp.status}: {body[:200]!r}"
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -114,7 +137,9 @@ async def _one_client(
     async with client_session(PER_CLIENT_PARALLEL) as session:
         await start.wait()
         t0 = time.perf_counter()
-        body, err = await fetch_manifest(session, base, name, tag, digest)
+        body, err = await fetch_manifest(
+            session, base, name, tag, digest, result.client_first_bytes
+        )
         result.fetches += 1
         if err is not None or body is None:
             result.failures.append(err or "manifest: empty")
@@ -127,7 +152,12 @@ async def _one_client(
         async def one(desc: dict[str, object]) -> None:
             async with gate:
                 got, err = await fetch_blob(
-                    session, base, name, str(desc["digest"]), int(str(desc["size"]))
+                    session,
+                    base,
+                    name,
+                    str(desc["digest"]),
+                    int(str(desc["size"])),
+                    result.first_bytes,
                 )
             result.fetches += 1
             result.bytes += got
@@ -163,7 +193,7 @@ async def pull_blob(base: str, name: str, digest: str, size: int, clients: int) 
         async with client_session(1) as session:
             await start.wait()
             t0 = time.perf_counter()
-            got, err = await fetch_blob(session, base, name, digest, size)
+            got, err = await fetch_blob(session, base, name, digest, size, result.first_bytes)
             result.fetches += 1
             result.bytes += got
             if err is not None:

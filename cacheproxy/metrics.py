@@ -46,6 +46,16 @@ class ProxyCollector(Collector):
             "cacheproxy_fills_resumed", "Upstream bodies resumed with Range", stats.resumed
         )
         yield CounterMetricFamily(
+            "cacheproxy_fill_segments",
+            "Byte ranges asked for beyond each blob's first (segmented fills)",
+            stats.segments,
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_fills_single_stream",
+            "Fills put on one stream because a feed answered a range wrongly",
+            stats.single_stream,
+        )
+        yield CounterMetricFamily(
             "cacheproxy_digest_mismatches",
             "Upstream blobs discarded for a wrong digest",
             stats.digest_mismatches,

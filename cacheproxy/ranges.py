@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .errors import RangeNotSatisfiable
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 # Python's int() accepts any length; positions past 2**63 mean nothing for a file.
 _MAX_DIGITS = 19
 
@@ -61,6 +62,14 @@ def parse_range(header: str | None) -> ByteRange | None:
     return ByteRange(first, last)
 
 
+def range_header(start: int, end: int | None) -> str | None:
+    """The ``Range`` value asking for bytes ``start..end`` (inclusive; None: to the
+    end), or None when that is the whole representation."""
+    if end is None:
+        return f"bytes={start}-" if start else None
+    return f"bytes={start}-{end}"
+
+
 def content_range(start: int, end: int, size: int) -> str:
     return f"bytes {start}-{end}/{size}"
 
@@ -81,6 +90,25 @@ def parse_content_range(value: str) -> tuple[int | None, int | None]:
     except ValueError:
         size = None
     return start, size
+
+
+def parse_content_span(value: str) -> tuple[int, int, int | None] | None:
+    """``bytes 10-99/100`` -> (10, 99, 100); ``bytes 10-99/*`` -> (10, 99, None).
+
+    None for anything that is not one well-formed satisfied range (section 14.4:
+    first <= last, and last < complete-length when that is known).
+    """
+    m = _CONTENT_RANGE_RE.fullmatch(value.strip())
+    if m is None:
+        return None
+    first_s, last_s, total_s = m.groups()
+    if max(len(first_s), len(last_s), len(total_s)) > _MAX_DIGITS:
+        return None
+    first, last = int(first_s), int(last_s)
+    total = None if total_s == "*" else int(total_s)
+    if last < first or (total is not None and last >= total):
+        return None
+    return first, last, total
 
 
 def _unsatisfiable(size: int) -> RangeNotSatisfiable:

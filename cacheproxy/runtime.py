@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .accounting import Accounting, NullAccounting
 from .blobs.admission import DiskBudget, FillLimits
-from .blobs.fill import Fill
+from .blobs.fill import Fill, FillOptions
 from .blobs.inflight import Fills, InFlight
 from .blobs.local import LocalStore, Nowhere
 from .blobs.peers import PeerSource
@@ -134,7 +134,11 @@ async def open_runtime(
         limit = parse_size(config.max_size, store.total_bytes()) if config.max_size else None
         budget = DiskBudget(limit, min_free, store.free_bytes)
         limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
-        fills = Fills(store, accounting, limits, budget)
+        fill_options = FillOptions(
+            max_blob_size=parse_size(config.max_blob_size, 0),
+            segment_min_size=parse_size(config.segment_min_size, 0),
+        )
+        fills = Fills(store, accounting, fill_options, limits, budget)
         stack.push_async_callback(fills.close)
         links = Links(index, offline=config.offline)
         await asyncio.to_thread(link_tagged_content, store, index)
@@ -166,7 +170,13 @@ async def open_runtime(
         clients = Callers(
             BlobService(
                 blob_chain(
-                    store, fills, room, cluster=cluster, offline=config.offline, links=links
+                    store,
+                    fills,
+                    room,
+                    cluster=cluster,
+                    offline=config.offline,
+                    links=links,
+                    segments=config.upstream_segments,
                 ),
                 usage,
                 accounting,
@@ -179,7 +189,13 @@ async def open_runtime(
             peers = Callers(
                 BlobService(
                     blob_chain(
-                        store, fills, room, for_peer=True, offline=config.offline, links=links
+                        store,
+                        fills,
+                        room,
+                        for_peer=True,
+                        offline=config.offline,
+                        links=links,
+                        segments=config.upstream_segments,
                     ),
                     usage,
                     NullAccounting(),
@@ -227,6 +243,7 @@ def blob_chain(
     for_peer: bool = False,
     offline: bool = False,
     links: Links | None = None,
+    segments: int = 1,
 ) -> BlobSource:
     """The chain of blob sources one kind of caller walks (see the module docstring).
 
@@ -236,12 +253,13 @@ def blob_chain(
     the fills step aside and the blob streams through uncached. ``links``: serve a
     digest under a repository only by the links rule (every serving chain has it;
     the sources alone, without it, are what the conformance suite checks).
+    ``segments``: connections one blob may be fetched on from the upstream at once.
     """
     chain: BlobSource
     if offline:
         chain = LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
     else:
-        remote: Remote = UpstreamSource()
+        remote: Remote = UpstreamSource(lanes=segments)
         if cluster is not None and not for_peer:
             remote = PeerSource(cluster, remote)
         # A peer's request never joins a fill fed through peers: two nodes with

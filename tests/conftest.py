@@ -18,6 +18,8 @@ from tests.support.tokenserver import TokenServer
 _REQUIRED = {
     DOCKER_REGISTRY: "apt-get install docker-registry",
     SKOPEO: "apt-get install skopeo",
+    # The per-connection throttle of the segment tests (as the benchmarks use).
+    "nginx": "apt-get install nginx-light",
 }
 
 

@@ -1,40 +1,42 @@
 """One download of a blob into the cache, streamed to every reader while it lands.
 
 A :class:`Fill` belongs to the registry of fills (``inflight.Fills``), never to a
-request: a client that goes away leaves it running, and the blob is still cached. Readers
-open the temp file themselves and read up to ``written``, so N readers cost N
-file descriptors and no memory. The last byte of a blob is released to readers
-only after the whole blob has been verified, so a client never sees a clean end
-of a wrong or short body.
+request: a client that goes away leaves it running, and the blob is still cached.
+Its bytes may come as ranges on several connections (``scheduler.Lanes``): each
+lands at its offset in the one temp file, and the digest is computed over the
+contiguous prefix as it grows (``landing.Landing``). Readers open the temp file
+themselves and send what is on disk with the kernel's sendfile, so N readers cost
+N file descriptors and no memory. The last byte of a blob is released to readers
+only after the whole blob has been verified, so a client never sees a clean end of
+a wrong or short body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
-
-import aiohttp
+from pathlib import Path
 
 from ..accounting import Accounting, Origin
 from ..errors import BlobUnknown, RegistryError, UpstreamBadContent, UpstreamUnavailable
 from ..oci import Digest
-from ..ranges import parse_content_range
 from ..store.files import BlobStore
+from .landing import Landing
+from .scheduler import Lanes
+from .segments import Extents, RangeSupport
 from .source import Feed, Sink
 
 log = logging.getLogger(__name__)
 
-# Below this a chunk is written and hashed on the loop (microseconds); above it
-# the work goes to a thread so hashing a fast upstream uses the other core.
-INLINE_CHUNK = 256 * 1024
-MAX_CHUNK = 1024 * 1024
-# A reader of a fill sends what has landed in reads of up to this much.
-READ_CHUNK = 1024 * 1024
-RESUME_ATTEMPTS = 3
-RESUME_BACKOFF = 0.5
+# After its first bytes, a reader of a fill wakes for this much at least.
+SEND_BATCH = 1024 * 1024
+# Readers waiting past the written bytes, given to the planner as hints.
+MAX_HINTS = 16
 
 
 class FillState(Enum):
@@ -42,6 +44,19 @@ class FillState(Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FillOptions:
+    """What a fill may fetch and how, from the settings."""
+
+    #: Bytes a blob may have at most (0: no limit); a longer body is cut and discarded.
+    max_blob_size: int = 0
+    #: The smallest byte range asked for on its own connection; the first request
+    #: asks for this much, so a blob no bigger comes in one stream.
+    segment_min_size: int = 8 * 1024 * 1024
+    #: Seconds before a broken body is resumed the first time (doubling after).
+    resume_backoff: float = 0.5
 
 
 @dataclass
@@ -56,9 +71,12 @@ class FillStats:
     failed: int = 0
     resumed: int = 0
     digest_mismatches: int = 0
+    #: Range requests beyond a blob's first (its other segments).
+    segments: int = 0
+    #: Fills that fell back to one stream: a feed answered a range wrongly.
+    single_stream: int = 0
     # Misses streamed through uncached because the disk was nearly full.
     streamed_through: int = 0
-    by_digest: dict[str, int] = field(default_factory=dict)
 
 
 class Fill:
@@ -70,42 +88,58 @@ class Fill:
         store: BlobStore,
         upstream: str = "",
         repo: str = "",
-        resume_backoff: float = RESUME_BACKOFF,
+        options: FillOptions | None = None,
+        ranges: RangeSupport | None = None,
     ) -> None:
         self.digest = digest
         self.store = store
         # Who asked first: the ledger charges the transfer to this upstream and repo.
         self.upstream = upstream
         self.repo = repo
+        self.options = options or FillOptions()
+        self.ranges = ranges or RangeSupport()
         self.received = 0
         self.size: int | None = None
-        self.written = 0
         self.state = FillState.STARTING
         self.error: RegistryError | None = None
-        self.tmp_path, self._fd = store.new_temp(digest)
-        self._changed = asyncio.Event()
-        self._hasher = digest.hasher()
+        # The temp file is created only once a feed has answered with the blob: a
+        # request for a digest nobody has costs no file.
+        self._landing = Landing(store, digest)
+        # (byte that wakes it, where its reader is, the future it sleeps on)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._feed: Feed | None = None
         #: False: serve the verified blob to its readers, but do not keep it (a blob
         #: larger than the cache may hold). The temp file goes when the last reader does.
         self.keep = True
         self._readers = 0
-        # Seconds before the first resume, doubling for each next one.
-        self._resume_backoff = resume_backoff
+
+    @property
+    def extents(self) -> Extents:
+        """The spans of the blob on disk."""
+        return self._landing.extents
+
+    @property
+    def tmp_path(self) -> Path | None:
+        """The temp file (None until a feed answered with the blob)."""
+        return self._landing.path
 
     # --- reader side ---------------------------------------------------------
 
     async def started(self) -> None:
-        """Wait until the upstream answered with the blob (size known) or failed."""
+        """Wait until a feed answered with the blob (size known if announced) or failed."""
         while self.state is FillState.STARTING:
-            await self._wait()
-        if self.state is FillState.FAILED and self.written == 0:
+            await self._wait_at(-1)
+        if self.state is FillState.FAILED and self.tmp_path is None:
             assert self.error is not None
             raise self.error
 
-    async def readable(self, pos: int) -> int:
-        """Wait until bytes past ``pos`` may be read; returns the exclusive limit.
+    async def readable(self, pos: int, batch: int = 1) -> int:
+        """Wait until bytes from ``pos`` on are on disk; returns the exclusive limit.
 
+        ``batch``: how many bytes are worth a wake-up (a reader sends each wake-up's
+        bytes with one system call): fewer only at the end of what may be sent. The
+        bytes need not be contiguous with the start: a reader far ahead is served
+        as soon as its part has landed (and is a hint for the planner meanwhile).
         Returns ``pos`` itself only when the fill is complete and ``pos`` is at its
         end. Raises the fill's error when it failed: the reader must then abort.
         """
@@ -114,14 +148,23 @@ class Fill:
                 assert self.error is not None
                 raise self.error
             if self.state is FillState.DONE:
-                return self.written
+                assert self.size is not None
+                return self.size
+            end = self.extents.end_at(pos)
             # Hold back the final byte until the digest has been checked.
-            limit = self.written
-            if self.size is not None:
-                limit = min(limit, self.size - 1)
-            if limit > pos:
-                return limit
-            await self._wait()
+            last = self.size - 1 if self.size is not None else None
+            if end is not None and last is not None:
+                end = min(end, last)
+            if end is None or end <= pos:
+                await self._wait_at(pos, pos)
+                continue
+            goal = pos + batch if last is None else min(pos + batch, last)
+            if end >= goal:
+                return end
+            # Sleep until the goal's last byte lands, or, if that one is there
+            # already (landed out of order), until the hole after ``end`` fills.
+            wake = goal - 1 if self.extents.end_at(goal - 1) is None else end
+            await self._wait_at(wake, pos)
 
     def attach(self) -> None:
         """A reader will read this fill (until :meth:`detach`)."""
@@ -133,11 +176,16 @@ class Fill:
 
     def _drop_transient(self) -> None:
         if not self.keep and self.state is FillState.DONE and not self._readers:
-            self.store.discard(self.tmp_path)
+            self._landing.discard()
 
     def open_reader(self) -> int:
-        """Open the blob's bytes for one reader (temp file, or the final file once done)."""
+        """Open the blob's bytes for one reader (temp file, or the final file once done).
+
+        Call it once :meth:`started` returned.
+        """
         try:
+            if self.tmp_path is None:
+                raise FileNotFoundError(self.digest)
             return os.open(self.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             blob = self.store.open(self.digest)
@@ -146,21 +194,50 @@ class Fill:
             return blob.fd
 
     def progress(self) -> int:
-        """Bytes on disk so far."""
-        return self.written
+        """Bytes on disk from the start without a hole."""
+        return self.extents.prefix
+
+    def hints(self) -> list[int]:
+        """Positions readers wait at that are not on disk yet (the lowest few)."""
+        wanted = {p for _, p, _ in self._waiters if p >= 0 and self.extents.end_at(p) is None}
+        return sorted(wanted)[:MAX_HINTS]
 
     async def wait_done(self) -> None:
         while self.state not in (FillState.DONE, FillState.FAILED):
-            await self._wait()
+            await self._wait_at(-1)
         if self.error is not None:
             raise self.error
 
-    async def _wait(self) -> None:
-        await self._changed.wait()
+    async def _wait_at(self, wake: int, pos: int = -1) -> None:
+        """Sleep until the byte at ``wake`` lands or the state changes (``wake`` -1:
+        only that); ``pos``: where the reader is (a hint for the planner)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (wake, pos, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        finally:
+            # Woken waiters are off the list already; a cancelled one takes itself off.
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _wake(self, start: int, end: int) -> None:
+        """Wake the readers waiting for a byte of ``start..end`` (exclusive)."""
+        kept = []
+        for entry in self._waiters:
+            if start <= entry[0] < end:
+                if not entry[2].done():
+                    entry[2].set_result(None)
+            else:
+                kept.append(entry)
+        self._waiters = kept
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- writer side ---------------------------------------------------------
 
@@ -178,13 +255,28 @@ class Fill:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         self._feed = feed
         try:
-            await self._fetch(feed, stats)
+            options = self.options
+            lanes = Lanes(
+                self,
+                [feed],
+                stats,
+                options.segment_min_size,
+                self.ranges,
+                self.upstream,
+                options.resume_backoff,
+            )
+            await lanes.run()
+            try:
+                await self._verify(stats)
+            except UpstreamBadContent:
+                feed.blame()
+                raise
             if self.keep:
-                await asyncio.to_thread(self.store.commit, self.tmp_path, self._fd, self.digest)
-                accounting.stored(self.upstream, self.repo, self.written)
-                log.info("cached %s (%d bytes)", self.digest, self.written)
+                await self._landing.commit()
+                accounting.stored(self.upstream, self.repo, self.extents.prefix)
+                log.info("cached %s (%d bytes)", self.digest, self.extents.prefix)
             else:
-                log.info("served %s (%d bytes) without keeping it", self.digest, self.written)
+                log.info("served %s (%d bytes) without keeping it", self.digest, self.size)
             self.state = FillState.DONE
             stats.completed += 1
             self._drop_transient()
@@ -199,121 +291,44 @@ class Fill:
             self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))
             stats.failed += 1
         finally:
-            os.close(self._fd)
+            await self._landing.close()
             if self.received and feed.origin == "upstream":
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
-            self._notify()
+            self._wake_all()
 
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED
         self.error = exc
-        self.store.discard(self.tmp_path)
+        self._landing.discard()
         # A digest the upstream does not have is an answer, not a fault.
         level = logging.INFO if isinstance(exc, BlobUnknown) else logging.WARNING
         log.log(level, "fill of %s failed: %s", self.digest, exc.message)
 
-    async def _fetch(self, feed: Feed, stats: FillStats) -> None:
-        attempts = 0
-        while True:
-            resp = await feed.open(self.written)
-            from_peer = feed.origin == "peer"
-            if from_peer:
-                stats.peer_gets += 1
-            else:
-                stats.upstream_gets += 1
-                key = str(self.digest)
-                stats.by_digest[key] = stats.by_digest.get(key, 0) + 1
-            try:
-                self._accept_headers(resp)
-                await self._copy(resp, stats, from_peer)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                # RFC 9110 section 14: resume a broken body from where it broke.
-                attempts += 1
-                if attempts > RESUME_ATTEMPTS:
-                    raise UpstreamUnavailable("upstream broke off the blob") from exc
-                log.info(
-                    "upstream body of %s broke at %d (%s), resuming",
-                    self.digest,
-                    self.written,
-                    type(exc).__name__,
-                )
-                stats.resumed += 1
-                await asyncio.sleep(self._resume_backoff * 2 ** (attempts - 1))
-                continue
-            finally:
-                resp.release()
-            break
-        try:
-            self._verify(stats)
-        except UpstreamBadContent:
-            feed.blame()
-            raise
+    def begin(self, size: int | None) -> None:
+        """A feed answered with the blob: its size (if announced) and the temp file."""
+        limit = self.options.max_blob_size
+        if limit and size is not None and size > limit:
+            raise UpstreamBadContent(f"blob of {size} bytes is over max_blob_size ({limit})")
+        self.size = size
+        self._landing.create()
+        self.state = FillState.RUNNING
+        self._wake_all()
 
-    def _accept_headers(self, resp: aiohttp.ClientResponse) -> None:
-        """Take the size from the first answer; check a resumed answer's range."""
-        if self.written == 0 and resp.status == 200:
-            self.size = resp.content_length
-        elif resp.status == 206:
-            crange = resp.headers.get("Content-Range", "")
-            start, total = parse_content_range(crange)
-            if start != self.written or (self.size is not None and total not in (None, self.size)):
-                raise UpstreamBadContent("upstream answered a resume with the wrong range")
-        elif resp.status == 200:
-            # A resume answered with the whole body: skip what is already on disk.
-            pass
-        else:
-            raise UpstreamBadContent(f"upstream answered {resp.status} for a blob")
-        if self.state is FillState.STARTING:
-            self.state = FillState.RUNNING
-            self._notify()
+    async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
+        """Put ``parts`` (consecutive bytes) at ``offset`` and wake the readers they serve."""
+        end = offset + sum(len(p) for p in parts)
+        limit = self.size if self.size is not None else self.options.max_blob_size
+        if limit and end > limit:
+            raise UpstreamBadContent("blob is over max_blob_size")
+        await self._landing.write(offset, parts)
+        self._wake(offset, end)
 
-    async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats, from_peer: bool) -> None:
-        skip = self.written if resp.status == 200 else 0
-        content = resp.content
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            parts = [chunk]
-            total = len(chunk)
-            while total < MAX_CHUNK:
-                more = content.read_nowait(MAX_CHUNK - total)
-                if not more:
-                    break
-                parts.append(more)
-                total += len(more)
-            data = b"".join(parts) if len(parts) > 1 else chunk
-            if from_peer:
-                stats.peer_bytes += len(data)
-            else:
-                stats.upstream_bytes += len(data)
-                self.received += len(data)
-            if skip:
-                cut = min(skip, len(data))
-                data, skip = data[cut:], skip - cut
-                if not data:
-                    continue
-            if self.size is not None and self.written + len(data) > self.size:
-                raise UpstreamBadContent("upstream sent more bytes than announced")
-            if len(data) >= INLINE_CHUNK:
-                await asyncio.to_thread(self._append, data)
-            else:
-                self._append(data)
-            self._notify()
-        if self.size is not None and self.written < self.size:
-            raise aiohttp.ClientPayloadError("upstream body ended early")
-
-    def _append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self._hasher.update(data)
-        self.written += len(data)
-
-    def _verify(self, stats: FillStats) -> None:
-        actual = self._hasher.hexdigest()
-        if self.size is not None and self.written != self.size:
+    async def _verify(self, stats: FillStats) -> None:
+        """Check the whole blob: every lane done, its length, its digest."""
+        size = self.extents.prefix
+        if (self.size is not None and size != self.size) or self.extents.total != size:
             raise UpstreamBadContent("upstream blob has the wrong length")
+        actual = await self._landing.hexdigest()
         if actual != self.digest.hex:
             stats.digest_mismatches += 1
             log.error(
@@ -323,7 +338,7 @@ class Fill:
                 actual,
             )
             raise UpstreamBadContent("upstream blob does not match its digest")
-        self.size = self.written
+        self.size = size
 
 
 class FillBody:
@@ -354,11 +369,16 @@ class FillBody:
         blob, goes out only once the whole blob is verified: a range's bytes cannot
         be checked on their own."""
         fill = self._fill
+        await fill.started()
         fd = fill.open_reader()
         try:
             pos = start
+            batch = 1  # the first byte goes out as soon as it lands
             while end is None or pos <= end:
-                limit = await fill.readable(pos)
+                limit = await fill.readable(
+                    pos, batch if end is None else min(batch, end + 1 - pos)
+                )
+                batch = SEND_BATCH
                 if limit <= pos:
                     break
                 stop = limit if end is None else min(limit, end + 1)
@@ -367,12 +387,10 @@ class FillBody:
                     if stop <= pos:
                         await fill.wait_done()
                         continue
-                while pos < stop:
-                    chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
-                    if not chunk:
-                        raise OSError("blob file shorter than its fill")
-                    await sink.write(chunk)
-                    pos += len(chunk)
+                # What is on disk goes out as a complete blob's would: the kernel's
+                # sendfile, no copy through the proxy.
+                await sink.sendfile(fd, pos, stop - pos)
+                pos = stop
         finally:
             os.close(fd)
 

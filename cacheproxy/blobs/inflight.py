@@ -18,8 +18,9 @@ from ..accounting import Accounting, NullAccounting
 from ..errors import BlobUnknown, RegistryError
 from ..store.files import BlobStore
 from .admission import DiskBudget, FillGate, FillLimits, Misses
-from .fill import Fill, FillBody, FillState, FillStats
+from .fill import Fill, FillBody, FillOptions, FillState, FillStats
 from .local import FileBody
+from .segments import RangeSupport
 from .source import Body, Feed, Remote, Want
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,14 @@ class Fills:
         self,
         store: BlobStore,
         accounting: Accounting | None = None,
+        options: FillOptions | None = None,
         limits: FillLimits | None = None,
         budget: DiskBudget | None = None,
     ) -> None:
         self.store = store
+        self.options = options or FillOptions()
+        #: Upstreams that answered a range wrongly: their blobs come in one stream.
+        self.ranges = RangeSupport()
         self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
         self.gate = FillGate(limits or FillLimits())
@@ -69,7 +74,9 @@ class Fills:
         if self.store.exists(want.digest):
             return None
         key = (str(want.digest), feed.origin == "peer")
-        fill = Fill(want.digest, self.store, want.upstream.name, want.repo)
+        fill = Fill(
+            want.digest, self.store, want.upstream.name, want.repo, self.options, self.ranges
+        )
         self._fills[key] = fill
         run = self._run(fill, feed, key, want.requester)
         task = asyncio.create_task(run, name=f"fill {key[0]}")
@@ -117,7 +124,7 @@ class Fills:
         return len(self._fills)
 
     def temp_paths(self) -> list[Path]:
-        return [f.tmp_path for f in self._fills.values()]
+        return [f.tmp_path for f in self._fills.values() if f.tmp_path is not None]
 
     async def close(self) -> None:
         """Cancel every fill (shutdown); their temp files are removed."""

@@ -14,6 +14,7 @@ import aiohttp
 from ..accounting import Origin
 from ..errors import UpstreamUnavailable
 from ..peers.cluster import Cluster
+from ..ranges import range_header
 from .relay import RelayBody
 from .source import Body, Feed, Remote, Want
 
@@ -40,14 +41,21 @@ class PeerFeed:
     def origin(self) -> Origin:
         return self._fallback.origin if self._on_fallback else "peer"
 
-    async def open(self, offset: int) -> aiohttp.ClientResponse:
+    @property
+    def lanes(self) -> int:
+        # One range at a time from a peer (its owner fetches in segments itself), so
+        # opening again means the last answer broke off.
+        return self._fallback.lanes if self._on_fallback else 1
+
+    async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         if self._current is not None:
             self._cluster.membership.mark_bad(self._current, "broke off a blob")
             self._cluster.stats.failures += 1
             self._current = None
         while self._candidates and not self._on_fallback:
             peer = self._candidates.pop(0)
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            wanted = range_header(start, end)
+            headers = {"Range": wanted} if wanted else {}
             self._cluster.stats.blob_requests += 1
             try:
                 resp = await self._cluster.get(peer, self._path, self._query, headers)
@@ -64,7 +72,7 @@ class PeerFeed:
             if resp.status >= 500:
                 self._cluster.membership.mark_bad(peer, f"answered {resp.status}")
         self._on_fallback = True
-        return await self._fallback.open(offset)
+        return await self._fallback.open(start, end)
 
     def blame(self) -> None:
         if self._current is not None:

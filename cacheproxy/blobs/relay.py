@@ -39,7 +39,7 @@ class RelayBody:
 
     @classmethod
     async def open(cls, feed: Feed, digest: Digest, first: int) -> RelayBody:
-        resp = await feed.open(first)
+        resp = await feed.open(first, None)
         offset = 0
         if resp.status == 206:
             start, _ = parse_content_range(resp.headers.get("Content-Range", ""))

@@ -90,10 +90,16 @@ class Feed(Protocol):
     def origin(self) -> Origin:
         """Who is delivering right now ("peer" until a feed falls back to the upstream)."""
 
-    async def open(self, offset: int) -> aiohttp.ClientResponse:
-        """The blob from ``offset``: a 200 or 206 answer, or a RegistryError.
+    @property
+    def lanes(self) -> int:
+        """How many ranges of one blob it may carry at once (connections)."""
 
-        Opening again means the last answer broke off.
+    async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
+        """Bytes ``start..end`` of the blob (``end`` inclusive; None: to the end).
+
+        Returns a 200 (the whole blob: a feed may ignore a range, RFC 9110 14.2) or
+        a 206 answer, or raises a RegistryError. The caller checks the answer's
+        Content-Range against what it asked.
         """
 
     def blame(self) -> None:

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
+from yarl import URL
 
 from ..accounting import Origin
 from ..errors import BlobUnknown, RangeNotSatisfiable, RegistryError, UpstreamUnavailable
+from ..ranges import range_header
 from ..upstream.client import error_for_status, pull_scope
 from .relay import RelayBody
 from .source import Body, Want
 
+log = logging.getLogger(__name__)
+
 
 class UpstreamFeed:
-    """The blob from the upstream, resumed with ``Range`` after a break (RFC 9110 14)."""
+    """The blob from the upstream, as byte ranges (RFC 9110 section 14).
+
+    When the registry redirects the blob to storage on another host (a presigned
+    S3 URL, a CDN), later ranges go to that URL directly, without credentials,
+    until it stops answering (an expired signature: 401, 403, 410, ...); then the
+    range goes back through the registry, which redirects anew.
+    """
 
     origin: Origin = "upstream"
 
-    def __init__(self, want: Want) -> None:
+    def __init__(self, want: Want, lanes: int = 1) -> None:
         self._want = want
+        self.lanes = lanes
+        self._storage: str | None = None
 
-    async def open(self, offset: int) -> aiohttp.ClientResponse:
+    async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         want = self._want
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        wanted = range_header(start, end)
+        headers = {"Range": wanted} if wanted else {}
+        if self._storage is not None:
+            resp = await self._from_storage(self._storage, headers)
+            if resp is not None:
+                return resp
         resp = await want.upstream.request(
             "GET",
             f"/v2/{want.repo}/blobs/{want.digest}",
@@ -30,6 +49,9 @@ class UpstreamFeed:
             blob=True,
         )
         if resp.status in (200, 206):
+            if resp.url.origin() != URL(want.upstream.url).origin():
+                # Redirected elsewhere: the signed URL serves the other ranges.
+                self._storage = str(resp.url)
             return resp
         if resp.status == 416:
             err: RegistryError = RangeNotSatisfiable(
@@ -40,15 +62,39 @@ class UpstreamFeed:
         resp.release()
         raise err
 
+    async def _from_storage(
+        self, url: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse | None:
+        try:
+            resp = await self._want.upstream.fetch_storage(url, headers)
+        except UpstreamUnavailable:
+            resp = None
+        if resp is not None and resp.status in (200, 206):
+            return resp
+        if resp is not None:
+            log.info(
+                "storage URL of %s answered %d: asking the registry", self._want.digest, resp.status
+            )
+            resp.release()
+        if self._storage == url:
+            self._storage = None
+        return None
+
     def blame(self) -> None:
         return None
 
 
 class UpstreamSource:
-    """Feeds fills from the upstream, and streams a blob through when asked directly."""
+    """Feeds fills from the upstream, and streams a blob through when asked directly.
+
+    ``lanes``: the connections one blob's fill may use at once.
+    """
+
+    def __init__(self, lanes: int = 1) -> None:
+        self._lanes = lanes
 
     def feed(self, want: Want) -> UpstreamFeed:
-        return UpstreamFeed(want)
+        return UpstreamFeed(want, self._lanes)
 
     async def open(self, want: Want, first: int = 0) -> Body:
         return await RelayBody.open(self.feed(want), want.digest, first)

@@ -42,6 +42,7 @@ _SCALARS: dict[str, type] = {
     "connect_timeout": float,
     "read_timeout": float,
     "max_manifest_bytes": int,
+    "max_blob_size": str,
     "upstream_retries": int,
     "upstream_retry_budget": float,
     "upstream_connections": int,
@@ -49,6 +50,8 @@ _SCALARS: dict[str, type] = {
     "max_fills": int,
     "max_queued_fills": int,
     "max_fills_per_client": int,
+    "upstream_segments": int,
+    "segment_min_size": str,
     "client_header_timeout": float,
     "keepalive_timeout": float,
     "shutdown_timeout": float,
@@ -286,13 +289,20 @@ def _check(config: Config) -> None:
         raise ConfigError("tag_ttl and max_stale must not be negative")
     if not config.savings_flush_interval > 0:
         raise ConfigError("savings_flush_interval must be positive")
-    for key in ("max_size", "min_free"):
+    for key in ("max_size", "min_free", "max_blob_size", "segment_min_size"):
         value = getattr(config, key)
         if value is not None:
             try:
                 parse_size(value, 1)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
+    for key in ("max_blob_size", "segment_min_size"):
+        if getattr(config, key).strip().endswith("%"):
+            raise ConfigError(f'{key}: expected bytes ("8MiB"), not a share of the disk')
+    if parse_size(config.segment_min_size, 1) < 1:
+        raise ConfigError("segment_min_size must be at least one byte")
+    if not 1 <= config.upstream_segments <= 64:
+        raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
     unknown = set(config.presets) - set(ALL_PRESETS)
     if unknown:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")

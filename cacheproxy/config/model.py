@@ -98,6 +98,9 @@ class Config:
     # Seconds without a byte from upstream before a fill is given up.
     read_timeout: float = 60.0
     max_manifest_bytes: int = 4 * 1024 * 1024
+    # The largest blob a fill takes ("64GiB"; "0": no limit); a longer body is cut
+    # and discarded, so an upstream cannot fill the disk with one endless answer.
+    max_blob_size: str = "64GiB"
     # Upstream 5xx/429/connection failures: retries, and the seconds they may take.
     upstream_retries: int = 3
     upstream_retry_budget: float = 10.0
@@ -110,6 +113,12 @@ class Config:
     max_fills: int = 128
     max_queued_fills: int = 512
     max_fills_per_client: int = 32
+    # Connections one blob is fetched on at once, as byte ranges (object stores and
+    # CDNs throttle each connection; see benchmarks/segments.py). 1: one stream.
+    upstream_segments: int = 4
+    # The smallest range worth a connection of its own; a blob no bigger comes in
+    # one stream ("8MiB": S3's advice for parallel ranged GETs is 8-16 MB).
+    segment_min_size: str = "8MiB"
     # Seconds a client may take to send a request's headers (slow-loris bound), and
     # an idle keep-alive connection is kept.
     client_header_timeout: float = 30.0

@@ -1,9 +1,9 @@
 """Blob bytes onto a client's connection.
 
 A file's bytes go out through the kernel's sendfile where the loop supports it (the
-default asyncio loop on plain TCP); elsewhere (uvloop, TLS) through 1 MiB ``pread``
-+ write chunks, each awaited so a slow client never makes the proxy buffer more
-than one chunk for it.
+default asyncio loop on plain TCP, a body of known length); elsewhere (uvloop, TLS,
+a chunked body) through 1 MiB ``pread`` + write chunks, each awaited so a slow
+client never makes the proxy buffer more than one chunk for it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class ResponseSink:
         transport = self._request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
-        if transport.get_extra_info("sslcontext") is None:
+        # Chunked framing is written by aiohttp: bytes sent around it would not be framed.
+        if transport.get_extra_info("sslcontext") is None and not self._resp.chunked:
             # Wrapping an open descriptor does no I/O.
             with open(fd, "rb", buffering=0, closefd=False) as fobj:  # noqa: ASYNC230
                 try:

@@ -81,9 +81,10 @@ class BlobStore:
             return None
 
     def new_temp(self, digest: Digest) -> tuple[Path, int]:
-        """Create a fresh temp file for a fill; returns its path and a write fd."""
+        """Create a fresh temp file for a fill; returns its path and a read-write fd
+        (a fill hashes back what landed out of order)."""
         path = self.tmp_dir / f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         return path, fd
 
     def commit(self, tmp_path: Path, fd: int, digest: Digest) -> Path:

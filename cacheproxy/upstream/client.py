@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 # Connections per upstream for everything but blob bodies.
 CONTROL_CONNECTIONS = 16
+READ_BUFSIZE = 512 * 1024
 USER_AGENT = "cacheproxy/0.1"
 
 
@@ -98,6 +99,9 @@ class Upstream:
             timeout=timeout,
             # Blobs are stored and verified byte for byte: never decode them.
             auto_decompress=False,
+            # A blob body keeps arriving while the last piece is written and hashed:
+            # pieces of up to a MiB, not 64 KiB (fewer hand-offs per GB).
+            read_bufsize=READ_BUFSIZE,
             headers={"User-Agent": USER_AGENT},
             connector=aiohttp.TCPConnector(
                 limit=connections, ttl_dns_cache=60, ssl=ssl, resolver=self._resolver
@@ -186,6 +190,22 @@ class Upstream:
             self.retries += 1
             log.info("upstream %s: retry %d of %s in %.1f s", self.name, attempt, path, delay)
             await asyncio.sleep(delay)
+
+    async def fetch_storage(
+        self, url: str, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        """GET a URL a blob request was redirected to (a presigned storage URL) as is.
+
+        No credentials (they never leave the registry's origin) and no retries: on
+        any failure the caller goes back through the registry, which signs anew.
+        Raises UpstreamUnavailable when the storage cannot be reached.
+        """
+        if self.offline:
+            raise UpstreamUnavailable("the proxy is offline: the cache only")
+        async with self._slots:
+            return await self._send(
+                self._blob_session, "GET", url, CIMultiDict(headers or {}), None
+            )
 
     async def _authorized(
         self,

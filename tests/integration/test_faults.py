@@ -45,6 +45,9 @@ from tests.support.proxy import RunningProxy, running_proxy
 MIB = 1 << 20
 SIZE = 1 * MIB + 12_345  # not a multiple of any chunk size
 GET = frozenset({"GET"})
+# A fill's first request asks for its first segment (segment_min_size, 8 MiB by
+# default) and learns the size from Content-Range; these blobs fit in it.
+FIRST_ASK = f"bytes=0-{8 * MIB - 1}"
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 pytestmark = pytest.mark.timeout(60)
@@ -164,7 +167,7 @@ async def test_body_truncated_once_is_resumed_from_where_it_broke(
     # the fill had consumed, which may be fewer than had arrived (aiohttp raises the
     # broken body before handing out what it still buffers).
     first, resume = forwarder.ranges("GET", f"/blobs/{digest}")
-    assert first is None
+    assert first == FIRST_ASK
     assert _range_start(resume) <= offset
     assert proxy.fills.stats.resumed == 1
     await assert_cached(proxy, digest, data)
@@ -218,7 +221,7 @@ async def test_stall_beyond_read_timeout_is_cut_and_resumed(
         assert_exact(await fetch(http, blob_url(proxy, name, digest)), data)
         assert time.monotonic() - started >= 1.0
         first, resume = forwarder.ranges("GET", f"/blobs/{digest}")
-        assert first is None
+        assert first == FIRST_ASK
         assert 0 < _range_start(resume) <= 300_000
         assert proxy.fills.stats.resumed == 1
         await assert_cached(proxy, digest, data)
@@ -265,31 +268,55 @@ async def test_corrupt_byte_breaks_every_reader_and_is_never_cached(
 
 @pytest.mark.parametrize("announced", ["shorter", "longer"])
 async def test_wrong_content_length_is_never_cached_or_served_clean(
-    announced: str, proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
+    announced: str, forwarder: Forwarder, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     name, digest, data = await new_blob(forwarder, f"length-{announced}")
     length = SIZE - 1000 if announced == "shorter" else SIZE + 1000
     forwarder.set_fault(Fault(match=digest, kind="length", offset=length, once=True, methods=GET))
-    outcome = await fetch(http, blob_url(proxy, name, digest))
-    assert outcome.status == 200
-    assert outcome.broken, "a body of the wrong length ended cleanly"
-    assert int(outcome.headers["Content-Length"]) == length
-    await assert_not_cached(proxy, digest)
+    # One stream, no Range: only the Content-Length announces the size.
+    async with running_proxy(forwarder.url, tmp_path / "cache", upstream_segments=1) as proxy:
+        outcome = await fetch(http, blob_url(proxy, name, digest))
+        assert outcome.status == 200
+        assert outcome.broken, "a body of the wrong length ended cleanly"
+        assert int(outcome.headers["Content-Length"]) == length
+        await assert_not_cached(proxy, digest)
 
-    # The next request starts a new fill, which gets the real blob.
+        # The next request starts a new fill, which gets the real blob.
+        assert_exact(await fetch(http, blob_url(proxy, name, digest)), data)
+        await assert_cached(proxy, digest, data)
+
+
+@pytest.mark.parametrize("announced", ["shorter", "longer"])
+async def test_length_disagreeing_with_content_range_means_one_stream(
+    announced: str, proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
+) -> None:
+    """A first segment whose Content-Length is not the length of its Content-Range
+    is refused before a byte is served; the blob comes in one stream instead."""
+    name, digest, data = await new_blob(forwarder, f"length-range-{announced}")
+    length = SIZE - 1000 if announced == "shorter" else SIZE + 1000
+    forwarder.set_fault(Fault(match=digest, kind="length", offset=length, once=True, methods=GET))
     assert_exact(await fetch(http, blob_url(proxy, name, digest)), data)
     await assert_cached(proxy, digest, data)
+    assert forwarder.ranges("GET", f"/blobs/{digest}") == [FIRST_ASK, None]
+    assert proxy.fills.stats.single_stream == 1
 
 
+@pytest.mark.parametrize("segments", [1, 4])
 async def test_upstream_without_content_length_is_streamed_and_verified(
-    proxy: RunningProxy, forwarder: Forwarder, http: aiohttp.ClientSession
+    segments: int, forwarder: Forwarder, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     name, digest, data = await new_blob(forwarder, "chunked")
     forwarder.set_fault(Fault(match=digest, kind="length", offset=-1, methods=GET))
-    outcome = await fetch(http, blob_url(proxy, name, digest))
-    assert_exact(outcome, data)
-    assert "Content-Length" not in outcome.headers  # streamed chunked as it landed
-    await assert_cached(proxy, digest, data)
+    settings = {"upstream_segments": segments}
+    async with running_proxy(forwarder.url, tmp_path / "cache", **settings) as proxy:
+        outcome = await fetch(http, blob_url(proxy, name, digest))
+        assert_exact(outcome, data)
+        if segments == 1:
+            assert "Content-Length" not in outcome.headers  # streamed chunked as it landed
+        else:
+            # The answer to the first segment's range says the size (Content-Range).
+            assert int(outcome.headers["Content-Length"]) == len(data)
+        await assert_cached(proxy, digest, data)
 
 
 async def test_corrupt_byte_inside_a_range_of_a_filling_blob_is_never_served_clean(
@@ -371,7 +398,7 @@ async def test_reset_mid_body_is_resumed(
     forwarder.set_fault(Fault(match=digest, kind="abort", offset=400_000, once=True, methods=GET))
     assert_exact(await fetch(http, blob_url(proxy, name, digest)), data)
     first, resume = forwarder.ranges("GET", f"/blobs/{digest}")
-    assert first is None
+    assert first == FIRST_ASK
     # An RST may lose bytes in flight: the resume starts at what really arrived.
     assert 0 <= _range_start(resume) <= 400_000
     await assert_cached(proxy, digest, data)

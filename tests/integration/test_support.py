@@ -383,6 +383,20 @@ async def test_fault_method_filter(
     assert (await fetch(url))[0] == 200
 
 
+async def test_fault_range_filter(
+    forwarder: Forwarder, registry: RegistryProcess, repo: str
+) -> None:
+    image = await push_image(registry.url, repo, "v1", layer_sizes=[1000])
+    url, data = blob_url(forwarder.url, image)
+    forwarder.set_fault(Fault(match="/blobs/", kind="status", status=503, range_start=500))
+    assert (await fetch(url))[0] == 200  # no Range: from byte 0
+    assert (await fetch(url, headers={"Range": "bytes=0-99"}))[0] == 206
+    assert (await fetch(url, headers={"Range": "bytes=500-"}))[0] == 503
+    assert (await fetch(url, headers={"Range": "bytes=500-599"}))[0] == 503
+    status, _, body = await fetch(url, headers={"Range": "bytes=501-"})
+    assert (status, body) == (206, data[501:])
+
+
 async def test_fault_stall_then_release(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:

@@ -71,7 +71,9 @@ class Fault:
     a cleanly framed short answer; a longer one sends the whole body and then closes
     the connection, short of what it announced.
     Body faults whose offset lies past the end of the body do nothing. *methods*
-    restricts the fault (e.g. ``{"GET"}``); *once* removes it after its first hit,
+    restricts the fault (e.g. ``{"GET"}``); *range_start* to requests whose ``Range``
+    header asks from that byte on (``bytes=N-...``; 0 also matches no Range at all),
+    so one segment of a blob can be broken; *once* removes it after its first hit,
     *times* after that many hits.
     """
 
@@ -83,15 +85,18 @@ class Fault:
     body: bytes = b""
     once: bool = False
     methods: frozenset[str] | None = None
+    range_start: int | None = None
     #: How many requests this fault has been applied to.
     hits: int = 0
     #: Remove the fault after this many hits (None: never; ``once`` is ``times=1``).
     times: int | None = None
     _released: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
-    def matches(self, method: str, path_qs: str) -> bool:
+    def matches(self, method: str, path_qs: str, range_header: str | None = None) -> bool:
         """True if this fault applies to a *method* request for *path_qs*."""
         if self.methods is not None and method not in self.methods:
+            return False
+        if self.range_start is not None and _range_start(range_header) != self.range_start:
             return False
         if isinstance(self.match, re.Pattern):
             return self.match.search(path_qs) is not None
@@ -233,9 +238,9 @@ class Forwarder:
     ) -> None:
         await self.close()
 
-    def _take_fault(self, method: str, path_qs: str) -> Fault | None:
+    def _take_fault(self, method: str, path_qs: str, range_header: str | None) -> Fault | None:
         for fault in self._faults:
-            if fault.matches(method, path_qs):
+            if fault.matches(method, path_qs, range_header):
                 fault.hits += 1
                 if fault.once or (fault.times is not None and fault.hits >= fault.times):
                     self._faults.remove(fault)
@@ -253,7 +258,7 @@ class Forwarder:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
         self.request_headers.append(dict(request.headers))
-        fault = self._take_fault(request.method, request.path_qs)
+        fault = self._take_fault(request.method, request.path_qs, request.headers.get("Range"))
         if fault is not None and fault.kind == "reset":
             _abort(request, reset=True)
             # Never sent: aiohttp finds the transport closed and drops it quietly.
@@ -424,6 +429,14 @@ class _Pacer:
         delay = self._t0 + self._sent / bps - now
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+def _range_start(header: str | None) -> int | None:
+    """The first byte a ``Range: bytes=N-[M]`` asks for (no header: 0)."""
+    if header is None:
+        return 0
+    match = re.fullmatch(r"bytes=(\d+)-\d*", header.strip())
+    return int(match[1]) if match else None
 
 
 def _hop_by_hop(name: str, headers: Mapping[str, str]) -> bool:

@@ -49,6 +49,12 @@ def test_upstream_shortcut() -> None:
         ({"CACHEPROXY_TAG_TTL": "soon"}, {}, "tag_ttl"),
         ({}, {"upstream": "ftp://x"}, "upstream"),
         ({}, {"loop": "trio"}, "loop"),
+        ({"CACHEPROXY_MAX_BLOB_SIZE": "lots"}, {}, "max_blob_size"),
+        ({}, {"max_blob_size": "50%"}, "max_blob_size"),
+        ({}, {"upstream_segments": 0}, "upstream_segments"),
+        ({"CACHEPROXY_UPSTREAM_SEGMENTS": "65"}, {}, "upstream_segments"),
+        ({"CACHEPROXY_SEGMENT_MIN_SIZE": "0"}, {}, "segment_min_size"),
+        ({}, {"segment_min_size": "10%"}, "segment_min_size"),
     ],
 )
 def test_bad_settings(env: dict[str, str], flags: dict[str, object], text: str) -> None:

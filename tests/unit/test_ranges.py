@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from cacheproxy.errors import RangeNotSatisfiable
-from cacheproxy.ranges import ByteRange, parse_range
+from cacheproxy.ranges import ByteRange, parse_content_span, parse_range, range_header
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,31 @@ def test_unsatisfiable(rng: ByteRange, size: int) -> None:
         rng.resolve(size)
     assert info.value.status == 416
     assert info.value.headers["Content-Range"] == f"bytes */{size}"
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [(0, None, None), (5, None, "bytes=5-"), (0, 0, "bytes=0-0"), (10, 99, "bytes=10-99")],
+)
+def test_range_header(start: int, end: int | None, expected: str | None) -> None:
+    assert range_header(start, end) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes 0-9/10", (0, 9, 10)),
+        ("bytes 10-99/*", (10, 99, None)),
+        ("BYTES 3-3/4", (3, 3, 4)),
+        (" bytes 0-0/1 ", (0, 0, 1)),
+        ("bytes 0-10/10", None),  # last byte past the length
+        ("bytes 5-4/10", None),
+        ("bytes */10", None),  # an unsatisfied-range answer, not a range
+        ("bytes 0-9", None),
+        ("items 0-9/10", None),
+        ("", None),
+        ("bytes 0-" + "9" * 30 + "/*", None),
+    ],
+)
+def test_parse_content_span(value: str, expected: tuple[int, int, int | None] | None) -> None:
+    assert parse_content_span(value) == expected

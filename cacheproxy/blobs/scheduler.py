@@ -1,0 +1,371 @@
+"""The lanes of one fill: byte ranges of one blob fetched on several connections.
+
+Object stores and CDNs behind registries throttle each connection, so a blob
+above ``segment_min_size`` is asked for as ranges on up to ``feed.lanes``
+connections at once (RFC 9110 section 14). The first request asks for the first
+``segment_min_size`` bytes and learns the blob's length from its
+``Content-Range``, so nothing waits for a HEAD; a blob no bigger is done in that
+one stream. Which range goes to which feed next is :func:`segments.plan`'s choice.
+
+Robust by construction:
+
+- a lane that breaks (a reset, a short body, a read timeout, which is also how a
+  stalled lane ends) resumes from its own offset, counted against one retry
+  budget per blob, as a single stream's resume always was;
+- a feed that answers a range with a 200, a wrong ``Content-Range`` or no length
+  puts the blob on one stream, and is remembered (:class:`segments.RangeSupport`);
+- no two lanes ever ask for the same byte, and no byte on disk is asked again,
+  so the bytes fetched stay equal to the blob's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
+from ..oci import Digest
+from .segments import Answer, Extents, RangeSupport, Span, chunk_size, plan, read_answer
+from .source import Feed
+
+log = logging.getLogger(__name__)
+
+# A lane hands the file at most this much at a time.
+MAX_CHUNK = 1024 * 1024
+RESUME_ATTEMPTS = 3
+RESUME_BACKOFF = 0.5
+# What counts as a broken lane (resumed from its offset) rather than a refusal.
+BROKEN = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+class WrongRange(aiohttp.ClientPayloadError):
+    """An answer that does not carry the range asked for: the lane is resumed."""
+
+
+class Target(Protocol):
+    """Where lanes put their bytes: the fill."""
+
+    digest: Digest
+    size: int | None
+    received: int
+
+    @property
+    def extents(self) -> Extents:
+        """The spans of the blob on disk."""
+
+    def begin(self, size: int | None) -> None:
+        """A feed answered with the blob (its size, if known)."""
+
+    async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
+        """Put ``parts`` (consecutive bytes) at ``offset`` of the blob."""
+
+    def hints(self) -> list[int]:
+        """Positions readers wait at that nothing has landed at yet."""
+
+
+class Counters(Protocol):
+    upstream_gets: int
+    peer_gets: int
+    peer_bytes: int
+    upstream_bytes: int
+    resumed: int
+    segments: int
+    single_stream: int
+
+
+@dataclass
+class Lane:
+    """One request in flight: bytes ``pos`` up to ``end`` (exclusive; None: to the
+    end of a blob of unknown length) from feed number ``feed``."""
+
+    feed: int
+    pos: int
+    end: int | None
+
+
+class Lanes:
+    """Fetch one blob into ``target`` from ``feeds`` (in order of preference)."""
+
+    def __init__(
+        self,
+        target: Target,
+        feeds: Sequence[Feed],
+        stats: Counters,
+        min_size: int,
+        ranges: RangeSupport,
+        key: str = "",
+        backoff: float = RESUME_BACKOFF,
+    ) -> None:
+        self._target = target
+        # Seconds before the first resume, doubling for each next one.
+        self._backoff = backoff
+        self._feeds = list(feeds)
+        self._stats = stats
+        self._min_size = max(1, min_size)
+        self._ranges = ranges
+        # Whose range support a wrong answer from an upstream feed is remembered under.
+        self._key = key
+        self._single = False
+        self._eof = False
+        self._chunk = self._min_size
+        self._attempts = 0
+        self._active: dict[asyncio.Task[None], Lane] = {}
+
+    async def run(self) -> None:
+        """Return once every byte of the blob is on disk; raise a RegistryError if not."""
+        try:
+            await self._first()
+            await self._drive()
+        finally:
+            tasks = list(self._active)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def lanes(self, index: int) -> int:
+        """How many ranges feed ``index`` carries at once now."""
+        feed = self._feeds[index]
+        if self._single or (feed.origin == "upstream" and self._ranges.ignored_by(self._key)):
+            return 1
+        return max(1, feed.lanes)
+
+    async def _first(self) -> None:
+        """Ask for the start of the blob; learn its length from the answer."""
+        ask = self._min_size - 1 if self.lanes(0) > 1 else None
+        resp = await self._open(0, 0, ask)
+        answer = self._check(resp, 0, ask)
+        if answer.kind == "bad":
+            resp.release()
+            self._mishandled(0, "a wrong Content-Range")
+            ask = None
+            resp = await self._open(0, 0, None)
+            answer = self._check(resp, 0, None)
+            if answer.kind == "bad":
+                resp.release()
+                raise UpstreamBadContent("upstream answered a blob with the wrong range")
+        if ask is not None and answer.kind == "whole":
+            self._mishandled(0, "200 to a range")
+        elif ask is not None and answer.total is None:
+            self._mishandled(0, "no length")
+        try:
+            self._target.begin(answer.total)
+        except BaseException:
+            resp.release()
+            raise
+        if answer.total is not None:
+            lanes = sum(self.lanes(i) for i in range(len(self._feeds)))
+            self._chunk = chunk_size(answer.total, lanes, self._min_size)
+        self._spawn(Lane(0, 0, answer.end), resp)
+
+    async def _drive(self) -> None:
+        while True:
+            self._plan()
+            if not self._active:
+                return
+            done, _ = await asyncio.wait(self._active, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                lane = self._active.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    continue
+                if isinstance(exc, RegistryError) or not isinstance(exc, BROKEN):
+                    raise exc
+                self._resume(lane, exc)
+
+    def _resume(self, lane: Lane, exc: BaseException) -> None:
+        # RFC 9110 section 14: resume a broken body from where it broke.
+        self._attempts += 1
+        if self._attempts > RESUME_ATTEMPTS:
+            raise UpstreamUnavailable("upstream broke off the blob") from exc
+        log.info(
+            "body of %s broke at %d (%s), resuming",
+            self._target.digest,
+            lane.pos,
+            type(exc).__name__,
+        )
+        self._stats.resumed += 1
+        self._spawn(lane, delay=self._backoff * 2 ** (self._attempts - 1))
+
+    def _plan(self) -> None:
+        """Give every free lane its next range."""
+        size = self._target.size
+        if size is None:
+            # One stream of unknown length: go on from where the last answer ended.
+            if not self._active and not self._eof:
+                pos = self._target.extents.prefix
+                self._spawn(Lane(0, pos, None))
+            return
+        busy = [0] * len(self._feeds)
+        taken = self._target.extents.spans()
+        pending = 0
+        for lane in self._active.values():
+            busy[lane.feed] += 1
+            end = size if lane.end is None else lane.end
+            taken.append(Span(lane.pos, end))
+            pending += end - lane.pos
+        free = [max(0, self.lanes(i) - busy[i]) for i in range(len(self._feeds))]
+        if not any(free):
+            return
+        lanes = sum(self.lanes(i) for i in range(len(self._feeds)))
+        for feed, span in plan(
+            size,
+            taken,
+            free,
+            chunk=self._chunk,
+            min_size=self._min_size,
+            lanes=lanes,
+            pending=pending,
+            hints=self._target.hints(),
+        ):
+            self._stats.segments += 1
+            self._spawn(Lane(feed, span.start, span.end))
+
+    def _spawn(
+        self, lane: Lane, resp: aiohttp.ClientResponse | None = None, delay: float = 0.0
+    ) -> None:
+        task = asyncio.create_task(self._lane(lane, resp, delay), name="lane")
+        self._active[task] = lane
+
+    async def _lane(self, lane: Lane, resp: aiohttp.ClientResponse | None, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        skip = 0
+        if resp is None:
+            size = self._target.size
+            # To the end: an open range, as a resume has always asked.
+            ask = None if lane.end is None or lane.end == size else lane.end - 1
+            resp = await self._open(lane.feed, lane.pos, ask)
+            answer = self._check(resp, lane.pos, ask)
+            if answer.kind == "bad":
+                resp.release()
+                self._mishandled(lane.feed, "a wrong Content-Range")
+                raise WrongRange(f"answer to bytes={lane.pos}- carries another range")
+            if answer.kind == "whole":
+                # The whole blob from byte 0: skip to this lane's part.
+                skip = lane.pos
+                if lane.pos or ask is not None:
+                    self._mishandled(lane.feed, "200 to a range")
+        try:
+            await self._copy(lane, resp, skip)
+        finally:
+            resp.release()
+
+    async def _copy(self, lane: Lane, resp: aiohttp.ClientResponse, skip: int) -> None:
+        body = _Body(resp.content)
+        from_peer = self._feeds[lane.feed].origin == "peer"
+        while lane.end is None or lane.pos < lane.end:
+            parts = await body.next()
+            if not parts:
+                break
+            size = sum(len(p) for p in parts)
+            if from_peer:
+                self._stats.peer_bytes += size
+            else:
+                self._stats.upstream_bytes += size
+                self._target.received += size
+            if skip:
+                cut = min(skip, size)
+                parts, skip, size = _drop(parts, cut), skip - cut, size - cut
+                if not size:
+                    continue
+            over = lane.end is not None and lane.pos + size > lane.end
+            if lane.end is not None and over:
+                # Longer than asked (or announced): keep what was asked, drop the
+                # rest with the connection.
+                size = lane.end - lane.pos
+                parts = _keep(parts, size)
+            await self._target.write_at(lane.pos, parts)
+            lane.pos += size
+            if over:
+                resp.close()
+                break
+        if lane.end is None:
+            self._eof = True
+        elif lane.pos < lane.end:
+            raise aiohttp.ClientPayloadError("body ended early")
+
+    async def _open(self, index: int, start: int, end: int | None) -> aiohttp.ClientResponse:
+        feed = self._feeds[index]
+        resp = await feed.open(start, end)
+        if feed.origin == "peer":
+            self._stats.peer_gets += 1
+        else:
+            self._stats.upstream_gets += 1
+        return resp
+
+    def _check(self, resp: aiohttp.ClientResponse, start: int, end: int | None) -> Answer:
+        return read_answer(
+            resp.status,
+            resp.headers.get("Content-Range"),
+            resp.content_length,
+            start,
+            end,
+            self._target.size,
+        )
+
+    def _mishandled(self, index: int, how: str) -> None:
+        """A feed answered a range wrongly: one stream from now on (remembered)."""
+        if not self._single:
+            self._single = True
+            self._stats.single_stream += 1
+            log.info("%s: %s; one stream", self._target.digest, how)
+        if self._feeds[index].origin == "upstream":
+            self._ranges.remember(self._key)
+
+
+class _Body:
+    """A response body read as the buffers it arrived in: never joined or sliced (a
+    copy of every byte, and a fresh allocation, is what a join costs)."""
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._taken = 0
+
+    async def next(self) -> list[bytes | memoryview]:
+        """What has arrived: at least one buffer (waiting for it), at most about
+        ``MAX_CHUNK``; nothing at the end of the body."""
+        parts: list[bytes | memoryview] = []
+        total = 0
+        while total < MAX_CHUNK:
+            if parts and self._content.total_bytes <= self._taken:
+                break  # nothing more has arrived yet
+            data, end_of_chunk = await self._content.readchunk()
+            if not data:
+                if end_of_chunk:  # the end of an HTTP chunk: data may follow
+                    continue
+                break
+            parts.append(data)
+            total += len(data)
+            self._taken += len(data)
+        return parts
+
+
+def _drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
+    """``parts`` without their first ``count`` bytes."""
+    out = []
+    for part in parts:
+        if count >= len(part):
+            count -= len(part)
+            continue
+        out.append(memoryview(part)[count:] if count else part)
+        count = 0
+    return out
+
+
+def _keep(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
+    """The first ``count`` bytes of ``parts``."""
+    out = []
+    for part in parts:
+        if count <= 0:
+            break
+        out.append(part if len(part) <= count else memoryview(part)[:count])
+        count -= len(part)
+    return out
