@@ -160,6 +160,9 @@ def parse_path(path: str) -> Route:
     if kind == "upload":
         return Route("upload", validate_path_name(name), reference)
     if not reference or "/" in reference:
+        if kind in ("blob", "referrers") or ":" in reference:
+            # A digest the grammar cannot parse, not a missing endpoint.
+            raise DigestInvalid("invalid digest", detail={"digest": reference[:200]})
         raise NotFound("unknown path")
     validate_path_name(name)
     if kind in ("blob", "referrers") or is_digest(reference):

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -112,6 +112,9 @@ class Fill:
         #: larger than the cache may hold). The temp file goes when the last reader does.
         self.keep = True
         self._readers = 0
+        #: Called with the announced size as the first answer comes (the registry of
+        #: fills reserves disk for it, or decides the blob is not to be kept).
+        self.on_size: Callable[[int | None], None] | None = None
 
     @property
     def extents(self) -> Extents:
@@ -310,6 +313,8 @@ class Fill:
         if limit and size is not None and size > limit:
             raise UpstreamBadContent(f"blob of {size} bytes is over max_blob_size ({limit})")
         self.size = size
+        if self.on_size is not None:
+            self.on_size(size)
         self._landing.create()
         self.state = FillState.RUNNING
         self._wake_all()

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..accounting import Accounting, NullAccounting
-from ..errors import BlobUnknown, RegistryError
+from ..errors import BlobUnknown
 from ..store.files import BlobStore
 from .admission import DiskBudget, FillGate, FillLimits, Misses
 from .fill import Fill, FillBody, FillOptions, FillState, FillStats
@@ -87,32 +87,27 @@ class Fills:
     async def _run(self, fill: Fill, feed: Feed, key: tuple[str, bool], client: str) -> None:
         reserved = 0
 
-        async def reserve() -> None:
+        def reserve(size: int | None) -> None:
             # What the fill announced counts against the cache's limit until it ends.
             nonlocal reserved
-            with contextlib.suppress(RegistryError):
-                await fill.started()
-            if fill.size and not self.budget.keeps(fill.size):
+            if size and not self.budget.keeps(size):
                 # Larger than the cache may hold: served to its readers, never kept.
                 fill.keep = False
-            elif fill.size:
-                reserved = fill.size
+            elif size:
+                reserved = size
                 self.budget.reserved += reserved
 
-        reserving = asyncio.create_task(reserve())
+        fill.on_size = reserve
         try:
             await fill.run(feed, self.stats, self.accounting)
         finally:
-            reserving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reserving
             self.budget.reserved -= reserved
             self.gate.leave(client)
             if self._fills.get(key) is fill:
                 del self._fills[key]
         if isinstance(fill.error, BlobUnknown):
             self.misses.add(fill.upstream, fill.repo, str(fill.digest))
-        if fill.state is FillState.DONE:
+        if fill.state is FillState.DONE and fill.keep:
             for callback in self.on_commit:
                 try:
                     await callback(fill)

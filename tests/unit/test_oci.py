@@ -109,3 +109,11 @@ def test_clean_host_is_what_may_be_echoed() -> None:
     assert clean_host("registry.example.com:443") == "registry.example.com"
     for bad in ("a\r\nSet-Cookie: x", "a b", "a/b", "", "-a.example", "a" * 300, "h:99999999"):
         assert clean_host(bad) is None, bad
+
+
+def test_an_empty_or_slashed_digest_is_invalid_not_a_missing_endpoint() -> None:
+    for path in ("/v2/a/b/blobs/", "/v2/a/b/blobs/sha256:ab/cd", "/v2/a/manifests/sha256:x/y"):
+        with pytest.raises(DigestInvalid):
+            parse_path(path)
+    with pytest.raises(NotFound):
+        parse_path("/v2/a/b/manifests/")
