@@ -51,6 +51,8 @@ class FillStats:
     upstream_gets: int = 0
     peer_gets: int = 0
     peer_bytes: int = 0
+    shared_gets: int = 0
+    shared_bytes: int = 0
     upstream_bytes: int = 0
     completed: int = 0
     failed: int = 0
@@ -77,7 +79,9 @@ class Fill:
         # Who asked first: the ledger charges the transfer to this upstream and repo.
         self.upstream = upstream
         self.repo = repo
+        # Bytes received from the upstream, and from the shared tier (the ledger's).
         self.received = 0
+        self.received_shared = 0
         self.size: int | None = None
         self.written = 0
         self.state = FillState.STARTING
@@ -171,7 +175,7 @@ class Fill:
 
     @property
     def origin(self) -> Origin:
-        """Where this fill's bytes come from (a peer, or the upstream)."""
+        """Where this fill's bytes come from (a peer, the shared tier, the upstream)."""
         return self._feed.origin if self._feed is not None else "upstream"
 
     async def run(self, feed: Feed, stats: FillStats, accounting: Accounting) -> None:
@@ -200,8 +204,10 @@ class Fill:
             stats.failed += 1
         finally:
             os.close(self._fd)
-            if self.received and feed.origin == "upstream":
+            if self.received:
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
+            if self.received_shared:
+                accounting.shared(self.upstream, self.repo, "get", 0, self.received_shared)
             self._notify()
 
     def _fail(self, exc: RegistryError) -> None:
@@ -216,16 +222,18 @@ class Fill:
         attempts = 0
         while True:
             resp = await feed.open(self.written)
-            from_peer = feed.origin == "peer"
-            if from_peer:
+            origin = feed.origin
+            if origin == "peer":
                 stats.peer_gets += 1
+            elif origin == "shared":
+                stats.shared_gets += 1
             else:
                 stats.upstream_gets += 1
                 key = str(self.digest)
                 stats.by_digest[key] = stats.by_digest.get(key, 0) + 1
             try:
                 self._accept_headers(resp)
-                await self._copy(resp, stats, from_peer)
+                await self._copy(resp, stats, origin)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 # RFC 9110 section 14: resume a broken body from where it broke.
                 attempts += 1
@@ -267,7 +275,7 @@ class Fill:
             self.state = FillState.RUNNING
             self._notify()
 
-    async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats, from_peer: bool) -> None:
+    async def _copy(self, resp: aiohttp.ClientResponse, stats: FillStats, origin: Origin) -> None:
         skip = self.written if resp.status == 200 else 0
         content = resp.content
         while True:
@@ -283,8 +291,11 @@ class Fill:
                 parts.append(more)
                 total += len(more)
             data = b"".join(parts) if len(parts) > 1 else chunk
-            if from_peer:
+            if origin == "peer":
                 stats.peer_bytes += len(data)
+            elif origin == "shared":
+                stats.shared_bytes += len(data)
+                self.received_shared += len(data)
             else:
                 stats.upstream_bytes += len(data)
                 self.received += len(data)

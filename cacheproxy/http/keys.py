@@ -12,6 +12,8 @@ from ..manifests.service import ManifestService
 from ..metrics import Metrics
 from ..peers.cluster import Cluster
 from ..runtime import Readiness
+from ..shared.tier import SharedTier
+from ..shared.writeback import WriteBack
 from ..upstream.pool import UpstreamPool
 from .clientauth import ClientAuth
 
@@ -29,6 +31,9 @@ KEEPER = web.AppKey("keeper", Keeper)
 READINESS = web.AppKey("readiness", Readiness)
 METRICS = web.AppKey("metrics", Metrics)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
+# The shared tier and its uploads ([shared] only).
+SHARED = web.AppKey("shared", SharedTier)
+WRITEBACK = web.AppKey("writeback", WriteBack)
 # The ``ns`` a request named, echoed back as ``OCI-Namespace``.
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
