@@ -88,3 +88,19 @@ async def forwarder(registry: RegistryProcess) -> AsyncIterator[Forwarder]:
     """A :class:`Forwarder` in front of the session registry, on this test's loop."""
     async with Forwarder(registry.url) as fwd:
         yield fwd
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto's AWS (ECR, STS) with test credentials in the environment."""
+    from moto import mock_aws
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-west-2",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        yield

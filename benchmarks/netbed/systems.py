@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from tests.support.process import stop_process
+
 from .net import Endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,16 +85,8 @@ class NsProcess:
                 os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=STOP_TIMEOUT)
+        if self.proc is not None:
+            stop_process(self.proc, STOP_TIMEOUT)
         if self._out is not None:
             self._out.close()
             self._out = None

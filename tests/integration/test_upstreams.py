@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 import boto3
 import pytest
-from moto import mock_aws
 
 from cacheproxy.config import UpstreamConfig
 from cacheproxy.upstream.credentials import EcrCredentials
@@ -175,19 +174,6 @@ async def test_static_credentials(
 
 
 # --- ECR ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-west-2",
-    }.items():
-        monkeypatch.setenv(key, value)
-    with mock_aws():
-        yield
 
 
 @pytest.fixture

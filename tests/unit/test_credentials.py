@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
-
-import pytest
-from moto import mock_aws
 
 from cacheproxy.config import UpstreamConfig
 from cacheproxy.upstream.credentials import boto3_ecr_client
 
 ECR_HOST = "123456789012.dkr.ecr.us-west-2.amazonaws.com"
 ROLE = "arn:aws:iam::123456789012:role/ecr-puller"
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-west-2",
-    }.items():
-        monkeypatch.setenv(key, value)
-    with mock_aws():
-        yield
 
 
 def test_assumed_role_keys_are_renewed_before_they_expire(aws: None) -> None:
