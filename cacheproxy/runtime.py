@@ -194,7 +194,9 @@ async def open_runtime(
         from_bucket = SharedManifests(shared, links, accounting) if shared is not None else None
 
         def manifests(peers: PeerManifests | None, counted: Accounting) -> ManifestService:
-            tags = TagResolver(index, bodies, links, options, resolutions, peers, time.time)
+            tags = TagResolver(
+                index, bodies, links, options, resolutions, peers, time.time, shared is not None
+            )
             return ManifestService(
                 tags, bodies, links, options, fetches, peers, usage, counted, from_bucket
             )

@@ -85,8 +85,9 @@ class SharedFeed:
         return await self._fallback.open(start)
 
     def _is_resume(self, start: int) -> bool:
-        """Whether ``start`` lies inside a range already asked for: that lane broke off."""
-        return any(s < start and (e is None or start <= e) for s, e in self._asked)
+        """Whether ``start`` lies inside a range already asked for: that lane broke off
+        (no two lanes ever ask for the same byte)."""
+        return any(s <= start and (e is None or start <= e) for s, e in self._asked)
 
     async def _bucket(self, start: int, end: int | None) -> aiohttp.ClientResponse | None:
         """The bucket's answer, or None to go to the upstream."""

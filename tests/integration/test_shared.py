@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from cacheproxy.http.keys import SHARED, WRITEBACK
-from tests.support.forwarder import Forwarder
+from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import PushedImage, push_image
 from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
@@ -115,13 +115,135 @@ async def test_the_second_cluster_pulls_nothing_from_the_upstream(
     # Nothing half-written: no multipart upload left open.
     assert not moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
 
+    gets_before = forwarder.count("GET", "/manifests/")
     async with running_proxy(None, tmp_path / "b", config_file=config) as b:
         await pull(b.url, image)
+        b_stats_hits = b.app[SHARED].stats.hits
         assert b.fills.stats.shared_gets >= len(image.blobs)
         assert b.fills.stats.upstream_gets == 0
         await drained(b)
         # Nothing to write back: it came from the bucket.
         assert b.app[SHARED].stats.uploads == 0
     assert forwarder.body_bytes("GET", "/blobs/") == first
-    # The manifest by digest came from the bucket too; only the tag was asked upstream.
-    assert forwarder.count("GET", f"/manifests/{image.digest}") == 0
+    # The manifest came from the bucket too: the tag was asked upstream with a HEAD,
+    # which a registry does not count as a pull.
+    assert forwarder.count("GET", "/manifests/") == gets_before
+    assert b_stats_hits >= len(image.blobs) + 1
+
+
+def object_key(digest: str) -> str:
+    algorithm, hexpart = digest.split(":")
+    return f"{PREFIX}{algorithm}/{hexpart}"
+
+
+async def get_blob(url: str, image: PushedImage, digest: str) -> bytes:
+    blob_url = f"{url}/v2/registry.test/{image.name}/blobs/{digest}"
+    async with aiohttp.ClientSession() as http, http.get(blob_url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.read()
+
+
+async def test_a_wrong_object_in_the_bucket_is_caught_deleted_and_replaced(
+    registry: RegistryProcess,
+    forwarder: Forwarder,
+    moto: MotoS3,
+    cluster_a: tuple[Path, str],
+    tmp_path: Path,
+) -> None:
+    config, bucket = cluster_a
+    image = await push_image(registry.url, unique("shared/bad"), "v1", layer_sizes=(2_000_000,))
+    layer = image.layers[0]
+    async with running_proxy(None, tmp_path / "a", config_file=config) as a:
+        await pull(a.url, image)
+        await drained(a)
+    # Someone with write access to the bucket swaps one byte of the layer.
+    s3 = moto.client()
+    data = bytearray(image.blob_data[layer.digest])
+    data[len(data) // 2] ^= 0xFF
+    await asyncio.to_thread(
+        s3.put_object, Bucket=bucket, Key=object_key(layer.digest), Body=bytes(data)
+    )
+    upstream_before = forwarder.body_bytes("GET", f"/blobs/{layer.digest}")
+
+    async with running_proxy(None, tmp_path / "b", config_file=config) as b:
+        await pull_manifest(b.url, image)
+        async with aiohttp.ClientSession() as http:
+            url = f"{b.url}/v2/registry.test/{image.name}/blobs/{layer.digest}"
+            # The wrong bytes never end cleanly: the last byte waits for verification.
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with http.get(url) as resp:
+                    await resp.read()
+        tier = b.app[SHARED]
+        assert tier.stats.bad_objects == 1
+        async with asyncio.timeout(30):
+            while tier.stats.deleted_bad < 1:
+                await asyncio.sleep(0.05)
+        assert object_key(layer.digest) not in moto.keys(bucket, PREFIX)
+        assert not b.blob_path(layer.digest).exists()
+        # The retry gets the upstream's bytes, and the bucket gets them back.
+        assert sha256(await get_blob(b.url, image, layer.digest)) == layer.digest
+        assert forwarder.body_bytes("GET", f"/blobs/{layer.digest}") - upstream_before == layer.size
+        await drained(b)
+    fixed = await asyncio.to_thread(s3.get_object, Bucket=bucket, Key=object_key(layer.digest))
+    assert sha256(fixed["Body"].read()) == layer.digest
+
+
+async def pull_manifest(url: str, image: PushedImage) -> None:
+    async with aiohttp.ClientSession() as http:
+        base = f"{url}/v2/registry.test/{image.name}"
+        async with http.get(f"{base}/manifests/{image.tag}", headers=ACCEPT) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("fault", ["stopped", "403", "503", "slow"])
+async def test_a_failing_bucket_costs_the_upstream_never_the_client(
+    registry: RegistryProcess,
+    forwarder: Forwarder,
+    tmp_path: Path,
+    fault: str,
+) -> None:
+    image = await push_image(registry.url, unique("shared/down"), "v1", layer_sizes=(3_000_000,))
+    layer = image.layers[0]
+    with MotoS3(tmp_path) as moto:
+        bucket = moto.new_bucket()
+        async with Forwarder(moto.url) as wire:
+            config = write_config(
+                tmp_path / "s.toml", forwarder.url, wire.url, bucket, read_timeout=1.0
+            )
+            async with running_proxy(None, tmp_path / "a", config_file=config) as a:
+                await pull(a.url, image)
+                await drained(a)
+            before = forwarder.body_bytes("GET", f"/blobs/{layer.digest}")
+            key = object_key(layer.digest)
+            async with running_proxy(None, tmp_path / "b", config_file=config) as b:
+                await pull_manifest(b.url, image)
+                if fault == "stopped":
+                    # The bucket goes away mid-transfer: half the layer came from it.
+                    stall = wire.set_fault(Fault(key, "stall", offset=layer.size // 2))
+                    got = asyncio.create_task(get_blob(b.url, image, layer.digest))
+                    async with asyncio.timeout(30):
+                        while not wire._stalling:
+                            await asyncio.sleep(0.02)
+                    await asyncio.to_thread(moto.stop)
+                    assert wire.sever() >= 1
+                    stall.release()
+                    data = await got
+                else:
+                    if fault == "slow":
+                        wire.set_fault(Fault(key, "stall", offset=0, methods=frozenset({"GET"})))
+                    else:
+                        wire.set_fault(Fault(key, "status", status=int(fault)))
+                    data = await get_blob(b.url, image, layer.digest)
+                assert sha256(data) == layer.digest
+                faults = b.app[SHARED].stats.faults
+                expected = {"stopped": "server-error", "403": "denied", "503": "server-error",
+                            "slow": "broken-body"}[fault]  # fmt: skip
+                assert faults[expected] >= 1, faults
+                fetched = forwarder.body_bytes("GET", f"/blobs/{layer.digest}") - before
+                if fault == "stopped":
+                    # Only the rest came from the upstream, asked with a Range.
+                    assert 0 < fetched < layer.size
+                    assert forwarder.ranges("GET", f"/blobs/{layer.digest}")[-1] is not None
+                else:
+                    assert fetched == layer.size
+                wire.clear_faults()
