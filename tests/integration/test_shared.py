@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 
 from cacheproxy.http.keys import SHARED, WRITEBACK
+from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import PushedImage, push_image
 from tests.support.names import unique
@@ -247,3 +249,58 @@ async def test_a_failing_bucket_costs_the_upstream_never_the_client(
                 else:
                     assert fetched == layer.size
                 wire.clear_faults()
+
+
+def gc_keys(output: bytes) -> list[str]:
+    lines = output.decode().splitlines()
+    return sorted(line.split()[0] for line in lines if line.startswith("  "))
+
+
+async def test_gc_shared_dry_run_lists_what_gc_shared_deletes(
+    forwarder: Forwarder, moto: MotoS3, tmp_path: Path
+) -> None:
+    bucket = moto.new_bucket()
+    s3 = moto.client()
+    blobs = [f"{PREFIX}sha256/{i:064x}" for i in range(3)]
+    others = ["cache/v1/notes.txt", "elsewhere/blobs/sha256/" + "a" * 64]
+    for key in [*blobs, *others]:
+        await asyncio.to_thread(s3.put_object, Bucket=bucket, Key=key, Body=b"x" * 10)
+    env = {**AWS_ENV, "CACHEPROXY_CACHE_DIR": str(tmp_path / "cache")}
+
+    async def gc(expire_days: float, *flags: str) -> list[str]:
+        config = write_config(
+            tmp_path / "gc.toml", forwarder.url, moto.url, bucket, expire_days=expire_days
+        )
+        argv = [sys.executable, "-m", "cacheproxy", "gc", "--shared", "--config", str(config)]
+        result = (await run_process(*argv, *flags, env=env)).check()
+        return gc_keys(result.stdout)
+
+    # Nothing is that old yet.
+    assert await gc(30, "--dry-run") == []
+    planned = await gc(0, "--dry-run")
+    assert planned == sorted(blobs)
+    assert set(moto.keys(bucket)) == {*blobs, *others}  # a dry run deletes nothing
+    assert await gc(0) == planned
+    assert set(moto.keys(bucket)) == set(others)  # only blobs under the prefix went
+
+
+async def test_redirect_mode_with_skopeo(
+    registry: RegistryProcess, forwarder: Forwarder, moto: MotoS3, tmp_path: Path
+) -> None:
+    """A central mirror sends clients to the bucket: skopeo follows the 307s and gets
+    every blob from there, verified by its own digest checks."""
+    bucket = moto.new_bucket()
+    config = write_config(tmp_path / "r.toml", forwarder.url, moto.url, bucket, redirect=True)
+    image = await push_image(registry.url, unique("shared/redir"), "v1", layer_sizes=(200_000,))
+    async with running_proxy(None, tmp_path / "mirror", config_file=config) as mirror:
+        # Not in the bucket yet: served by the proxy, then written back.
+        await pull(mirror.url, image)
+        assert mirror.app[SHARED].stats.redirects == 0
+        await drained(mirror)
+        before = forwarder.body_bytes("GET", "/blobs/")
+        ref = f"docker://{mirror.host}/registry.test/{image.name}:v1"
+        (await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{tmp_path / 'out'}")).check()
+        assert mirror.app[SHARED].stats.redirects == len(image.blobs)
+        assert forwarder.body_bytes("GET", "/blobs/") == before
+    for blob in image.blobs:
+        assert sha256((tmp_path / "out" / blob.digest.split(":")[1]).read_bytes()) == blob.digest
