@@ -17,6 +17,8 @@ import aiohttp
 import pytest
 
 from cacheproxy.http.keys import SHARED, WRITEBACK
+from cacheproxy.savings import db
+from cacheproxy.savings.db import Counts
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import PushedImage, push_image
@@ -87,6 +89,15 @@ async def cluster_a(
     yield config, bucket
 
 
+def ledger_totals(cache: Path) -> Counts:
+    conn = db.open_reader(cache / "ledger.db")
+    assert conn is not None
+    try:
+        return db.by_upstream(conn)["registry.test"]
+    finally:
+        conn.close()
+
+
 async def drained(proxy: RunningProxy) -> None:
     async with asyncio.timeout(60):
         await proxy.app[WRITEBACK].drained()
@@ -127,6 +138,15 @@ async def test_the_second_cluster_pulls_nothing_from_the_upstream(
         # Nothing to write back: it came from the bucket.
         assert b.app[SHARED].stats.uploads == 0
     assert forwarder.body_bytes("GET", "/blobs/") == first
+    # The ledgers: the first cluster wrote, the second was served from the bucket.
+    everything = sum(b.size for b in image.blobs) + len(image.manifest)
+    wrote = ledger_totals(tmp_path / "a")
+    assert wrote.shared_put_bytes == everything
+    assert wrote.shared_put_requests >= len(image.blobs) + 1
+    read = ledger_totals(tmp_path / "b")
+    assert read.served_shared == everything
+    assert read.shared_get_bytes == everything
+    assert read.served_upstream == 0 and read.upstream_bytes == 0
     # The manifest came from the bucket too: the tag was asked upstream with a HEAD,
     # which a registry does not count as a pull.
     assert forwarder.count("GET", "/manifests/") == gets_before
