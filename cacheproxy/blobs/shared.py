@@ -116,7 +116,7 @@ class SharedFeed:
         resp.release()
         if resp.status == 404:
             tier.stats.misses += 1
-            tier.remember(want.digest, None)
+            tier.missed(want.digest)
             return None
         if resp.status == 416:
             raise RangeNotSatisfiable(

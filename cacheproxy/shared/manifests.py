@@ -50,6 +50,7 @@ class SharedManifests:
         async with resp:
             if resp.status == 404:
                 tier.stats.misses += 1
+                tier.missed(digest)
                 return None
             if resp.status != 200:
                 tier.fault("bad-answer", f"GET of manifest {digest} answered {resp.status}")

@@ -33,6 +33,10 @@ MAX_BACKOFF = 60.0
 PRESENT_TTL = 300.0
 ABSENT_TTL = 5.0
 PRESENCE_MAX = 100_000
+# A write-back of a digest whose GET answered 404 this recently sends no HEAD first:
+# the GET's 404 was the existence check (another proxy writing it meanwhile costs a
+# second PUT of the same bytes, nothing worse).
+MISS_FRESH = 600.0
 
 
 @dataclass
@@ -71,6 +75,7 @@ class SharedTier:
         self._backoff = FIRST_BACKOFF
         self._present: OrderedDict[str, tuple[int | None, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._missed: OrderedDict[str, float] = OrderedDict()
 
     def key(self, digest: Digest) -> str:
         return object_key(self.settings.root, digest)
@@ -81,6 +86,10 @@ class SharedTier:
     def up(self) -> bool:
         """Whether to ask the bucket now (False for a while after a fault)."""
         return self._clock() >= self._down_until
+
+    def down_for(self) -> float:
+        """Seconds until the bucket is asked again (0 when it is up)."""
+        return max(0.0, self._down_until - self._clock())
 
     def fault(self, kind: str, detail: str) -> None:
         """The bucket failed: count it, say so (rate-limited), and leave it alone a while."""
@@ -111,6 +120,20 @@ class SharedTier:
         self._present.move_to_end(key)
         if len(self._present) > PRESENCE_MAX:
             self._present.popitem(last=False)
+
+    def missed(self, digest: Digest) -> None:
+        """A GET of ``digest`` answered 404 just now."""
+        self.remember(digest, None)
+        key = str(digest)
+        self._missed[key] = self._clock()
+        self._missed.move_to_end(key)
+        if len(self._missed) > PRESENCE_MAX:
+            self._missed.popitem(last=False)
+
+    def missed_lately(self, digest: Digest) -> bool:
+        """Whether a GET of ``digest`` answered 404 within MISS_FRESH seconds."""
+        at = self._missed.pop(str(digest), None)
+        return at is not None and self._clock() - at < MISS_FRESH
 
     def forget(self, digest: Digest) -> None:
         self._present.pop(str(digest), None)

@@ -120,6 +120,10 @@ class WriteBack:
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
+            if not self._tier.up:
+                # Not a try: the bucket is being left alone after a fault.
+                self._later(job, self._tier.down_for() + 0.1)
+                continue
             done = True
             try:
                 await self._upload(job)
@@ -145,7 +149,11 @@ class WriteBack:
             self._tier.stats.uploads_dropped += 1
             log.warning("shared tier: giving up writing %s", job.digest)
             return False
-        delay = self._retry_delay * 2 ** (job.attempts - 1)
+        self._later(job, self._retry_delay * 2 ** (job.attempts - 1))
+        return True
+
+    def _later(self, job: Job, delay: float) -> None:
+        """Queue ``job`` again in ``delay`` seconds (dropped if the queue is full then)."""
         loop = asyncio.get_running_loop()
         handle: asyncio.TimerHandle | None = None
 
@@ -160,21 +168,20 @@ class WriteBack:
 
         handle = loop.call_later(delay, again)
         self._timers.add(handle)
-        return True
 
     async def _upload(self, job: Job) -> None:
         tier = self._tier
-        if not tier.up:
-            raise S3Unavailable("unreachable", "the bucket is being left alone after a fault")
         key = tier.key(job.digest)
-        self._accounting.shared(job.upstream, job.repo, "get", 1, 0)
-        async with self._slots:
-            found = await tier.s3.head(key)
-        if found is not None:
-            # Another proxy (another cluster) wrote it already.
-            tier.stats.already_there += 1
-            tier.remember(job.digest, found.size)
-            return
+        # Another proxy (another cluster) may have written it: ask, unless this node's
+        # own GET of it just answered 404 (that was the question, already asked).
+        if not tier.missed_lately(job.digest):
+            self._accounting.shared(job.upstream, job.repo, "get", 1, 0)
+            async with self._slots:
+                found = await tier.s3.head(key)
+            if found is not None:
+                tier.stats.already_there += 1
+                tier.remember(job.digest, found.size)
+                return
         if job.body is not None:
             async with self._slots:
                 await tier.s3.put(key, job.body, job.content_type)

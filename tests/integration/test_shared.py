@@ -8,20 +8,34 @@ blob bytes" is counted where the upstream is, not by the proxy.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from cacheproxy.accounting import NullAccounting
+from cacheproxy.config import load_config
 from cacheproxy.http.keys import SHARED, WRITEBACK
+from cacheproxy.layout import CacheLayout
+from cacheproxy.oci import parse_digest
 from cacheproxy.savings import db
 from cacheproxy.savings.db import Counts
+from cacheproxy.shared.lifecycle import sweep_uploads
+from cacheproxy.shared.s3 import S3
+from cacheproxy.shared.tier import SharedTier
+from cacheproxy.shared.writeback import WriteBack
+from cacheproxy.store.files import BlobStore
+from cacheproxy.upstream.aws import AwsClients
+from cacheproxy.upstream.credentials import boto3_ecr_client
+from tests.integration.test_peers import start_cluster
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import PushedImage, push_image
+from tests.support.images import PushedImage, push_image, random_bytes
 from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
@@ -324,3 +338,108 @@ async def test_redirect_mode_with_skopeo(
         assert forwarder.body_bytes("GET", "/blobs/") == before
     for blob in image.blobs:
         assert sha256((tmp_path / "out" / blob.digest.split(":")[1]).read_bytes()) == blob.digest
+
+
+async def test_in_a_cluster_one_bucket_request_per_miss(
+    registry: RegistryProcess, forwarder: Forwarder, moto: MotoS3, tmp_path: Path
+) -> None:
+    """Every node pulls; only each digest's owner asks the bucket: one GET (its 404
+    is the miss), no HEAD before the write-back, one upstream GET per cluster."""
+    secret = tmp_path / "peer-secret"
+    secret.write_bytes(b"cluster-secret-for-the-shared-tier-0123\n")
+    bucket = moto.new_bucket()
+    name = unique("shared/cluster")
+    image = await push_image(registry.url, name, "v1", layer_sizes=(200_000, 300_000))
+    async with Forwarder(moto.url) as wire, AsyncExitStack() as stack:
+        config = tmp_path / "c.toml"
+        config.write_text(shared_table(wire.url, bucket))
+        nodes = await start_cluster(stack, forwarder.url, tmp_path, secret, 3, config_file=config)
+        for node in nodes:
+            base = f"{node.url}/v2/{name}"
+            async with aiohttp.ClientSession() as http:
+                for blob in image.blobs:
+                    async with http.get(f"{base}/blobs/{blob.digest}") as resp:
+                        assert resp.status == 200
+                        assert sha256(await resp.read()) == blob.digest
+        for node in nodes:
+            await drained(node)
+        for blob in image.blobs:
+            key = "cache/v1/blobs/sha256/" + blob.digest.split(":")[1]
+            assert wire.count("GET", key) == 1, wire.requests
+            assert wire.count("HEAD", key) == 0
+            assert wire.count("PUT", key) == 1
+            assert forwarder.count("GET", f"/blobs/{blob.digest}") == 1
+
+
+async def test_a_failed_multipart_upload_is_aborted_then_retried(
+    registry: RegistryProcess, moto: MotoS3, tmp_path: Path
+) -> None:
+    """Never half-visible: a part that fails aborts the upload (no object, no upload
+    left open), and the retry writes the whole object."""
+    bucket = moto.new_bucket()
+    data = random_bytes(12 * 1024 * 1024, "multipart")
+    digest = parse_digest(sha256(data))
+    store = BlobStore(CacheLayout(tmp_path / "cache"))
+    await asyncio.to_thread(store.prepare)
+    await asyncio.to_thread(store.put, digest, data)
+    async with Forwarder(moto.url) as wire:
+        settings = load_config(
+            file=write_config(
+                tmp_path / "m.toml", "http://127.0.0.1:9", wire.url, bucket,
+                multipart_threshold="5MiB", part_size="5MiB",
+            ),
+            env={}, flags={},
+        ).shared  # fmt: skip
+        assert settings is not None
+        aws = AwsClients(boto3_ecr_client)
+        tier = SharedTier(S3(settings, aws), settings)
+        writeback = WriteBack(tier, store, NullAccounting(), retry_delay=0.2)
+        fault = wire.set_fault(Fault("partNumber=2", "status", status=500, once=True))
+        try:
+            writeback.start()
+            assert writeback.blob(digest, "registry.test", "repo")
+            async with asyncio.timeout(60):
+                while not tier.stats.upload_failures:
+                    await asyncio.sleep(0.02)
+                assert fault.hits == 1
+                assert wire.count("DELETE", "uploadId=") == 1  # aborted
+                await writeback.drained()
+        finally:
+            await writeback.close()
+            await tier.close()
+            aws.close()
+    got = await asyncio.to_thread(moto.client().get_object, Bucket=bucket, Key=tier.key(digest))
+    assert got["Body"].read() == data
+    assert not moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert tier.stats.uploads == 1 and tier.stats.upload_failures == 1
+
+
+async def test_abandoned_multipart_uploads_are_swept(moto: MotoS3, tmp_path: Path) -> None:
+    bucket = moto.new_bucket()
+    client = moto.client()
+    for i in range(3):
+        await asyncio.to_thread(
+            client.create_multipart_upload, Bucket=bucket, Key=f"{PREFIX}sha256/{i:064x}"
+        )
+    await asyncio.to_thread(client.create_multipart_upload, Bucket=bucket, Key="other/key")
+    settings = load_config(
+        file=write_config(tmp_path / "s.toml", "http://127.0.0.1:9", moto.url, bucket),
+        env={},
+        flags={},
+    ).shared
+    assert settings is not None
+    aws = AwsClients(boto3_ecr_client)
+    tier = SharedTier(S3(settings, aws), settings)
+    try:
+        # moto stamps every upload with one fixed time: judge by the time it says.
+        listed = await asyncio.to_thread(client.list_multipart_uploads, Bucket=bucket)
+        started = listed["Uploads"][0]["Initiated"]
+        # An hour after they started: another proxy may still be uploading them.
+        assert await sweep_uploads(tier, started + dt.timedelta(hours=1)) == 0
+        # A day later they are abandoned; only those under the prefix are touched.
+        assert await sweep_uploads(tier, started + dt.timedelta(days=1, minutes=1)) == 3
+    finally:
+        await tier.close()
+        aws.close()
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in left] == ["other/key"]
