@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import server
 from .config import Config
-from .http import handlers, peer
+from .http import dashboard, handlers, peer
 from .http.clientauth import ClientAuth
 from .http.keys import (
     BLOBS,
@@ -23,6 +23,7 @@ from .http.keys import (
     PEER_BLOBS,
     PEER_MANIFESTS,
     READINESS,
+    SAVINGS,
     SHARED,
     TAG_LISTS,
     UPSTREAMS,
@@ -33,7 +34,6 @@ from .listeners import guard
 from .metrics import CacheCollector, Metrics, SharedCollector
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime import open_runtime
-from .savings import dashboard
 from .savings.collector import SavingsCollector
 from .savings.prices import load_pricing
 from .savings.service import Savings
@@ -103,7 +103,7 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[SHARED] = rt.shared
                 app[WRITEBACK] = rt.writeback
                 metrics.registry.register(SharedCollector(rt.shared, rt.writeback))
-            savings = app[dashboard.SAVINGS] = Savings(config, pricing, rt.ledger)
+            savings = app[SAVINGS] = Savings(config, pricing, rt.ledger)
             metrics.registry.register(SavingsCollector(rt.ledger, savings.price_of))
             log.info(
                 "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s%s",

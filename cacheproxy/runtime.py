@@ -57,6 +57,7 @@ from .sizes import parse_size
 from .store.files import BlobStore
 from .store.index import Index
 from .store.lock import CacheLock
+from .store.readiness import Readiness
 from .store.usage import UsageLog
 from .upstream.pool import UpstreamPool
 
@@ -69,22 +70,6 @@ class Callers:
 
     blobs: BlobService
     manifests: ManifestService
-
-
-class Readiness:
-    """What keeps the proxy from serving, if anything (``/readyz``)."""
-
-    def __init__(self, store: BlobStore, index: Index) -> None:
-        self._store = store
-        self._index = index
-
-    async def problems(self) -> list[str]:
-        found = []
-        if not await asyncio.to_thread(self._store.writable):
-            found.append(f"cache directory {self._store.root} is not writable")
-        if not await self._index.ping():
-            found.append("metadata index does not answer")
-        return found
 
 
 @dataclass

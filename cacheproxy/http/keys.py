@@ -11,9 +11,10 @@ from ..manifests.listing import TagLister
 from ..manifests.service import ManifestService
 from ..metrics import Metrics
 from ..peers.cluster import Cluster
-from ..runtime import Readiness
+from ..savings.service import Savings
 from ..shared.tier import SharedTier
 from ..shared.writeback import WriteBack
+from ..store.readiness import Readiness
 from ..upstream.pool import UpstreamPool
 from .clientauth import ClientAuth
 
@@ -31,6 +32,8 @@ KEEPER = web.AppKey("keeper", Keeper)
 READINESS = web.AppKey("readiness", Readiness)
 METRICS = web.AppKey("metrics", Metrics)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
+# What the cache saved (the dashboard).
+SAVINGS = web.AppKey("savings", Savings)
 # The shared tier and its uploads ([shared] only).
 SHARED = web.AppKey("shared", SharedTier)
 WRITEBACK = web.AppKey("writeback", WriteBack)

@@ -18,8 +18,9 @@ from ..config import Config, ConfigError, UpstreamConfig
 from ..errors import Denied, UpstreamUnavailable
 from ..registries import normalize_host
 from .aws import AwsClients
-from .client import RetryPolicy, Timeouts, Upstream
+from .client import Timeouts, Upstream
 from .credentials import EcrClientFactory, boto3_ecr_client, credentials_for, static_login
+from .limits import RetryPolicy
 
 log = logging.getLogger(__name__)
 

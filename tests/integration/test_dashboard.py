@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from cacheproxy.http.keys import SAVINGS
 from cacheproxy.registries import normalize_host
-from cacheproxy.savings.dashboard import SAVINGS
 from tests.support.browser import CHROMIUM, chromium_page
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder

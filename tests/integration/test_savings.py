@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from cacheproxy.http.keys import SAVINGS
 from cacheproxy.registries import normalize_host
-from cacheproxy.savings.dashboard import SAVINGS
 from cacheproxy.savings.db import Counts
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Forwarder

@@ -30,10 +30,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cacheproxy.http.keys import CLIENT_AUTH
+from cacheproxy.http.keys import CLIENT_AUTH, SAVINGS
 from cacheproxy.http.passwords import bcrypt_check, cost_of
 from cacheproxy.peers.signing import HEADER, sign
-from cacheproxy.savings.dashboard import SAVINGS
 from tests.support import rawhttp
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import basic_auth, push_image

@@ -12,17 +12,16 @@ from importlib import resources
 
 from aiohttp import web
 
-from ..http.clientauth import ANONYMOUS
-from ..http.keys import CLIENT_AUTH, SUBJECT
-from .service import Savings
+from .clientauth import ANONYMOUS
+from .keys import CLIENT_AUTH, SAVINGS, SUBJECT
 
-SAVINGS = web.AppKey("savings", Savings)
 PAGE = "dashboard.html"
 MAX_DAYS = 366
 DEFAULT_DAYS = 30
 
 # Read once at import: a packaged file that never changes while the process runs.
-_HTML = resources.files(__package__).joinpath(PAGE).read_bytes()
+# The page is data of the savings package, beside the report it draws.
+_HTML = resources.files("cacheproxy.savings").joinpath(PAGE).read_bytes()
 
 
 async def page(request: web.Request) -> web.StreamResponse:
