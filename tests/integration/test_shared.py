@@ -275,6 +275,9 @@ async def test_a_failing_bucket_costs_the_upstream_never_the_client(
                 expected = {"stopped": "server-error", "403": "denied", "503": "server-error",
                             "slow": "broken-body"}[fault]  # fmt: skip
                 assert faults[expected] >= 1, faults
+                async with aiohttp.ClientSession() as http, http.get(f"{b.url}/metrics") as resp:
+                    metrics = await resp.text()
+                assert f'cacheproxy_shared_faults_total{{kind="{expected}"}}' in metrics
                 fetched = forwarder.body_bytes("GET", f"/blobs/{layer.digest}") - before
                 if fault == "stopped":
                     # Only the rest came from the upstream, asked with a Range.
