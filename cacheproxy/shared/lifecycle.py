@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from .keys import Listed, blobs_prefix
 from .s3 import S3Unavailable
@@ -54,10 +54,14 @@ async def gc(tier: SharedTier, now: dt.datetime, expire_days: float, dry_run: bo
     return chosen
 
 
-async def sweep_uploads(tier: SharedTier, now: dt.datetime) -> int:
+async def sweep_uploads(
+    tier: SharedTier, now: dt.datetime, busy: Callable[[str], bool] = lambda key: False
+) -> int:
     """Abort abandoned multipart uploads under the prefix (bounded); returns how many.
 
     Their parts are billed as storage until aborted, and never visible as objects.
+    ``busy``: keys this node is uploading now, never aborted whatever their age says
+    (a clock can be wrong).
     """
     aborted = 0
     after: tuple[str, str] | None = None
@@ -68,7 +72,7 @@ async def sweep_uploads(tier: SharedTier, now: dt.datetime) -> int:
             for upload in pending:
                 if aborted >= SWEEP_MAX:
                     return aborted
-                if now - upload.initiated >= ABANDONED_AFTER:
+                if now - upload.initiated >= ABANDONED_AFTER and not busy(upload.key):
                     await tier.s3.abort_upload(upload.key, upload.upload_id)
                     aborted += 1
             if after is None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ..accounting import Accounting
 from ..oci import Digest
 from ..store.files import BlobStore
-from .keys import part_plan
+from .keys import digest_of_key, part_plan
 from .lifecycle import sweep_uploads
 from .s3 import FileSpan, S3Unavailable
 from .tier import SharedTier
@@ -79,7 +79,9 @@ class WriteBack:
     def start(self) -> None:
         """Start the upload workers, and one sweep of abandoned multipart uploads."""
         now = dt.datetime.now(dt.UTC)
-        sweep = asyncio.create_task(sweep_uploads(self._tier, now), name="shared sweep")
+        sweep = asyncio.create_task(
+            sweep_uploads(self._tier, now, self._uploading), name="shared sweep"
+        )
         self._workers.append(sweep)
         for i in range(self._tier.settings.upload_concurrency):
             self._workers.append(asyncio.create_task(self._work(), name=f"shared upload {i}"))
@@ -107,6 +109,10 @@ class WriteBack:
         self._pending.add(key)
         self._idle.clear()
         return True
+
+    def _uploading(self, key: str) -> bool:
+        digest = digest_of_key(self._tier.settings.root, key)
+        return digest is not None and digest in self._pending
 
     @property
     def pending(self) -> int:
