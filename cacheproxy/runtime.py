@@ -146,6 +146,11 @@ async def open_runtime(
         limit = parse_size(config.max_size, store.total_bytes()) if config.max_size else None
         budget = DiskBudget(limit, min_free, store.free_bytes)
         limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
+        shared = writeback = None
+        if config.shared is not None and not config.offline:
+            # Closed after the fills (which may be reading from it) have stopped.
+            shared = SharedTier(S3(config.shared, upstreams.aws), config.shared)
+            stack.push_async_callback(shared.close)
         fills = Fills(store, accounting, limits, budget)
         stack.push_async_callback(fills.close)
         links = Links(index, offline=config.offline)
@@ -156,10 +161,6 @@ async def open_runtime(
             await links.add(fill.upstream, fill.repo, [str(fill.digest)])
 
         fills.on_commit.append(link_fill)
-        shared = writeback = None
-        if config.shared is not None and not config.offline:
-            shared = SharedTier(S3(config.shared, upstreams.aws), config.shared)
-            stack.push_async_callback(shared.close)
 
         options = ManifestOptions(
             config.tag_ttl, config.max_stale, config.max_manifest_bytes, config.offline

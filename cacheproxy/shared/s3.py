@@ -146,8 +146,11 @@ class S3:
         self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._reads: aiohttp.ClientSession | None = None
         self._writes: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _session(self, writes: bool) -> aiohttp.ClientSession:
+        if self._closed:
+            raise S3Unavailable("unreachable", "the proxy is shutting down")
         current = self._writes if writes else self._reads
         if current is not None:
             return current
@@ -334,6 +337,7 @@ class S3:
             return parse_pending(await _expect_ok(resp, "ListMultipartUploads"))
 
     async def close(self) -> None:
+        self._closed = True
         for session in (self._reads, self._writes):
             if session is not None:
                 await session.close()
