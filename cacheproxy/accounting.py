@@ -7,9 +7,13 @@ from typing import Literal, Protocol
 
 Kind = Literal["blob", "manifest"]
 # The origin of the bytes a client got: the local cache (a complete file, or a
-# fill another request started), a peer node, or an upstream fetch this request
-# caused. One word for it everywhere: "origin".
-Origin = Literal["cache", "peer", "upstream"]
+# fill another request started), a peer node, the shared tier (a bucket other
+# proxies fill too), or an upstream fetch this request caused. One word for it
+# everywhere: "origin".
+Origin = Literal["cache", "peer", "shared", "upstream"]
+# What a request to the shared tier is billed as: "get" (GET, HEAD) or "put" (PUT,
+# POST, LIST: uploads, multipart steps, listings). DELETE is free and not counted.
+SharedOp = Literal["get", "put"]
 
 
 class Accounting(Protocol):
@@ -24,6 +28,9 @@ class Accounting(Protocol):
     def stored(self, upstream: str, repo: str, nbytes: int) -> None:
         """A verified blob of ``nbytes`` was added to the cache."""
 
+    def shared(self, upstream: str, repo: str, op: SharedOp, requests: int, nbytes: int) -> None:
+        """Requests to the shared tier, or the bytes they moved (read or written)."""
+
 
 class NullAccounting:
     """Counts nothing."""
@@ -35,4 +42,7 @@ class NullAccounting:
         return None
 
     def stored(self, upstream: str, repo: str, nbytes: int) -> None:
+        return None
+
+    def shared(self, upstream: str, repo: str, op: SharedOp, requests: int, nbytes: int) -> None:
         return None

@@ -24,12 +24,14 @@ from .http.keys import (
     PEER_MANIFESTS,
     READINESS,
     SAVINGS,
+    SHARED,
     TAG_LISTS,
     UPSTREAMS,
+    WRITEBACK,
 )
 from .http.middleware import authenticate, oci_errors, stamp_headers
 from .listeners import guard
-from .metrics import CacheCollector, Metrics
+from .metrics import CacheCollector, Metrics, SharedCollector
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime import open_runtime
 from .savings.collector import SavingsCollector
@@ -97,15 +99,22 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[PEER_MANIFESTS] = rt.peers.manifests
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
             metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster, rt.links))
+            if rt.shared is not None and rt.writeback is not None:
+                app[SHARED] = rt.shared
+                app[WRITEBACK] = rt.writeback
+                metrics.registry.register(SharedCollector(rt.shared, rt.writeback))
             savings = app[SAVINGS] = Savings(config, pricing, rt.ledger)
             metrics.registry.register(SavingsCollector(rt.ledger, savings.price_of))
             log.info(
-                "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s",
+                "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s%s",
                 config.listen,
                 config.cache_dir,
                 ", ".join(f"{u.name}={u.url}" for u in config.upstreams) or "none",
                 ", ".join(config.presets) or "none",
                 config.default_upstream,
+                f", shared tier s3://{config.shared.bucket}/{config.shared.root}"
+                if config.shared is not None
+                else "",
             )
             yield
 

@@ -100,6 +100,11 @@ def _cache_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     gc = sub.add_parser("gc", help="apply the lifecycle rules to the cache")
     _cache_args(gc)
     gc.add_argument("--dry-run", action="store_true", dest="dry_run", help="only print the plan")
+    gc.add_argument(
+        "--shared",
+        action="store_true",
+        help="expire the shared tier's objects (shared.expire_days)",
+    )
     ls = sub.add_parser("ls", help="list cached repositories, tags, digests and sizes")
     _cache_args(ls)
     ls.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
@@ -163,6 +168,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     elif command in ("gc", "ls", "verify"):
         from .commands import cache
 
+        if command == "gc" and args.shared:
+            from .commands.shared import gc_shared
+
+            return gc_shared(config, args.dry_run)
         if command == "gc":
             return cache.gc(config, args.dry_run)
         if command == "ls":

@@ -16,6 +16,8 @@ from .blobs.inflight import Fills
 from .lifecycle.keeper import Keeper
 from .links import Links
 from .peers.cluster import Cluster
+from .shared.tier import SharedTier
+from .shared.writeback import WriteBack
 from .upstream.pool import UpstreamPool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,6 +67,11 @@ class ProxyCollector(Collector):
         )
         yield CounterMetricFamily(
             "cacheproxy_peer_blob_bytes", "Blob bytes received from peer nodes", stats.peer_bytes
+        )
+        yield CounterMetricFamily(
+            "cacheproxy_shared_blob_bytes",
+            "Blob bytes received from the shared tier",
+            stats.shared_bytes,
         )
         yield GaugeMetricFamily(
             "cacheproxy_fills_active", "Blob fills in progress", self._fills.active
@@ -134,6 +141,57 @@ class CacheCollector(Collector):
                 "Peer answers that failed verification",
                 cluster.stats.bad_content,
             )
+
+
+class SharedCollector(Collector):
+    """``cacheproxy_shared_*``: the shared tier's reads, writes and faults."""
+
+    def __init__(self, tier: SharedTier, writeback: WriteBack) -> None:
+        self._tier = tier
+        self._writeback = writeback
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._tier.stats
+        counters = [
+            ("gets", "GETs sent to the bucket (blobs and manifests)", stats.gets),
+            ("heads", "HEADs sent to the bucket", stats.heads),
+            ("hits", "Reads the bucket answered with the object", stats.hits),
+            ("misses", "Reads the bucket answered 404 (then the upstream)", stats.misses),
+            ("resumed", "Bucket bodies that broke off and were asked again", stats.resumed),
+            ("bad_objects", "Objects that failed verification (deleted)", stats.bad_objects),
+            ("uploads", "Objects written to the bucket", stats.uploads),
+            ("upload_bytes", "Bytes written to the bucket", stats.upload_bytes),
+            ("upload_requests", "PUT/POST requests of the uploads", stats.upload_requests),
+            ("already_there", "Uploads skipped: another proxy wrote it", stats.already_there),
+            ("upload_failures", "Upload attempts that failed", stats.upload_failures),
+            (
+                "uploads_dropped",
+                "Uploads given up (queue full, tries spent)",
+                stats.uploads_dropped,
+            ),
+            ("redirects", "Blob GETs answered with a 307 to the bucket", stats.redirects),
+            ("aborted_uploads", "Abandoned multipart uploads aborted", stats.aborted_uploads),
+        ]
+        for name, doc, value in counters:
+            yield CounterMetricFamily(f"cacheproxy_shared_{name}", doc, value)
+        faults = CounterMetricFamily(
+            "cacheproxy_shared_faults",
+            "Bucket faults that sent a request to the upstream, by kind",
+            labels=["kind"],
+        )
+        for kind, count in sorted(stats.faults.items()):
+            faults.add_metric([kind], count)
+        yield faults
+        yield GaugeMetricFamily(
+            "cacheproxy_shared_uploads_pending",
+            "Uploads queued or running",
+            self._writeback.pending,
+        )
+        yield GaugeMetricFamily(
+            "cacheproxy_shared_up",
+            "1 while the bucket is asked, 0 after a fault",
+            int(self._tier.up),
+        )
 
 
 class Metrics:

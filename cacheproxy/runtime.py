@@ -4,12 +4,15 @@
 nothing else wires parts together. The chains of blob sources are composed here,
 in the order a request walks them::
 
-    clients: vouched -> local store -> fills in flight -> peers -> upstream
-    peers:   vouched -> local store -> fills in flight ->          upstream
-    offline: vouched -> local store
+    clients: vouched -> [redirect] -> local -> fills in flight -> peers -> [shared] -> upstream
+    peers:   vouched ->               local -> fills in flight ->          [shared] -> upstream
+    offline: vouched ->               local
 
 "vouched" serves a digest under an (upstream, repository) only when that upstream
-vouched for it there (cacheproxy/links.py).
+vouched for it there (cacheproxy/links.py). "shared" is the bucket many proxies
+share ([shared]); in a cluster only a digest's owner asks it (the peer link asks
+the owner, whose own chain is the second line). "redirect" (shared.redirect)
+answers with a 307 to the bucket what the bucket holds.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from .blobs.fill import Fill, FillOptions
 from .blobs.inflight import Fills, InFlight
 from .blobs.local import LocalStore, Nowhere
 from .blobs.peers import PeerSource
+from .blobs.redirect import Redirect
 from .blobs.service import BlobService
+from .blobs.shared import SharedSource
 from .blobs.source import BlobSource, Remote, Want
 from .blobs.upstream import UpstreamSource
 from .blobs.vouched import Vouched
@@ -43,6 +48,10 @@ from .manifests.resolve import ManifestOptions, Resolutions, TagResolver
 from .manifests.service import Fetches, ManifestService
 from .peers.cluster import Cluster, start_cluster
 from .savings.ledger import Ledger
+from .shared.manifests import SharedManifests
+from .shared.s3 import S3
+from .shared.tier import SharedTier
+from .shared.writeback import WriteBack
 from .singleflight import SingleFlight
 from .sizes import parse_size
 from .store.files import BlobStore
@@ -83,6 +92,9 @@ class Runtime:
     cluster: Cluster | None = None
     ledger: Ledger | None = None
     keeper: Keeper | None = None
+    # The shared tier ([shared]), and (serving only) its uploads.
+    shared: SharedTier | None = None
+    writeback: WriteBack | None = None
 
 
 @asynccontextmanager
@@ -134,6 +146,11 @@ async def open_runtime(
         limit = parse_size(config.max_size, store.total_bytes()) if config.max_size else None
         budget = DiskBudget(limit, min_free, store.free_bytes)
         limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
+        shared = writeback = None
+        if config.shared is not None and not config.offline:
+            # Closed after the fills (which may be reading from it) have stopped.
+            shared = SharedTier(S3(config.shared, upstreams.aws), config.shared)
+            stack.push_async_callback(shared.close)
         fill_options = FillOptions(
             max_blob_size=parse_size(config.max_blob_size, 0),
             segment_min_size=parse_size(config.segment_min_size, 0),
@@ -153,6 +170,9 @@ async def open_runtime(
             config.tag_ttl, config.max_stale, config.max_manifest_bytes, config.offline
         )
         bodies = ManifestBodies(store, index, accounting)
+        if shared is not None and serving:
+            writeback = _write_back(shared, store, accounting, fills, bodies)
+            stack.push_async_callback(writeback.close)
         resolutions: Resolutions = SingleFlight()
         fetches: Fetches = SingleFlight()
         stack.push_async_callback(resolutions.close)
@@ -161,9 +181,15 @@ async def open_runtime(
         if cluster is not None:
             peer_manifests = PeerManifests(cluster, config.max_manifest_bytes)
 
+        from_bucket = SharedManifests(shared, links, accounting) if shared is not None else None
+
         def manifests(peers: PeerManifests | None, counted: Accounting) -> ManifestService:
-            tags = TagResolver(index, bodies, links, options, resolutions, peers, time.time)
-            return ManifestService(tags, bodies, links, options, fetches, peers, usage, counted)
+            tags = TagResolver(
+                index, bodies, links, options, resolutions, peers, time.time, shared is not None
+            )
+            return ManifestService(
+                tags, bodies, links, options, fetches, peers, usage, counted, from_bucket
+            )
 
         room = budget.admits_fill
 
@@ -177,6 +203,7 @@ async def open_runtime(
                     offline=config.offline,
                     links=links,
                     segments=config.upstream_segments,
+                    shared=shared,
                 ),
                 usage,
                 accounting,
@@ -196,6 +223,7 @@ async def open_runtime(
                         offline=config.offline,
                         links=links,
                         segments=config.upstream_segments,
+                        shared=shared,
                     ),
                     usage,
                     NullAccounting(),
@@ -217,6 +245,8 @@ async def open_runtime(
             peers=peers,
             cluster=cluster,
             ledger=ledger,
+            shared=shared,
+            writeback=writeback,
         )
         if serving:
             keeper = Keeper(_upkeep(config, limit), store, index, usage, lambda: budget.reserved)
@@ -231,7 +261,30 @@ async def open_runtime(
             usage.start(index)
             assert ledger is not None
             await ledger.start()
+            if writeback is not None:
+                writeback.start()
         yield runtime
+
+
+def _write_back(
+    shared: SharedTier,
+    store: BlobStore,
+    accounting: Accounting,
+    fills: Fills,
+    bodies: ManifestBodies,
+) -> WriteBack:
+    """The uploads of what this node fetched from an upstream (started by the caller)."""
+    writeback = WriteBack(shared, store, accounting)
+
+    async def upload(fill: Fill) -> None:
+        # Only what came from an upstream: a peer's or the bucket's bytes are there
+        # already (or are the owner's to write); a blob not kept has no file.
+        if fill.origin == "upstream" and fill.keep:
+            writeback.blob(fill.digest, fill.upstream, fill.repo)
+
+    fills.on_commit.append(upload)
+    bodies.on_upstream.append(writeback.manifest)
+    return writeback
 
 
 def blob_chain(
@@ -244,6 +297,7 @@ def blob_chain(
     offline: bool = False,
     links: Links | None = None,
     segments: int = 1,
+    shared: SharedTier | None = None,
 ) -> BlobSource:
     """The chain of blob sources one kind of caller walks (see the module docstring).
 
@@ -254,17 +308,27 @@ def blob_chain(
     digest under a repository only by the links rule (every serving chain has it;
     the sources alone, without it, are what the conformance suite checks).
     ``segments``: connections one blob may be fetched on from the upstream at once.
+    ``shared``: the bucket between peers and the upstream (it needs ``links``: the
+    bucket's copy is served under a repository only by the links rule).
     """
     chain: BlobSource
     if offline:
         chain = LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
     else:
         remote: Remote = UpstreamSource(lanes=segments)
+        if shared is not None:
+            if links is None:
+                raise ValueError("the shared tier is read only under the links rule")
+            remote = SharedSource(shared, links, remote, fills.accounting)
         if cluster is not None and not for_peer:
             remote = PeerSource(cluster, remote)
         # A peer's request never joins a fill fed through peers: two nodes with
         # different views of membership could otherwise wait on each other.
         chain = LocalStore(store, InFlight(fills, remote, room, join_peer_fed=not for_peer))
+        if shared is not None and shared.settings.redirect and not for_peer:
+            assert links is not None
+            # After the links rule (the Vouched link wraps it below), never before.
+            chain = Redirect(shared, links, chain, fills.accounting)
     if links is None:
         return chain
 

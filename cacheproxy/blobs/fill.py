@@ -66,6 +66,8 @@ class FillStats:
     upstream_gets: int = 0
     peer_gets: int = 0
     peer_bytes: int = 0
+    shared_gets: int = 0
+    shared_bytes: int = 0
     upstream_bytes: int = 0
     completed: int = 0
     failed: int = 0
@@ -98,7 +100,9 @@ class Fill:
         self.repo = repo
         self.options = options or FillOptions()
         self.ranges = ranges or RangeSupport()
+        # Bytes received from the upstream, and from the shared tier (the ledger's).
         self.received = 0
+        self.received_shared = 0
         self.size: int | None = None
         self.state = FillState.STARTING
         self.error: RegistryError | None = None
@@ -251,7 +255,7 @@ class Fill:
 
     @property
     def origin(self) -> Origin:
-        """Where this fill's bytes come from (a peer, or the upstream)."""
+        """Where this fill's bytes come from (a peer, the shared tier, the upstream)."""
         return self._feed.origin if self._feed is not None else "upstream"
 
     async def run(self, feed: Feed, stats: FillStats, accounting: Accounting) -> None:
@@ -295,8 +299,10 @@ class Fill:
             stats.failed += 1
         finally:
             await self._landing.close()
-            if self.received and feed.origin == "upstream":
+            if self.received:
                 accounting.fetched(self.upstream, self.repo, "blob", self.received)
+            if self.received_shared:
+                accounting.shared(self.upstream, self.repo, "get", 0, self.received_shared)
             self._wake_all()
 
     def _fail(self, exc: RegistryError) -> None:

@@ -54,6 +54,7 @@ class Target(Protocol):
     digest: Digest
     size: int | None
     received: int
+    received_shared: int
 
     @property
     def extents(self) -> Extents:
@@ -74,6 +75,8 @@ class Counters(Protocol):
     peer_gets: int
     peer_bytes: int
     upstream_bytes: int
+    shared_gets: int
+    shared_bytes: int
     resumed: int
     segments: int
     single_stream: int
@@ -260,17 +263,13 @@ class Lanes:
 
     async def _copy(self, lane: Lane, resp: aiohttp.ClientResponse, skip: int) -> None:
         body = _Body(resp.content)
-        from_peer = self._feeds[lane.feed].origin == "peer"
+        origin = self._feeds[lane.feed].origin
         while lane.end is None or lane.pos < lane.end:
             parts = await body.next()
             if not parts:
                 break
             size = sum(len(p) for p in parts)
-            if from_peer:
-                self._stats.peer_bytes += size
-            else:
-                self._stats.upstream_bytes += size
-                self._target.received += size
+            self._count(origin, size)
             if skip:
                 cut = min(skip, size)
                 parts, skip, size = _drop(parts, cut), skip - cut, size - cut
@@ -292,11 +291,24 @@ class Lanes:
         elif lane.pos < lane.end:
             raise aiohttp.ClientPayloadError("body ended early")
 
+    def _count(self, origin: str, size: int) -> None:
+        """Bytes received, by origin: the ledger charges upstream and bucket bytes."""
+        if origin == "peer":
+            self._stats.peer_bytes += size
+        elif origin == "shared":
+            self._stats.shared_bytes += size
+            self._target.received_shared += size
+        else:
+            self._stats.upstream_bytes += size
+            self._target.received += size
+
     async def _open(self, index: int, start: int, end: int | None) -> aiohttp.ClientResponse:
         feed = self._feeds[index]
         resp = await feed.open(start, end)
         if feed.origin == "peer":
             self._stats.peer_gets += 1
+        elif feed.origin == "shared":
+            self._stats.shared_gets += 1
         else:
             self._stats.upstream_gets += 1
         return resp

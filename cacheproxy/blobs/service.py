@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from ..accounting import Accounting, Origin
 from ..store.usage import UsageLog
+from .redirect import RedirectBody
 from .source import BlobSource, Body, Sink, Want
 
 
@@ -16,7 +17,10 @@ class Delivery:
 
     def __init__(self, body: Body) -> None:
         self._body = body
+        #: Bytes the caller got (for a redirect: the bytes it was sent to fetch).
         self.sent = 0
+        #: Where the caller is sent instead (a 307 to the shared tier), if anywhere.
+        self.location = body.location if isinstance(body, RedirectBody) else None
 
     @property
     def origin(self) -> Origin:

@@ -2,7 +2,7 @@
 
 A client's request walks the chain until a link has the digest::
 
-    local store -> fills in flight -> peers -> upstream
+    local store -> fills in flight -> peers -> shared tier -> upstream
 
 Each link is a :class:`BlobSource`, and most wrap the next one, as distribution's
 proxy stores wrap the local store. What a link answers is a :class:`Body`: it knows
@@ -84,11 +84,12 @@ class BlobSource(Protocol):
 
 
 class Feed(Protocol):
-    """Unverified bytes of one blob from outside this node: a peer or the upstream."""
+    """Unverified bytes of one blob from outside this node: a peer, the shared tier's
+    bucket, or the upstream."""
 
     @property
     def origin(self) -> Origin:
-        """Who is delivering right now ("peer" until a feed falls back to the upstream)."""
+        """Who is delivering right now ("peer" or "shared" until a feed falls back)."""
 
     @property
     def lanes(self) -> int:

@@ -23,6 +23,7 @@ from .model import (
     AccessRule,
     Config,
     ConfigError,
+    SharedConfig,
     UpstreamConfig,
     split_listen,
     upstream_from_url,
@@ -85,6 +86,35 @@ _SCALARS: dict[str, type] = {
 
 _LIFECYCLE_KEYS = {"keep", "expire_days", "max_tags_per_repo", "gc_interval"}
 
+# [shared] keys and their types ("size": "64MiB" or bytes); env CACHEPROXY_SHARED_<KEY>.
+_SHARED: dict[str, type | str] = {
+    "bucket": str,
+    "prefix": str,
+    "region": str,
+    "endpoint_url": str,
+    "addressing_style": str,
+    "aws_profile": str,
+    "aws_role_arn": str,
+    "tls_verify": bool,
+    "ca_file": Path,
+    "redirect": bool,
+    "redirect_expires": int,
+    "multipart_threshold": "size",
+    "part_size": "size",
+    "upload_concurrency": int,
+    "max_pending_uploads": int,
+    "connections": int,
+    "segments": int,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "expire_days": float,
+    "price": str,
+    "network_path": str,
+}
+# S3's own bounds on a multipart upload's parts (all but the last).
+MIN_PART = 5 * 1024 * 1024
+MAX_PART = 5 * 1024**3
+
 
 def load_config(
     *,
@@ -97,6 +127,7 @@ def load_config(
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     values: dict[str, Any] = {}
     upstreams: list[UpstreamConfig] | None = None
+    shared: dict[str, Any] = {}
 
     path = file or (Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else None)
     if path is not None:
@@ -114,6 +145,9 @@ def load_config(
         if not isinstance(lifecycle, dict) or set(lifecycle) - _LIFECYCLE_KEYS:
             raise ConfigError(f"[lifecycle]: known keys are {sorted(_LIFECYCLE_KEYS)}")
         doc.update(lifecycle)
+        shared = doc.pop("shared", {})
+        if not isinstance(shared, dict) or set(shared) - set(_SHARED):
+            raise ConfigError(f"[shared]: known keys are {sorted(_SHARED)}")
         for key, raw in doc.items():
             if key not in _SCALARS:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -121,6 +155,9 @@ def load_config(
     for key in _SCALARS:
         if ENV_PREFIX + key.upper() in env:
             values[key] = env[ENV_PREFIX + key.upper()]
+    for key in _SHARED:
+        if f"{ENV_PREFIX}SHARED_{key.upper()}" in env:
+            shared[key] = env[f"{ENV_PREFIX}SHARED_{key.upper()}"]
     for key, raw in flags.items():
         if key in _SCALARS:
             values[key] = raw
@@ -141,6 +178,8 @@ def load_config(
     typed = {key: raw if key == "access" else _coerce(key, raw) for key, raw in values.items()}
     if upstreams is not None:
         typed["upstreams"] = tuple(_password_from_env(up, env) for up in upstreams)
+    if shared:
+        typed["shared"] = _shared(shared)
     config = Config(**typed)
     if "default_upstream" not in typed and config.upstreams:
         try:
@@ -258,8 +297,38 @@ def _check_pricing_keys(up: UpstreamConfig) -> None:
         )
 
 
-def _coerce(key: str, raw: Any) -> Any:
-    kind = _SCALARS[key]
+def _shared(raw: dict[str, Any]) -> SharedConfig:
+    """The [shared] table (and CACHEPROXY_SHARED_* variables) as a checked SharedConfig."""
+    typed = {key: _coerce(f"shared.{key}", value, _SHARED[key]) for key, value in raw.items()}
+    if not typed.get("bucket"):
+        raise ConfigError("[shared]: bucket is required")
+    shared = SharedConfig(**typed)
+    if shared.addressing_style not in ("auto", "path", "virtual"):
+        raise ConfigError("shared.addressing_style: expected auto, path or virtual")
+    if not MIN_PART <= shared.part_size <= MAX_PART:
+        raise ConfigError("shared.part_size: S3 takes parts of 5 MiB to 5 GiB")
+    if shared.multipart_threshold < MIN_PART:
+        raise ConfigError("shared.multipart_threshold: at least 5 MiB (S3's smallest part)")
+    for key in ("upload_concurrency", "max_pending_uploads", "connections", "segments"):
+        if getattr(shared, key) < 1:
+            raise ConfigError(f"shared.{key} must be at least 1")
+    if not 1 <= shared.redirect_expires <= 7 * 24 * 3600:
+        raise ConfigError("shared.redirect_expires: 1 s to 7 days (SigV4's limit)")
+    if shared.network_path not in NETWORK_PATHS:
+        raise ConfigError(f"shared.network_path must be one of {', '.join(NETWORK_PATHS)}")
+    if shared.region is not None and not REGION_RE.fullmatch(shared.region):
+        raise ConfigError(f"shared.region: not a region name: {shared.region!r}")
+    return shared
+
+
+def _coerce(key: str, raw: Any, kind: type | str | None = None) -> Any:
+    kind = kind or _SCALARS[key]
+    if kind == "size":
+        try:
+            return raw if isinstance(raw, int) else parse_size(str(raw), 0)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    assert isinstance(kind, type)
     try:
         if kind is bool:
             if isinstance(raw, bool):

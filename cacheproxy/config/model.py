@@ -72,6 +72,53 @@ class AccessRule:
 
 
 @dataclass(frozen=True)
+class SharedConfig:
+    """The shared tier: an S3 bucket (or an S3-compatible store) that many proxies,
+    in many clusters, read blobs and manifests from by digest ([shared] in TOML)."""
+
+    bucket: str
+    # Keys are <prefix>/blobs/<algorithm>/<hex>.
+    prefix: str = "cacheproxy"
+    region: str | None = None
+    # An S3-compatible store (MinIO, Ceph RGW, R2, GCS interop); None: AWS S3.
+    endpoint_url: str | None = None
+    # "path" (http://host/bucket/key), "virtual" (http://bucket.host/key) or "auto".
+    addressing_style: str = "auto"
+    # Credentials: boto3's default chain, a profile, or a role assumed (refreshed).
+    aws_profile: str | None = None
+    aws_role_arn: str | None = None
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    # Answer a blob GET with a 307 to a presigned URL once the bucket holds it.
+    redirect: bool = False
+    # Seconds a presigned URL handed to a client stays valid.
+    redirect_expires: int = 300
+    # Uploads: one PUT below the threshold, multipart above it; parts of part_size.
+    multipart_threshold: int = 64 * 1024 * 1024
+    part_size: int = 16 * 1024 * 1024
+    # Upload requests at once, and uploads waiting (beyond: dropped, counted).
+    upload_concurrency: int = 4
+    max_pending_uploads: int = 1000
+    # Connections to the bucket for reads; ranges of one blob read at once.
+    connections: int = 64
+    segments: int = 4
+    # Seconds to connect, and without a byte, before the bucket is given up for the upstream.
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    # `cacheproxy gc --shared` deletes objects last written this many days ago.
+    expire_days: float | None = None
+    # What a byte from the bucket costs (savings/prices.toml, [stores]): the store's
+    # price entry and how this deployment reaches it.
+    price: str = "aws-s3"
+    network_path: str = "same-region"
+
+    @property
+    def root(self) -> str:
+        """The key prefix without slashes at either end ("" for the bucket's root)."""
+        return self.prefix.strip("/")
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of a running proxy."""
 
@@ -171,6 +218,8 @@ class Config:
     # Serve on a non-loopback address without client logins although the proxy holds
     # upstream logins: anyone who reaches it pulls with them. Off: serve refuses.
     expose_credentials: bool = False
+    # The shared tier ([shared] table); None: none.
+    shared: SharedConfig | None = None
 
     @property
     def peer_mode(self) -> bool:

@@ -138,6 +138,8 @@ async def send_blob(
     wanted = parse_range(request.headers.get("Range"))
     first = wanted.first if wanted is not None and wanted.first is not None else 0
     async with blobs.open(want, first) as body:
+        if body.location is not None:
+            return await _redirect(body, wanted, str(digest))
         size = await body.size()
         if size is None:
             if wanted is None:
@@ -155,6 +157,22 @@ async def send_blob(
         resp.content_length = end - start + 1
         await resp.prepare(request)
         return await _send(request, resp, body, start, end, str(digest))
+
+
+async def _redirect(body: Delivery, wanted: ByteRange | None, digest: str) -> web.StreamResponse:
+    """307 to the shared tier (redirect mode): the client fetches the bytes there,
+    with its Range if it sent one (RFC 9110 section 15.4.8: the method and the
+    request are kept)."""
+    assert body.location is not None
+    _, start, end = _plan(wanted, await body.final_size())
+    body.sent = end - start + 1
+    headers = {
+        "Location": body.location,
+        "Docker-Content-Digest": digest,
+        # The signed URL expires: no cache may keep the redirect.
+        "Cache-Control": "no-store",
+    }
+    return web.Response(status=307, headers=headers)
 
 
 def _plan(wanted: ByteRange | None, size: int) -> tuple[int, int, int]:

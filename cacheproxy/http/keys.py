@@ -12,6 +12,8 @@ from ..manifests.service import ManifestService
 from ..metrics import Metrics
 from ..peers.cluster import Cluster
 from ..savings.service import Savings
+from ..shared.tier import SharedTier
+from ..shared.writeback import WriteBack
 from ..store.readiness import Readiness
 from ..upstream.pool import UpstreamPool
 from .clientauth import ClientAuth
@@ -32,6 +34,9 @@ METRICS = web.AppKey("metrics", Metrics)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)
 # What the cache saved (the dashboard).
 SAVINGS = web.AppKey("savings", Savings)
+# The shared tier and its uploads ([shared] only).
+SHARED = web.AppKey("shared", SharedTier)
+WRITEBACK = web.AppKey("writeback", WriteBack)
 # The ``ns`` a request named, echoed back as ``OCI-Namespace``.
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.

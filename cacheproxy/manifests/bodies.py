@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 
 from ..accounting import Accounting, Origin
 from ..oci import Digest
@@ -46,6 +47,9 @@ class ManifestBodies:
         self._index = index
         self._accounting = accounting
         self._memory = ByteLRU(MANIFEST_MEMORY)
+        #: Called with (upstream, repo, digest, body, media type) for each manifest kept
+        #: from an upstream (the shared tier's write-back); must not block.
+        self.on_upstream: list[Callable[[str, str, Digest, bytes, str], object]] = []
 
     async def cached(self, digest: Digest) -> bytes | None:
         """The manifest's bytes if this node holds them (verified when kept)."""
@@ -78,3 +82,6 @@ class ManifestBodies:
         await asyncio.to_thread(self._store.put, digest, body)
         await self._index.set_manifest_type(str(digest), media_type)
         self._memory.put(str(digest), body)
+        if origin == "upstream":
+            for hook in self.on_upstream:
+                hook(upstream, repo, digest, body, media_type)

@@ -66,7 +66,11 @@ class TagResolver:
         flights: Resolutions,
         peers: PeerManifests | None,
         clock: Callable[[], float],
+        head_first: bool = False,
     ) -> None:
+        #: Ask a new tag with HEAD even when its body is wanted: the body may then come
+        #: by digest from the shared tier, and a HEAD is not a pull (Docker Hub).
+        self._head_first = head_first
         self._index = index
         self._bodies = bodies
         self._links = links
@@ -117,7 +121,7 @@ class TagResolver:
                 await self._learn(up, key, learned)
                 return learned, "peer"
         try:
-            if entry is not None or not want_body:
+            if entry is not None or not want_body or self._head_first:
                 fresh = await self._head(up, key)
                 if fresh is not None:
                     if entry is not None and fresh.digest == entry.digest:

@@ -15,6 +15,7 @@ from ..oci import (
     manifest_media_type,
     parse_digest,
 )
+from ..shared.manifests import SharedManifests
 from ..singleflight import SingleFlight
 from ..store.index import TagKey
 from ..store.usage import UsageLog
@@ -32,7 +33,7 @@ class Manifest:
     media_type: str
     size: int
     body: bytes | None
-    # "upstream" or "peer" when this request's own transfer brought the body.
+    # "upstream", "shared" or "peer" when this request's own transfer brought the body.
     origin: Origin = "cache"
 
 
@@ -55,7 +56,9 @@ class ManifestService:
         peers: PeerManifests | None,
         usage: UsageLog,
         accounting: Accounting,
+        shared: SharedManifests | None = None,
     ) -> None:
+        self._shared = shared
         self._tags = tags
         self._bodies = bodies
         self._links = links
@@ -140,6 +143,13 @@ class ManifestService:
                 _, body, media_type = found
                 await self._bodies.keep(up.name, name, digest, body, media_type, "peer")
                 return body, "peer"
+        if self._shared is not None:
+            # After the owner (which asks the bucket itself), before the upstream.
+            shared = await self._shared.fetch(up, name, digest, self._options.max_manifest_bytes)
+            if shared is not None:
+                body, media_type = shared
+                await self._bodies.keep(up.name, name, digest, body, media_type, "shared")
+                return body, "shared"
         resp = await up.request(
             "GET",
             f"/v2/{name}/manifests/{digest}",

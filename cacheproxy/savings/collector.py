@@ -33,6 +33,18 @@ _COUNTERS: tuple[tuple[str, str, Callable[[Counts], int]], ...] = (
     ("upstream_bytes", "Bytes the proxy's upstream GETs brought", lambda c: c.upstream_bytes),
     ("bytes_avoided", "Bytes clients got without an upstream transfer", lambda c: c.avoided),
     ("stored_bytes", "Bytes of verified blobs added to the cache", lambda c: c.stored_bytes),
+    (
+        "shared_get_requests",
+        "GET and HEAD requests to the shared tier (as S3 bills them)",
+        lambda c: c.shared_get_requests,
+    ),
+    ("shared_get_bytes", "Bytes read from the shared tier", lambda c: c.shared_get_bytes),
+    (
+        "shared_put_requests",
+        "PUT, POST and LIST requests to the shared tier",
+        lambda c: c.shared_put_requests,
+    ),
+    ("shared_put_bytes", "Bytes written to the shared tier", lambda c: c.shared_put_bytes),
 )
 
 
@@ -53,6 +65,7 @@ class SavingsCollector(Collector):
         for up, c in sorted(totals.items()):
             served.add_metric([up, "cache"], c.served_cache)
             served.add_metric([up, "peer"], c.served_peer)
+            served.add_metric([up, "shared"], c.served_shared)
             served.add_metric([up, "upstream"], c.served_upstream)
         yield served
         for name, doc, value in _COUNTERS:

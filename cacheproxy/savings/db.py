@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..store.private import make_dirs, touch
 
-SCHEMA_VERSION = 1
+# 1: the first table; 2: the shared tier's columns (added in place to a ledger of 1).
+SCHEMA_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -38,6 +39,14 @@ class Counts:
     # Verified blobs added to the cache.
     stored_blobs: int = 0
     stored_bytes: int = 0
+    # Bytes clients got from the shared tier (a bucket other proxies fill too).
+    served_shared: int = 0
+    # Requests to the shared tier as S3 bills them (GET/HEAD; PUT/POST/LIST), and
+    # the bytes they read and wrote.
+    shared_get_requests: int = 0
+    shared_get_bytes: int = 0
+    shared_put_requests: int = 0
+    shared_put_bytes: int = 0
 
     def add(self, other: Counts) -> None:
         for name in FIELDS:
@@ -49,12 +58,12 @@ class Counts:
     @property
     def served(self) -> int:
         """Every byte clients got."""
-        return self.served_cache + self.served_peer + self.served_upstream
+        return self.served_cache + self.served_peer + self.served_shared + self.served_upstream
 
     @property
     def avoided(self) -> int:
         """Bytes clients got without this request causing an upstream transfer."""
-        return self.served_cache + self.served_peer
+        return self.served_cache + self.served_peer + self.served_shared
 
     @property
     def hit_ratio(self) -> float:
@@ -82,7 +91,21 @@ _UPSERT = (
     "ON CONFLICT (day, upstream, repo) DO UPDATE SET "
     + ", ".join(f"{name} = {name} + excluded.{name}" for name in FIELDS)
 )
-_SUMS = ", ".join(f"SUM({name})" for name in FIELDS)
+
+
+def _sums(conn: sqlite3.Connection) -> str:
+    """The SELECT list summing every field; 0 for a column an older ledger lacks (a
+    reader never changes the file: the server adds the columns when it opens it)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    return ", ".join(f"SUM({name})" if name in present else "0" for name in FIELDS)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a ledger written by an older version lacks (in one transaction)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    for name in FIELDS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -98,6 +121,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     with conn:
         conn.execute(_SCHEMA)
+        _migrate(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return conn
 
@@ -142,7 +166,7 @@ def by_upstream(
 ) -> dict[str, Counts]:
     """Counters per upstream for days in [since, until] (ISO dates, inclusive)."""
     where, args = _range(since, until)
-    sql = f"SELECT upstream, {_SUMS} FROM usage{where} GROUP BY upstream"
+    sql = f"SELECT upstream, {_sums(conn)} FROM usage{where} GROUP BY upstream"
     return {row[0]: _counts(row[1:]) for row in conn.execute(sql, args)}
 
 
@@ -151,7 +175,7 @@ def by_day(
 ) -> dict[tuple[str, str], Counts]:
     """Counters per (day, upstream) for days in [since, until]."""
     where, args = _range(since, until)
-    sql = f"SELECT day, upstream, {_SUMS} FROM usage{where} GROUP BY day, upstream"
+    sql = f"SELECT day, upstream, {_sums(conn)} FROM usage{where} GROUP BY day, upstream"
     return {(row[0], row[1]): _counts(row[2:]) for row in conn.execute(sql, args)}
 
 
@@ -160,7 +184,7 @@ def by_repo(
 ) -> dict[tuple[str, str], Counts]:
     """Counters per (upstream, repository) for days in [since, until]."""
     where, args = _range(since, until)
-    sql = f"SELECT upstream, repo, {_SUMS} FROM usage{where} GROUP BY upstream, repo"
+    sql = f"SELECT upstream, repo, {_sums(conn)} FROM usage{where} GROUP BY upstream, repo"
     return {(row[0], row[1]): _counts(row[2:]) for row in conn.execute(sql, args)}
 
 

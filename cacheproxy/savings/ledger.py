@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..accounting import Kind, Origin
+from ..accounting import Kind, Origin, SharedOp
 from . import db
 from .db import Counts, Key
 
@@ -64,6 +64,8 @@ class Ledger:
                 c.served_cache += nbytes
             elif origin == "peer":
                 c.served_peer += nbytes
+            elif origin == "shared":
+                c.served_shared += nbytes
             else:
                 c.served_upstream += nbytes
             if kind == "blob":
@@ -84,6 +86,16 @@ class Ledger:
         for c in self._counters(upstream, repo):
             c.stored_blobs += 1
             c.stored_bytes += nbytes
+
+    def shared(self, upstream: str, repo: str, op: SharedOp, requests: int, nbytes: int) -> None:
+        """Requests to the shared tier (as S3 bills them), or the bytes they moved."""
+        for c in self._counters(upstream, repo):
+            if op == "get":
+                c.shared_get_requests += requests
+                c.shared_get_bytes += nbytes
+            else:
+                c.shared_put_requests += requests
+                c.shared_put_bytes += nbytes
 
     def _counters(self, upstream: str, repo: str) -> tuple[Counts, Counts, Counts]:
         day = utc_day(self._clock())

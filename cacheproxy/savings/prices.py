@@ -11,15 +11,16 @@ from __future__ import annotations
 import fnmatch
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import NETWORK_PATHS, UpstreamConfig
+from ..config import NETWORK_PATHS, SharedConfig, UpstreamConfig
 from ..registries import ecr_host
+from .stores import Store, StoreError, parse_stores
 from .tiers import GIB, Band, Schedule
 
 PACKAGED = "prices.toml"
@@ -119,6 +120,22 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
+class StorePrice:
+    """What the shared tier's store charges this deployment: requests, the transfer
+    on its network path, and storage."""
+
+    store: Store
+    network_path: str
+    region: str | None
+    transfer: tuple[Applied, ...]
+    storage: Applied | None
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        return tuple(a.schedule for a in self.transfer)
+
+
+@dataclass(frozen=True, slots=True)
 class Pricing:
     """A loaded, checked pricing file."""
 
@@ -126,6 +143,22 @@ class Pricing:
     charges: Mapping[str, Charge]
     limits: Mapping[str, Limit]
     registries: tuple[RegistryCharges, ...]
+    stores: Mapping[str, Store] = field(default_factory=dict)
+
+    def store_price(self, shared: SharedConfig) -> StorePrice | None:
+        """The shared tier's prices ([stores] entry ``shared.price``; None if absent)."""
+        store = self.stores.get(shared.price)
+        if store is None:
+            return None
+
+        def applied(charge_id: str) -> Applied:
+            charge = self.charges[charge_id]
+            schedule, priced, exact = charge.schedule_for(shared.region)
+            return Applied(charge, schedule, priced, fallback=not exact)
+
+        transfer = tuple(applied(c) for c in store.paths[shared.network_path])
+        storage = applied(store.storage) if store.storage else None
+        return StorePrice(store, shared.network_path, shared.region, transfer, storage)
 
     def price(self, up: UpstreamConfig) -> Price:
         """The charges ``up`` pays per byte on its network path, and its pull limit."""
@@ -197,7 +230,11 @@ def parse_pricing(text: str, origin: str = "pricing") -> Pricing:
     if not isinstance(raw_registries, list) or not raw_registries:
         raise PricingError(f"{origin}: expected [[registries]] entries")
     registries = tuple(_registry(origin, raw, charges, limits) for raw in raw_registries)
-    return Pricing(origin, charges, limits, registries)
+    try:
+        stores = parse_stores(origin, doc, charges)
+    except StoreError as exc:
+        raise PricingError(str(exc)) from None
+    return Pricing(origin, charges, limits, registries, stores)
 
 
 # --- shape checks --------------------------------------------------------------------

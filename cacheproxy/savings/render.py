@@ -37,6 +37,7 @@ def _row(label: Sequence[str], line: Line, upstream: UpstreamLine | None) -> lis
         human_bytes(c.served),
         human_bytes(c.served_cache),
         human_bytes(c.served_peer),
+        human_bytes(c.served_shared),
         human_bytes(c.served_upstream),
         f"{c.hit_ratio:.1%}",
         human_bytes(c.avoided),
@@ -45,7 +46,17 @@ def _row(label: Sequence[str], line: Line, upstream: UpstreamLine | None) -> lis
     ]
 
 
-_HEAD = ["served", "cache", "peers", "upstream", "hit", "avoided", "saved $", "pulls avoided"]
+_HEAD = [
+    "served",
+    "cache",
+    "peers",
+    "shared",
+    "upstream",
+    "hit",
+    "avoided",
+    "saved $",
+    "pulls avoided",
+]
 
 
 def _table(rows: list[list[str]], left: int) -> str:
@@ -75,12 +86,38 @@ def table(report: Report, ledger: str = "") -> str:
             _row([up, repo], line, by_name.get(up)) for up, repo, line in report.repositories
         ]
         parts += ["", "top repositories", _table(repo_rows, 2)]
+    if report.store is not None:
+        parts += ["", *_shared_text(report)]
     parts += ["", f"prices ({report.origin}):"]
     for u in report.upstreams:
         parts.append(f"  {u.name}: {_price_text(u)}")
     if not report.upstreams:
         parts.append("  (nothing served in this range)")
     return "\n".join(parts) + "\n"
+
+
+def _shared_text(report: Report) -> list[str]:
+    """What the shared tier saved and what it cost, with the store's prices."""
+    price = report.store
+    assert price is not None
+    t, c = report.total, report.total.counts
+    where = price.network_path + (f", {price.region}" if price.region else "")
+    net = t.shared_saved_usd - t.shared_cost_usd
+    lines = [
+        f"shared tier ({price.store.title} via {where})",
+        f"  served from the bucket  {human_bytes(c.served_shared)}"
+        f"   saved {t.shared_saved_usd:,.4f} $ at the upstreams' prices",
+        f"  requests                {c.shared_get_requests:,} GET/HEAD,"
+        f" {c.shared_put_requests:,} PUT/POST/LIST",
+        f"  transfer                {human_bytes(c.shared_get_bytes)} read,"
+        f" {human_bytes(c.shared_put_bytes)} written",
+        f"  cost                    {t.shared_cost_usd:,.4f} $ (requests and transfer);"
+        f" net {net:,.4f} $",
+        f"  storage                 {report.storage_usd_month:,.4f} $ a month for what was"
+        " written in the range, while it is kept",
+        f"  prices: {price.store.source}, read {price.store.read}",
+    ]
+    return lines
 
 
 def _price_text(u: UpstreamLine) -> str:
@@ -114,6 +151,7 @@ CSV_FIELDS = [
     "bytes_served",
     "bytes_from_cache",
     "bytes_from_peers",
+    "bytes_from_shared",
     "bytes_from_upstream",
     "hit_ratio",
     "bytes_avoided",
@@ -125,6 +163,12 @@ CSV_FIELDS = [
     "upstream_requests",
     "upstream_bytes",
     "bytes_stored",
+    "shared_get_requests",
+    "shared_get_bytes",
+    "shared_put_requests",
+    "shared_put_bytes",
+    "shared_saved_usd",
+    "shared_cost_usd",
 ]
 
 

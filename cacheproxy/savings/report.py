@@ -19,14 +19,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import Config, UpstreamConfig
 from ..layout import CacheLayout
 from ..registries import ecr_host
 from . import db
 from .db import Counts
-from .prices import Price, Pricing
+from .prices import Price, Pricing, StorePrice
+from .shared import shared_price, store_json
 from .tiers import ZERO, cost, saved
 
 
@@ -38,6 +39,17 @@ class Line:
     saved_usd: Decimal = ZERO
     # What the upstream transfers the proxy did make cost (upstreams only).
     cost_usd: Decimal = ZERO
+    # The shared tier: the part of saved_usd its bytes made (priced at the upstream's
+    # rates), and what its requests and transfers cost.
+    shared_saved_usd: Decimal = ZERO
+    shared_cost_usd: Decimal = ZERO
+
+    def add(self, other: Priced, counts: Counts) -> None:
+        self.counts.add(counts)
+        self.saved_usd += other.saved
+        self.cost_usd += other.cost
+        self.shared_saved_usd += other.shared_saved
+        self.shared_cost_usd += other.shared_cost
 
     def to_json(self) -> dict[str, Any]:
         c = self.counts
@@ -45,6 +57,7 @@ class Line:
             "bytes_served": c.served,
             "bytes_from_cache": c.served_cache,
             "bytes_from_peers": c.served_peer,
+            "bytes_from_shared": c.served_shared,
             "bytes_from_upstream": c.served_upstream,
             "bytes_avoided": c.avoided,
             "hit_ratio": round(c.hit_ratio, 6),
@@ -57,7 +70,22 @@ class Line:
             "bytes_stored": c.stored_bytes,
             "saved_usd": usd(self.saved_usd),
             "cost_usd": usd(self.cost_usd),
+            "shared_get_requests": c.shared_get_requests,
+            "shared_get_bytes": c.shared_get_bytes,
+            "shared_put_requests": c.shared_put_requests,
+            "shared_put_bytes": c.shared_put_bytes,
+            "shared_saved_usd": usd(self.shared_saved_usd),
+            "shared_cost_usd": usd(self.shared_cost_usd),
         }
+
+
+class Priced(NamedTuple):
+    """One day's dollars for one upstream."""
+
+    saved: Decimal
+    cost: Decimal
+    shared_saved: Decimal
+    shared_cost: Decimal
 
 
 @dataclass
@@ -88,6 +116,10 @@ class Report:
     upstreams: list[UpstreamLine]
     repositories: list[tuple[str, str, Line]]
     days: list[tuple[dt.date, Line]]
+    # The shared tier's store and prices (None: no [shared] and nothing counted), and
+    # what storing the bytes written in the range costs per month they are kept.
+    store: StorePrice | None = None
+    storage_usd_month: Decimal = ZERO
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +127,9 @@ class Report:
             "until": self.until.isoformat(),
             "pricing": self.origin,
             "totals": self.total.to_json(),
+            "shared_tier": None
+            if self.store is None
+            else store_json(self.store, self.storage_usd_month),
             "upstreams": [u.to_json() for u in self.upstreams],
             "repositories": [
                 {"upstream": up, "repository": repo, **line.to_json()}
@@ -172,6 +207,7 @@ def build(
     prices: Mapping[str, Price],
     origin: str = "",
     top: int = 10,
+    store: StorePrice | None = None,
 ) -> Report:
     """The report from per-(day, upstream) rows (which must reach back to the first of
     ``since``'s month, for the tiers) and per-(upstream, repository) rows over the range."""
@@ -182,21 +218,17 @@ def build(
         price = prices[name]
         line = UpstreamLine(name=name, price=price)
         rows = sorted((dt.date.fromisoformat(d), c) for (d, up), c in daily.items() if up == name)
-        for day, day_saved, day_cost, counts in _priced_days(rows, price, since, until):
+        for day, priced, counts in _priced_days(rows, price, since, until, store):
             # Only upstreams with traffic in the range get a line (rows before
             # ``since`` are there for the month's tier position).
             lines[name] = line
-            line.counts.add(counts)
-            line.saved_usd += day_saved
-            line.cost_usd += day_cost
-            slot = by_day.setdefault(day, Line())
-            slot.counts.add(counts)
-            slot.saved_usd += day_saved
-            slot.cost_usd += day_cost
+            line.add(priced, counts)
+            by_day.setdefault(day, Line()).add(priced, counts)
     for line in lines.values():
-        total.counts.add(line.counts)
-        total.saved_usd += line.saved_usd
-        total.cost_usd += line.cost_usd
+        total.add(
+            Priced(line.saved_usd, line.cost_usd, line.shared_saved_usd, line.shared_cost_usd),
+            line.counts,
+        )
 
     repo_lines = []
     for (up, repo), counts in repos.items():
@@ -209,35 +241,67 @@ def build(
 
     upstream_list = sorted(lines.values(), key=lambda u: (-u.counts.served, u.name))
     days = sorted(by_day.items())
-    return Report(since, until, origin, total, upstream_list, repo_lines[:top], days)
+    storage = ZERO
+    if store is not None and store.storage is not None:
+        storage = cost(store.storage.schedule, total.counts.shared_put_bytes)
+    return Report(
+        since, until, origin, total, upstream_list, repo_lines[:top], days, store, storage
+    )
 
 
 def _priced_days(
-    rows: Iterable[tuple[dt.date, Counts]], price: Price, since: dt.date, until: dt.date
-) -> Iterable[tuple[dt.date, Decimal, Decimal, Counts]]:
-    """(day, saved, cost, counts) for each day in [since, until] that has counts.
+    rows: Iterable[tuple[dt.date, Counts]],
+    price: Price,
+    since: dt.date,
+    until: dt.date,
+    store: StorePrice | None = None,
+) -> Iterable[tuple[dt.date, Priced, Counts]]:
+    """(day, dollars, counts) for each day in [since, until] that has counts.
 
     Running month totals start again on each month's first day; days before
-    ``since`` only move the month's tier position.
+    ``since`` only move the month's tier position. The shared tier's bytes are the
+    top of what was avoided, priced at the month's margin; its transfer is tiered
+    on the month's bytes read from it, its requests are flat.
     """
     month = None
-    fetched = avoided = 0
-    prev_saved = prev_cost = ZERO
+    fetched = avoided = from_shared = read = 0
+    prev = Priced(ZERO, ZERO, ZERO, ZERO)
     schedules = price.schedules
+    transfer = store.schedules if store is not None else ()
     for day, counts in rows:
         if day > until:
             break
         if (day.year, day.month) != month:
             month = (day.year, day.month)
-            fetched = avoided = 0
-            prev_saved = prev_cost = ZERO
+            fetched = avoided = from_shared = read = 0
+            prev = Priced(ZERO, ZERO, ZERO, ZERO)
         fetched += counts.upstream_bytes
         avoided += counts.avoided
-        now_saved = saved(schedules, fetched, avoided)
-        now_cost = sum((cost(s, fetched) for s in schedules), ZERO)
+        from_shared += counts.served_shared
+        read += counts.shared_get_bytes
+        now = Priced(
+            saved(schedules, fetched, avoided),
+            sum((cost(s, fetched) for s in schedules), ZERO),
+            saved(schedules, fetched + avoided - from_shared, from_shared),
+            sum((cost(s, read) for s in transfer), ZERO),
+        )
         if day >= since:
-            yield day, now_saved - prev_saved, now_cost - prev_cost, counts
-        prev_saved, prev_cost = now_saved, now_cost
+            requests = ZERO
+            if store is not None:
+                requests = store.store.requests_usd(
+                    counts.shared_get_requests, counts.shared_put_requests
+                )
+            yield (
+                day,
+                Priced(
+                    now.saved - prev.saved,
+                    now.cost - prev.cost,
+                    now.shared_saved - prev.shared_saved,
+                    now.shared_cost - prev.shared_cost + requests,
+                ),
+                counts,
+            )
+        prev = now
 
 
 def read(
@@ -266,7 +330,16 @@ def read(
             conn.close()
     names = {up for _, up in daily}
     prices = {name: pricing.price(upstream_settings(config, name)) for name in names}
-    return build(since, until, daily, repos, prices, pricing.origin, top)
+    return build(
+        since,
+        until,
+        daily,
+        repos,
+        prices,
+        pricing.origin,
+        top,
+        shared_price(config, pricing, daily),
+    )
 
 
 def repositories(path: Path, since: str, until: str) -> list[tuple[str, str]]:

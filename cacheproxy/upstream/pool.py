@@ -47,6 +47,11 @@ class UpstreamPool:
         self._dynamic: OrderedDict[str, Upstream] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
+    @property
+    def aws(self) -> AwsClients:
+        """The AWS threads (and clients) this pool's upstreams use; the shared tier signs there."""
+        return self._aws
+
     def get(self, host: str | None = None) -> Upstream:
         """The upstream for ``host`` (None: the default upstream), or DENIED."""
         wanted = normalize_host(host) if host else self._config.default_upstream

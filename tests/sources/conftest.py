@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, random_bytes
 from tests.support.names import unique
 from tests.support.registry import RegistryProcess
+from tests.support.s3 import MotoS3
 
 #: Over a megabyte, so every source sends it in several chunks (the forwarder's
 #: 64 KiB, a fill reader's 1 MiB) and a fault can land well inside it.
@@ -28,11 +29,22 @@ async def blob(registry: RegistryProcess, request: pytest.FixtureRequest) -> Pus
     return PushedBlob(repo, digest, data)
 
 
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server on loopback, for the shared tier's kinds (a bucket per test)."""
+    with MotoS3(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
 @pytest.fixture(params=KINDS, ids=lambda kind: kind.name)
 async def subject(
-    request: pytest.FixtureRequest, forwarder: Forwarder, tmp_path: Path, blob: PushedBlob
+    request: pytest.FixtureRequest,
+    forwarder: Forwarder,
+    tmp_path: Path,
+    blob: PushedBlob,
+    moto: MotoS3,
 ) -> AsyncIterator[Subject]:
     """One source of the chain, reaching the registry through ``forwarder``."""
     kind: Kind = request.param
-    async with open_subject(kind, forwarder.url, tmp_path, blob) as subject:
+    async with open_subject(kind, forwarder, tmp_path, blob, moto) as subject:
         yield subject

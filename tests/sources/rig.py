@@ -3,7 +3,9 @@
 A :class:`Kind` names a source and writes down what the suite expects of it where
 sources legitimately differ; :func:`open_subject` builds that source for one test:
 its own store and fills, the upstream pool, and for the peer kinds a cluster whose
-other node is a real proxy in peer mode, signed with a shared secret.
+other node is a real proxy in peer mode, signed with a shared secret; for the shared
+kinds a bucket on moto's S3 server, reached through a forwarder of its own (the
+wire whose faults reach that source).
 """
 
 from __future__ import annotations
@@ -19,16 +21,24 @@ from cacheproxy.blobs.inflight import Fills
 from cacheproxy.blobs.peers import PeerSource
 from cacheproxy.blobs.source import BlobSource, Want
 from cacheproxy.blobs.upstream import UpstreamSource
-from cacheproxy.config import Config, load_config
+from cacheproxy.config import Config, SharedConfig, load_config
 from cacheproxy.layout import CacheLayout
+from cacheproxy.links import Links
 from cacheproxy.oci import parse_digest
 from cacheproxy.peers.cluster import Cluster, start_cluster
 from cacheproxy.peers.ring import ranked
 from cacheproxy.runtime import blob_chain
+from cacheproxy.shared.s3 import S3
+from cacheproxy.shared.tier import SharedTier
 from cacheproxy.store.files import BlobStore
+from cacheproxy.store.index import Index
+from cacheproxy.upstream.aws import AwsClients
+from cacheproxy.upstream.credentials import boto3_ecr_client
 from cacheproxy.upstream.pool import UpstreamPool
+from tests.support.forwarder import Forwarder
 from tests.support.ports import free_port
 from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.s3 import MotoS3, aws_environment
 from tests.support.sink import send_all
 
 SECRET = b"conformance-suite-cluster-secret-0123"
@@ -58,6 +68,9 @@ class Kind:
     verifies_ranges: bool
 
 
+#: The shared tier's objects live under this prefix in the suite's buckets.
+SHARED_PREFIX = "conformance"
+
 KINDS = (
     Kind("disk", "cache", keeps=True, fetches=False, resumes=True, asks_for_ranges=False,
          verifies_ranges=True),
@@ -73,6 +86,13 @@ KINDS = (
          verifies_ranges=False),
     Kind("stream-through", "upstream", keeps=False, fetches=True, resumes=False,
          asks_for_ranges=True, verifies_ranges=False),
+    # The bucket holds the blob: the fill is fed by ranged GETs from it, resumed from
+    # it, verified like any other (a wrong object is deleted and never kept).
+    Kind("shared", "shared", keeps=True, fetches=True, resumes=True, asks_for_ranges=False,
+         verifies_ranges=True),
+    # The bucket lacks it: its GET's 404 sends the fill to the upstream.
+    Kind("shared-miss", "upstream", keeps=True, fetches=True, resumes=True,
+         asks_for_ranges=False, verifies_ranges=True),
 )  # fmt: skip
 
 
@@ -93,6 +113,10 @@ class Subject:
     source: BlobSource
     want: Want
     store: BlobStore
+    #: The wire this source's bytes cross (the upstream's forwarder, or the bucket's),
+    #: and the part of a request's path that names the blob on it.
+    wire: Forwarder
+    path: str
     #: The cluster's other node (peer kinds only).
     peer: RunningProxy | None = None
 
@@ -118,23 +142,34 @@ def _no_room() -> bool:
 
 @asynccontextmanager
 async def open_subject(
-    kind: Kind, upstream_url: str, workdir: Path, blob: PushedBlob
+    kind: Kind, upstream: Forwarder, workdir: Path, blob: PushedBlob, moto: MotoS3
 ) -> AsyncIterator[Subject]:
-    """The ``kind`` source over ``upstream_url``, caching (if at all) under ``workdir``."""
+    """The ``kind`` source over the upstream behind ``upstream``, caching (if at all)
+    under ``workdir``; the shared kinds' bucket is on ``moto``."""
+    upstream_url = upstream.url
     config = _config(upstream_url, workdir / "node")
     store = BlobStore(CacheLayout(config.cache_dir))
     await asyncio.to_thread(store.prepare)
+    wire, path = upstream, f"/blobs/{blob.digest}"
     async with AsyncExitStack() as stack:
         upstreams = UpstreamPool(config)
         stack.push_async_callback(upstreams.close)
         want = Want(upstreams.get(), blob.repo, parse_digest(blob.digest))
-        peer = cluster = None
+        peer = cluster = shared = None
         if kind.name.startswith("peer"):
             peer, cluster = await _cluster(stack, upstream_url, workdir, blob.digest)
+        links = None
+        if kind.name.startswith("shared"):
+            shared, links, bucket_wire = await _bucket(stack, moto, workdir, want, blob, kind)
+            if kind.name == "shared":
+                wire, path = bucket_wire, shared.key(want.digest)
         fills = Fills(store)
         # Closed first: a fill still running stops before the clients it uses.
         stack.push_async_callback(fills.close)
-        source = _source(kind.name, store, fills, cluster)
+        if shared is not None:
+            source = blob_chain(store, fills, _room, links=links, shared=shared)
+        else:
+            source = _source(kind.name, store, fills, cluster)
         if kind.name == "disk":
             # Brought in from the real registry by the fill chain, as a client's pull
             # would, not written by hand.
@@ -144,7 +179,7 @@ async def open_subject(
             finally:
                 body.close()
             assert store.exists(want.digest)
-        yield Subject(kind, source, want, store, peer)
+        yield Subject(kind, source, want, store, wire, path, peer)
 
 
 def _source(name: str, store: BlobStore, fills: Fills, cluster: Cluster | None) -> BlobSource:
@@ -202,6 +237,34 @@ async def _cluster(
     stack.push_async_callback(cluster.close)
     assert cluster.candidates(digest) == [peer_url]
     return peer, cluster
+
+
+async def _bucket(
+    stack: AsyncExitStack, moto: MotoS3, workdir: Path, want: Want, blob: PushedBlob, kind: Kind
+) -> tuple[SharedTier, Links, Forwarder]:
+    """A bucket of this test's own (holding the blob for the "shared" kind), the tier
+    reaching it through a forwarder, and links in which the request's pair is linked
+    (as a pull of the repository's manifest would have linked it)."""
+    stack.enter_context(aws_environment())
+    bucket = moto.new_bucket()
+    wire = await stack.enter_async_context(Forwarder(moto.url))
+    settings = SharedConfig(
+        bucket, prefix=SHARED_PREFIX, region="us-east-1", endpoint_url=wire.url,
+        addressing_style="path",
+    )  # fmt: skip
+    aws = AwsClients(boto3_ecr_client)
+    stack.callback(aws.close)
+    tier = SharedTier(S3(settings, aws), settings)
+    stack.push_async_callback(tier.close)
+    if kind.name == "shared":
+        client = moto.client()
+        key = tier.key(want.digest)
+        await asyncio.to_thread(client.put_object, Bucket=bucket, Key=key, Body=blob.data)
+    index = await asyncio.to_thread(Index, workdir / "index")
+    stack.push_async_callback(asyncio.to_thread, index.close)
+    links = Links(index)
+    await links.add(want.upstream.name, want.repo, [blob.digest])
+    return tier, links, wire
 
 
 def _owned_by_peer(digest: str) -> tuple[int, str]:

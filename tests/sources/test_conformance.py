@@ -15,7 +15,7 @@ import pytest
 from cacheproxy.errors import RangeNotSatisfiable, RegistryError
 from cacheproxy.ranges import ByteRange
 from tests.sources.rig import PushedBlob, Subject
-from tests.support.forwarder import Fault, Forwarder
+from tests.support.forwarder import Fault
 from tests.support.sink import MemorySink
 
 GET = frozenset({"GET"})
@@ -35,17 +35,11 @@ async def serve(subject: Subject, wanted: ByteRange | None, sink: MemorySink) ->
         body.close()
 
 
-def blob_path(blob: PushedBlob) -> str:
-    return f"/blobs/{blob.digest}"
-
-
-async def test_size_of_a_head_and_of_a_body(
-    subject: Subject, blob: PushedBlob, forwarder: Forwarder
-) -> None:
-    before = len(forwarder.requests)
+async def test_size_of_a_head_and_of_a_body(subject: Subject, blob: PushedBlob) -> None:
+    before = len(subject.wire.requests)
     assert await subject.source.size(subject.want) == len(blob.data)
     # A HEAD fetches nothing: at most a HEAD upstream, never a GET.
-    asked = forwarder.requests[before:]
+    asked = subject.wire.requests[before:]
     assert all(method == "HEAD" for method, _ in asked), asked
     assert len(asked) == (1 if subject.kind.fetches else 0)
 
@@ -61,9 +55,9 @@ async def test_size_of_a_head_and_of_a_body(
 
 @pytest.mark.parametrize("to_the_end", [True, False], ids=["end=None", "end=last"])
 async def test_the_whole_body_byte_exact(
-    subject: Subject, blob: PushedBlob, forwarder: Forwarder, to_the_end: bool
+    subject: Subject, blob: PushedBlob, to_the_end: bool
 ) -> None:
-    gets = forwarder.count("GET", blob_path(blob))
+    gets = subject.wire.count("GET", subject.path)
     body = await subject.source.open(subject.want)
     sink = MemorySink()
     try:
@@ -75,7 +69,7 @@ async def test_the_whole_body_byte_exact(
     assert subject.kept() is subject.kind.keeps
     assert subject.temp_files() == []
     # One upstream GET for the whole read (for the peer kinds, the peer's).
-    assert forwarder.count("GET", blob_path(blob)) - gets == (1 if subject.kind.fetches else 0)
+    assert subject.wire.count("GET", subject.path) - gets == (1 if subject.kind.fetches else 0)
     if subject.peer is not None:
         assert subject.peer.blob_path(blob.digest).read_bytes() == blob.data
 
@@ -122,11 +116,11 @@ async def test_a_range_past_the_end_is_not_satisfiable(
 
 
 async def test_a_broken_body_is_resumed_or_fails_never_ends_short(
-    subject: Subject, blob: PushedBlob, forwarder: Forwarder
+    subject: Subject, blob: PushedBlob
 ) -> None:
     size = len(blob.data)
-    fault = forwarder.set_fault(
-        Fault(blob_path(blob), "truncate", offset=size // 2, once=True, methods=GET)
+    fault = subject.wire.set_fault(
+        Fault(subject.path, "truncate", offset=size // 2, once=True, methods=GET)
     )
     sink = MemorySink()
     if subject.kind.resumes:
@@ -141,7 +135,7 @@ async def test_a_broken_body_is_resumed_or_fails_never_ends_short(
     assert fault.hits == (1 if subject.kind.fetches else 0)
     if subject.kind.fetches and subject.kind.resumes:
         # Resumed with a Range from where the body broke (RFC 9110 section 14).
-        first, resumed = forwarder.ranges("GET", blob_path(blob))
+        first, resumed = subject.wire.ranges("GET", subject.path)
         # The whole blob, or (a segmented fill) its first segment.
         assert first is None or first.startswith("bytes=0-")
         assert resumed is not None and resumed.startswith("bytes=")
@@ -150,11 +144,11 @@ async def test_a_broken_body_is_resumed_or_fails_never_ends_short(
 
 
 async def test_a_wrong_byte_fails_before_the_last_byte_and_nothing_is_kept(
-    subject: Subject, blob: PushedBlob, forwarder: Forwarder
+    subject: Subject, blob: PushedBlob
 ) -> None:
     size = len(blob.data)
     # Every GET of the blob, resumes included: no second try can mend it.
-    fault = forwarder.set_fault(Fault(blob_path(blob), "corrupt", offset=size // 2, methods=GET))
+    fault = subject.wire.set_fault(Fault(subject.path, "corrupt", offset=size // 2, methods=GET))
     sink = MemorySink()
     if subject.kind.fetches:
         with pytest.raises(RegistryError):
@@ -172,15 +166,13 @@ async def test_a_wrong_byte_fails_before_the_last_byte_and_nothing_is_kept(
         assert fault.hits == 0
 
 
-async def test_a_wrong_byte_inside_a_range(
-    subject: Subject, blob: PushedBlob, forwarder: Forwarder
-) -> None:
+async def test_a_wrong_byte_inside_a_range(subject: Subject, blob: PushedBlob) -> None:
     size = len(blob.data)
     wanted = ByteRange(size // 4, 3 * size // 4)
     start, end = wanted.resolve(size)
     # The byte at this offset of a response body lies inside the range whether the
     # upstream is asked for the whole blob or for the bytes from ``start`` on.
-    fault = forwarder.set_fault(Fault(blob_path(blob), "corrupt", offset=size // 3, methods=GET))
+    fault = subject.wire.set_fault(Fault(subject.path, "corrupt", offset=size // 3, methods=GET))
     expected = blob.data[start : end + 1]
     sink = MemorySink()
     if not subject.kind.fetches:

@@ -185,6 +185,21 @@ class Forwarder:
         for fault in [*faults, *self._stalling]:
             fault.release()
 
+    def sever(self) -> int:
+        """Tear down every client connection now (RST), mid-response or idle: the
+        network between the client and the target breaks. Returns how many."""
+        server = self._runner.server if self._runner is not None else None
+        count = 0
+        for handler in list(server.connections if server is not None else []):
+            transport = handler.transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+                count += 1
+        return count
+
     async def start(self) -> None:
         """Open the upstream session and start listening."""
         # No decompression: bytes must pass through exactly as the upstream sent them.
