@@ -17,11 +17,13 @@ from .http.keys import (
     CLIENT_AUTH,
     CLUSTER,
     FILLS,
+    HOLDINGS,
     KEEPER,
     MANIFESTS,
     METRICS,
     PEER_BLOBS,
     PEER_MANIFESTS,
+    PEER_PIECES,
     READINESS,
     SAVINGS,
     SHARED,
@@ -97,6 +99,9 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[CLUSTER] = rt.cluster
                 app[PEER_BLOBS] = rt.peers.blobs
                 app[PEER_MANIFESTS] = rt.peers.manifests
+            if rt.holdings is not None and rt.pieces is not None:
+                app[HOLDINGS] = rt.holdings
+                app[PEER_PIECES] = rt.pieces
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
             metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster, rt.links))
             if rt.shared is not None and rt.writeback is not None:

@@ -59,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
         help="a listener for peers only (the signed peer path and the probes)",
     )
     serve.add_argument(
+        "--no-peer-holders",
+        dest="peer_holders",
+        action="store_const",
+        const=False,
+        help="take each blob from its owner alone (no pieces from other holders)",
+    )
+    serve.add_argument(
         "--peer-secret-file",
         dest="peer_secret_file",
         type=Path,

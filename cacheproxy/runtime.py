@@ -6,13 +6,16 @@ in the order a request walks them::
 
     clients: vouched -> [redirect] -> local -> fills in flight -> peers -> [shared] -> upstream
     peers:   vouched ->               local -> fills in flight ->          [shared] -> upstream
+    pieces:  vouched ->               local -> fills in flight (joined, never started)
     offline: vouched ->               local
 
 "vouched" serves a digest under an (upstream, repository) only when that upstream
 vouched for it there (cacheproxy/links.py). "shared" is the bucket many proxies
 share ([shared]); in a cluster only a digest's owner asks it (the peer link asks
 the owner, whose own chain is the second line). "redirect" (shared.redirect)
-answers with a 307 to the bucket what the bucket holds.
+answers with a 307 to the bucket what the bucket holds. "pieces" answers a peer's
+request for a range of a blob this node holds or is filling (the swarm, with
+``peer_holders``: blobs/swarm.py asks, blobs/holdings.py answers).
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from dataclasses import dataclass
 from .accounting import Accounting, NullAccounting
 from .blobs.admission import DiskBudget, FillLimits
 from .blobs.fill import Fill, FillOptions
-from .blobs.inflight import Fills, InFlight
+from .blobs.holdings import Holdings
+from .blobs.inflight import Fills, Held, InFlight
 from .blobs.local import LocalStore, Nowhere
 from .blobs.peers import PeerSource
 from .blobs.redirect import Redirect
 from .blobs.service import BlobService
 from .blobs.shared import SharedSource
 from .blobs.source import BlobSource, Remote, Want
+from .blobs.swarm import SwarmNode
 from .blobs.upstream import UpstreamSource
 from .blobs.vouched import Vouched
 from .config import Config
@@ -95,6 +100,11 @@ class Runtime:
     # The shared tier ([shared]), and (serving only) its uploads.
     shared: SharedTier | None = None
     writeback: WriteBack | None = None
+    # Cluster mode: the swarm's holder lists and upload bound, and the chain that
+    # answers a peer's request for a piece.
+    holdings: Holdings | None = None
+    pieces: BlobService | None = None
+    swarms: SwarmNode | None = None
 
 
 @asynccontextmanager
@@ -192,6 +202,9 @@ async def open_runtime(
             )
 
         room = budget.admits_fill
+        swarms = None
+        if cluster is not None and config.peer_holders:
+            swarms = SwarmNode(cluster)
 
         clients = Callers(
             BlobService(
@@ -204,6 +217,7 @@ async def open_runtime(
                     links=links,
                     segments=config.upstream_segments,
                     shared=shared,
+                    swarms=swarms,
                 ),
                 usage,
                 accounting,
@@ -211,7 +225,7 @@ async def open_runtime(
             manifests(peer_manifests, accounting),
         )
         # A peer's request is answered here, never forwarded, and not in the ledger.
-        peers = None
+        peers = holdings = pieces = None
         if cluster is not None:
             peers = Callers(
                 BlobService(
@@ -230,6 +244,10 @@ async def open_runtime(
                 ),
                 manifests(None, NullAccounting()),
             )
+            pieces = BlobService(
+                pieces_chain(store, fills, links, cluster.read_timeout), usage, NullAccounting()
+            )
+            holdings = Holdings(cluster.self_url, fills, store, peers.blobs)
         runtime = Runtime(
             config=config,
             layout=layout,
@@ -247,6 +265,9 @@ async def open_runtime(
             ledger=ledger,
             shared=shared,
             writeback=writeback,
+            holdings=holdings,
+            pieces=pieces,
+            swarms=swarms,
         )
         if serving:
             keeper = Keeper(_upkeep(config, limit), store, index, usage, lambda: budget.reserved)
@@ -298,6 +319,7 @@ def blob_chain(
     links: Links | None = None,
     segments: int = 1,
     shared: SharedTier | None = None,
+    swarms: SwarmNode | None = None,
 ) -> BlobSource:
     """The chain of blob sources one kind of caller walks (see the module docstring).
 
@@ -310,6 +332,8 @@ def blob_chain(
     ``segments``: connections one blob may be fetched on from the upstream at once.
     ``shared``: the bucket between peers and the upstream (it needs ``links``: the
     bucket's copy is served under a repository only by the links rule).
+    ``swarms``: a fill fed by peers takes pieces from every node holding the blob
+    (the owner's list), not from the owner alone.
     """
     chain: BlobSource
     if offline:
@@ -321,10 +345,13 @@ def blob_chain(
                 raise ValueError("the shared tier is read only under the links rule")
             remote = SharedSource(shared, links, remote, fills.accounting)
         if cluster is not None and not for_peer:
-            remote = PeerSource(cluster, remote)
+            remote = PeerSource(cluster, remote, swarms)
         # A peer's request never joins a fill fed through peers: two nodes with
-        # different views of membership could otherwise wait on each other.
-        chain = LocalStore(store, InFlight(fills, remote, room, join_peer_fed=not for_peer))
+        # different views of membership could otherwise wait on each other. A peer
+        # verifies the whole blob itself: it is sent every byte as it lands.
+        chain = LocalStore(
+            store, InFlight(fills, remote, room, join_peer_fed=not for_peer, hold=not for_peer)
+        )
         if shared is not None and shared.settings.redirect and not for_peer:
             assert links is not None
             # After the links rule (the Vouched link wraps it below), never before.
@@ -336,6 +363,18 @@ def blob_chain(
         return store.exists(want.digest) or fills.running(want) is not None
 
     return Vouched(links, held, chain)
+
+
+def pieces_chain(store: BlobStore, fills: Fills, links: Links, idle: float) -> BlobSource:
+    """The chain that answers a peer's request for a piece: what this node holds,
+    complete or landing (any fill, one fed by peers too), under the links rule; it
+    never starts a fetch. Two nodes never wait on each other for long: a range that
+    does not land within ``idle`` seconds is given up, and the asker asks elsewhere."""
+
+    def held(want: Want) -> bool:
+        return store.exists(want.digest) or fills.running(want) is not None
+
+    return Vouched(links, held, LocalStore(store, Held(fills, idle)))
 
 
 def _upkeep(config: Config, limit: int | None) -> Upkeep:

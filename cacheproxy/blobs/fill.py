@@ -28,8 +28,8 @@ from ..oci import Digest
 from ..store.files import BlobStore
 from .landing import Landing
 from .scheduler import Lanes
-from .segments import Extents, RangeSupport
-from .source import Feed, Sink
+from .segments import Extents, RangeSupport, Span
+from .source import Feed, Swarmed
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Fill:
         # (byte that wakes it, where its reader is, the future it sleeps on)
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._feed: Feed | None = None
+        self._lanes: Lanes | None = None
         #: False: serve the verified blob to its readers, but do not keep it (a blob
         #: larger than the cache may hold). The temp file goes when the last reader does.
         self.keep = True
@@ -140,15 +141,17 @@ class Fill:
             assert self.error is not None
             raise self.error
 
-    async def readable(self, pos: int, batch: int = 1) -> int:
+    async def readable(self, pos: int, batch: int = 1, hold: bool = True) -> int:
         """Wait until bytes from ``pos`` on are on disk; returns the exclusive limit.
 
         ``batch``: how many bytes are worth a wake-up (a reader sends each wake-up's
         bytes with one system call): fewer only at the end of what may be sent. The
         bytes need not be contiguous with the start: a reader far ahead is served
         as soon as its part has landed (and is a hint for the planner meanwhile).
-        Returns ``pos`` itself only when the fill is complete and ``pos`` is at its
-        end. Raises the fill's error when it failed: the reader must then abort.
+        ``hold``: the blob's last byte waits for its verification (False: a peer,
+        which verifies the whole blob itself). Returns ``pos`` itself only when the
+        fill is complete and ``pos`` is at its end. Raises the fill's error when it
+        failed: the reader must then abort.
         """
         while True:
             if self.state is FillState.FAILED:
@@ -159,7 +162,7 @@ class Fill:
                 return self.size
             end = self.extents.end_at(pos)
             # Hold back the final byte until the digest has been checked.
-            last = self.size - 1 if self.size is not None else None
+            last = self.size - 1 if self.size is not None and hold else None
             if end is not None and last is not None:
                 end = min(end, last)
             if end is None or end <= pos:
@@ -199,6 +202,21 @@ class Fill:
             if blob is None:
                 raise self.error or UpstreamUnavailable("blob fill failed") from None
             return blob.fd
+
+    def coming(self) -> list[Span]:
+        """The spans asked for and on their way (every lane in flight)."""
+        return self._lanes.coming() if self._lanes is not None else []
+
+    def offers(self, pos: int) -> bool:
+        """Whether byte ``pos`` is on disk or on its way: a peer asking for a range
+        from there is served as it lands (never a fetch of its own)."""
+        if self.state is FillState.DONE:
+            return True
+        if self.state is not FillState.RUNNING:
+            return False
+        if self.extents.end_at(pos) is not None:
+            return True
+        return any(span.start <= pos < span.end for span in self.coming())
 
     def progress(self) -> int:
         """Bytes on disk from the start without a hole."""
@@ -261,9 +279,11 @@ class Fill:
     async def run(self, feed: Feed, stats: FillStats, accounting: Accounting) -> None:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         self._feed = feed
+        # Cluster mode: the peers holding the blob may send it too (blobs/swarm.py).
+        swarm = feed.swarm if isinstance(feed, Swarmed) else None
         try:
             options = self.options
-            lanes = Lanes(
+            lanes = self._lanes = Lanes(
                 self,
                 [feed],
                 stats,
@@ -271,12 +291,15 @@ class Fill:
                 self.ranges,
                 self.upstream,
                 options.resume_backoff,
+                swarm,
             )
             await lanes.run()
             try:
                 await self._verify(stats)
             except UpstreamBadContent:
-                feed.blame()
+                # Pieces from several peers: the swarm's rule says who answers for it.
+                if swarm is None or not swarm.blame():
+                    feed.blame()
                 raise
             if self.keep:
                 await self._landing.commit()
@@ -304,6 +327,9 @@ class Fill:
             if self.received_shared:
                 accounting.shared(self.upstream, self.repo, "get", 0, self.received_shared)
             self._wake_all()
+        if swarm is not None and self.state is FillState.DONE:
+            # Verified: this node now serves every piece of it (its readers have it).
+            await swarm.finish()
 
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED
@@ -350,62 +376,3 @@ class Fill:
             )
             raise UpstreamBadContent("upstream blob does not match its digest")
         self.size = size
-
-
-class FillBody:
-    """A blob as its fill lands: readers tail the temp file up to what is verified."""
-
-    def __init__(self, fill: Fill, started: bool) -> None:
-        self._fill = fill
-        self._started = started
-        self._closed = False
-        fill.attach()
-
-    @property
-    def origin(self) -> Origin:
-        # Joining another request's fill costs no transfer: the cache served it.
-        return self._fill.origin if self._started else "cache"
-
-    async def size(self) -> int | None:
-        await self._fill.started()
-        return self._fill.size
-
-    async def final_size(self) -> int:
-        await self._fill.wait_done()
-        assert self._fill.size is not None
-        return self._fill.size
-
-    async def send(self, sink: Sink, start: int, end: int | None) -> None:
-        """Tail the fill. The last byte of the range, like the last byte of a whole
-        blob, goes out only once the whole blob is verified: a range's bytes cannot
-        be checked on their own."""
-        fill = self._fill
-        await fill.started()
-        fd = fill.open_reader()
-        try:
-            pos = start
-            batch = 1  # the first byte goes out as soon as it lands
-            while end is None or pos <= end:
-                limit = await fill.readable(
-                    pos, batch if end is None else min(batch, end + 1 - pos)
-                )
-                batch = SEND_BATCH
-                if limit <= pos:
-                    break
-                stop = limit if end is None else min(limit, end + 1)
-                if end is not None and stop > end and not fill.verified:
-                    stop = end
-                    if stop <= pos:
-                        await fill.wait_done()
-                        continue
-                # What is on disk goes out as a complete blob's would: the kernel's
-                # sendfile, no copy through the proxy.
-                await sink.sendfile(fd, pos, stop - pos)
-                pos = stop
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._fill.detach()

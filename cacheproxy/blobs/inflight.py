@@ -18,7 +18,8 @@ from ..accounting import Accounting, NullAccounting
 from ..errors import BlobUnknown
 from ..store.files import BlobStore
 from .admission import DiskBudget, FillGate, FillLimits, Misses
-from .fill import Fill, FillBody, FillOptions, FillState, FillStats
+from .fill import Fill, FillOptions, FillState, FillStats
+from .fillbody import FillBody
 from .local import FileBody
 from .segments import RangeSupport
 from .source import Body, Feed, Remote, Want
@@ -132,7 +133,11 @@ class Fills:
 
 class InFlight:
     """Joins a running fill or starts one fed by ``next``; steps aside when the disk
-    has no room (``room``), so ``next`` streams the blob through uncached."""
+    has no room (``room``), so ``next`` streams the blob through uncached.
+
+    ``hold``: a range's last byte waits for the whole blob's verification (a
+    client's chain); a peer's chain sends every byte as it lands (the peer verifies).
+    """
 
     def __init__(
         self,
@@ -140,17 +145,19 @@ class InFlight:
         next: Remote,
         room: Callable[[], bool],
         join_peer_fed: bool = True,
+        hold: bool = True,
     ) -> None:
         self._fills = fills
         self._next = next
         self._room = room
         self._join_peer_fed = join_peer_fed
+        self._hold = hold
 
     async def open(self, want: Want, first: int = 0) -> Body:
         fills = self._fills
         fill = fills.running(want, self._join_peer_fed)
         if fill is not None:
-            return FillBody(fill, started=False)
+            return FillBody(fill, started=False, hold=self._hold)
         if fills.misses.recent(want.upstream.name, want.repo, str(want.digest)):
             raise BlobUnknown("blob unknown to the upstream (asked moments ago)")
         if not self._room():
@@ -163,7 +170,7 @@ class InFlight:
             fill = fills.running(want, self._join_peer_fed)
             if fill is not None:
                 fills.gate.leave(want.requester)
-                return FillBody(fill, started=False)
+                return FillBody(fill, started=False, hold=self._hold)
             fill = fills.start(want, self._next.feed(want))
         except BaseException:
             fills.gate.leave(want.requester)
@@ -174,7 +181,7 @@ class InFlight:
             if blob is None:
                 raise BlobUnknown()
             return FileBody(blob)
-        return FillBody(fill, started=True)
+        return FillBody(fill, started=True, hold=self._hold)
 
     async def size(self, want: Want) -> int:
         fill = self._fills.running(want)
@@ -183,3 +190,37 @@ class InFlight:
             if fill.size is not None:
                 return fill.size
         return await self._next.size(want)
+
+
+class Held:
+    """The end of a holder's chain: joins any running fill of the digest (one fed by
+    peers too) and never starts one. A peer asking for a piece is sent what this
+    node holds, as it lands, and nothing else: no fetch ever starts for it.
+
+    ``idle``: seconds a piece's reader waits for its next bytes before it gives up
+    (the peer asks someone else), so no upload waits on a fill that stalled.
+    """
+
+    def __init__(self, fills: Fills, idle: float) -> None:
+        self._fills = fills
+        self._idle = idle
+
+    async def open(self, want: Want, first: int = 0) -> Body:
+        fill = self._fills.running(want)
+        if fill is not None and fill.state is not FillState.FAILED:
+            return FillBody(fill, started=False, hold=False, idle=self._idle)
+        blob = self._fills.store.open(want.digest)  # completed since the store was asked
+        if blob is not None:
+            return FileBody(blob)
+        raise BlobUnknown("this node does not hold the blob")
+
+    async def size(self, want: Want) -> int:
+        fill = self._fills.running(want)
+        if fill is not None:
+            await fill.started()
+            if fill.size is not None:
+                return fill.size
+        size = self._fills.store.size(want.digest)
+        if size is None:
+            raise BlobUnknown("this node does not hold the blob")
+        return size

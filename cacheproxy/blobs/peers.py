@@ -2,7 +2,10 @@
 
 The owner answers from its own cache or its own fill (one upstream fetch, streamed
 to every waiter, remote peers included). A peer's own request walks the chain
-without this link, so requests never loop.
+without this link, so requests never loop. With ``peer_holders`` a fill fed here
+also takes pieces from the other nodes that hold the blob or are filling it
+(``swarm.py``); the owner, then the next in rank, then the upstream stay its feed
+of last resort.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from ..errors import UpstreamUnavailable
 from ..peers.cluster import Cluster
 from ..ranges import range_header
 from .relay import RelayBody
-from .source import Body, Feed, Remote, Want
+from .source import Body, Feed, Remote, Swarm, Want
+from .swarm import SwarmNode
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +28,28 @@ log = logging.getLogger(__name__)
 class PeerFeed:
     """Asks the owner, then the next in rank, then ``fallback`` (the rest of the chain).
 
-    Opening again after a failure (a resume) means the current peer broke off: it
-    is avoided for a while and the next candidate continues from the offset.
+    Opening again before the last answer was read to its end (a resume) means the
+    current peer broke off: it is avoided for a while and the next candidate
+    continues from the offset. ``swarm``: the holders of the blob, when a fill may
+    take pieces from them too.
     """
 
-    def __init__(self, cluster: Cluster, candidates: list[str], fallback: Feed, want: Want) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        candidates: list[str],
+        fallback: Feed,
+        want: Want,
+        swarm: Swarm | None = None,
+    ) -> None:
+        self.swarm = swarm
         self._cluster = cluster
         self._candidates = list(candidates)
         self._fallback = fallback
         self._query = {"upstream": want.upstream.name, "repo": want.repo}
         self._path = f"/blobs/{want.digest}"
         self._current: str | None = None
+        self._last: aiohttp.ClientResponse | None = None
         self._on_fallback = False
 
     @property
@@ -43,15 +58,19 @@ class PeerFeed:
 
     @property
     def lanes(self) -> int:
-        # One range at a time from a peer (its owner fetches in segments itself), so
-        # opening again means the last answer broke off.
+        # One range at a time from a peer (its owner fetches in segments itself).
         return self._fallback.lanes if self._on_fallback else 1
 
     async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         if self._current is not None:
-            self._cluster.membership.mark_bad(self._current, "broke off a blob")
-            self._cluster.stats.failures += 1
-            self._current = None
+            last = self._last
+            if last is not None and last.content.at_eof():
+                # The last range came whole: the next one comes from the same peer.
+                self._candidates.insert(0, self._current)
+            else:
+                self._cluster.membership.mark_bad(self._current, "broke off a blob")
+                self._cluster.stats.failures += 1
+            self._current = self._last = None
         while self._candidates and not self._on_fallback:
             peer = self._candidates.pop(0)
             wanted = range_header(start, end)
@@ -62,7 +81,7 @@ class PeerFeed:
             except UpstreamUnavailable:
                 continue
             if resp.status in (200, 206):
-                self._current = peer
+                self._current, self._last = peer, resp
                 return resp
             # A 404 relays the upstream's own answer through the owner; anything else
             # (the owner has no such upstream, is overloaded) is the owner's problem:
@@ -86,16 +105,18 @@ class PeerFeed:
 class PeerSource:
     """Feeds fills from the digest's owner (falling back to ``next``)."""
 
-    def __init__(self, cluster: Cluster, next: Remote) -> None:
+    def __init__(self, cluster: Cluster, next: Remote, swarms: SwarmNode | None = None) -> None:
         self._cluster = cluster
         self._next = next
+        self._swarms = swarms
 
     def feed(self, want: Want) -> Feed:
         fallback = self._next.feed(want)
         candidates = self._cluster.candidates(str(want.digest))
         if not candidates:
             return fallback
-        return PeerFeed(self._cluster, candidates, fallback, want)
+        swarm = self._swarms.swarm(want, candidates[0]) if self._swarms is not None else None
+        return PeerFeed(self._cluster, candidates, fallback, want, swarm)
 
     async def open(self, want: Want, first: int = 0) -> Body:
         return await RelayBody.open(self.feed(want), want.digest, first)

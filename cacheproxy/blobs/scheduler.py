@@ -7,6 +7,13 @@ connections at once (RFC 9110 section 14). The first request asks for the first
 ``Content-Range``, so nothing waits for a HEAD; a blob no bigger is done in that
 one stream. Which range goes to which feed next is :func:`segments.plan`'s choice.
 
+In cluster mode the lanes may also come from a :class:`Swarm`: the peers holding
+the blob, each a feed of its own, asked for pieces by the swarm policy
+(``peers/pieces.py``). The swarm then decides for peer sources and the segment
+plan for the feeds given (the owner, then the upstream): those stay idle while
+the swarm is the sole planner, and take the ranges it leaves once the owner is
+gone. A peer's lane that fails is not resumed: its rest goes back to the plan.
+
 Robust by construction:
 
 - a lane that breaks (a reset, a short body, a read timeout, which is also how a
@@ -24,72 +31,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import aiohttp
 
 from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
-from ..oci import Digest
-from .segments import Answer, Extents, RangeSupport, Span, chunk_size, plan, read_answer
-from .source import Feed
+from .reading import BodyReader, drop, keep
+from .segments import Answer, RangeSupport, Span, chunk_size, plan, read_answer
+from .source import Feed, Swarm
+from .target import Counters, Lane, Target
 
 log = logging.getLogger(__name__)
 
-# A lane hands the file at most this much at a time.
-MAX_CHUNK = 1024 * 1024
 RESUME_ATTEMPTS = 3
 RESUME_BACKOFF = 0.5
+# Seconds between looks at a swarm's plan while no lane ends.
+SWARM_TICK = 0.05
 # What counts as a broken lane (resumed from its offset) rather than a refusal.
 BROKEN = (aiohttp.ClientError, TimeoutError, OSError)
 
 
 class WrongRange(aiohttp.ClientPayloadError):
     """An answer that does not carry the range asked for: the lane is resumed."""
-
-
-class Target(Protocol):
-    """Where lanes put their bytes: the fill."""
-
-    digest: Digest
-    size: int | None
-    received: int
-    received_shared: int
-
-    @property
-    def extents(self) -> Extents:
-        """The spans of the blob on disk."""
-
-    def begin(self, size: int | None) -> None:
-        """A feed answered with the blob (its size, if known)."""
-
-    async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
-        """Put ``parts`` (consecutive bytes) at ``offset`` of the blob."""
-
-    def hints(self) -> list[int]:
-        """Positions readers wait at that nothing has landed at yet."""
-
-
-class Counters(Protocol):
-    upstream_gets: int
-    peer_gets: int
-    peer_bytes: int
-    upstream_bytes: int
-    shared_gets: int
-    shared_bytes: int
-    resumed: int
-    segments: int
-    single_stream: int
-
-
-@dataclass
-class Lane:
-    """One request in flight: bytes ``pos`` up to ``end`` (exclusive; None: to the
-    end of a blob of unknown length) from feed number ``feed``."""
-
-    feed: int
-    pos: int
-    end: int | None
 
 
 class Lanes:
@@ -104,11 +66,15 @@ class Lanes:
         ranges: RangeSupport,
         key: str = "",
         backoff: float = RESUME_BACKOFF,
+        swarm: Swarm | None = None,
     ) -> None:
         self._target = target
+        self._swarm = swarm
         # Seconds before the first resume, doubling for each next one.
         self._backoff = backoff
         self._feeds = list(feeds)
+        # The feeds given; the swarm's are added after them as they are first asked.
+        self._base = len(self._feeds)
         self._stats = stats
         self._min_size = max(1, min_size)
         self._ranges = ranges
@@ -123,7 +89,8 @@ class Lanes:
     async def run(self) -> None:
         """Return once every byte of the blob is on disk; raise a RegistryError if not."""
         try:
-            await self._first()
+            if not await self._join():
+                await self._first()
             await self._drive()
         finally:
             tasks = list(self._active)
@@ -132,6 +99,41 @@ class Lanes:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self._swarm is not None:
+                await self._swarm.close()
+
+    def have(self) -> list[Span]:
+        return self._target.extents.spans()
+
+    def coming(self) -> list[Span]:
+        size = self._target.size
+        return [
+            Span(lane.pos, lane.end if lane.end is not None else (size or lane.pos))
+            for lane in self._active.values()
+            if lane.answered
+        ]
+
+    def asked(self) -> list[Span]:
+        size = self._target.size
+        return [
+            Span(lane.pos, lane.end if lane.end is not None else (size or lane.pos))
+            for lane in self._active.values()
+        ]
+
+    async def _join(self) -> bool:
+        """Join the swarm, if any; True when it gave the blob's size."""
+        swarm = self._swarm
+        if swarm is None:
+            return False
+        size = await swarm.start(self)
+        if size is None:
+            await swarm.close()
+            self._swarm = None
+            return False
+        self._target.begin(size)
+        lanes = sum(self.lanes(i) for i in range(self._base))
+        self._chunk = chunk_size(size, lanes, self._min_size)
+        return True
 
     def lanes(self, index: int) -> int:
         """How many ranges feed ``index`` carries at once now."""
@@ -164,19 +166,32 @@ class Lanes:
             resp.release()
             raise
         if answer.total is not None:
-            lanes = sum(self.lanes(i) for i in range(len(self._feeds)))
+            lanes = sum(self.lanes(i) for i in range(self._base))
             self._chunk = chunk_size(answer.total, lanes, self._min_size)
-        self._spawn(Lane(0, 0, answer.end), resp)
+        self._spawn(Lane(0, 0, answer.end, answered=True), resp)
 
     async def _drive(self) -> None:
         while True:
             self._plan()
+            swarm = self._swarm if self._swarm is not None and self._swarm.live else None
             if not self._active:
-                return
-            done, _ = await asyncio.wait(self._active, return_when=asyncio.FIRST_COMPLETED)
+                if swarm is None or self._complete():
+                    return
+                # Nothing to ask now (every holder busy, or nobody has the rest yet).
+                await asyncio.sleep(SWARM_TICK)
+                continue
+            # A swarm's plan changes without a lane ending (holders report, busy ones free).
+            done, _ = await asyncio.wait(
+                self._active,
+                timeout=SWARM_TICK if swarm is not None else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             for task in done:
                 lane = self._active.pop(task)
                 exc = task.exception()
+                if lane.feed >= self._base and self._swarm is not None:
+                    self._swarm.ended(self._feeds[lane.feed], exc)
+                    continue
                 if exc is None:
                     continue
                 if isinstance(exc, RegistryError) or not isinstance(exc, BROKEN):
@@ -206,18 +221,25 @@ class Lanes:
                 pos = self._target.extents.prefix
                 self._spawn(Lane(0, pos, None))
             return
-        busy = [0] * len(self._feeds)
+        swarm = self._swarm
+        if swarm is not None and swarm.live:
+            for source, span in swarm.plan(size):
+                self._spawn(Lane(self._index(source), span.start, span.end))
+            if swarm.sole:
+                return
+        busy = [0] * self._base
         taken = self._target.extents.spans()
         pending = 0
         for lane in self._active.values():
-            busy[lane.feed] += 1
+            if lane.feed < self._base:
+                busy[lane.feed] += 1
             end = size if lane.end is None else lane.end
             taken.append(Span(lane.pos, end))
             pending += end - lane.pos
-        free = [max(0, self.lanes(i) - busy[i]) for i in range(len(self._feeds))]
+        free = [max(0, self.lanes(i) - busy[i]) for i in range(self._base)]
         if not any(free):
             return
-        lanes = sum(self.lanes(i) for i in range(len(self._feeds)))
+        lanes = sum(self.lanes(i) for i in range(self._base))
         for feed, span in plan(
             size,
             taken,
@@ -231,6 +253,18 @@ class Lanes:
             self._stats.segments += 1
             self._spawn(Lane(feed, span.start, span.end))
 
+    def _index(self, feed: Feed) -> int:
+        """The index of a swarm's feed among the lanes' feeds (added when new)."""
+        for i in range(self._base, len(self._feeds)):
+            if self._feeds[i] is feed:
+                return i
+        self._feeds.append(feed)
+        return len(self._feeds) - 1
+
+    def _complete(self) -> bool:
+        size = self._target.size
+        return size is not None and self._target.extents.prefix >= size
+
     def _spawn(
         self, lane: Lane, resp: aiohttp.ClientResponse | None = None, delay: float = 0.0
     ) -> None:
@@ -243,10 +277,17 @@ class Lanes:
         skip = 0
         if resp is None:
             size = self._target.size
-            # To the end: an open range, as a resume has always asked.
-            ask = None if lane.end is None or lane.end == size else lane.end - 1
+            peer = lane.feed >= self._base
+            # To the end: an open range, as a resume has always asked (a peer of the
+            # swarm is asked for exactly its piece).
+            ask = None if lane.end is None or (lane.end == size and not peer) else lane.end - 1
             resp = await self._open(lane.feed, lane.pos, ask)
             answer = self._check(resp, lane.pos, ask)
+            lane.answered = answer.kind != "bad"
+            if peer and answer.kind != "range":
+                # One holder's wrong answer says nothing of the others: it alone is left.
+                resp.release()
+                raise WrongRange(f"holder answered bytes={lane.pos}-{ask} with another range")
             if answer.kind == "bad":
                 resp.release()
                 self._mishandled(lane.feed, "a wrong Content-Range")
@@ -262,7 +303,7 @@ class Lanes:
             resp.release()
 
     async def _copy(self, lane: Lane, resp: aiohttp.ClientResponse, skip: int) -> None:
-        body = _Body(resp.content)
+        body = BodyReader(resp.content)
         origin = self._feeds[lane.feed].origin
         while lane.end is None or lane.pos < lane.end:
             parts = await body.next()
@@ -272,7 +313,7 @@ class Lanes:
             self._count(origin, size)
             if skip:
                 cut = min(skip, size)
-                parts, skip, size = _drop(parts, cut), skip - cut, size - cut
+                parts, skip, size = drop(parts, cut), skip - cut, size - cut
                 if not size:
                     continue
             over = lane.end is not None and lane.pos + size > lane.end
@@ -280,7 +321,7 @@ class Lanes:
                 # Longer than asked (or announced): keep what was asked, drop the
                 # rest with the connection.
                 size = lane.end - lane.pos
-                parts = _keep(parts, size)
+                parts = keep(parts, size)
             await self._target.write_at(lane.pos, parts)
             lane.pos += size
             if over:
@@ -331,53 +372,3 @@ class Lanes:
             log.info("%s: %s; one stream", self._target.digest, how)
         if self._feeds[index].origin == "upstream":
             self._ranges.remember(self._key)
-
-
-class _Body:
-    """A response body read as the buffers it arrived in: never joined or sliced (a
-    copy of every byte, and a fresh allocation, is what a join costs)."""
-
-    def __init__(self, content: aiohttp.StreamReader) -> None:
-        self._content = content
-        self._taken = 0
-
-    async def next(self) -> list[bytes | memoryview]:
-        """What has arrived: at least one buffer (waiting for it), at most about
-        ``MAX_CHUNK``; nothing at the end of the body."""
-        parts: list[bytes | memoryview] = []
-        total = 0
-        while total < MAX_CHUNK:
-            if parts and self._content.total_bytes <= self._taken:
-                break  # nothing more has arrived yet
-            data, end_of_chunk = await self._content.readchunk()
-            if not data:
-                if end_of_chunk:  # the end of an HTTP chunk: data may follow
-                    continue
-                break
-            parts.append(data)
-            total += len(data)
-            self._taken += len(data)
-        return parts
-
-
-def _drop(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
-    """``parts`` without their first ``count`` bytes."""
-    out = []
-    for part in parts:
-        if count >= len(part):
-            count -= len(part)
-            continue
-        out.append(memoryview(part)[count:] if count else part)
-        count = 0
-    return out
-
-
-def _keep(parts: list[bytes | memoryview], count: int) -> list[bytes | memoryview]:
-    """The first ``count`` bytes of ``parts``."""
-    out = []
-    for part in parts:
-        if count <= 0:
-            break
-        out.append(part if len(part) <= count else memoryview(part)[:count])
-        count -= len(part)
-    return out

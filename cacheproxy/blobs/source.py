@@ -15,13 +15,14 @@ bytes a fill downloads and checks before anything is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 
 from ..accounting import Origin
 from ..oci import Digest
 from ..upstream.client import Upstream
+from .segments import Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +113,55 @@ class Remote(BlobSource, Protocol):
 
     def feed(self, want: Want) -> Feed:
         """A feed of the blob, falling back to the links after this one."""
+
+
+class Progress(Protocol):
+    """What a swarm reads of the fill it feeds."""
+
+    def have(self) -> list[Span]:
+        """The spans on disk."""
+
+    def coming(self) -> list[Span]:
+        """The spans on their way: asked for, and their answers came."""
+
+    def asked(self) -> list[Span]:
+        """The spans asked for and not landed yet (every lane in flight)."""
+
+
+class Swarm(Protocol):
+    """The peers holding a blob, and the policy that picks what each sends."""
+
+    @property
+    def live(self) -> bool:
+        """It still plans (False: it gave up; the feeds alone fetch the rest)."""
+
+    @property
+    def sole(self) -> bool:
+        """It is the only planner: the feeds given stay idle (the owner is there)."""
+
+    async def start(self, progress: Progress) -> int | None:
+        """Join the blob's swarm; its size, or None: the feeds alone (as without it)."""
+
+    def plan(self, size: int) -> list[tuple[Feed, Span]]:
+        """The next ranges to ask peers for."""
+
+    def ended(self, feed: Feed, error: BaseException | None) -> bool:
+        """A lane on ``feed`` ended (``error`` None: completely); False when the feed
+        is not one of the swarm's."""
+
+    def blame(self) -> bool:
+        """The blob failed verification: True when peers of the swarm sent some of
+        it (the swarm decides who answers for it), False when the feeds alone did."""
+
+    async def finish(self) -> None:
+        """The blob is verified here: say so to the owner (this node serves it now)."""
+
+    async def close(self) -> None:
+        """Stop what runs in the background."""
+
+
+@runtime_checkable
+class Swarmed(Protocol):
+    """A feed that may also spread its blob over the peers holding it."""
+
+    swarm: Swarm | None

@@ -80,6 +80,7 @@ _SCALARS: dict[str, type] = {
     "peer_connect_timeout": float,
     "peer_read_timeout": float,
     "peer_listen": str,
+    "peer_holders": bool,
     "expose_credentials": bool,
 }
 

@@ -215,6 +215,11 @@ class Config:
     # A listener of its own for peers (HOST:PORT): it serves only the signed peer path
     # and the probes, so the client listener can stay on loopback.
     peer_listen: str | None = None
+    # A node filling a blob takes pieces from every node that holds it or is filling
+    # it, as the blob's owner names them, and each node sends to a bounded number of
+    # peers at once (a tree, not a star). Off: every node takes the blob from its
+    # owner alone (the star).
+    peer_holders: bool = True
     # Serve on a non-loopback address without client logins although the proxy holds
     # upstream logins: anyone who reaches it pulls with them. Off: serve refuses.
     expose_credentials: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..blobs.holdings import Holdings
 from ..blobs.inflight import Fills
 from ..blobs.service import BlobService
 from ..lifecycle.keeper import Keeper
@@ -28,6 +29,10 @@ FILLS = web.AppKey("fills", Fills)
 PEER_BLOBS = web.AppKey("peer_blobs", BlobService)
 PEER_MANIFESTS = web.AppKey("peer_manifests", ManifestService)
 CLUSTER = web.AppKey("cluster", Cluster)
+# The swarm (cluster mode with peer_holders): the holder lists this node keeps as
+# owner, its upload bound; and the chain that answers a peer's piece request.
+HOLDINGS = web.AppKey("holdings", Holdings)
+PEER_PIECES = web.AppKey("peer_pieces", BlobService)
 KEEPER = web.AppKey("keeper", Keeper)
 READINESS = web.AppKey("readiness", Readiness)
 METRICS = web.AppKey("metrics", Metrics)

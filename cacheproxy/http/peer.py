@@ -4,6 +4,9 @@
 ``GET /_cacheproxy/peer/manifests/<reference>?upstream=&repo=``. The answer comes
 from this node's peer-facing services: its cache, or its own upstream fill. A
 peer's request is never forwarded to another peer, which keeps requests from looping.
+A blob goes to a peer as it lands, its last byte not held back: the peer verifies
+the whole blob itself before it keeps or serves any of it. The swarm's endpoints,
+``pieces`` and ``holding``, are in swarm.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from ..oci import Route, parse_digest, validate_name, validate_tag
 from ..peers.cluster import PREFIX
 from ..peers.ring import ranked
 from ..peers.signing import ANSWER_HEADER, HEADER
-from . import handlers
+from . import handlers, swarm
 from .keys import CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
 
 
@@ -52,6 +55,10 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
         parse_digest(reference)
         route = Route("blob", repo, reference)
         return await handlers.send_blob(request, request.app[PEER_BLOBS], up, route)
+    if kind == "pieces":
+        return await swarm.pieces(request, up, repo, reference)
+    if kind == "holding":
+        return await swarm.holding(request, cluster, signature or "", up, repo, reference)
     if kind == "manifests":
         if ":" in reference:
             parse_digest(reference)

@@ -32,6 +32,14 @@ class PeerStats:
     manifest_requests: int = 0
     failures: int = 0
     bad_content: int = 0
+    # The swarm (blobs/swarm.py): holder lists asked of owners, pieces asked of
+    # holders, "busy" answers got, pieces that failed, fills that fell back.
+    holder_lists: int = 0
+    piece_requests: int = 0
+    busy: int = 0
+    piece_failures: int = 0
+    swarm_fallbacks: int = 0
+    swarm_mismatches: int = 0
 
 
 class Cluster:
@@ -46,6 +54,7 @@ class Cluster:
     ) -> None:
         self.membership = membership
         self.secret = secret
+        self.read_timeout = read_timeout
         self.stats = PeerStats()
         # No total timeout: a big blob takes as long as it takes, but a peer that
         # does not connect, answer or keep sending within these is skipped.

@@ -171,7 +171,8 @@ async def test_peer_with_wrong_bytes_is_never_trusted(
 
     async def evil(request: web.Request) -> web.StreamResponse:
         nonlocal served_by_fake
-        served_by_fake += 1
+        # Whatever it is asked (a holder list too), it answers with the corrupt blob.
+        served_by_fake += "/blobs/" in request.path
         corrupt = bytearray(data)
         corrupt[len(data) // 2] ^= 0xFF
         return web.Response(body=bytes(corrupt), content_type="application/octet-stream")

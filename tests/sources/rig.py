@@ -20,6 +20,7 @@ from cacheproxy.accounting import Origin
 from cacheproxy.blobs.inflight import Fills
 from cacheproxy.blobs.peers import PeerSource
 from cacheproxy.blobs.source import BlobSource, Want
+from cacheproxy.blobs.swarm import SwarmNode
 from cacheproxy.blobs.upstream import UpstreamSource
 from cacheproxy.config import Config, SharedConfig, load_config
 from cacheproxy.layout import CacheLayout
@@ -77,10 +78,15 @@ KINDS = (
     Kind("fill", "upstream", keeps=True, fetches=True, resumes=True, asks_for_ranges=False,
          verifies_ranges=True),
     # The peer relays its answer; the peer's own fill resumes and verifies the blob,
-    # and holds back only the blob's last byte, not a range's.
+    # and sends every byte as it lands (the relay verifies a whole blob as it passes).
     Kind("peer", "peer", keeps=False, fetches=True, resumes=True, asks_for_ranges=True,
          verifies_ranges=False),
+    # The fill takes the blob from its owner alone (the chain without a swarm).
     Kind("peer-fill", "peer", keeps=True, fetches=True, resumes=True, asks_for_ranges=False,
+         verifies_ranges=True),
+    # The fill joins the blob's swarm: the owner's holder list, pieces from the owner's
+    # pieces endpoint (the only holder here), verified whole like any fill.
+    Kind("peer-swarm", "peer", keeps=True, fetches=True, resumes=True, asks_for_ranges=False,
          verifies_ranges=True),
     Kind("upstream", "upstream", keeps=False, fetches=True, resumes=False, asks_for_ranges=True,
          verifies_ranges=False),
@@ -124,8 +130,14 @@ class Subject:
         """The blob is complete in this node's store."""
         return self.store.exists(self.want.digest)
 
-    def temp_files(self) -> list[Path]:
-        """Unfinished downloads left here or on the peer."""
+    async def temp_files(self) -> list[Path]:
+        """Unfinished downloads left here or on the peer, once the peer's own fills
+        have ended: a peer is sent a blob as it lands, before the node sending it has
+        verified and kept its own copy (the peer verifies the whole blob itself)."""
+        if self.peer is not None:
+            async with asyncio.timeout(30):
+                while self.peer.fills.active:
+                    await asyncio.sleep(0.01)
         found = list(self.store.tmp_dir.iterdir())
         if self.peer is not None:
             found += self.peer.temp_files()
@@ -189,6 +201,9 @@ def _source(name: str, store: BlobStore, fills: Fills, cluster: Cluster | None) 
         "fill": lambda: blob_chain(store, fills, _room),
         "peer": lambda: PeerSource(_required(cluster), UpstreamSource()),
         "peer-fill": lambda: blob_chain(store, fills, _room, cluster=_required(cluster)),
+        "peer-swarm": lambda: blob_chain(
+            store, fills, _room, cluster=_required(cluster), swarms=SwarmNode(_required(cluster))
+        ),
         "upstream": UpstreamSource,
         # The fills step aside (no room on disk): the next link relays.
         "stream-through": lambda: blob_chain(store, fills, _no_room),

@@ -67,7 +67,7 @@ async def test_the_whole_body_byte_exact(
         body.close()
     assert sink.data == blob.data
     assert subject.kept() is subject.kind.keeps
-    assert subject.temp_files() == []
+    assert await subject.temp_files() == []
     # One upstream GET for the whole read (for the peer kinds, the peer's).
     assert subject.wire.count("GET", subject.path) - gets == (1 if subject.kind.fetches else 0)
     if subject.peer is not None:
@@ -140,7 +140,7 @@ async def test_a_broken_body_is_resumed_or_fails_never_ends_short(
         assert first is None or first.startswith("bytes=0-")
         assert resumed is not None and resumed.startswith("bytes=")
         assert 0 < int(resumed[len("bytes=") :].partition("-")[0]) <= size // 2
-    assert subject.temp_files() == []
+    assert await subject.temp_files() == []
 
 
 async def test_a_wrong_byte_fails_before_the_last_byte_and_nothing_is_kept(
@@ -158,7 +158,7 @@ async def test_a_wrong_byte_fails_before_the_last_byte_and_nothing_is_kept(
         assert not subject.kept()
         if subject.peer is not None:
             assert not subject.peer.blob_path(blob.digest).exists()
-        assert subject.temp_files() == []
+        assert await subject.temp_files() == []
     else:
         # The disk serves what was verified when it was kept; the wire is not involved.
         await serve(subject, None, sink)

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from cacheproxy.accounting import NullAccounting, Origin
-from cacheproxy.blobs.fill import Fill, FillBody, FillState, FillStats
+from cacheproxy.blobs.fill import Fill, FillOptions, FillState, FillStats
+from cacheproxy.blobs.fillbody import FillBody
 from cacheproxy.errors import BlobUnknown, RegistryError, UpstreamBadContent, UpstreamUnavailable
 from cacheproxy.layout import CacheLayout
 from cacheproxy.oci import Digest, parse_digest
@@ -31,7 +32,7 @@ def digest_of(data: bytes) -> Digest:
 class Body:
     """A response body: scripted chunks, then a clean end or a break; or, with
     ``live``, whatever the test puts in the queue (``EOF`` ends it, an exception
-    breaks it)."""
+    breaks it). Read as the lanes read a body: ``readchunk`` and ``total_bytes``."""
 
     def __init__(
         self, chunks: Sequence[bytes] = (), breaks: bool = False, live: bool = False
@@ -39,8 +40,15 @@ class Body:
         self._chunks = list(chunks)
         self._breaks = breaks
         self.queue: asyncio.Queue[bytes | Exception] | None = asyncio.Queue() if live else None
+        #: Bytes handed out so far (what aiohttp's reader has received).
+        self.total_bytes = 0
 
-    async def readany(self) -> bytes:
+    async def readchunk(self) -> tuple[bytes, bool]:
+        data = await self._next()
+        self.total_bytes += len(data)
+        return data, False
+
+    async def _next(self) -> bytes:
         if self.queue is not None:
             item = await self.queue.get()
             if isinstance(item, Exception):
@@ -50,9 +58,6 @@ class Body:
             return self._chunks.pop(0)
         if self._breaks:
             raise aiohttp.ClientPayloadError("connection lost mid-body")
-        return EOF
-
-    def read_nowait(self, n: int) -> bytes:
         return EOF
 
 
@@ -67,6 +72,9 @@ class Answer:
     released: bool = False
 
     def release(self) -> None:
+        self.released = True
+
+    def close(self) -> None:
         self.released = True
 
 
@@ -95,17 +103,20 @@ def live(size: int | None) -> Answer:
 
 
 class FakeFeed:
-    """Answers each ``open`` with the next scripted answer (or raises it)."""
+    """Answers each ``open`` with the next scripted answer (or raises it); one lane."""
 
     origin: Origin = "upstream"
+    lanes = 1
 
     def __init__(self, *answers: Answer | RegistryError) -> None:
         self._answers = list(answers)
         self.offsets: list[int] = []
         self.blamed = 0
 
-    async def open(self, offset: int) -> aiohttp.ClientResponse:
-        self.offsets.append(offset)
+    async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
+        self.offsets.append(start)
+        if not self._answers:
+            raise UpstreamUnavailable("the script has no more answers")
         answer = self._answers.pop(0)
         if isinstance(answer, RegistryError):
             raise answer
@@ -139,7 +150,8 @@ async def start(store: BlobStore) -> AsyncIterator[Start]:
     tasks: list[asyncio.Task[None]] = []
 
     def begin(feed: FakeFeed, data: bytes = DATA) -> Running:
-        fill = Fill(digest_of(data), store, "docker.io", "app", resume_backoff=0)
+        options = FillOptions(resume_backoff=0)
+        fill = Fill(digest_of(data), store, "docker.io", "app", options)
         stats = FillStats()
         task = asyncio.create_task(fill.run(feed, stats, NullAccounting()))
         tasks.append(task)
@@ -177,7 +189,7 @@ async def test_readable_holds_the_last_byte_until_the_blob_is_verified(start: St
     for _ in range(10):
         await asyncio.sleep(0)  # the fill waits for the body's end: nothing can change
     assert not last.done()
-    assert run.fill.written == len(DATA) and not run.fill.verified
+    assert run.fill.progress() == len(DATA) and not run.fill.verified
     await answer.content.queue.put(EOF)
     assert await last == len(DATA)
     assert run.fill.verified
@@ -255,9 +267,11 @@ async def test_a_resume_answered_with_the_wrong_range_fails_the_fill(
     answer: Callable[[int], Answer],
 ) -> None:
     half = len(DATA) // 2
-    run = start(FakeFeed(whole(DATA, upto=half), answer(half)))
+    # Every resume (the budget's worth) is answered with the wrong range: no wrong
+    # byte lands, and the fill fails.
+    run = start(FakeFeed(whole(DATA, upto=half), *(answer(half) for _ in range(4))))
     await run.task
-    assert isinstance(run.fill.error, UpstreamBadContent)
+    assert isinstance(run.fill.error, RegistryError)
     assert not store.exists(run.fill.digest)
     assert temp_files(store) == []
 
@@ -326,3 +340,38 @@ async def test_a_range_being_filled_ends_only_after_the_whole_blob_is_verified(
     await answer.content.queue.put(EOF)
     await reader
     assert sink.data == DATA[:100]
+
+
+async def test_a_peer_reader_gets_a_range_as_it_lands_nothing_held_back(start: Start) -> None:
+    """A peer verifies the whole blob itself: its range ends as soon as it is on disk."""
+    answer = live(len(DATA))
+    run = start(FakeFeed(answer))
+    await run.fill.started()
+    sink = MemorySink()
+    assert answer.content.queue is not None
+    await answer.content.queue.put(DATA[:5000])
+    async with asyncio.timeout(5):
+        await FillBody(run.fill, started=False, hold=False).send(sink, 0, 99)
+        assert sink.data == DATA[:100]
+        # The whole blob but the end of the body: every byte, the last one too.
+        await answer.content.queue.put(DATA[5000:])
+        whole_blob = MemorySink()
+        await FillBody(run.fill, started=False, hold=False).send(whole_blob, 0, len(DATA) - 1)
+        assert whole_blob.data == DATA and not run.fill.verified
+    await answer.content.queue.put(EOF)
+    await run.task
+
+
+async def test_a_fill_offers_what_is_on_disk_or_on_its_way(start: Start) -> None:
+    answer = live(len(DATA))
+    run = start(FakeFeed(answer))
+    assert not run.fill.offers(0)  # nothing answered yet
+    await run.fill.started()
+    # The one lane's answer came: all of the blob is on its way.
+    assert run.fill.offers(0) and run.fill.offers(len(DATA) - 1)
+    assert [(s.start, s.end) for s in run.fill.coming()] == [(0, len(DATA))]
+    assert answer.content.queue is not None
+    await answer.content.queue.put(DATA)
+    await answer.content.queue.put(EOF)
+    await run.task
+    assert run.fill.offers(123) and run.fill.coming() == []

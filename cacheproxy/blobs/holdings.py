@@ -1,0 +1,86 @@
+"""This node's side of the swarm: as a digest's owner, and as a holder.
+
+As the owner it keeps each digest's holders (``peers/holders.py``: the latest
+report of every node that has the blob or is filling it) and answers a report with
+the holders it names to that node, itself first with its own progress. The owner
+stays the only node that fetches the blob from outside the cluster: a report from a
+node still filling a blob the owner neither holds nor is bringing in makes it bring
+the blob in, through its chain for peers (the links rule first, then its own cache,
+its fill, the shared tier, the upstream).
+
+As a holder it serves a range of a blob it has complete, or is filling, as the
+bytes land (a peer verifies the whole blob itself), and only that: a range whose
+first byte is neither on disk nor on its way is refused at once, and no fetch ever
+starts for it. At most ``pieces.UPLOAD_SLOTS`` ranges go out at once; beyond that
+the answer is "busy" (``holders.Uploads``), so the asker turns to another holder
+and the fan-out of a blob becomes a tree rather than a star.
+"""
+
+from __future__ import annotations
+
+from ..errors import UpstreamUnavailable
+from ..peers.holders import Registry, Report, Uploads, listed, merge
+from ..store.files import BlobStore
+from .fill import FillState
+from .inflight import Fills
+from .service import BlobService
+from .source import Want
+
+
+class Holdings:
+    """The holder lists this node keeps as owner, and its own progress on a blob."""
+
+    def __init__(
+        self,
+        node: str,
+        fills: Fills,
+        store: BlobStore,
+        bring: BlobService,
+        registry: Registry | None = None,
+        uploads: Uploads | None = None,
+    ) -> None:
+        self.node = node
+        self._fills = fills
+        self._store = store
+        # The chain that answers peers: how the owner brings a blob in.
+        self._bring = bring
+        self.registry = registry or Registry()
+        self.uploads = uploads or Uploads()
+
+    def own(self, want: Want) -> tuple[int | None, Report] | None:
+        """This node's size and progress for ``want``; None when it has nothing."""
+        size = self._store.size(want.digest)
+        if size is not None:
+            return size, Report(self.node, ((0, size),))
+        fill = self._fills.running(want)
+        if fill is None or fill.state is FillState.FAILED:
+            return None
+        have = merge((s.start, s.end) for s in fill.extents.spans())
+        coming = merge((s.start, s.end) for s in fill.coming())
+        return fill.size, Report(self.node, have, coming)
+
+    def offers(self, want: Want, start: int) -> bool:
+        """Whether byte ``start`` of the blob is here or on its way."""
+        if self._store.exists(want.digest):
+            return True
+        fill = self._fills.running(want)
+        return fill is not None and fill.offers(start)
+
+    async def holding(
+        self, want: Want, report: Report, size: int | None
+    ) -> tuple[int | None, list[Report]]:
+        """Take ``report`` (its node's progress; ``size``: the blob's, if it knows it);
+        the blob's size and the holders named to that node, this node first."""
+        digest = str(want.digest)
+        self.registry.report(digest, report)
+        own = self.own(want)
+        if (own is None or own[0] is None) and not report.complete(size):
+            # A node is filling the blob: its owner brings it in (once per cluster), or
+            # waits for its own fill's first answer (the size).
+            async with self._bring.open(want) as body:
+                await body.size()
+            own = self.own(want)
+            if own is None:
+                raise UpstreamUnavailable("the blob is not coming in on its owner")
+        known, mine = own if own is not None else (size, Report(self.node))
+        return known, listed(self.registry.reports(digest), report.node, mine)

@@ -1,0 +1,415 @@
+"""The asker's side of the swarm: one blob's pieces from several peers at once.
+
+A node that needs a blob it does not own joins the blob's swarm (cluster mode with
+``peer_holders``): it tells the owner how far it got and learns the holders the
+owner names (``GET /_cacheproxy/peer/holding/<digest>``, signed both ways), then
+asks up to ``MAX_SOURCES`` of them at once for pieces (``GET .../pieces/<digest>``
+with a Range), as the swarm policy plans (``peers/pieces.py``: rarest first, one
+request per holder). A holder sends what it has or is receiving, never fetching
+anything for it. The node reports again every :data:`REFRESH` seconds while it
+fills (sooner when the plan runs dry) and once more when the blob is verified. The
+fill's lanes (``scheduler.py``) move the bytes; this module only decides.
+
+Failure and trust:
+
+- "busy" (a holder at its upload bound): that holder is left alone for
+  :data:`BUSY_PAUSE` seconds and others are asked; it is not a failure.
+- a piece that fails (the holder is gone, its body breaks, nothing arrives within
+  the peer read timeout, it no longer holds the blob, a wrong range): that holder
+  is left alone for the rest of the fill and what did not land is planned again,
+  from another holder or the owner.
+- the owner gone (its holder list cannot be had, or no byte lands within the peer
+  read timeout): holders still send what they have, and the rest comes from the
+  fill's own feed, as without a swarm: the owner, the next in rank, the upstream.
+- more than :data:`MAX_FAILURES` failed pieces: the swarm gives up; the feed alone.
+- wrong bytes: a piece cannot be checked on its own (an OCI blob has one digest,
+  no per-piece ones), and with several holders the one that sent the wrong bytes
+  is unknown. The rule: the fill fails as any fill does (nothing kept, readers
+  abort), every holder that sent some of it is left out of this node's swarms for
+  :data:`SUSPECT_SECONDS`, and this node's next fill of that digest comes from the
+  owner alone (the path without a swarm; a mismatch there blames the owner as it
+  always has). A wrong byte costs a refetch, never a wrong blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import aiohttp
+
+from ..accounting import Origin
+from ..errors import BlobUnknown, RegistryError, UpstreamUnavailable
+from ..peers import pieces
+from ..peers.cluster import Cluster
+from ..peers.holders import (
+    MAX_ANSWER,
+    Report,
+    Spans,
+    encode_spans,
+    holder_of,
+    merge,
+    read_answer,
+    whole_pieces,
+)
+from ..ranges import range_header
+from .segments import Span
+from .source import Feed, Progress, Want
+
+log = logging.getLogger(__name__)
+
+#: Seconds between reports to the owner while filling.
+REFRESH = 0.25
+#: Seconds at least between two reports (the plan running dry asks for one sooner).
+EAGER = 0.05
+#: Seconds a holder that answered "busy" is not asked.
+BUSY_PAUSE = 0.05
+#: Seconds a holder that did not have what it reported is not asked.
+NOT_HELD_PAUSE = 0.5
+#: Seconds a holder whose piece failed is not asked again by this fill.
+FAILED_PAUSE = 60.0
+#: Failed pieces one fill tolerates before it leaves the swarm.
+MAX_FAILURES = 16
+#: Seconds the holders of a blob that failed verification are left out.
+SUSPECT_SECONDS = 300.0
+#: Seconds a digest that failed verification here comes from its owner alone.
+OWNER_ONLY_SECONDS = 300.0
+#: Nodes and digests remembered for the two rules above, at most.
+MAX_REMEMBERED = 1024
+
+# What a failed holder list looks like.
+REPORT_ERRORS = (RegistryError, aiohttp.ClientError, TimeoutError, OSError, ValueError)
+
+
+class Busy(Exception):
+    """A holder is at its upload bound: ask another (429, RFC 6585)."""
+
+
+class NotHeld(Exception):
+    """A holder no longer has the range (404) or cannot serve it (416)."""
+
+
+class HolderFeed:
+    """A blob's bytes from one holder, which serves only what it holds."""
+
+    origin: Origin = "peer"
+    lanes = 1
+
+    def __init__(self, cluster: Cluster, node: str, want: Want) -> None:
+        self.node = node
+        self._cluster = cluster
+        self._path = f"/pieces/{want.digest}"
+        self._query = {"upstream": want.upstream.name, "repo": want.repo}
+
+    async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
+        wanted = range_header(start, end)
+        headers = {"Range": wanted} if wanted else {}
+        self._cluster.stats.piece_requests += 1
+        resp = await self._cluster.get(self.node, self._path, self._query, headers)
+        if resp.status in (200, 206):
+            return resp
+        status = resp.status
+        resp.release()
+        if status == 429:
+            raise Busy(self.node)
+        if status in (404, 416):
+            raise NotHeld(f"{self.node} answered {status}")
+        raise UpstreamUnavailable(f"holder {self.node} answered {status}")
+
+    def blame(self) -> None:
+        # A piece is not verified on its own: the swarm's rule decides (Swarm.blame).
+        return None
+
+
+class _Expiring:
+    """Keys remembered for a while; bounded."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._until[key] = self._clock() + self._ttl
+            self._until.move_to_end(key)
+        while len(self._until) > MAX_REMEMBERED:
+            self._until.popitem(last=False)
+
+    def current(self) -> frozenset[str]:
+        now = self._clock()
+        for key in [k for k, t in self._until.items() if t <= now]:
+            del self._until[key]
+        return frozenset(self._until)
+
+
+class SwarmNode:
+    """What this node's swarms share: the holders left out after a blob failed
+    verification, and the digests that come from their owner alone for a while."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        piece_size: int = pieces.PIECE_SIZE,
+        max_sources: int = pieces.MAX_SOURCES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cluster = cluster
+        self.piece_size = piece_size
+        self.max_sources = max_sources
+        self.clock = clock
+        self.suspects = _Expiring(SUSPECT_SECONDS, clock)
+        self.owner_only = _Expiring(OWNER_ONLY_SECONDS, clock)
+
+    def swarm(self, want: Want, owner: str) -> Swarm | None:
+        """A swarm for one fill of ``want`` owned by ``owner``; None: the owner alone."""
+        if str(want.digest) in self.owner_only.current():
+            return None
+        return Swarm(self, want, owner)
+
+
+class Swarm:
+    """One fill's swarm: the holders the owner names, and the pieces asked of them."""
+
+    def __init__(self, node: SwarmNode, want: Want, owner: str) -> None:
+        self._node = node
+        self._cluster = node.cluster
+        self._want = want
+        self._owner = owner
+        self._digest = str(want.digest)
+        self._clock = node.clock
+        self.live = True
+        self.sole = True
+        self._progress: Progress | None = None
+        self._size: int | None = None
+        self._reports: list[Report] = []
+        self._holders: tuple[pieces.Holder, ...] | None = None
+        self._feeds: dict[str, HolderFeed] = {}
+        self._asked: dict[str, pieces.Request] = {}
+        self._avoid: dict[str, float] = {}
+        self._sent: set[str] = set()
+        self._failures = 0
+        self._landed = 0
+        self._landed_at = self._clock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- joining and reporting --------------------------------------------------------
+
+    async def start(self, progress: Progress) -> int | None:
+        self._progress = progress
+        try:
+            size = await self._report()
+        except REPORT_ERRORS as exc:
+            log.info("no swarm for %s (owner %s): %s", self._digest, self._owner, _why(exc))
+            size = None
+        if size is None:
+            self.live = self.sole = False
+            return None
+        self._landed_at = self._clock()
+        self._task = asyncio.create_task(self._refresh(), name=f"swarm {self._digest}")
+        return size
+
+    async def _report(self) -> int | None:
+        """Tell the owner how far this fill got; take the holders it names."""
+        assert self._progress is not None
+        query = {
+            "upstream": self._want.upstream.name,
+            "repo": self._want.repo,
+            "node": self._cluster.self_url,
+            "have": encode_spans((s.start, s.end) for s in self._progress.have()),
+            "coming": encode_spans((s.start, s.end) for s in self._progress.coming()),
+        }
+        if self._size is not None:
+            query["size"] = str(self._size)
+        self._cluster.stats.holder_lists += 1
+        resp = await self._cluster.get(self._owner, f"/holding/{self._digest}", query, {})
+        try:
+            if resp.status == 404:
+                raise BlobUnknown(f"the owner answered 404 for {self._digest}")
+            if resp.status != 200:
+                raise UpstreamUnavailable(f"the owner answered {resp.status}")
+            body = await resp.content.read(MAX_ANSWER + 1)
+            digest = hashlib.sha256(body).hexdigest()
+            # Not addressed by a digest: trusted only with the owner's signature.
+            if not self._cluster.signed_answer(resp, [self._digest, digest]):
+                raise UpstreamUnavailable("a holder list without the owner's signature")
+            size, reports = read_answer(body)
+        finally:
+            resp.release()
+        self._reports = reports
+        self._holders = None
+        self._size = size
+        return size
+
+    async def _refresh(self) -> None:
+        while self.sole:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REFRESH):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._report()
+            except REPORT_ERRORS as exc:
+                self._lose_owner(f"its holder list failed: {_why(exc)}")
+                return
+            await asyncio.sleep(EAGER)
+
+    async def finish(self) -> None:
+        if not self.sole:
+            return
+        try:
+            async with asyncio.timeout(self._cluster.read_timeout):
+                await self._report()
+        except REPORT_ERRORS as exc:
+            log.info("telling %s that %s is here failed: %s", self._owner, self._digest, exc)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- planning ---------------------------------------------------------------------
+
+    def plan(self, size: int) -> list[tuple[Feed, Span]]:
+        if not self.live or self._progress is None:
+            return []
+        now = self._clock()
+        have = merge((s.start, s.end) for s in self._progress.have())
+        taken = merge((*have, *((s.start, s.end) for s in self._progress.asked())))
+        self._watch(sum(e - s for s, e in have), now)
+        if not self.live:
+            return []
+        node = self._node
+        avoid = {n for n, until in self._avoid.items() if until > now}
+        asking = pieces.Asking(
+            me=self._cluster.self_url,
+            size=size,
+            holders=self._current(size),
+            have=whole_pieces(taken, size, node.piece_size),
+            in_flight=tuple(self._asked.values()),
+            avoid=frozenset(avoid) | node.suspects.current(),
+            max_sources=node.max_sources,
+            piece_size=node.piece_size,
+        )
+        out: list[tuple[Feed, Span]] = []
+        for request in pieces.plan(asking):
+            start, end = _first_gap(taken, request.start, request.end)
+            if start >= end:
+                continue
+            self._asked[request.node] = pieces.Request(request.node, request.piece, start, end)
+            out.append((self._feed(request.node), Span(start, end)))
+        if not out and len(self._asked) < node.max_sources:
+            self._wake.set()  # nothing to ask: hear from the owner sooner
+        return out
+
+    def _current(self, size: int) -> tuple[pieces.Holder, ...]:
+        """The holders as the plan sees them: healthy members only; once the owner is
+        gone, only what each has (what was coming may have been coming from it)."""
+        if self._holders is None:
+            piece = self._node.piece_size
+            self._holders = tuple(
+                holder_of(r.node, r.have, r.coming if self.sole else (), size, piece)
+                for r in self._reports
+                if self.sole or r.node != self._owner
+            )
+        healthy = set(self._cluster.membership.peers())
+        return tuple(h for h in self._holders if h.node in healthy)
+
+    def _feed(self, node: str) -> HolderFeed:
+        feed = self._feeds.get(node)
+        if feed is None:
+            feed = self._feeds[node] = HolderFeed(self._cluster, node, self._want)
+        return feed
+
+    def _watch(self, landed: int, now: float) -> None:
+        """No byte landing within the peer read timeout: the owner is taken for gone."""
+        if landed > self._landed:
+            self._landed, self._landed_at = landed, now
+        elif self.sole and now - self._landed_at > self._cluster.read_timeout:
+            self._lose_owner("no byte landed within the peer read timeout")
+
+    # --- outcomes ---------------------------------------------------------------------
+
+    def ended(self, feed: Feed, error: BaseException | None) -> bool:
+        if not isinstance(feed, HolderFeed) or self._feeds.get(feed.node) is not feed:
+            return False
+        node = feed.node
+        self._asked.pop(node, None)
+        if error is None:
+            self._sent.add(node)
+            return True
+        if isinstance(error, Busy):
+            self._cluster.stats.busy += 1
+            self._avoid[node] = self._clock() + BUSY_PAUSE
+            return True
+        if isinstance(error, NotHeld):
+            # What it reported coming did not come after all (its own lane was refused):
+            # a fresher report will say what it has.
+            self._avoid[node] = self._clock() + NOT_HELD_PAUSE
+            self._wake.set()
+            return True
+        self._sent.add(node)  # some of its bytes may have landed
+        self._cluster.stats.piece_failures += 1
+        self._failures += 1
+        self._avoid[node] = self._clock() + FAILED_PAUSE
+        log.info("a piece of %s from %s failed: %s", self._digest, node, _why(error))
+        if node == self._owner and node not in self._cluster.membership.peers():
+            self._lose_owner("it is unreachable")
+        if self._failures > MAX_FAILURES:
+            self._give_up(f"{self._failures} pieces failed")
+        self._wake.set()
+        return True
+
+    def blame(self) -> bool:
+        if not self._sent:
+            return False
+        self._cluster.stats.swarm_mismatches += 1
+        log.warning(
+            "%s from %s failed verification: they sit out, the owner sends it next",
+            self._digest,
+            ", ".join(sorted(self._sent)),
+        )
+        self._node.suspects.add(self._sent - {self._owner})
+        self._node.owner_only.add([self._digest])
+        return True
+
+    def _lose_owner(self, why: str) -> None:
+        if not self.sole:
+            return
+        self.sole = False
+        self._holders = None
+        self._cluster.stats.swarm_fallbacks += 1
+        log.info("owner %s of %s: %s; the rest from the feed", self._owner, self._digest, why)
+        self._wake.set()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    def _give_up(self, why: str) -> None:
+        self._lose_owner(why)
+        self.live = False
+
+
+def _first_gap(taken: Spans, start: int, end: int) -> tuple[int, int]:
+    """The first bytes of ``start..end`` (exclusive) that ``taken`` lacks."""
+    pos = start
+    for first, stop in taken:
+        if stop <= pos:
+            continue
+        if first > pos:
+            return pos, min(first, end)
+        pos = stop
+        if pos >= end:
+            break
+    return pos, end
+
+
+def _why(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, RegistryError) else (str(exc) or type(exc).__name__)

@@ -1,0 +1,235 @@
+"""The holders of a blob as its owner knows them, and how they are told. Pure.
+
+A node filling a blob, or done with it, tells the digest's owner how far it got:
+the byte spans it has on disk and the spans on their way to it (being received
+now, so it can serve them by tailing its file). The owner keeps the latest report
+of each holder (:class:`Registry`: bounded in digests and in holders per digest,
+entries expire) and answers each report with the holders it names to that asker
+(``pieces.listed``). On the wire a list of spans is ``start-end,start-end`` (bytes,
+end exclusive), at most :data:`MAX_SPANS` of them: a holder that has more says
+less than it has, which costs at most a request to someone else. The asker turns
+each report into the pieces of its own plan (:func:`holder_of`).
+
+Also here: :class:`Uploads`, the bound on how many peers a node uploads to at once
+(``pieces.admit``), whose refusal is the "busy" answer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from . import pieces
+
+#: Spans a report carries at most, for what a node has and for what is coming.
+MAX_SPANS = 32
+#: Digests an owner keeps holder lists for (least recently reported go first).
+MAX_DIGESTS = 4096
+#: Holders kept per digest (least recently reported go first).
+MAX_HOLDERS = 64
+#: Seconds a report stays on the list without a newer one from the same node.
+REPORT_TTL = 120.0
+#: Bytes of a holder list answer at most (the asker reads no more).
+MAX_ANSWER = 64 * 1024
+#: A range this small is always admitted: it takes milliseconds, and a refusal
+#: would cost the asker a round trip more than the range itself.
+SMALL_RANGE = 1 << 20
+
+Spans = tuple[tuple[int, int], ...]
+
+
+def merge(spans: Iterable[tuple[int, int]]) -> Spans:
+    """The sorted union of ``spans`` (touching spans joined; empty ones dropped)."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(s for s in spans if s[1] > s[0]):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return tuple(out)
+
+
+def encode_spans(spans: Iterable[tuple[int, int]], limit: int = MAX_SPANS) -> str:
+    """``start-end,...`` of the first ``limit`` spans of the union of ``spans``."""
+    return ",".join(f"{s}-{e}" for s, e in merge(spans)[:limit])
+
+
+def parse_spans(text: str, size: int | None = None, limit: int = MAX_SPANS) -> Spans:
+    """The spans of ``text`` (see :func:`encode_spans`); ValueError when malformed,
+    more than ``limit``, or past ``size``."""
+    if not text:
+        return ()
+    items = text.split(",")
+    if len(items) > limit:
+        raise ValueError("too many spans")
+    spans = []
+    for item in items:
+        start, sep, end = item.partition("-")
+        if not sep or not start.isdigit() or not end.isdigit() or len(start) + len(end) > 40:
+            raise ValueError(f"not a span: {item[:40]!r}")
+        first, stop = int(start), int(end)
+        if stop <= first or (size is not None and stop > size):
+            raise ValueError(f"not a span of the blob: {item[:40]!r}")
+        spans.append((first, stop))
+    return merge(spans)
+
+
+def covers(spans: Spans, start: int, end: int) -> bool:
+    """Whether the merged ``spans`` hold every byte of ``start..end`` (exclusive)."""
+    i = bisect.bisect_right([s for s, _ in spans], start) - 1
+    return i >= 0 and end <= spans[i][1]
+
+
+def whole_pieces(spans: Spans, size: int, piece_size: int) -> frozenset[int]:
+    """The pieces every byte of which is in the merged ``spans``."""
+    out: set[int] = set()
+    for start, end in spans:
+        first = -(-start // piece_size)
+        # A short last piece counts when the span reaches the end of the blob.
+        stop = pieces.piece_count(size, piece_size) if end >= size else end // piece_size
+        out.update(range(first, stop))
+    return frozenset(out)
+
+
+def holder_of(node: str, have: Spans, coming: Spans, size: int, piece_size: int) -> pieces.Holder:
+    """A report as the plan sees it: the pieces it has, and those it will have once
+    what is coming lands (the rest of a piece it has partly on disk included)."""
+    has = whole_pieces(have, size, piece_size)
+    will = whole_pieces(merge((*have, *coming)), size, piece_size)
+    return pieces.Holder(node, has, will - has)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One holder's progress on one blob."""
+
+    node: str
+    have: Spans = ()
+    coming: Spans = ()
+
+    def complete(self, size: int | None) -> bool:
+        return size is not None and covers(self.have, 0, size)
+
+
+class Registry:
+    """The owner's holders per digest: bounded in both directions, entries expire."""
+
+    def __init__(
+        self,
+        digests: int = MAX_DIGESTS,
+        per_digest: int = MAX_HOLDERS,
+        ttl: float = REPORT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._digests = digests
+        self._per_digest = per_digest
+        self._ttl = ttl
+        self._clock = clock
+        self._lists: OrderedDict[str, OrderedDict[str, tuple[float, Report]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+    def report(self, digest: str, report: Report) -> None:
+        """Keep ``report`` as its node's latest for ``digest``."""
+        holders = self._lists.get(digest)
+        if holders is None:
+            holders = self._lists[digest] = OrderedDict()
+        self._lists.move_to_end(digest)
+        holders[report.node] = (self._clock(), report)
+        holders.move_to_end(report.node)
+        while len(holders) > self._per_digest:
+            holders.popitem(last=False)
+        while len(self._lists) > self._digests:
+            self._lists.popitem(last=False)
+
+    def forget(self, digest: str, node: str) -> None:
+        holders = self._lists.get(digest)
+        if holders is not None:
+            holders.pop(node, None)
+            if not holders:
+                del self._lists[digest]
+
+    def reports(self, digest: str) -> list[Report]:
+        """The live reports for ``digest``, the most recent first."""
+        holders = self._lists.get(digest)
+        if holders is None:
+            return []
+        now = self._clock()
+        for node in [n for n, (at, _) in holders.items() if now - at > self._ttl]:
+            del holders[node]
+        if not holders:
+            del self._lists[digest]
+            return []
+        return [report for _, report in reversed(holders.values())]
+
+
+def listed(
+    reports: Sequence[Report], asker: str, owner: Report, limit: int = pieces.HOLDERS_LISTED
+) -> list[Report]:
+    """What the owner names to ``asker``: itself first, then a per-asker sample."""
+    by_node = {r.node: r for r in reports if r.node != owner.node}
+    by_node[owner.node] = owner
+    chosen = pieces.listed((pieces.Holder(n) for n in by_node), asker, owner.node, limit)
+    return [by_node[h.node] for h in chosen]
+
+
+def encode_answer(size: int | None, reports: Sequence[Report]) -> bytes:
+    """The owner's answer to a report: the blob's size and the holders it names."""
+    holders = [
+        {"node": r.node, "have": encode_spans(r.have), "coming": encode_spans(r.coming)}
+        for r in reports
+    ]
+    return json.dumps({"size": size, "holders": holders}, separators=(",", ":")).encode()
+
+
+def read_answer(body: bytes) -> tuple[int | None, list[Report]]:
+    """The size and reports of an owner's answer; ValueError when malformed."""
+    if len(body) > MAX_ANSWER:
+        raise ValueError("holder list too long")
+    doc = json.loads(body)
+    size = doc.get("size") if isinstance(doc, dict) else None
+    holders = doc.get("holders") if isinstance(doc, dict) else None
+    if (size is not None and (not isinstance(size, int) or size < 0)) or not isinstance(
+        holders, list
+    ):
+        raise ValueError("not a holder list")
+    out = []
+    for item in holders[: pieces.HOLDERS_LISTED * 2]:
+        node, have, coming = item.get("node"), item.get("have", ""), item.get("coming", "")
+        if not isinstance(node, str) or not isinstance(have, str) or not isinstance(coming, str):
+            raise ValueError("not a holder")
+        out.append(Report(node, parse_spans(have, size), parse_spans(coming, size)))
+    return size, out
+
+
+class Uploads:
+    """Ranges this node is sending to peers now, bounded by ``pieces.admit``."""
+
+    def __init__(self, slots: int | None = pieces.UPLOAD_SLOTS) -> None:
+        self.slots = slots
+        self.serving = 0
+        #: Ranges refused with "busy", and ranges admitted (for /metrics).
+        self.refused = 0
+        self.admitted = 0
+
+    def take(self, length: int) -> bool:
+        """Take a slot for a range of ``length`` bytes, or refuse (False). A small
+        range takes none (see :data:`SMALL_RANGE`)."""
+        if length <= SMALL_RANGE:
+            return True
+        if not pieces.admit(self.serving, self.slots):
+            self.refused += 1
+            return False
+        self.serving += 1
+        self.admitted += 1
+        return True
+
+    def give(self, length: int) -> None:
+        """The range of ``length`` bytes that :meth:`take` admitted has ended."""
+        if length > SMALL_RANGE:
+            self.serving -= 1
