@@ -38,7 +38,7 @@ from .blobs.redirect import Redirect
 from .blobs.service import BlobService
 from .blobs.shared import SharedSource
 from .blobs.source import BlobSource, Remote, Want
-from .blobs.swarm import SwarmNode
+from .blobs.swarming import SwarmNode
 from .blobs.upstream import UpstreamSource
 from .blobs.vouched import Vouched
 from .config import Config
@@ -245,7 +245,11 @@ async def open_runtime(
                 manifests(None, NullAccounting()),
             )
             pieces = BlobService(
-                pieces_chain(store, fills, links, cluster.read_timeout), usage, NullAccounting()
+                # A holder waits longer than its asker, which gives up first and asks
+                # elsewhere; the holder's wait only bounds how long a slot stays taken.
+                pieces_chain(store, fills, links, 2 * cluster.read_timeout),
+                usage,
+                NullAccounting(),
             )
             holdings = Holdings(cluster.self_url, fills, store, peers.blobs)
         runtime = Runtime(

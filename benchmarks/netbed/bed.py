@@ -6,7 +6,10 @@ the network is quiet (background fills counted too), read the counters, stop
 everything and wipe the caches. Systems:
 
 - ``alone``: one node, ``cacheproxy`` without peers (the baseline);
-- ``cluster``: ``cacheproxy`` on every node in cluster mode (static ``--peer`` list);
+- ``cluster``: ``cacheproxy`` on every node in cluster mode (static ``--peer`` list):
+  pieces from every node holding a blob (``peer_holders``, the default);
+- ``star``: the same with ``--no-peer-holders``: every node takes a blob from its
+  owner alone;
 - ``nopeers``: ``cacheproxy`` on every node, each on its own;
 - ``distribution``: ``docker-registry`` in proxy mode on every node;
 - ``direct``: nothing; every client pulls straight from the upstream.
@@ -15,12 +18,7 @@ everything and wipe the caches. Systems:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -33,6 +31,15 @@ from cacheproxy.peers.ring import ranked
 from tests.support.images import PushedImage, push_image
 from tests.support.registry import RegistryProcess
 
+from .children import (
+    busy_share,
+    cpu_seconds,
+    end_process,
+    machine_jiffies,
+    read_line,
+    read_result,
+    stderr_tail,
+)
 from .net import Counters, Network
 from .systems import (
     PORT,
@@ -44,10 +51,11 @@ from .systems import (
     wait_ready,
 )
 
-SYSTEMS = ("alone", "cluster", "nopeers", "distribution", "direct")
+SYSTEMS = ("alone", "cluster", "star", "nopeers", "distribution", "direct")
 LABELS = {
     "alone": "one node alone (cacheproxy)",
-    "cluster": "cacheproxy cluster mode",
+    "cluster": "cacheproxy cluster mode (holders)",
+    "star": "cacheproxy cluster mode, owner only",
     "nopeers": "cacheproxy, no peers",
     "distribution": "distribution proxy on each node",
     "direct": "straight from the upstream",
@@ -86,6 +94,10 @@ class Rollout:
     clients: list[dict[str, Any]]
     killed: int | None = None
     kill_at: float | None = None
+    #: CPU seconds (user + system) each node's server used during the rollout, and
+    #: the share of all the machine's CPUs that were busy (servers, clients, kernel).
+    cpu: list[float] = field(default_factory=list)
+    busy: float = 0.0
 
     @property
     def verified(self) -> int:
@@ -208,14 +220,20 @@ class Bed:
             ]
         members: list[str] = []
         secret: Path | None = None
-        if system == "cluster":
+        if system in ("cluster", "star"):
             members = [self.node_url(i) for i in range(n)]
             secret = run_dir / "secret"
             run_dir.mkdir(parents=True, exist_ok=True)
             secret.write_text(SECRET)
         return [
             cacheproxy_node(
-                f"cacheproxy-{i}", ep, run_dir / f"n{i}", self.upstream_url, members, secret
+                f"cacheproxy-{i}",
+                ep,
+                run_dir / f"n{i}",
+                self.upstream_url,
+                members,
+                secret,
+                holders=system != "star",
             )
             for i, ep in enumerate(eps)
         ]
@@ -251,23 +269,30 @@ class Bed:
         ]
         try:
             for proc in clients:
-                if _readline(proc, deadline).strip() != "ready":
-                    raise RuntimeError(f"client did not start: {_stderr(proc)}")
+                if read_line(proc, deadline).strip() != "ready":
+                    raise RuntimeError(f"client did not start: {stderr_tail(proc)}")
             before = self.net.all_counters()
+            cpu_before = [cpu_seconds(p.pid) for p in self.running]
+            machine_before = machine_jiffies()
             killer = _Killer(self, kill, victim) if kill is not None else None
             for proc in clients:
                 assert proc.stdin is not None
                 proc.stdin.write(b"go\n")
                 proc.stdin.close()
-            results = [_result(proc, deadline) for proc in clients]
+            results = [read_result(proc, deadline) for proc in clients]
+            machine_after = machine_jiffies()
             if killer is not None:
                 killer.stop()
             self._quiet(deadline)
             after = self.net.all_counters()
+            cpu = [cpu_seconds(p.pid) - b for p, b in zip(self.running, cpu_before, strict=True)]
         finally:
             for proc in clients:
-                _end(proc)
-        return self._measure(system, n, results, before, after, victim, killer)
+                end_process(proc)
+        rollout = self._measure(system, n, results, before, after, victim, killer)
+        rollout.cpu = cpu
+        rollout.busy = busy_share(machine_before, machine_after)
+        return rollout
 
     def _quiet(self, deadline: float) -> None:
         """Wait until no counter moves for ``QUIET`` seconds (at most ``QUIET_BUDGET``)."""
@@ -339,49 +364,3 @@ class _Killer:
     def stop(self) -> None:
         self._done.set()
         self._thread.join(timeout=5)
-
-
-def _readline(proc: subprocess.Popen[bytes], deadline: float) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-    if not ready:
-        raise TimeoutError("a client said nothing before the deadline")
-    return proc.stdout.readline().decode(errors="replace")
-
-
-def _result(proc: subprocess.Popen[bytes], deadline: float) -> dict[str, Any]:
-    try:
-        line = _readline(proc, deadline)
-    except TimeoutError:
-        return {"ok": False, "failures": ["no result before the deadline"]}
-    try:
-        parsed: dict[str, Any] = json.loads(line)
-    except json.JSONDecodeError:
-        return {"ok": False, "failures": [f"client said {line!r}: {_stderr(proc)}"]}
-    return parsed
-
-
-def _stderr(proc: subprocess.Popen[bytes]) -> str:
-    _stop(proc)
-    with contextlib.suppress(ValueError, OSError):
-        assert proc.stderr is not None
-        return proc.stderr.read().decode(errors="replace")[-2000:]
-    return ""
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a client we started, by its PID, and reap it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a client and close its pipes."""
-    _stop(proc)
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            with contextlib.suppress(OSError, ValueError):
-                pipe.close()

@@ -21,6 +21,8 @@ from typing import Any
 
 import aiohttp
 
+# Each result also carries ``blobs``: per digest, the monotonic clock of the request,
+# its first byte and its end.
 ACCEPT = ", ".join(
     [
         "application/vnd.oci.image.manifest.v1+json",
@@ -32,18 +34,24 @@ CHUNK = 1 << 20
 
 
 async def blob(
-    http: aiohttp.ClientSession, base: str, name: str, desc: dict[str, Any]
+    http: aiohttp.ClientSession, base: str, name: str, desc: dict[str, Any], times: list[float]
 ) -> tuple[int, str | None]:
+    """GET one blob, checking its size and sha256; ``times`` gets the monotonic clock
+    of its request, its first byte and its end."""
     digest, size = str(desc["digest"]), int(desc["size"])
     hasher = hashlib.sha256()
     got = 0
+    times.append(time.monotonic())
     try:
         async with http.get(f"{base}/v2/{name}/blobs/{digest}") as resp:
             if resp.status != 200:
                 return 0, f"{digest[:19]}: HTTP {resp.status}"
             async for chunk in resp.content.iter_chunked(CHUNK):
+                if not got:
+                    times.append(time.monotonic())
                 hasher.update(chunk)
                 got += len(chunk)
+        times.append(time.monotonic())
     except (aiohttp.ClientError, TimeoutError) as exc:
         return got, f"{digest[:19]}: {type(exc).__name__}: {exc}"
     if got != size:
@@ -56,6 +64,7 @@ async def blob(
 async def pull(base: str, name: str, tag: str, digest: str, budget: float) -> dict[str, Any]:
     failures: list[str] = []
     total = 0
+    blobs: dict[str, list[float]] = {}
     timeout = aiohttp.ClientTimeout(total=budget, sock_connect=10, sock_read=60)
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as http:
         async with http.get(f"{base}/v2/{name}/manifests/{tag}", headers={"Accept": ACCEPT}) as r:
@@ -70,13 +79,14 @@ async def pull(base: str, name: str, tag: str, digest: str, budget: float) -> di
         async def one(desc: dict[str, Any]) -> None:
             nonlocal total
             async with gate:
-                got, err = await blob(http, base, name, desc)
+                times = blobs.setdefault(str(desc["digest"]), [])
+                got, err = await blob(http, base, name, desc, times)
             total += got
             if err is not None:
                 failures.append(err)
 
         await asyncio.gather(*(one(d) for d in [doc["config"], *doc["layers"]]))
-    return {"failures": failures, "bytes": total + len(body)}
+    return {"failures": failures, "bytes": total + len(body), "blobs": blobs}
 
 
 def main(argv: list[str]) -> int:

@@ -31,8 +31,9 @@ def table(rollouts: Sequence[Rollout], image_size: int) -> str:
     base = statistics.median(alone) if alone else None
     lines = [
         "| system | nodes | rollout wall s | vs one node alone | upstream bytes / image "
-        "| busiest node upload / image | clients verified |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| busiest node upload / image | clients verified | busiest node CPU s "
+        "| machine's CPUs busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (system, n), rows in grouped.items():
         walls = [r.wall for r in rows]
@@ -41,9 +42,12 @@ def table(rollouts: Sequence[Rollout], image_size: int) -> str:
         busiest = [max(r.uploads) / image_size for r in rows]
         verified = sum(r.verified for r in rows)
         total = sum(len(r.clients) for r in rows)
+        cpu = [max(r.cpu) for r in rows if r.cpu]
+        busy = [r.busy * 100 for r in rows]
         lines.append(
             f"| {LABELS[system]} | {n} | {_span(walls, 1)} | {ratio} | {_span(upstream, 2)} "
-            f"| {_span(busiest, 2)} | {verified} / {total} |"
+            f"| {_span(busiest, 2)} | {verified} / {total} "
+            f"| {_span(cpu, 1) if cpu else '-'} | {_span(busy, 0)}% |"
         )
     return "\n".join(lines) + "\n"
 

@@ -160,8 +160,10 @@ def cacheproxy_node(
     upstream: str,
     members: Sequence[str] = (),
     secret_file: Path | None = None,
+    holders: bool = True,
 ) -> NsProcess:
-    """``cacheproxy serve`` in ``ep``: in cluster mode when ``members`` are given."""
+    """``cacheproxy serve`` in ``ep``: in cluster mode when ``members`` are given
+    (``holders`` False: each blob from its owner alone, ``--no-peer-holders``)."""
     url = f"http://{ep.address}:{PORT}"
     argv = [sys.executable, "-m", "cacheproxy", "serve", "--upstream", upstream]
     argv += ["--cache-dir", str(workdir / "cache"), "--listen", f"{ep.address}:{PORT}"]
@@ -171,4 +173,6 @@ def cacheproxy_node(
         argv += ["--self", url, "--peer-secret-file", str(secret_file)]
         for member in members:
             argv += ["--peer", member]
+        if not holders:
+            argv.append("--no-peer-holders")
     return NsProcess(label, ep, argv, workdir / "cacheproxy.log")

@@ -19,6 +19,9 @@ from ..errors import UpstreamUnavailable
 from .fill import SEND_BATCH, Fill
 from .source import Sink
 
+# What a peer reader (no byte held back) wakes for at least, after its first byte.
+PEER_BATCH = 256 * 1024
+
 
 class FillBody:
     """A blob as its fill lands: readers tail the temp file up to what is verified
@@ -67,7 +70,9 @@ class FillBody:
                         limit = await fill.readable(pos, want, self._hold)
                 except TimeoutError:
                     raise UpstreamUnavailable("the range is not arriving here") from None
-                batch = SEND_BATCH
+                # A peer may be tailing a fill that lands slowly: it is sent smaller
+                # batches, so its bytes keep coming within its read timeout.
+                batch = SEND_BATCH if self._hold else PEER_BATCH
                 if limit <= pos:
                     break
                 stop = limit if end is None else min(limit, end + 1)

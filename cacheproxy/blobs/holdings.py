@@ -18,13 +18,21 @@ and the fan-out of a blob becomes a tree rather than a star.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+
 from ..errors import UpstreamUnavailable
-from ..peers.holders import Registry, Report, Uploads, listed, merge
+from ..peers.holders import COMING_AHEAD, Registry, Report, Uploads, ahead, listed, merge
 from ..store.files import BlobStore
-from .fill import FillState
+from .fill import Fill, FillState
 from .inflight import Fills
 from .service import BlobService
 from .source import Want
+
+#: Seconds this node's own progress on a blob is reused for the answers it gives,
+#: and the blobs it is kept for at most.
+OWN_FOR = 0.05
+OWN_CACHED = 256
 
 
 class Holdings:
@@ -46,6 +54,8 @@ class Holdings:
         self._bring = bring
         self.registry = registry or Registry()
         self.uploads = uploads or Uploads()
+        # This node's own report per digest, for a moment (many askers ask at once).
+        self._own: OrderedDict[str, tuple[Fill, float, Report]] = OrderedDict()
 
     def own(self, want: Want) -> tuple[int | None, Report] | None:
         """This node's size and progress for ``want``; None when it has nothing."""
@@ -55,9 +65,20 @@ class Holdings:
         fill = self._fills.running(want)
         if fill is None or fill.state is FillState.FAILED:
             return None
+        key = str(want.digest)
+        now = time.monotonic()
+        cached = self._own.get(key)
+        if cached is not None and cached[0] is fill and now - cached[1] < OWN_FOR:
+            return fill.size, cached[2]
         have = merge((s.start, s.end) for s in fill.extents.spans())
-        coming = merge((s.start, s.end) for s in fill.coming())
-        return fill.size, Report(self.node, have, coming)
+        coming = ahead(((s.start, s.end) for s in fill.coming()), COMING_AHEAD)
+        report = Report(self.node, have, coming)
+        report = Report(self.node, have, coming, report.texts())
+        self._own[key] = (fill, now, report)
+        self._own.move_to_end(key)
+        while len(self._own) > OWN_CACHED:
+            self._own.popitem(last=False)
+        return fill.size, report
 
     def offers(self, want: Want, start: int) -> bool:
         """Whether byte ``start`` of the blob is here or on its way."""

@@ -18,9 +18,11 @@ from ..accounting import Origin
 from ..errors import UpstreamUnavailable
 from ..peers.cluster import Cluster
 from ..ranges import range_header
+from . import source
 from .relay import RelayBody
-from .source import Body, Feed, Remote, Swarm, Want
-from .swarm import SwarmNode
+from .source import Body, Feed, Remote, Want
+from .swarm import Swarm
+from .swarming import SwarmNode
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class PeerFeed:
         candidates: list[str],
         fallback: Feed,
         want: Want,
-        swarm: Swarm | None = None,
+        swarm: source.Swarm | None = None,
     ) -> None:
         self.swarm = swarm
         self._cluster = cluster
@@ -115,7 +117,9 @@ class PeerSource:
         candidates = self._cluster.candidates(str(want.digest))
         if not candidates:
             return fallback
-        swarm = self._swarms.swarm(want, candidates[0]) if self._swarms is not None else None
+        swarm = None
+        if self._swarms is not None and not self._swarms.alone(want):
+            swarm = Swarm(self._swarms, want, candidates[0])
         return PeerFeed(self._cluster, candidates, fallback, want, swarm)
 
     async def open(self, want: Want, first: int = 0) -> Body:

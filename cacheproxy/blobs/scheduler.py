@@ -303,7 +303,15 @@ class Lanes:
             resp.release()
 
     async def _copy(self, lane: Lane, resp: aiohttp.ClientResponse, skip: int) -> None:
-        body = BodyReader(resp.content)
+        body = BodyReader(resp)
+        try:
+            await self._land(lane, resp, body, skip)
+        finally:
+            body.close()
+
+    async def _land(
+        self, lane: Lane, resp: aiohttp.ClientResponse, body: BodyReader, skip: int
+    ) -> None:
         origin = self._feeds[lane.feed].origin
         while lane.end is None or lane.pos < lane.end:
             parts = await body.next()

@@ -37,29 +37,26 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
 
 import aiohttp
 
-from ..accounting import Origin
 from ..errors import BlobUnknown, RegistryError, UpstreamUnavailable
 from ..peers import pieces
-from ..peers.cluster import Cluster
 from ..peers.holders import (
+    COMING_AHEAD,
     MAX_ANSWER,
     Report,
     Spans,
+    ahead,
     encode_spans,
     holder_of,
     merge,
     read_answer,
     whole_pieces,
 )
-from ..ranges import range_header
 from .segments import Span
 from .source import Feed, Progress, Want
+from .swarming import Busy, HolderFeed, NotHeld, SwarmNode
 
 log = logging.getLogger(__name__)
 
@@ -67,110 +64,15 @@ log = logging.getLogger(__name__)
 REFRESH = 0.25
 #: Seconds at least between two reports (the plan running dry asks for one sooner).
 EAGER = 0.05
-#: Seconds a holder that answered "busy" is not asked.
-BUSY_PAUSE = 0.05
 #: Seconds a holder that did not have what it reported is not asked.
 NOT_HELD_PAUSE = 0.5
 #: Seconds a holder whose piece failed is not asked again by this fill.
 FAILED_PAUSE = 60.0
 #: Failed pieces one fill tolerates before it leaves the swarm.
 MAX_FAILURES = 16
-#: Seconds the holders of a blob that failed verification are left out.
-SUSPECT_SECONDS = 300.0
-#: Seconds a digest that failed verification here comes from its owner alone.
-OWNER_ONLY_SECONDS = 300.0
-#: Nodes and digests remembered for the two rules above, at most.
-MAX_REMEMBERED = 1024
 
 # What a failed holder list looks like.
 REPORT_ERRORS = (RegistryError, aiohttp.ClientError, TimeoutError, OSError, ValueError)
-
-
-class Busy(Exception):
-    """A holder is at its upload bound: ask another (429, RFC 6585)."""
-
-
-class NotHeld(Exception):
-    """A holder no longer has the range (404) or cannot serve it (416)."""
-
-
-class HolderFeed:
-    """A blob's bytes from one holder, which serves only what it holds."""
-
-    origin: Origin = "peer"
-    lanes = 1
-
-    def __init__(self, cluster: Cluster, node: str, want: Want) -> None:
-        self.node = node
-        self._cluster = cluster
-        self._path = f"/pieces/{want.digest}"
-        self._query = {"upstream": want.upstream.name, "repo": want.repo}
-
-    async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
-        wanted = range_header(start, end)
-        headers = {"Range": wanted} if wanted else {}
-        self._cluster.stats.piece_requests += 1
-        resp = await self._cluster.get(self.node, self._path, self._query, headers)
-        if resp.status in (200, 206):
-            return resp
-        status = resp.status
-        resp.release()
-        if status == 429:
-            raise Busy(self.node)
-        if status in (404, 416):
-            raise NotHeld(f"{self.node} answered {status}")
-        raise UpstreamUnavailable(f"holder {self.node} answered {status}")
-
-    def blame(self) -> None:
-        # A piece is not verified on its own: the swarm's rule decides (Swarm.blame).
-        return None
-
-
-class _Expiring:
-    """Keys remembered for a while; bounded."""
-
-    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
-        self._ttl = ttl
-        self._clock = clock
-        self._until: OrderedDict[str, float] = OrderedDict()
-
-    def add(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._until[key] = self._clock() + self._ttl
-            self._until.move_to_end(key)
-        while len(self._until) > MAX_REMEMBERED:
-            self._until.popitem(last=False)
-
-    def current(self) -> frozenset[str]:
-        now = self._clock()
-        for key in [k for k, t in self._until.items() if t <= now]:
-            del self._until[key]
-        return frozenset(self._until)
-
-
-class SwarmNode:
-    """What this node's swarms share: the holders left out after a blob failed
-    verification, and the digests that come from their owner alone for a while."""
-
-    def __init__(
-        self,
-        cluster: Cluster,
-        piece_size: int = pieces.PIECE_SIZE,
-        max_sources: int = pieces.MAX_SOURCES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.cluster = cluster
-        self.piece_size = piece_size
-        self.max_sources = max_sources
-        self.clock = clock
-        self.suspects = _Expiring(SUSPECT_SECONDS, clock)
-        self.owner_only = _Expiring(OWNER_ONLY_SECONDS, clock)
-
-    def swarm(self, want: Want, owner: str) -> Swarm | None:
-        """A swarm for one fill of ``want`` owned by ``owner``; None: the owner alone."""
-        if str(want.digest) in self.owner_only.current():
-            return None
-        return Swarm(self, want, owner)
 
 
 class Swarm:
@@ -187,15 +89,23 @@ class Swarm:
         self.sole = True
         self._progress: Progress | None = None
         self._size: int | None = None
-        self._reports: list[Report] = []
+        self._reports: list[tuple[str, str, str]] = []
+        # Each holder's report as the plan sees it, by what it said (most say the
+        # same from one list to the next).
+        self._seen: dict[tuple[str, str, str, bool], pieces.Holder] = {}
         self._holders: tuple[pieces.Holder, ...] | None = None
         self._feeds: dict[str, HolderFeed] = {}
         self._asked: dict[str, pieces.Request] = {}
+        # Ranges asked of holders that were themselves still receiving them: not
+        # reported as coming (see _coming).
+        self._tails: dict[str, pieces.Request] = {}
         self._avoid: dict[str, float] = {}
         self._sent: set[str] = set()
         self._failures = 0
-        self._landed = 0
-        self._landed_at = self._clock()
+        # Whether the plan may differ from the last (a list came, a lane ended), and
+        # when a holder left alone may be asked again.
+        self._changed = True
+        self._retry_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -211,7 +121,6 @@ class Swarm:
         if size is None:
             self.live = self.sole = False
             return None
-        self._landed_at = self._clock()
         self._task = asyncio.create_task(self._refresh(), name=f"swarm {self._digest}")
         return size
 
@@ -223,7 +132,7 @@ class Swarm:
             "repo": self._want.repo,
             "node": self._cluster.self_url,
             "have": encode_spans((s.start, s.end) for s in self._progress.have()),
-            "coming": encode_spans((s.start, s.end) for s in self._progress.coming()),
+            "coming": encode_spans(self._coming()),
         }
         if self._size is not None:
             query["size"] = str(self._size)
@@ -234,7 +143,10 @@ class Swarm:
                 raise BlobUnknown(f"the owner answered 404 for {self._digest}")
             if resp.status != 200:
                 raise UpstreamUnavailable(f"the owner answered {resp.status}")
-            body = await resp.content.read(MAX_ANSWER + 1)
+            length = resp.content_length
+            if length is None or length > MAX_ANSWER:
+                raise UpstreamUnavailable("a holder list without a length, or too long")
+            body = await resp.content.readexactly(length)
             digest = hashlib.sha256(body).hexdigest()
             # Not addressed by a digest: trusted only with the owner's signature.
             if not self._cluster.signed_answer(resp, [self._digest, digest]):
@@ -245,7 +157,26 @@ class Swarm:
         self._reports = reports
         self._holders = None
         self._size = size
+        self._changed = True
         return size
+
+    def _coming(self) -> list[tuple[int, int]]:
+        """What is on its way here and may be offered: what comes from the owner, or
+        from a holder that had it whole. A range tailed from a holder still receiving
+        it is offered once it landed: so tails are at most two deep, and two nodes
+        never tail each other for the same bytes (a cycle would wait for nothing)."""
+        assert self._progress is not None
+        tails = list(self._tails.values())
+        return list(
+            ahead(
+                (
+                    (s.start, s.end)
+                    for s in self._progress.coming()
+                    if not any(t.start <= s.start < t.end for t in tails)
+                ),
+                COMING_AHEAD,
+            )
+        )
 
     async def _refresh(self) -> None:
         while self.sole:
@@ -281,14 +212,17 @@ class Swarm:
     def plan(self, size: int) -> list[tuple[Feed, Span]]:
         if not self.live or self._progress is None:
             return []
+        node = self._node
         now = self._clock()
+        # Nothing to decide: every source taken, or nothing changed since the last look.
+        if len(self._asked) >= node.max_sources or (not self._changed and now < self._retry_at):
+            return []
+        self._changed = False
         have = merge((s.start, s.end) for s in self._progress.have())
         taken = merge((*have, *((s.start, s.end) for s in self._progress.asked())))
-        self._watch(sum(e - s for s, e in have), now)
-        if not self.live:
-            return []
-        node = self._node
-        avoid = {n for n, until in self._avoid.items() if until > now}
+        pauses = {**self._avoid, **node.busy}
+        avoid = {n for n, until in pauses.items() if until > now}
+        self._retry_at = min((pauses[n] for n in avoid), default=float("inf"))
         asking = pieces.Asking(
             me=self._cluster.self_url,
             size=size,
@@ -300,11 +234,15 @@ class Swarm:
             piece_size=node.piece_size,
         )
         out: list[tuple[Feed, Span]] = []
+        whole = {h.node: h.have for h in asking.holders}
         for request in pieces.plan(asking):
             start, end = _first_gap(taken, request.start, request.end)
             if start >= end:
                 continue
-            self._asked[request.node] = pieces.Request(request.node, request.piece, start, end)
+            asked = pieces.Request(request.node, request.piece, start, end)
+            self._asked[request.node] = asked
+            if request.node != self._owner and request.piece not in whole[request.node]:
+                self._tails[request.node] = asked
             out.append((self._feed(request.node), Span(start, end)))
         if not out and len(self._asked) < node.max_sources:
             self._wake.set()  # nothing to ask: hear from the owner sooner
@@ -314,27 +252,36 @@ class Swarm:
         """The holders as the plan sees them: healthy members only; once the owner is
         gone, only what each has (what was coming may have been coming from it)."""
         if self._holders is None:
-            piece = self._node.piece_size
-            self._holders = tuple(
-                holder_of(r.node, r.have, r.coming if self.sole else (), size, piece)
-                for r in self._reports
-                if self.sole or r.node != self._owner
-            )
+            seen, self._seen = self._seen, {}
+            holders = []
+            for node, have, coming in self._reports:
+                if not self.sole and node == self._owner:
+                    continue
+                key = (node, have, coming, self.sole)
+                holder = seen.get(key)
+                if holder is None:
+                    holder = self._holder(node, have, coming, size)
+                if holder is not None:
+                    holders.append(holder)
+                    self._seen[key] = holder
+            self._holders = tuple(holders)
         healthy = set(self._cluster.membership.peers())
         return tuple(h for h in self._holders if h.node in healthy)
+
+    def _holder(self, node: str, have: str, coming: str, size: int) -> pieces.Holder | None:
+        try:
+            report = Report.parse(node, have, coming, size)
+        except ValueError as exc:
+            log.info("holder %s of %s: a malformed report: %s", node, self._digest, exc)
+            return None
+        on_way = report.coming if self.sole else ()
+        return holder_of(node, report.have, on_way, size, self._node.piece_size)
 
     def _feed(self, node: str) -> HolderFeed:
         feed = self._feeds.get(node)
         if feed is None:
             feed = self._feeds[node] = HolderFeed(self._cluster, node, self._want)
         return feed
-
-    def _watch(self, landed: int, now: float) -> None:
-        """No byte landing within the peer read timeout: the owner is taken for gone."""
-        if landed > self._landed:
-            self._landed, self._landed_at = landed, now
-        elif self.sole and now - self._landed_at > self._cluster.read_timeout:
-            self._lose_owner("no byte landed within the peer read timeout")
 
     # --- outcomes ---------------------------------------------------------------------
 
@@ -343,12 +290,15 @@ class Swarm:
             return False
         node = feed.node
         self._asked.pop(node, None)
+        self._tails.pop(node, None)
+        self._changed = True
         if error is None:
             self._sent.add(node)
+            self._node.admitted(node)
             return True
         if isinstance(error, Busy):
             self._cluster.stats.busy += 1
-            self._avoid[node] = self._clock() + BUSY_PAUSE
+            self._node.refused(node)
             return True
         if isinstance(error, NotHeld):
             # What it reported coming did not come after all (its own lane was refused):
@@ -386,6 +336,7 @@ class Swarm:
             return
         self.sole = False
         self._holders = None
+        self._changed = True
         self._cluster.stats.swarm_fallbacks += 1
         log.info("owner %s of %s: %s; the rest from the feed", self._owner, self._digest, why)
         self._wake.set()

@@ -27,7 +27,7 @@ from ..blobs.source import Want
 from ..errors import BadRequest, BlobUnknown, TooManyRequests
 from ..oci import Route, parse_digest
 from ..peers.cluster import Cluster
-from ..peers.holders import Report, encode_answer, parse_spans
+from ..peers.holders import Report, encode_answer
 from ..peers.signing import ANSWER_HEADER
 from ..ranges import parse_range
 from ..upstream.client import Upstream
@@ -90,11 +90,7 @@ async def holding(
         raise BadRequest("size: expected a byte count")
     size = int(size_text) if size_text else None
     try:
-        report = Report(
-            node,
-            parse_spans(query.get("have", ""), size),
-            parse_spans(query.get("coming", ""), size),
-        )
+        report = Report.parse(node, query.get("have", ""), query.get("coming", ""), size)
     except ValueError as exc:
         raise BadRequest(f"have/coming: {exc}") from None
     known, named = await holdings.holding(Want(up, repo, digest), report, size)

@@ -21,7 +21,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import pieces
 
@@ -35,6 +35,8 @@ MAX_HOLDERS = 64
 REPORT_TTL = 120.0
 #: Bytes of a holder list answer at most (the asker reads no more).
 MAX_ANSWER = 64 * 1024
+#: Bytes of each lane in flight a holder offers as coming (see :func:`ahead`).
+COMING_AHEAD = pieces.PIECE_SIZE
 #: A range this small is always admitted: it takes milliseconds, and a refusal
 #: would cost the asker a round trip more than the range itself.
 SMALL_RANGE = 1 << 20
@@ -78,6 +80,16 @@ def parse_spans(text: str, size: int | None = None, limit: int = MAX_SPANS) -> S
     return merge(spans)
 
 
+def ahead(spans: Iterable[tuple[int, int]], reach: int) -> Spans:
+    """The first ``reach`` bytes of each span: what a lane in flight brings next.
+
+    A lane's later bytes come only after its earlier ones, so a peer tailing them
+    would wait with nothing flowing; what a holder offers as coming is the next
+    piece or so of each lane (the rest is offered once it is near).
+    """
+    return merge((start, min(end, start + reach)) for start, end in spans)
+
+
 def covers(spans: Spans, start: int, end: int) -> bool:
     """Whether the merged ``spans`` hold every byte of ``start..end`` (exclusive)."""
     i = bisect.bisect_right([s for s, _ in spans], start) - 1
@@ -105,11 +117,24 @@ def holder_of(node: str, have: Spans, coming: Spans, size: int, piece_size: int)
 
 @dataclass(frozen=True)
 class Report:
-    """One holder's progress on one blob."""
+    """One holder's progress on one blob (``wire``: its spans as they came, so an
+    owner passes a report on without encoding it again)."""
 
     node: str
     have: Spans = ()
     coming: Spans = ()
+    wire: tuple[str, str] | None = field(default=None, compare=False)
+
+    @classmethod
+    def parse(cls, node: str, have: str, coming: str, size: int | None = None) -> Report:
+        """A report as it came on the wire; ValueError when its spans are malformed."""
+        return cls(node, parse_spans(have, size), parse_spans(coming, size), (have, coming))
+
+    def texts(self) -> tuple[str, str]:
+        """Its spans on the wire: what it has, what is coming."""
+        if self.wire is None:
+            return encode_spans(self.have), encode_spans(self.coming)
+        return self.wire
 
     def complete(self, size: int | None) -> bool:
         return size is not None and covers(self.have, 0, size)
@@ -180,15 +205,16 @@ def listed(
 
 def encode_answer(size: int | None, reports: Sequence[Report]) -> bytes:
     """The owner's answer to a report: the blob's size and the holders it names."""
-    holders = [
-        {"node": r.node, "have": encode_spans(r.have), "coming": encode_spans(r.coming)}
-        for r in reports
-    ]
+    holders = []
+    for report in reports:
+        have, coming = report.texts()
+        holders.append({"node": report.node, "have": have, "coming": coming})
     return json.dumps({"size": size, "holders": holders}, separators=(",", ":")).encode()
 
 
-def read_answer(body: bytes) -> tuple[int | None, list[Report]]:
-    """The size and reports of an owner's answer; ValueError when malformed."""
+def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
+    """The size and the holders of an owner's answer, as (node, have, coming) with the
+    spans as they came (:meth:`Report.parse` reads them); ValueError when malformed."""
     if len(body) > MAX_ANSWER:
         raise ValueError("holder list too long")
     doc = json.loads(body)
@@ -200,10 +226,12 @@ def read_answer(body: bytes) -> tuple[int | None, list[Report]]:
         raise ValueError("not a holder list")
     out = []
     for item in holders[: pieces.HOLDERS_LISTED * 2]:
+        if not isinstance(item, dict):
+            raise ValueError("not a holder")
         node, have, coming = item.get("node"), item.get("have", ""), item.get("coming", "")
         if not isinstance(node, str) or not isinstance(have, str) or not isinstance(coming, str):
             raise ValueError("not a holder")
-        out.append(Report(node, parse_spans(have, size), parse_spans(coming, size)))
+        out.append((node, have, coming))
     return size, out
 
 

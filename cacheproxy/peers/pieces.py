@@ -47,6 +47,8 @@ MAX_SOURCES = 4
 UPLOAD_SLOTS = 4
 #: Holders the owner names to one asker (the owner itself among them).
 HOLDERS_LISTED = 16
+#: Pieces from the first one a node lacks that it asks for first (see :func:`plan`).
+WINDOW = 16
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Asking:
     avoid: frozenset[str] = frozenset()
     max_sources: int = MAX_SOURCES
     piece_size: int = PIECE_SIZE
+    #: Pieces from the first one this node lacks that go before the rest.
+    window: int = WINDOW
 
     def __post_init__(self) -> None:
         if self.size < 0 or self.piece_size <= 0:
@@ -137,9 +141,17 @@ def plan(asking: Asking) -> list[Request]:
 
     Greedy: among every (holder, piece) this node may ask (the holder is not avoided
     and not already sending to us; the piece is neither here nor on its way), take
-    the piece that the fewest holders offer, then one a holder has over one it is
-    still receiving (tailing is only as fast as the holder's own feed), then a
-    per-asker spread. Repeat with that holder and that piece taken.
+    a piece within ``window`` pieces of the first one this node lacks before any
+    other, then the piece that the fewest holders offer, then one a holder has over
+    one it is still receiving (tailing is only as fast as the holder's own feed),
+    then a per-asker spread. Repeat with that holder and that piece taken.
+
+    Why the window: a blob is verified by one digest over its bytes in order, and
+    its readers are sent it in order, so pieces far ahead of what is contiguous
+    wait, on disk, for the hole before them; the digest, and the readers, then
+    take them all at the end, after the last piece came. Asking first near the
+    start keeps both moving while the pieces land. Inside the window the rarest
+    still go first, and spread, so the askers of one holder take different pieces.
     """
     free = asking.max_sources - len(asking.in_flight)
     if free <= 0:
@@ -152,6 +164,8 @@ def plan(asking: Asking) -> list[Request]:
     busy = set(asking.avoid)
     busy.update(r.node for r in asking.in_flight)
     busy.add(asking.me)
+    first = next((p for p in range(count) if p not in asking.have), count)
+    near = first + max(asking.window, 1)
     avail: Counter[int] = Counter()
     usable: list[tuple[Holder, frozenset[int]]] = []
     for holder in asking.holders:
@@ -168,8 +182,10 @@ def plan(asking: Asking) -> list[Request]:
             left = [p for p in offer if p not in taken and p < count]
             if not left:
                 continue
-            # Rarity first (twice the count), then whether the holder has the piece.
-            rank = {p: 2 * avail[p] + (p not in holder.have) for p in left}
+            # Near the start first, then rarity (twice the count), then whether the
+            # holder has the piece.
+            far = 2 * len(asking.holders) + 2
+            rank = {p: far * (p >= near) + 2 * avail[p] + (p not in holder.have) for p in left}
             low = min(rank.values())
             if best is not None and low > best[0]:
                 continue

@@ -20,7 +20,7 @@ from cacheproxy.accounting import Origin
 from cacheproxy.blobs.inflight import Fills
 from cacheproxy.blobs.peers import PeerSource
 from cacheproxy.blobs.source import BlobSource, Want
-from cacheproxy.blobs.swarm import SwarmNode
+from cacheproxy.blobs.swarming import SwarmNode
 from cacheproxy.blobs.upstream import UpstreamSource
 from cacheproxy.config import Config, SharedConfig, load_config
 from cacheproxy.layout import CacheLayout

@@ -70,6 +70,8 @@ class Answer:
     content: Body
     headers: dict[str, str] = field(default_factory=dict)
     released: bool = False
+    #: No socket under it (a real answer's is tuned by the body reader).
+    connection: None = None
 
     def release(self) -> None:
         self.released = True
