@@ -203,8 +203,9 @@ async def open_runtime(
 
         room = budget.admits_fill
         swarms = None
+        piece_size = parse_size(config.peer_piece_size, 0)
         if cluster is not None and config.peer_holders:
-            swarms = SwarmNode(cluster)
+            swarms = SwarmNode(cluster, piece_size=piece_size)
 
         clients = Callers(
             BlobService(
@@ -251,7 +252,7 @@ async def open_runtime(
                 usage,
                 NullAccounting(),
             )
-            holdings = Holdings(cluster.self_url, fills, store, peers.blobs)
+            holdings = Holdings(cluster.self_url, fills, store, peers.blobs, piece_size=piece_size)
         runtime = Runtime(
             config=config,
             layout=layout,

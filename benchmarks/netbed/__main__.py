@@ -37,6 +37,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, nargs="+", default=list(LAYERS), help="layer MB")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per rollout")
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a cacheproxy setting of every node (repeatable), e.g. peer_piece_size=1MiB",
+    )
     p.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "out" / "netbed")
     p.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     p.add_argument("--cleanup", action="store_true", help="remove leftovers and exit")
@@ -64,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     nodes = sorted(set(args.nodes))
     upstream_rate = args.upstream_rate or args.rate
     layers = tuple(mb * MB for mb in args.layers)
-    with Bed(args.workdir, max(nodes), args.rate, upstream_rate, layers, args.timeout) as bed:
+    settings = dict(item.split("=", 1) for item in args.setting)
+    with Bed(
+        args.workdir, max(nodes), args.rate, upstream_rate, layers, args.timeout, settings
+    ) as bed:
         for run in range(args.runs):
             for system, n in plan(args.systems, nodes):
                 r = bed.rollout(system, n)

@@ -117,6 +117,8 @@ class Bed:
     upstream_rate: str
     layers: tuple[int, ...]
     timeout: float = 600.0
+    #: More settings of every cacheproxy node, by name (``peer_piece_size``: "1MiB").
+    settings: dict[str, str] = field(default_factory=dict)
     image: PushedImage | None = None
     net: Network | None = None
     upstream: NsProcess | None = None
@@ -234,6 +236,7 @@ class Bed:
                 members,
                 secret,
                 holders=system != "star",
+                settings=self.settings,
             )
             for i, ep in enumerate(eps)
         ]

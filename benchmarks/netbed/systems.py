@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -48,11 +48,20 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class NsProcess:
     """A program in a namespace, started by the bed, stopped by its PID."""
 
-    def __init__(self, label: str, ep: Endpoint, argv: Sequence[str], log: Path) -> None:
+    def __init__(
+        self,
+        label: str,
+        ep: Endpoint,
+        argv: Sequence[str],
+        log: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.label = label
         self.ep = ep
         self.argv = list(argv)
         self.log = log
+        # Added to the clean environment (a cacheproxy node's CACHEPROXY_* settings).
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
 
@@ -73,7 +82,7 @@ class NsProcess:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env=clean_env(),
+            env=clean_env(self.env),
             start_new_session=True,
         )
 
@@ -161,9 +170,11 @@ def cacheproxy_node(
     members: Sequence[str] = (),
     secret_file: Path | None = None,
     holders: bool = True,
+    settings: Mapping[str, str] | None = None,
 ) -> NsProcess:
     """``cacheproxy serve`` in ``ep``: in cluster mode when ``members`` are given
-    (``holders`` False: each blob from its owner alone, ``--no-peer-holders``)."""
+    (``holders`` False: each blob from its owner alone, ``--no-peer-holders``);
+    ``settings``: more of its settings, by name (``peer_piece_size``: "1MiB")."""
     url = f"http://{ep.address}:{PORT}"
     argv = [sys.executable, "-m", "cacheproxy", "serve", "--upstream", upstream]
     argv += ["--cache-dir", str(workdir / "cache"), "--listen", f"{ep.address}:{PORT}"]
@@ -175,4 +186,5 @@ def cacheproxy_node(
             argv += ["--peer", member]
         if not holders:
             argv.append("--no-peer-holders")
-    return NsProcess(label, ep, argv, workdir / "cacheproxy.log")
+    env = {f"CACHEPROXY_{key.upper()}": value for key, value in (settings or {}).items()}
+    return NsProcess(label, ep, argv, workdir / "cacheproxy.log", env)

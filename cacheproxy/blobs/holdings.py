@@ -18,11 +18,14 @@ and the fan-out of a blob becomes a tree rather than a star.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from ..errors import UpstreamUnavailable
-from ..peers.holders import COMING_AHEAD, Registry, Report, Uploads, ahead, listed, merge
+from ..peers import pieces
+from ..peers.holders import Registry, Report, Uploads, ahead, listed, merge
 from ..store.files import BlobStore
 from .fill import Fill, FillState
 from .inflight import Fills
@@ -46,14 +49,18 @@ class Holdings:
         bring: BlobService,
         registry: Registry | None = None,
         uploads: Uploads | None = None,
+        piece_size: int = pieces.PIECE_SIZE,
     ) -> None:
         self.node = node
+        self.piece_size = piece_size
         self._fills = fills
         self._store = store
         # The chain that answers peers: how the owner brings a blob in.
         self._bring = bring
         self.registry = registry or Registry()
         self.uploads = uploads or Uploads()
+        # What this node sends now, by digest: (to whom, start, end).
+        self._sending: dict[str, list[tuple[str, int, int]]] = {}
         # This node's own report per digest, for a moment (many askers ask at once).
         self._own: OrderedDict[str, tuple[Fill, float, Report]] = OrderedDict()
 
@@ -71,7 +78,8 @@ class Holdings:
         if cached is not None and cached[0] is fill and now - cached[1] < OWN_FOR:
             return fill.size, cached[2]
         have = merge((s.start, s.end) for s in fill.extents.spans())
-        coming = ahead(((s.start, s.end) for s in fill.coming()), COMING_AHEAD)
+        # What each lane brings next: a piece of the askers' size or so.
+        coming = ahead(((s.start, s.end) for s in fill.coming()), self.piece_size)
         report = Report(self.node, have, coming)
         report = Report(self.node, have, coming, report.texts())
         self._own[key] = (fill, now, report)
@@ -104,4 +112,26 @@ class Holdings:
             if own is None:
                 raise UpstreamUnavailable("the blob is not coming in on its owner")
         known, mine = own if own is not None else (size, Report(self.node))
-        return known, listed(self.registry.reports(digest), report.node, mine)
+        named = listed(self.registry.reports(digest), report.node, mine)
+        return known, [self._with_sending(digest, r) for r in named]
+
+    @contextlib.contextmanager
+    def sending(self, want: Want, node: str, start: int, end: int) -> Iterator[None]:
+        """This node sends bytes ``start..end`` (exclusive) of ``want`` to ``node``: as
+        the owner it names them as coming there at once, before that node says so."""
+        key = str(want.digest)
+        entry = (node, start, end)
+        self._sending.setdefault(key, []).append(entry)
+        try:
+            yield
+        finally:
+            entries = self._sending[key]
+            entries.remove(entry)
+            if not entries:
+                del self._sending[key]
+
+    def _with_sending(self, digest: str, report: Report) -> Report:
+        extra = [(s, e) for n, s, e in self._sending.get(digest, ()) if n == report.node]
+        if not extra:
+            return report
+        return Report(report.node, report.have, merge((*report.coming, *extra)))

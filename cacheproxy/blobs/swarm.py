@@ -43,7 +43,6 @@ import aiohttp
 from ..errors import BlobUnknown, RegistryError, UpstreamUnavailable
 from ..peers import pieces
 from ..peers.holders import (
-    COMING_AHEAD,
     MAX_ANSWER,
     Report,
     Spans,
@@ -174,7 +173,7 @@ class Swarm:
                     for s in self._progress.coming()
                     if not any(t.start <= s.start < t.end for t in tails)
                 ),
-                COMING_AHEAD,
+                self._node.piece_size,
             )
         )
 

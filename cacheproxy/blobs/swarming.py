@@ -52,7 +52,7 @@ class HolderFeed:
         self.node = node
         self._cluster = cluster
         self._path = f"/pieces/{want.digest}"
-        self._query = {"upstream": want.upstream.name, "repo": want.repo}
+        self._query = {"upstream": want.upstream.name, "repo": want.repo, "node": cluster.self_url}
 
     async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         wanted = range_header(start, end)

@@ -81,6 +81,7 @@ _SCALARS: dict[str, type] = {
     "peer_read_timeout": float,
     "peer_listen": str,
     "peer_holders": bool,
+    "peer_piece_size": str,
     "expose_credentials": bool,
 }
 
@@ -112,6 +113,9 @@ _SHARED: dict[str, type | str] = {
     "price": str,
     "network_path": str,
 }
+# What a piece of a blob shared between peers may be (peer_piece_size).
+MIN_PIECE = 64 * 1024
+MAX_PIECE = 256 * 1024 * 1024
 # S3's own bounds on a multipart upload's parts (all but the last).
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024**3
@@ -359,18 +363,20 @@ def _check(config: Config) -> None:
         raise ConfigError("tag_ttl and max_stale must not be negative")
     if not config.savings_flush_interval > 0:
         raise ConfigError("savings_flush_interval must be positive")
-    for key in ("max_size", "min_free", "max_blob_size", "segment_min_size"):
+    for key in ("max_size", "min_free", "max_blob_size", "segment_min_size", "peer_piece_size"):
         value = getattr(config, key)
         if value is not None:
             try:
                 parse_size(value, 1)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
-    for key in ("max_blob_size", "segment_min_size"):
+    for key in ("max_blob_size", "segment_min_size", "peer_piece_size"):
         if getattr(config, key).strip().endswith("%"):
             raise ConfigError(f'{key}: expected bytes ("8MiB"), not a share of the disk')
     if parse_size(config.segment_min_size, 1) < 1:
         raise ConfigError("segment_min_size must be at least one byte")
+    if not MIN_PIECE <= parse_size(config.peer_piece_size, 1) <= MAX_PIECE:
+        raise ConfigError("peer_piece_size: expected 64KiB to 256MiB")
     if not 1 <= config.upstream_segments <= 64:
         raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
     unknown = set(config.presets) - set(ALL_PRESETS)

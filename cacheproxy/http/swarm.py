@@ -61,9 +61,14 @@ async def pieces(
         raise TooManyRequests(
             "busy: this node sends as many ranges as it may", headers={"Retry-After": RETRY_AFTER}
         )
+    # Who asks (its URL as members know it): the owner names the range as coming
+    # there to the next asker at once.
+    node = request.query.get("node", "")[:MAX_NODE_URL]
+    end = first + length if wanted is not None and wanted.last is not None else first
     try:
-        route = Route("blob", repo, reference)
-        return await handlers.send_blob(request, request.app[PEER_PIECES], up, route)
+        with holdings.sending(want, node, first, end):
+            route = Route("blob", repo, reference)
+            return await handlers.send_blob(request, request.app[PEER_PIECES], up, route)
     finally:
         holdings.uploads.give(length)
 

@@ -35,8 +35,6 @@ MAX_HOLDERS = 64
 REPORT_TTL = 120.0
 #: Bytes of a holder list answer at most (the asker reads no more).
 MAX_ANSWER = 64 * 1024
-#: Bytes of each lane in flight a holder offers as coming (see :func:`ahead`).
-COMING_AHEAD = pieces.PIECE_SIZE
 #: A range this small is always admitted: it takes milliseconds, and a refusal
 #: would cost the asker a round trip more than the range itself.
 SMALL_RANGE = 1 << 20

@@ -190,3 +190,26 @@ def test_every_plan_keeps_the_rules(situation: Asking) -> None:
     free = situation.max_sources - len(situation.in_flight)
     if free > 0 and any(h.offers() & wanted for h in usable):
         assert out
+
+
+def test_pieces_near_the_first_one_missing_go_first() -> None:
+    """The digest, and the readers, follow the blob in order: far pieces wait."""
+    size = 40 * MIB
+    count = piece_count(size, PIECE)
+    everything = frozenset(range(count))
+    holders = tuple(Holder(f"h{i}", have=everything) for i in range(4))
+    have = frozenset(range(10))
+    for k in range(50):
+        out = plan(Asking(f"n{k}", size, holders, have, piece_size=PIECE, window=8))
+        assert out and all(10 <= r.piece < 18 for r in out)
+    # Nothing near offered: a piece further on is better than an idle source.
+    far = (Holder("h0", have=frozenset({30, 31})),)
+    assert [r.piece for r in plan(Asking("n", size, far, have, piece_size=PIECE, window=8))] in (
+        [30],
+        [31],
+    )
+    # Inside the window the rarest still go first: piece 12 only h9 has.
+    lacking = tuple(Holder(f"h{i}", have=everything - {12}) for i in range(4))
+    rare = (*lacking, Holder("h9", have=frozenset({12})))
+    out = plan(Asking("n", size, rare, have, piece_size=PIECE, window=8, max_sources=1))
+    assert [(r.node, r.piece) for r in out] == [("h9", 12)]

@@ -1,0 +1,169 @@
+"""The owner's holder lists and how they are told (peers/holders.py): pure."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cacheproxy.peers import pieces
+from cacheproxy.peers.holders import (
+    MAX_SPANS,
+    SMALL_RANGE,
+    Registry,
+    Report,
+    Uploads,
+    ahead,
+    covers,
+    encode_answer,
+    encode_spans,
+    holder_of,
+    listed,
+    merge,
+    parse_spans,
+    read_answer,
+    whole_pieces,
+)
+
+MIB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_spans_merge_and_go_on_the_wire_and_back() -> None:
+    assert merge([(10, 20), (0, 5), (5, 8), (19, 30), (40, 40)]) == ((0, 8), (10, 30))
+    text = encode_spans([(10, 20), (0, 5), (5, 8)])
+    assert text == "0-8,10-20"
+    assert parse_spans(text, size=20) == ((0, 8), (10, 20))
+    assert parse_spans("") == ()
+    # At most MAX_SPANS go out: a holder with more says less than it has.
+    many = [(i * 10, i * 10 + 5) for i in range(MAX_SPANS + 5)]
+    assert len(parse_spans(encode_spans(many))) == MAX_SPANS
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["5-5", "9-3", "a-b", "1-", "-4", "1-2-3", "0-11", ",".join(["0-1"] * (MAX_SPANS + 1))],
+)
+def test_malformed_spans_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_spans(text, size=10)
+
+
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(1, 200)), max_size=20))
+def test_a_merge_holds_exactly_the_bytes_of_its_spans(items: list[tuple[int, int]]) -> None:
+    spans = [(start, start + length) for start, length in items]
+    merged = merge(spans)
+    held = {b for s, e in spans for b in range(s, e)}
+    assert {b for s, e in merged for b in range(s, e)} == held
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(merged))
+    for start, end in spans:
+        assert covers(merged, start, end)
+
+
+def test_whole_pieces_and_what_a_report_offers() -> None:
+    size = 10 * MIB + 123  # 11 pieces of 1 MiB, the last one short
+    assert whole_pieces(((0, 3 * MIB + 5),), size, MIB) == frozenset(range(3))
+    assert whole_pieces(((MIB - 1, 4 * MIB),), size, MIB) == frozenset({1, 2, 3})
+    assert whole_pieces(((10 * MIB, size),), size, MIB) == frozenset({10})
+    # Half of piece 2 is here and the rest is on its way: piece 2 is coming.
+    holder = holder_of("h", ((0, 2 * MIB + 7),), ((2 * MIB + 7, 4 * MIB),), size, MIB)
+    assert holder == pieces.Holder("h", frozenset({0, 1}), frozenset({2, 3}))
+    # What a lane brings next: only the first piece or so of each lane in flight.
+    assert ahead([(0, 8 * MIB), (20 * MIB, 21 * MIB)], 4 * MIB) == (
+        (0, 4 * MIB),
+        (20 * MIB, 21 * MIB),
+    )
+
+
+def test_the_registry_keeps_the_latest_report_per_node_newest_first() -> None:
+    clock = Clock()
+    registry = Registry(clock=clock)
+    registry.report("d", Report("a", ((0, 5),)))
+    clock.now += 1
+    registry.report("d", Report("b"))
+    clock.now += 1
+    registry.report("d", Report("a", ((0, 9),)))
+    assert [(r.node, r.have) for r in registry.reports("d")] == [("a", ((0, 9),)), ("b", ())]
+    registry.forget("d", "a")
+    assert [r.node for r in registry.reports("d")] == ["b"]
+    assert registry.reports("unknown") == []
+
+
+def test_the_registry_is_bounded_and_its_entries_expire() -> None:
+    clock = Clock()
+    registry = Registry(digests=3, per_digest=2, ttl=10.0, clock=clock)
+    for n in range(5):
+        registry.report("d", Report(f"n{n}"))
+    # The two most recent holders stay.
+    assert [r.node for r in registry.reports("d")] == ["n4", "n3"]
+    for d in range(5):
+        registry.report(f"x{d}", Report("n"))
+    assert len(registry) == 3
+    assert registry.reports("d") == [] and registry.reports("x0") == []
+    clock.now += 11
+    registry.report("x4", Report("fresh"))
+    assert [r.node for r in registry.reports("x4")] == ["fresh"]
+    # An expired list goes when it is read (and the bound holds meanwhile).
+    assert registry.reports("x3") == [] and len(registry) == 2
+
+
+def test_the_owner_names_itself_first_and_never_the_asker() -> None:
+    reports = [Report(f"h{i}") for i in range(40)]
+    owner = Report("owner", ((0, 100),))
+    named = listed(reports, "h7", owner, limit=16)
+    assert named[0] is owner and len(named) == 16
+    assert "h7" not in {r.node for r in named}
+    # A stale report of the owner itself is replaced by its own progress.
+    again = listed([*reports, Report("owner")], "h7", owner, limit=16)
+    assert again[0] is owner and [r.node for r in again].count("owner") == 1
+
+
+def test_an_answer_goes_on_the_wire_as_the_reports_came() -> None:
+    came = Report.parse("http://a:5000", "0-10,20-30", "10-20", size=100)
+    assert came.have == ((0, 10), (20, 30)) and came.texts() == ("0-10,20-30", "10-20")
+    body = encode_answer(100, [Report("http://o:5000", ((0, 100),)), came])
+    size, holders = read_answer(body)
+    assert size == 100
+    assert holders == [("http://o:5000", "0-100", ""), ("http://a:5000", "0-10,20-30", "10-20")]
+    assert read_answer(encode_answer(None, [])) == (None, [])
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        {"size": -1, "holders": []},
+        {"size": "5", "holders": []},
+        {"size": 5},
+        {"size": 5, "holders": [{"node": 5}]},
+        {"size": 5, "holders": ["x"]},
+    ],
+)
+def test_a_malformed_answer_is_refused(doc: object) -> None:
+    with pytest.raises(ValueError):
+        read_answer(json.dumps(doc).encode())
+
+
+def test_uploads_are_bounded_and_small_ranges_always_go() -> None:
+    uploads = Uploads(slots=2)
+    assert uploads.take(4 * MIB) and uploads.take(4 * MIB)
+    assert not uploads.take(4 * MIB) and uploads.refused == 1
+    # A small range takes no slot and is never refused.
+    assert uploads.take(SMALL_RANGE) and uploads.serving == 2
+    uploads.give(SMALL_RANGE)
+    assert uploads.serving == 2
+    uploads.give(4 * MIB)
+    assert uploads.take(4 * MIB) and uploads.admitted == 3
+    # No bound at all: the owner-only star.
+    star = Uploads(slots=None)
+    assert all(star.take(4 * MIB) for _ in range(100))
