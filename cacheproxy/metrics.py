@@ -141,6 +141,20 @@ class CacheCollector(Collector):
                 "Peer answers that failed verification",
                 cluster.stats.bad_content,
             )
+            swarm = CounterMetricFamily(
+                "cacheproxy_peer_swarm", "The swarm's requests and outcomes", labels=["what"]
+            )
+            stats = cluster.stats
+            for what, value in (
+                ("holder_lists", stats.holder_lists),
+                ("piece_requests", stats.piece_requests),
+                ("busy_answers", stats.busy),
+                ("piece_failures", stats.piece_failures),
+                ("fallbacks", stats.swarm_fallbacks),
+                ("mismatches", stats.swarm_mismatches),
+            ):
+                swarm.add_metric([what], value)
+            yield swarm
 
 
 class SharedCollector(Collector):

@@ -26,12 +26,13 @@ from .systems import ROOT
 
 #: 248 MB: one 200 MB layer and three smaller ones (payload before tar and gzip).
 LAYERS = (200, 25, 15, 8)
+RATE = "400mbit"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m benchmarks.netbed", description=__doc__)
     p.add_argument("--nodes", type=int, nargs="+", default=[4, 8], help="cluster sizes")
-    p.add_argument("--rate", default="400mbit", help="each node's up and down (tc syntax)")
+    p.add_argument("--rate", default=RATE, help="each node's up and down (tc syntax)")
     p.add_argument("--upstream-rate", help="the upstream's egress (default: --rate)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--layers", type=int, nargs="+", default=list(LAYERS), help="layer MB")
@@ -99,15 +100,21 @@ def main(argv: list[str] | None = None) -> int:
             "members": [bed.node_url(i) for i in range(max(nodes))],
             "rollouts": as_json(rollouts),
         }
-    (args.workdir / "results.json").write_text(json.dumps(record, indent=1))
+    (args.workdir / results_name(args.rate)).write_text(json.dumps(record, indent=1))
     section = render(args, rollouts, size, time.monotonic() - started)
     print(section)
     if args.write:
         from benchmarks.run import write_results
 
-        write_results(section, "netbed")
+        write_results(section, "netbed" if args.rate == RATE else f"netbed-{args.rate}")
     failed = sum(len(r.clients) - r.verified for r in rollouts)
     return 1 if failed else 0
+
+
+def results_name(rate: str) -> str:
+    """Where a run's rollouts go: ``results.json`` at the default rate (what the
+    model's check reads), ``results-<rate>.json`` at any other."""
+    return "results.json" if rate == RATE else f"results-{rate}.json"
 
 
 def plan(systems: list[str], nodes: list[int]) -> list[tuple[str, int]]:
@@ -127,7 +134,8 @@ def render(args: argparse.Namespace, rollouts: list[Rollout], size: int, took: f
     ).stdout.strip()
     return "\n".join(
         [
-            "## Rollout on a kernel network (network namespaces, veth, tbf)",
+            "## Rollout on a kernel network (network namespaces, veth, tbf)"
+            + ("" if args.rate == RATE else f", {args.rate}"),
             "",
             f"Command: `python3 -m benchmarks.netbed {argv}` ({took:.0f} s)",
             "",
@@ -140,7 +148,10 @@ def render(args: argparse.Namespace, rollouts: list[Rollout], size: int, took: f
             f"{args.runs} run(s): median (min-max).",
             "- Upstream bytes: the upstream namespace's veth tx counter; a node's upload: its "
             "veth tx counter (its own client talks to it over the namespace's loopback, so "
-            "this is what it sent to other nodes, plus TCP acknowledgements).",
+            "this is what it sent to other nodes, plus TCP acknowledgements). CPU: the "
+            "busiest node's server process (user + system, /proc/PID/stat) during the "
+            "rollout; the machine's CPUs busy: /proc/stat over the rollout (servers, "
+            "clients and the kernel's network path, all on this machine).",
             "",
             table(rollouts, size),
         ]

@@ -8,15 +8,15 @@ asks whom for which bytes; this module only moves the bytes.
 
 Policies modelled:
 
-- ``owner-only``: today's cluster mode. The owner of each blob (rendezvous hashing,
-  ``cacheproxy.peers.ring``) fetches it from the upstream; every other node streams
-  the whole blob from the owner, tailing the owner's fill (``pieces.owner_only``).
-- ``holders``: the owner fetches it; every node takes pieces from up to
-  ``max_sources`` holders, each uploading to at most ``slots`` peers at once.
+- ``owner-only``: cluster mode with ``peer_holders = false`` (the star). The owner of
+  each blob (rendezvous hashing, ``cacheproxy.peers.ring``) fetches it from the
+  upstream; every other node streams the whole blob from the owner, tailing the
+  owner's fill (``pieces.owner_only``).
+- ``holders``: cluster mode (the default): the owner fetches it; every node takes
+  pieces from up to ``max_sources`` holders, each uploading to at most ``slots``.
 - ``no-peers``: every node fetches every blob from the upstream itself.
 
-Assumptions (written next to every result): see :data:`ASSUMPTIONS`.
-"""
+Assumptions (written next to every result): see :data:`ASSUMPTIONS`."""
 
 from __future__ import annotations
 
@@ -375,9 +375,8 @@ class Model:
                 for flow in done:
                     self._complete(flow)
                     touched.add((flow.dst, flow.blob))
-                for node, blob in sorted(touched):
-                    if self.s.policy != "no-peers":
-                        self.ask(node, blob)
+                for node, blob in sorted(touched) if self.s.policy != "no-peers" else ():
+                    self.ask(node, blob)
             while self.retries and self.retries[0][0] <= self.now + 1e-12:
                 _, node, blob = heapq.heappop(self.retries)
                 self.ask(node, blob)

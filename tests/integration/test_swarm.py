@@ -79,6 +79,9 @@ async def test_pieces_come_from_several_holders_and_the_blob_from_the_upstream_o
         for node in nodes:
             assert node.blob_path(digest).read_bytes() == data
             assert node.temp_files() == []
+        async with aiohttp.ClientSession() as http, http.get(f"{nodes[0].url}/metrics") as resp:
+            metrics = await resp.text()
+        assert 'cacheproxy_peer_swarm_total{what="holder_lists"}' in metrics
 
 
 async def test_a_holder_serves_only_what_it_holds_signed_and_bounded(
