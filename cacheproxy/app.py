@@ -98,7 +98,7 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[PEER_BLOBS] = rt.peers.blobs
                 app[PEER_MANIFESTS] = rt.peers.manifests
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
-            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster, rt.links))
+            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
             if rt.shared is not None and rt.writeback is not None:
                 app[SHARED] = rt.shared
                 app[WRITEBACK] = rt.writeback

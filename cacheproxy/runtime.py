@@ -165,6 +165,14 @@ async def open_runtime(
             await links.add(fill.upstream, fill.repo, [str(fill.digest)])
 
         fills.on_commit.append(link_fill)
+        fills.on_failure.append(
+            lambda fill: (
+                links.refuse(fill.upstream, fill.repo, str(fill.digest), fill.error)
+                if fill.error is not None
+                else None
+            )
+        )
+        stack.push_async_callback(links.close)
 
         options = ManifestOptions(
             config.tag_ttl, config.max_stale, config.max_manifest_bytes, config.offline
@@ -333,7 +341,8 @@ def blob_chain(
         return chain
 
     def held(want: Want) -> bool:
-        return store.exists(want.digest) or fills.running(want) is not None
+        # A fill under the same pair is the fetch that vouches for it: not "held".
+        return store.exists(want.digest) or fills.held_elsewhere(want)
 
     return Vouched(links, held, chain)
 

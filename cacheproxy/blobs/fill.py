@@ -121,6 +121,11 @@ class Fill:
         self.on_size: Callable[[int | None], None] | None = None
 
     @property
+    def pair(self) -> tuple[str, str]:
+        """The (upstream, repository) this fill fetches under."""
+        return (self.upstream, self.repo)
+
+    @property
     def extents(self) -> Extents:
         """The spans of the blob on disk."""
         return self._landing.extents
@@ -404,6 +409,10 @@ class FillBody:
                 pos = stop
         finally:
             os.close(fd)
+
+    def vouches(self, upstream: str, repo: str) -> bool:
+        # A fill fetches under the pair that started it.
+        return (self._fill.upstream, self._fill.repo) == (upstream, repo)
 
     def close(self) -> None:
         if not self._closed:

@@ -40,6 +40,9 @@ class RedirectBody:
     def close(self) -> None:
         return None
 
+    def vouches(self, upstream: str, repo: str) -> bool:
+        return True  # the links rule was applied for the bucket (may_read)
+
 
 class Redirect:
     """Redirects to the bucket what it holds; asks ``next`` for everything else."""

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import aiohttp
 
-from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
+from ..errors import RangeNotSatisfiable, RegistryError, UpstreamBadContent, UpstreamUnavailable
 from ..oci import Digest
 from .segments import Answer, Extents, RangeSupport, Span, chunk_size, plan, read_answer
 from .source import Feed
@@ -143,7 +143,15 @@ class Lanes:
     async def _first(self) -> None:
         """Ask for the start of the blob; learn its length from the answer."""
         ask = self._min_size - 1 if self.lanes(0) > 1 else None
-        resp = await self._open(0, 0, ask)
+        try:
+            resp = await self._open(0, 0, ask)
+        except RangeNotSatisfiable:
+            if ask is None:
+                raise
+            # An empty blob (the empty layer, sha256:e3b0...) has no byte 0 to range
+            # over (RFC 9110 section 15.5.17): ask for it whole.
+            ask = None
+            resp = await self._open(0, 0, None)
         answer = self._check(resp, 0, ask)
         if answer.kind == "bad":
             resp.release()

@@ -177,8 +177,9 @@ class SharedTier:
         key = self.key(digest)
         try:
             stat = await self.s3.head(key)
-            # Another proxy may have put a good copy there since: delete only what was read.
-            if stat is not None and (not etag or stat.etag == etag):
+            # Another proxy may have put a good copy there since: delete only what was
+            # read (without an ETag to tell, nothing is deleted; it is only forgotten).
+            if stat is not None and etag and stat.etag == etag:
                 await self.s3.delete(key)
                 self.stats.deleted_bad += 1
         except S3Unavailable as exc:
