@@ -165,6 +165,15 @@ async def open_runtime(
             await links.add(fill.upstream, fill.repo, [str(fill.digest)])
 
         fills.on_commit.append(link_fill)
+        if shared is not None:
+            tier = shared
+
+            async def checked(fill: Fill) -> None:
+                # Read whole from the bucket and verified: a redirect may send clients there.
+                if fill.origin == "shared":
+                    tier.checked(fill.digest)
+
+            fills.on_commit.append(checked)
         fills.on_failure.append(
             lambda fill: (
                 links.refuse(fill.upstream, fill.repo, str(fill.digest), fill.error)

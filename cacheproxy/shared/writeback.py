@@ -222,6 +222,7 @@ class WriteBack:
         stats.upload_bytes += size
         self._tier.worked()
         self._tier.remember(job.digest, size)
+        self._tier.checked(job.digest)
         self._accounting.shared(job.upstream, job.repo, "put", requests, size)
         log.info("shared tier: wrote %s (%d bytes)", job.digest, size)
 
