@@ -103,7 +103,7 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[HOLDINGS] = rt.holdings
                 app[PEER_PIECES] = rt.pieces
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
-            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster, rt.links))
+            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
             if rt.shared is not None and rt.writeback is not None:
                 app[SHARED] = rt.shared
                 app[WRITEBACK] = rt.writeback

@@ -33,19 +33,23 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .oci import MANIFEST_TYPES, Digest, parse_digest, references
+from .singleflight import SingleFlight
 from .store.files import BlobStore
 from .store.index import Index
-from .upstream.client import Upstream, pull_scope
+from .upstream.client import Upstream, error_for_status, pull_scope
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["blob", "manifest"]
 # A refused pair is remembered this long (the upstream is asked again after it),
-NEGATIVE_TTL = 30.0
+NEGATIVE_TTL = 10.0
 # and this many refused pairs at most.
 NEGATIVE_MAX = 10_000
 # Manifests whose references were linked in this process: parsing them once is enough.
 EXPANDED_MAX = 50_000
+# References of one manifest linked at most (an index of a few hundred platforms is
+# large; tens of thousands is an attack on the index's size).
+MAX_REFERENCES = 4096
 # A body past this is not a manifest worth parsing for references.
 MANIFEST_LIMIT = 4 * 1024 * 1024
 
@@ -63,10 +67,15 @@ class Links:
         self._index = index
         self._offline = offline
         self._clock = clock
-        self._refused: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._refused: OrderedDict[tuple[str, str], tuple[float, RegistryError]] = OrderedDict()
+        # One confirmation at a time per pair and digest: a rollout asks once.
+        self._confirmations: SingleFlight[tuple[str, str], None] = SingleFlight()
         self._expanded: OrderedDict[tuple[str, str], None] = OrderedDict()
         #: Upstream HEADs sent to confirm a pair (the tests and /metrics read it).
         self.confirmations = 0
+
+    async def close(self) -> None:
+        await self._confirmations.close()
 
     async def known(self, upstream: str, repo: str, digest: str) -> bool:
         return pair(upstream, repo) in await self._index.links(digest)
@@ -87,61 +96,88 @@ class Links:
         if key in self._expanded:
             self._expanded.move_to_end(key)
             return
-        await self.add(upstream, repo, [digest, *references(body)])
+        await self.add(upstream, repo, [digest, *references(body)[:MAX_REFERENCES]])
         self._expanded[key] = None
         if len(self._expanded) > EXPANDED_MAX:
             self._expanded.popitem(last=False)
 
-    async def vouch(self, up: Upstream, repo: str, digest: Digest, kind: Kind, held: bool) -> None:
-        """Allow serving ``digest`` under (``up``, ``repo``), or raise BLOB_UNKNOWN /
-        MANIFEST_UNKNOWN as the upstream itself would.
+    async def vouch(self, up: Upstream, repo: str, digest: Digest, kind: Kind, held: bool) -> bool:
+        """Allow serving ``digest`` under (``up``, ``repo``), or raise the error the
+        upstream itself gives there (BLOB_UNKNOWN / MANIFEST_UNKNOWN, UNAUTHORIZED,
+        DENIED), whether this node holds the digest or not: the answer tells nothing
+        of what is cached.
 
-        ``held``: this node holds the digest or is bringing it in; otherwise the fetch
-        that follows asks the upstream under this repository, which is the rule.
+        ``held``: this node holds the digest or is bringing it in. Returns True when
+        the pair is linked (or just confirmed); False when it is not and the digest is
+        not held: the fetch that follows asks the upstream under this repository,
+        and its answer is the rule (a caller that finds the digest held after all,
+        after an await, must confirm then: see ``blobs/vouched.py``).
         """
         if await self.known(up.name, repo, str(digest)):
-            return
+            return True
         unknown = BlobUnknown if kind == "blob" else ManifestUnknown
         if self._offline:
             raise unknown("not in the cache for this repository, and the proxy is offline")
+        refused = self._refused_now(up.name, repo, str(digest))
+        if refused is not None:
+            # "Unknown" in the words of what is asked for now (blob or manifest).
+            raise unknown() if isinstance(refused, BlobUnknown | ManifestUnknown) else refused
         if not held:
-            return
-        if await self.confirm(up, repo, digest, kind):
-            return
-        raise unknown()
-
-    async def confirm(self, up: Upstream, repo: str, digest: Digest, kind: Kind) -> bool:
-        """Ask the upstream (HEAD, the proxy's credentials) whether ``repo`` has ``digest``;
-        remember a yes as a link and a no for a while."""
-        key = (pair(up.name, repo), str(digest))
-        refused_at = self._refused.get(key)
-        if refused_at is not None and self._clock() - refused_at < NEGATIVE_TTL:
             return False
-        self.confirmations += 1
-        path = f"/v2/{repo}/{'blobs' if kind == 'blob' else 'manifests'}/{digest}"
-        headers = {"Accept": ", ".join(MANIFEST_TYPES)} if kind == "manifest" else {}
-        try:
-            resp = await up.request("HEAD", path, scope=pull_scope(repo), headers=headers)
-        except (Unauthorized, Denied):
-            status = 401  # the proxy's own credentials do not reach this repository
-        except RegistryError as exc:
-            # An upstream that cannot answer cannot vouch; the client may retry.
-            raise UpstreamUnavailable("the upstream cannot confirm this repository") from exc
-        else:
-            status = resp.status
-            resp.release()
-        if status == 200:
-            await self.add(up.name, repo, [str(digest)])
-            self._refused.pop(key, None)
-            return True
-        if status >= 500 or status == 429:
-            raise UpstreamUnavailable(f"the upstream answered {status} to a confirmation")
-        log.info("%s %s: not under %s/%s (upstream: %d)", kind, digest, up.name, repo, status)
-        self._refused[key] = self._clock()
+        await self._confirmations.run(
+            (pair(up.name, repo), str(digest)), lambda: self.confirm(up, repo, digest, kind)
+        )
+        return True
+
+    def refuse(self, upstream: str, repo: str, digest: str, error: RegistryError) -> None:
+        """Remember the upstream's refusal of ``digest`` under the pair for a while (the
+        same memory whether the answer came from a confirmation or a fetch)."""
+        if not isinstance(error, BlobUnknown | ManifestUnknown | Unauthorized | Denied):
+            return
+        key = (pair(upstream, repo), digest)
+        self._refused[key] = (self._clock(), error)
         self._refused.move_to_end(key)
         if len(self._refused) > NEGATIVE_MAX:
             self._refused.popitem(last=False)
-        return False
+
+    def _refused_now(self, upstream: str, repo: str, digest: str) -> RegistryError | None:
+        key = (pair(upstream, repo), digest)
+        found = self._refused.get(key)
+        if found is None:
+            return None
+        if self._clock() - found[0] >= NEGATIVE_TTL:
+            del self._refused[key]
+            return None
+        error = found[1]
+        return type(error)(error.message, headers=error.headers)
+
+    async def confirm(self, up: Upstream, repo: str, digest: Digest, kind: Kind) -> None:
+        """Ask the upstream (HEAD, the proxy's credentials) whether ``repo`` has ``digest``:
+        a yes is remembered as a link, a no raised (and remembered for a while) as the
+        error the upstream's answer maps to."""
+        self.confirmations += 1
+        path = f"/v2/{repo}/{'blobs' if kind == 'blob' else 'manifests'}/{digest}"
+        headers = {"Accept": ", ".join(MANIFEST_TYPES)} if kind == "manifest" else {}
+        unknown = BlobUnknown if kind == "blob" else ManifestUnknown
+        try:
+            resp = await up.request("HEAD", path, scope=pull_scope(repo), headers=headers)
+        except (Unauthorized, Denied) as exc:
+            # The proxy's own credentials do not reach this repository.
+            self.refuse(up.name, repo, str(digest), exc)
+            raise
+        except RegistryError as exc:
+            # An upstream that cannot answer cannot vouch; the client may retry.
+            raise UpstreamUnavailable("the upstream cannot confirm this repository") from exc
+        status = resp.status
+        if status == 200:
+            resp.release()
+            await self.add(up.name, repo, [str(digest)])
+            return
+        error = error_for_status(resp, unknown)
+        resp.release()
+        log.debug("%s %s: not under %s/%s (upstream: %d)", kind, digest, up.name, repo, status)
+        self.refuse(up.name, repo, str(digest), error)
+        raise error
 
 
 # Set once the links of a cache written before links existed have been derived.

@@ -1,9 +1,10 @@
-"""Log lines that cannot flood the disk: warnings and errors are rate-limited.
+"""Log lines that cannot flood the disk: every line at INFO and above is rate-limited.
 
 An attacker who makes the proxy fail on purpose (made-up digests, broken
 connections) must not be able to fill the log volume. Each kind of message (its
-logger and format string) may log a burst, then one line per interval; what was
-held back is counted and said with the next line of that kind.
+logger and format string) may log a burst (a larger one at INFO, where a busy pull
+says more), then one line per interval; what was held back is counted and said
+with the next line of that kind.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ class RateLimit(logging.Filter):
         self._kinds: OrderedDict[tuple[str, object], tuple[float, float, int]] = OrderedDict()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.INFO:
             return True
+        burst = float(self._burst if record.levelno >= logging.WARNING else self._burst * 5)
         kind = (record.name, record.msg)
         now = self._clock()
-        tokens, last, held = self._kinds.get(kind, (float(self._burst), now, 0))
-        tokens = min(float(self._burst), tokens + (now - last) / self._interval)
+        tokens, last, held = self._kinds.get(kind, (burst, now, 0))
+        tokens = min(burst, tokens + (now - last) / self._interval)
         passed = tokens >= 1.0
         if passed:
             tokens -= 1.0
@@ -59,7 +61,7 @@ class RateLimit(logging.Filter):
 
 
 def configure(level: str) -> None:
-    """The process's logging: one stream handler, rate-limited above INFO."""
+    """The process's logging: one stream handler, rate-limited from INFO up."""
     logging.basicConfig(level=level.upper(), format=FORMAT)
     limiter = RateLimit()
     for handler in logging.getLogger().handlers:

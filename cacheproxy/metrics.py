@@ -14,7 +14,6 @@ from prometheus_client.registry import Collector
 
 from .blobs.inflight import Fills
 from .lifecycle.keeper import Keeper
-from .links import Links
 from .peers.cluster import Cluster
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
@@ -103,11 +102,10 @@ class ProxyCollector(Collector):
 class CacheCollector(Collector):
     """Eviction, stream-through and peer counters."""
 
-    def __init__(self, fills: Fills, keeper: Keeper, cluster: Cluster | None, links: Links) -> None:
+    def __init__(self, fills: Fills, keeper: Keeper, cluster: Cluster | None) -> None:
         self._fills = fills
         self._keeper = keeper
         self._cluster = cluster
-        self._links = links
 
     def collect(self) -> Iterator[Metric]:
         hk = self._keeper
@@ -121,11 +119,6 @@ class CacheCollector(Collector):
             "cacheproxy_passthrough",
             "Misses streamed through uncached because the disk was nearly full",
             self._fills.stats.streamed_through,
-        )
-        yield CounterMetricFamily(
-            "cacheproxy_link_confirmations",
-            "Upstream HEADs asking whether a repository may be served a digest",
-            self._links.confirmations,
         )
         cluster = self._cluster
         if cluster is not None:

@@ -175,6 +175,23 @@ async def open_runtime(
             await links.add(fill.upstream, fill.repo, [str(fill.digest)])
 
         fills.on_commit.append(link_fill)
+        if shared is not None:
+            tier = shared
+
+            async def checked(fill: Fill) -> None:
+                # Read whole from the bucket and verified: a redirect may send clients there.
+                if fill.origin == "shared":
+                    tier.checked(fill.digest)
+
+            fills.on_commit.append(checked)
+        fills.on_failure.append(
+            lambda fill: (
+                links.refuse(fill.upstream, fill.repo, str(fill.digest), fill.error)
+                if fill.error is not None
+                else None
+            )
+        )
+        stack.push_async_callback(links.close)
 
         options = ManifestOptions(
             config.tag_ttl, config.max_stale, config.max_manifest_bytes, config.offline
@@ -365,7 +382,8 @@ def blob_chain(
         return chain
 
     def held(want: Want) -> bool:
-        return store.exists(want.digest) or fills.running(want) is not None
+        # A fill under the same pair is the fetch that vouches for it: not "held".
+        return store.exists(want.digest) or fills.held_elsewhere(want)
 
     return Vouched(links, held, chain)
 
@@ -377,7 +395,8 @@ def pieces_chain(store: BlobStore, fills: Fills, links: Links, idle: float) -> B
     does not land within ``idle`` seconds is given up, and the asker asks elsewhere."""
 
     def held(want: Want) -> bool:
-        return store.exists(want.digest) or fills.running(want) is not None
+        # As for any chain: a fill under the same pair is the fetch that vouches for it.
+        return store.exists(want.digest) or fills.held_elsewhere(want)
 
     return Vouched(links, held, LocalStore(store, Held(fills, idle)))
 

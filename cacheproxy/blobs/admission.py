@@ -4,23 +4,17 @@ A fill holds an upstream connection, a temp file and a reservation of disk space
 until it ends, and a client that goes away leaves it running. So fills are bounded
 in number (globally, and per client: one client cannot take every slot), requests
 beyond the bound wait in a bounded queue (beyond that: TOOMANYREQUESTS), disk space
-is reserved for what a fill announced it will write, and a digest the upstream just
-said it does not have is answered from memory for a while instead of asked again.
+is reserved for what a fill announced it will write. (A digest the upstream just
+refused under a repository is answered from memory for a while: ``links.py``.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import TooManyRequests
-
-# A digest the upstream answered 404 for is remembered this long, and this many.
-MISS_TTL = 10.0
-MAX_MISSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,12 +77,16 @@ class DiskBudget:
         self.limit = limit
         self._min_free = min_free
         self._free_bytes = free_bytes
-        #: Bytes running fills announced (released when they end).
+        #: Bytes running fills that will be kept announced: they count against the limit.
         self.reserved = 0
+        #: Bytes every running fill announced (kept or not): they will take disk space.
+        self.outstanding = 0
 
     def admits_fill(self) -> bool:
         """Whether a new fill may write to disk (else the miss streams through)."""
-        if self._free_bytes() < self._min_free:
+        # What running fills will still write is as good as gone (counted whole: a
+        # little early, never late).
+        if self._free_bytes() - self.outstanding < self._min_free:
             return False
         # Running fills alone could fill the whole cache: nothing more goes to disk.
         return self.limit is None or self.reserved < self.limit
@@ -103,27 +101,3 @@ class DiskBudget:
     def keeps(self, size: int) -> bool:
         """Whether a blob of ``size`` bytes may be kept at all (not past the limit)."""
         return self.limit is None or size <= self.limit
-
-
-class Misses:
-    """Digests the upstream just said a repository does not have."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
-
-    def add(self, upstream: str, repo: str, digest: str) -> None:
-        key = (upstream, repo, digest)
-        self._seen[key] = self._clock()
-        self._seen.move_to_end(key)
-        while len(self._seen) > MAX_MISSES:
-            self._seen.popitem(last=False)
-
-    def recent(self, upstream: str, repo: str, digest: str) -> bool:
-        seen = self._seen.get((upstream, repo, digest))
-        if seen is None:
-            return False
-        if self._clock() - seen >= MISS_TTL:
-            del self._seen[(upstream, repo, digest)]
-            return False
-        return True

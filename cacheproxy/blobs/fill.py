@@ -122,6 +122,11 @@ class Fill:
         self.on_size: Callable[[int | None], None] | None = None
 
     @property
+    def pair(self) -> tuple[str, str]:
+        """The (upstream, repository) this fill fetches under."""
+        return (self.upstream, self.repo)
+
+    @property
     def extents(self) -> Extents:
         """The spans of the blob on disk."""
         return self._landing.extents

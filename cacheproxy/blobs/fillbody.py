@@ -88,6 +88,10 @@ class FillBody:
         finally:
             os.close(fd)
 
+    def vouches(self, upstream: str, repo: str) -> bool:
+        # A fill fetches under the pair that started it.
+        return self._fill.pair == (upstream, repo)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

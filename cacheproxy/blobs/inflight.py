@@ -14,15 +14,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..accounting import Accounting, NullAccounting
-from ..errors import BlobUnknown
+from ..accounting import Accounting, NullAccounting, Origin
+from ..errors import BlobUnknown, RegistryError
 from ..store.files import BlobStore
-from .admission import DiskBudget, FillGate, FillLimits, Misses
+from ..upstream.client import Upstream
+from .admission import DiskBudget, FillGate, FillLimits
 from .fill import Fill, FillOptions, FillState, FillStats
 from .fillbody import FillBody
 from .local import FileBody
 from .segments import RangeSupport
-from .source import Body, Feed, Remote, Want
+from .source import Body, Feed, Remote, Sink, Want
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,30 @@ class Fills:
         self.stats = FillStats()
         self.gate = FillGate(limits or FillLimits())
         self.budget = budget or DiskBudget(None, 0, lambda: 1)
-        self.misses = Misses()
+        #: Called when a fill fails (the upstream's refusal of its pair is remembered).
+        self.on_failure: list[Callable[[Fill], None]] = []
         #: Awaited after each blob is committed (it is linked; the keeper checks the limit).
         self.on_commit: list[Callable[[Fill], Awaitable[None]]] = []
-        self._fills: dict[tuple[str, bool], Fill] = {}
+        # (digest, upstream, fed through peers) -> the fill. Upstreams never share a
+        # fill: a slow or refusing registry named by one request must not hold up or
+        # fail another's.
+        self._fills: dict[tuple[str, str, bool], Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def running(self, want: Want, peer_fed_too: bool = True) -> Fill | None:
-        """The fill bringing ``want`` in, if any (straight from upstream first)."""
-        key = str(want.digest)
-        direct = self._fills.get((key, False))
+        """The fill bringing ``want`` in from its upstream, if any (straight from the
+        upstream first)."""
+        key, upstream = str(want.digest), want.upstream.name
+        direct = self._fills.get((key, upstream, False))
         if direct is not None or not peer_fed_too:
             return direct
-        return self._fills.get((key, True))
+        return self._fills.get((key, upstream, True))
+
+    def held_elsewhere(self, want: Want) -> bool:
+        """Whether a fill of ``want``'s digest runs under another (upstream, repository)."""
+        pair = (want.upstream.name, want.repo)
+        digest = str(want.digest)
+        return any(k[0] == digest and f.pair != pair for k, f in self._fills.items())
 
     def start(self, want: Want, feed: Feed) -> Fill | None:
         """A new fill of ``want`` fed by ``feed``; None when the blob is complete.
@@ -74,27 +86,36 @@ class Fills:
         """
         if self.store.exists(want.digest):
             return None
-        key = (str(want.digest), feed.origin == "peer")
+        key = (str(want.digest), want.upstream.name, feed.origin == "peer")
         fill = Fill(
             want.digest, self.store, want.upstream.name, want.repo, self.options, self.ranges
         )
         self._fills[key] = fill
-        run = self._run(fill, feed, key, want.requester)
+        # The upstream stays open while its fill reads bodies from it.
+        want.upstream.pins += 1
+        run = self._run(fill, feed, key, want.requester, want.upstream)
         task = asyncio.create_task(run, name=f"fill {key[0]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
 
-    async def _run(self, fill: Fill, feed: Feed, key: tuple[str, bool], client: str) -> None:
-        reserved = 0
+    async def _run(
+        self, fill: Fill, feed: Feed, key: tuple[str, str, bool], client: str, upstream: Upstream
+    ) -> None:
+        reserved = outstanding = 0
 
         def reserve(size: int | None) -> None:
-            # What the fill announced counts against the cache's limit until it ends.
-            nonlocal reserved
-            if size and not self.budget.keeps(size):
+            # What the fill announced counts against the disk, and (if it is to be
+            # kept) against the cache's limit, until it ends.
+            nonlocal reserved, outstanding
+            if not size:
+                return
+            outstanding = size
+            self.budget.outstanding += size
+            if not self.budget.keeps(size):
                 # Larger than the cache may hold: served to its readers, never kept.
                 fill.keep = False
-            elif size:
+            else:
                 reserved = size
                 self.budget.reserved += reserved
 
@@ -102,12 +123,15 @@ class Fills:
         try:
             await fill.run(feed, self.stats, self.accounting)
         finally:
+            upstream.pins -= 1
             self.budget.reserved -= reserved
+            self.budget.outstanding -= outstanding
             self.gate.leave(client)
             if self._fills.get(key) is fill:
                 del self._fills[key]
-        if isinstance(fill.error, BlobUnknown):
-            self.misses.add(fill.upstream, fill.repo, str(fill.digest))
+        if fill.error is not None:
+            for hook in self.on_failure:
+                hook(fill)
         if fill.state is FillState.DONE and fill.keep:
             for callback in self.on_commit:
                 try:
@@ -155,22 +179,21 @@ class InFlight:
 
     async def open(self, want: Want, first: int = 0) -> Body:
         fills = self._fills
-        fill = fills.running(want, self._join_peer_fed)
-        if fill is not None:
-            return FillBody(fill, started=False, hold=self._hold)
-        if fills.misses.recent(want.upstream.name, want.repo, str(want.digest)):
-            raise BlobUnknown("blob unknown to the upstream (asked moments ago)")
-        if not self._room():
-            fills.stats.streamed_through += 1
-            log.warning("no room for a fill: streaming %s through uncached", want.digest)
-            return await self._next.open(want, first)
+        joined = await self._join(want)
+        if joined is not None:
+            return joined
         await fills.gate.enter(want.requester)
         try:
             # Waiting for a slot may have taken a while: look again.
-            fill = fills.running(want, self._join_peer_fed)
-            if fill is not None:
+            joined = await self._join(want)
+            if joined is not None:
                 fills.gate.leave(want.requester)
-                return FillBody(fill, started=False, hold=self._hold)
+                return joined
+            if not self._room():
+                fills.stats.streamed_through += 1
+                log.warning("no room for a fill: streaming %s through uncached", want.digest)
+                # The relay holds an upstream connection like a fill: same slot.
+                return _Gated(await self._next.open(want, first), fills, want.requester)
             fill = fills.start(want, self._next.feed(want))
         except BaseException:
             fills.gate.leave(want.requester)
@@ -183,13 +206,65 @@ class InFlight:
             return FileBody(blob)
         return FillBody(fill, started=True, hold=self._hold)
 
+    async def _join(self, want: Want) -> Body | None:
+        """The running fill's body, if one brings ``want`` in. A fill started under
+        another (upstream, repository) is joined once it has begun: if that pair's
+        upstream refuses it, this request's own pair is asked instead of failing with
+        an answer that was never about it."""
+        fill = self._fills.running(want, self._join_peer_fed)
+        if fill is None:
+            return None
+        if fill.pair != (want.upstream.name, want.repo):
+            try:
+                await fill.started()
+            except RegistryError:
+                return None  # that pair's answer, not this one's: ask under ours
+        return FillBody(fill, started=False, hold=self._hold)
+
     async def size(self, want: Want) -> int:
-        fill = self._fills.running(want)
+        fill = self._fills.running(want, self._join_peer_fed)
         if fill is not None:
-            await fill.started()
+            try:
+                await fill.started()
+            except RegistryError:
+                if fill.pair != (want.upstream.name, want.repo):
+                    return await self._next.size(want)
+                raise
             if fill.size is not None:
                 return fill.size
         return await self._next.size(want)
+
+
+class _Gated:
+    """A body streamed through uncached, holding a fill slot until it is closed."""
+
+    def __init__(self, body: Body, fills: Fills, requester: str) -> None:
+        self._body = body
+        self._fills = fills
+        self._requester = requester
+        self._open = True
+
+    @property
+    def origin(self) -> Origin:
+        return self._body.origin
+
+    async def size(self) -> int | None:
+        return await self._body.size()
+
+    async def final_size(self) -> int:
+        return await self._body.final_size()
+
+    async def send(self, sink: Sink, start: int, end: int | None) -> None:
+        await self._body.send(sink, start, end)
+
+    def vouches(self, upstream: str, repo: str) -> bool:
+        return self._body.vouches(upstream, repo)
+
+    def close(self) -> None:
+        self._body.close()
+        if self._open:
+            self._open = False
+            self._fills.gate.leave(self._requester)
 
 
 class Held:

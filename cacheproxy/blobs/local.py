@@ -29,6 +29,9 @@ class FileBody:
         last = self._size - 1 if end is None else end
         await sink.sendfile(self._fd, start, last - start + 1)
 
+    def vouches(self, upstream: str, repo: str) -> bool:
+        return False  # a file on disk: whoever fetched it, not necessarily this pair
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

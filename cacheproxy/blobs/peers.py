@@ -79,7 +79,7 @@ class PeerFeed:
             headers = {"Range": wanted} if wanted else {}
             self._cluster.stats.blob_requests += 1
             try:
-                resp = await self._cluster.get(peer, self._path, self._query, headers)
+                resp = await self._cluster.get(peer, self._path, self._query, headers, blob=True)
             except UpstreamUnavailable:
                 continue
             if resp.status in (200, 206):

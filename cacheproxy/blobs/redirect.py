@@ -4,7 +4,8 @@ to a short-lived presigned URL of the bucket, so it carries none of the bytes.
 This link comes after the links rule (``vouched.py``) and applies it again for the
 bucket (``shared.tier.may_read``): the first link passes a digest this node does
 not hold, trusting the upstream fetch that would follow, and a redirect is no such
-fetch. A blob the bucket does not hold yet is served as usual (and written back).
+fetch. A blob the bucket does not hold yet, or whose object this node has not seen
+match the digest, is served as usual (written back, or read and verified).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class RedirectBody:
     def close(self) -> None:
         return None
 
+    def vouches(self, upstream: str, repo: str) -> bool:
+        return True  # the links rule was applied for the bucket (may_read)
+
 
 class Redirect:
     """Redirects to the bucket what it holds; asks ``next`` for everything else."""
@@ -54,7 +58,10 @@ class Redirect:
 
     async def open(self, want: Want, first: int = 0) -> Body:
         tier = self._tier
-        size = await tier.size(want.digest)
+        # Only an object this node has seen match its digest: clients are sent to the
+        # bucket unseen, so a wrong object (another cluster's, a tampered one) is
+        # served through a fill first, which verifies it (or reports it and falls back).
+        size = await tier.size(want.digest) if tier.is_checked(want.digest) else None
         if size is not None and await may_read(self._links, want.upstream, want.repo, want.digest):
             try:
                 url = await tier.s3.presign(

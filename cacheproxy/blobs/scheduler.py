@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from ..errors import RegistryError, UpstreamBadContent, UpstreamUnavailable
+from ..errors import RangeNotSatisfiable, RegistryError, UpstreamBadContent, UpstreamUnavailable
 from .reading import BodyReader, drop, keep
 from .segments import Answer, RangeSupport, Span, chunk_size, plan, read_answer
 from .source import Feed, Swarm
@@ -145,7 +145,15 @@ class Lanes:
     async def _first(self) -> None:
         """Ask for the start of the blob; learn its length from the answer."""
         ask = self._min_size - 1 if self.lanes(0) > 1 else None
-        resp = await self._open(0, 0, ask)
+        try:
+            resp = await self._open(0, 0, ask)
+        except RangeNotSatisfiable:
+            if ask is None:
+                raise
+            # An empty blob (the empty layer, sha256:e3b0...) has no byte 0 to range
+            # over (RFC 9110 section 15.5.17): ask for it whole.
+            ask = None
+            resp = await self._open(0, 0, None)
         answer = self._check(resp, 0, ask)
         if answer.kind == "bad":
             resp.release()

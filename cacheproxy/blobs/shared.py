@@ -16,7 +16,6 @@ import logging
 import aiohttp
 
 from ..accounting import Accounting, Origin
-from ..errors import RangeNotSatisfiable
 from ..links import Links
 from ..shared.s3 import S3Unavailable
 from ..shared.tier import SharedTier, may_read
@@ -100,7 +99,7 @@ class SharedFeed:
         if not self._allowed:
             return None
         try:
-            resp = await tier.s3.get(self._key, start, end)
+            resp = await tier.s3.get(self._key, start, end, blob=True)
         except S3Unavailable as exc:
             tier.fault(exc.kind, exc.detail)
             return None
@@ -119,15 +118,13 @@ class SharedFeed:
             tier.stats.misses += 1
             tier.missed(want.digest)
             return None
-        if resp.status == 416:
-            raise RangeNotSatisfiable(
-                headers={"Content-Range": resp.headers.get("Content-Range", "bytes */*")}
-            )
+        # Anything else (a 416: an object shorter than the blob) is the bucket's fault,
+        # never the client's: the upstream serves it.
         tier.fault("bad-answer", f"GET of {want.digest} answered {resp.status}")
         return None
 
     def blame(self) -> None:
-        if self._from_bucket:
+        if self._from_bucket and not self._on_fallback:
             self._tier.bad_object(self._want.digest, self._etag)
             self._from_bucket = False
         else:

@@ -70,6 +70,10 @@ class Body(Protocol):
     def close(self) -> None:
         """Release what the body holds open (a file descriptor, a connection)."""
 
+    def vouches(self, upstream: str, repo: str) -> bool:
+        """Whether these bytes come from a fetch under this pair (this request's own, or
+        another of the same pair): the upstream answered it, which is the links rule."""
+
 
 class BlobSource(Protocol):
     """One link of the chain."""

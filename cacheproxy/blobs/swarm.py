@@ -67,6 +67,8 @@ EAGER = 0.05
 NOT_HELD_PAUSE = 0.5
 #: Seconds a holder whose piece failed is not asked again by this fill.
 FAILED_PAUSE = 60.0
+#: Peer read timeouts without a byte landing before the owner is taken for gone.
+STALLED = 3
 #: Failed pieces one fill tolerates before it leaves the swarm.
 MAX_FAILURES = 16
 
@@ -101,6 +103,8 @@ class Swarm:
         self._avoid: dict[str, float] = {}
         self._sent: set[str] = set()
         self._failures = 0
+        self._landed = 0
+        self._landed_at = self._clock()
         # Whether the plan may differ from the last (a list came, a lane ended), and
         # when a holder left alone may be asked again.
         self._changed = True
@@ -120,6 +124,7 @@ class Swarm:
         if size is None:
             self.live = self.sole = False
             return None
+        self._landed_at = self._clock()
         self._task = asyncio.create_task(self._refresh(), name=f"swarm {self._digest}")
         return size
 
@@ -219,6 +224,9 @@ class Swarm:
         self._changed = False
         have = merge((s.start, s.end) for s in self._progress.have())
         taken = merge((*have, *((s.start, s.end) for s in self._progress.asked())))
+        self._watch(sum(e - s for s, e in have), now)
+        if not self.live:
+            return []
         pauses = {**self._avoid, **node.busy}
         avoid = {n for n, until in pauses.items() if until > now}
         self._retry_at = min((pauses[n] for n in avoid), default=float("inf"))
@@ -250,6 +258,10 @@ class Swarm:
     def _current(self, size: int) -> tuple[pieces.Holder, ...]:
         """The holders as the plan sees them: healthy members only; once the owner is
         gone, only what each has (what was coming may have been coming from it)."""
+        healthy = set(self._cluster.membership.peers())
+        if self.sole and self._owner not in healthy:
+            # Left the cluster, or avoided: what it would send, the feed sends.
+            self._lose_owner("it is no healthy member now")
         if self._holders is None:
             seen, self._seen = self._seen, {}
             holders = []
@@ -264,8 +276,15 @@ class Swarm:
                     holders.append(holder)
                     self._seen[key] = holder
             self._holders = tuple(holders)
-        healthy = set(self._cluster.membership.peers())
         return tuple(h for h in self._holders if h.node in healthy)
+
+    def _watch(self, landed: int, now: float) -> None:
+        """No byte landing for a long while (several peer read timeouts: longer than
+        any wait for a busy holder) while the owner answers: leave it to the feed."""
+        if landed > self._landed:
+            self._landed, self._landed_at = landed, now
+        elif self.sole and now - self._landed_at > STALLED * self._cluster.read_timeout:
+            self._lose_owner("no byte landed for a long while")
 
     def _holder(self, node: str, have: str, coming: str, size: int) -> pieces.Holder | None:
         try:

@@ -58,7 +58,7 @@ class HolderFeed:
         wanted = range_header(start, end)
         headers = {"Range": wanted} if wanted else {}
         self._cluster.stats.piece_requests += 1
-        resp = await self._cluster.get(self.node, self._path, self._query, headers)
+        resp = await self._cluster.get(self.node, self._path, self._query, headers, blob=True)
         if resp.status in (200, 206):
             return resp
         status = resp.status

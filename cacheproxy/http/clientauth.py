@@ -75,6 +75,9 @@ class ClientAuth:
                 return ANONYMOUS
             raise Unauthorized("authentication required", headers=CHALLENGE)
         key = hashlib.sha256(authorization.encode()).hexdigest()
+        # A login removed from its file stops working within the files' recheck, even
+        # for a client remembered as verified (the check is cheap when nothing is due).
+        await self._reread()
         known = self._verified.get(key)
         if known is not None and self._clock() - known[1] < REMEMBER:
             return known[0]

@@ -45,7 +45,8 @@ class ResponseSink:
                     pass
         end = offset + count
         while offset < end:
-            chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+            # Off the loop: under TLS (no sendfile) a cold page cache would stall it.
+            chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - offset), offset)
             if not chunk:
                 raise OSError("blob file is shorter than its size")
             await self._resp.write(chunk)

@@ -80,6 +80,8 @@ def reconcile(store: BlobStore, index: Index) -> int:
     gone = [d for d in (*snapshot.manifest_types, *snapshot.access) if d not in sizes]
     for digest in set(gone):
         index.forget_content(digest)
+    # Links of content never held (a manifest's other platforms, say) would pile up.
+    index.forget_links_except(set(sizes))
     if gone:
         log.info("index reconciled with the disk: %d records of missing content dropped", len(gone))
     return len(set(gone))

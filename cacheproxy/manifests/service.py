@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..accounting import Accounting, Origin
-from ..errors import ManifestUnknown, UpstreamBadContent
+from ..errors import ManifestUnknown, RegistryError, UpstreamBadContent
 from ..links import Links
 from ..oci import (
     MANIFEST_TYPES,
@@ -126,9 +126,13 @@ class ManifestService:
                 raise ManifestUnknown("not in the cache, and the proxy is offline")
             peers = self._peers.candidates(str(digest)) if self._peers is not None else []
             key = (str(digest), up.name, name, bool(peers))
-            (body, fetched), leader = await self._flights.run_leading(
-                key, lambda: self._fetch(up, name, digest, peers)
-            )
+            try:
+                (body, fetched), leader = await self._flights.run_leading(
+                    key, lambda: self._fetch(up, name, digest, peers)
+                )
+            except RegistryError as exc:
+                self._links.refuse(up.name, name, str(digest), exc)
+                raise
             origin = fetched if leader else None
         await self._links.add_manifest(up.name, name, str(digest), body)
         return body, origin

@@ -24,6 +24,8 @@ from .signing import ANSWER_HEADER, HEADER, sign, sign_answer, verify, verify_an
 log = logging.getLogger(__name__)
 
 PREFIX = "/_cacheproxy/peer"
+# Connections to peers for manifests and tags (blob bodies have their own).
+CONTROL_CONNECTIONS = 16
 
 
 @dataclass
@@ -57,12 +59,17 @@ class Cluster:
         self.read_timeout = read_timeout
         self.stats = PeerStats()
         # No total timeout: a big blob takes as long as it takes, but a peer that
-        # does not connect, answer or keep sending within these is skipped.
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=connect_timeout, sock_read=read_timeout
-            ),
+        # does not connect, answer or keep sending within these is skipped. Blob
+        # bodies and manifests have connections of their own: a tag never waits
+        # behind blob transfers.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        self._control = aiohttp.ClientSession(
+            timeout=timeout,
             auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS),
         )
 
     @property
@@ -76,15 +83,22 @@ class Cluster:
     async def close(self) -> None:
         await self.membership.close()
         await self._session.close()
+        await self._control.close()
 
     async def get(
-        self, peer: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]
+        self,
+        peer: str,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        blob: bool = False,
     ) -> aiohttp.ClientResponse:
         """A signed GET to a peer endpoint; raises UpstreamUnavailable if unreachable."""
         path_qs = f"{PREFIX}{path}?{urlencode(sorted(query.items()))}"
         signed = {**headers, HEADER: sign(self.secret, "GET", path_qs, peer)}
         try:
-            return await self._session.get(peer + path_qs, headers=signed, allow_redirects=False)
+            session = self._session if blob else self._control
+            return await session.get(peer + path_qs, headers=signed, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.stats.failures += 1
             self.membership.mark_bad(peer, type(exc).__name__)

@@ -13,6 +13,7 @@ Presigned URLs carry a signature valid for one request shape: they are never log
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -120,7 +121,8 @@ class FileSpan(Payload):
         left = self._size if content_length is None else min(self._size, content_length)
         pos = self._offset
         while left > 0:
-            chunk = os.pread(self._fd, min(READ_SLICE, left), pos)
+            # Off the loop: an upload may run long after the page cache let go.
+            chunk = await asyncio.to_thread(os.pread, self._fd, min(READ_SLICE, left), pos)
             if not chunk:
                 raise OSError("blob file shorter than its upload")
             await writer.write(chunk)
@@ -144,23 +146,25 @@ class S3:
         self._clock = clock
         self._client: Any = None
         self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
-        self._reads: aiohttp.ClientSession | None = None
-        self._writes: aiohttp.ClientSession | None = None
+        # Connections for blob bodies, for writes, and for everything else (HEADs,
+        # manifests, listings): a manifest never waits behind blob bodies.
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._closed = False
 
-    def _session(self, writes: bool) -> aiohttp.ClientSession:
+    def _session(self, lane: str) -> aiohttp.ClientSession:
         if self._closed:
             raise S3Unavailable("unreachable", "the proxy is shutting down")
-        current = self._writes if writes else self._reads
+        current = self._sessions.get(lane)
         if current is not None:
             return current
+        writes = lane == "writes"
         s = self.settings
         tls: ssl.SSLContext | bool = True
         if not s.tls_verify:
             tls = False
         elif s.ca_file is not None:
             tls = ssl.create_default_context(cafile=str(s.ca_file))
-        limit = s.upload_concurrency + 2 if writes else s.connections
+        limit = {"writes": s.upload_concurrency + 2, "blobs": s.connections}.get(lane, 16)
         # A write waits for S3 to store what it got (a multipart completion can take a while).
         read = s.read_timeout * (6 if writes else 1)
         session = aiohttp.ClientSession(
@@ -171,10 +175,7 @@ class S3:
             auto_decompress=False,
             skip_auto_headers=("Content-Type",),
         )
-        if writes:
-            self._writes = session
-        else:
-            self._reads = session
+        self._sessions[lane] = session
         return session
 
     # --- signing -------------------------------------------------------------------
@@ -217,16 +218,19 @@ class S3:
         data: Any = None,
         *,
         writes: bool = False,
+        blob: bool = False,
         **params: Any,
     ) -> aiohttp.ClientResponse:
         """Send one signed request; raises S3Unavailable for faults of the wire or of S3
-        (403, 5xx). Other answers (404, 416, 412, ...) are the caller's to read."""
+        (403, 5xx). Other answers (404, 416, 412, ...) are the caller's to read.
+        ``blob``: a blob body, on the connections kept for them."""
         try:
             url = await self.presign(op, **params)
         except Exception as exc:  # botocore raises many kinds (no credentials, ...)
             raise S3Unavailable("signing", type(exc).__name__) from exc
         try:
-            resp = await self._session(writes).request(
+            lane = "writes" if writes else "blobs" if blob else "control"
+            resp = await self._session(lane).request(
                 _METHODS[op], URL(url, encoded=True), headers=headers, data=data,
                 allow_redirects=False,
             )  # fmt: skip
@@ -253,12 +257,14 @@ class S3:
                 raise S3Unavailable("bad-answer", f"HEAD answered {resp.status}")
             return Stat(resp.content_length, resp.headers.get("ETag", ""))
 
-    async def get(self, key: str, start: int = 0, end: int | None = None) -> aiohttp.ClientResponse:
+    async def get(
+        self, key: str, start: int = 0, end: int | None = None, blob: bool = False
+    ) -> aiohttp.ClientResponse:
         """The object, or bytes ``start..end`` of it (RFC 9110 section 14)."""
         headers = {}
         if start or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        return await self.send("get_object", headers, Key=key)
+        return await self.send("get_object", headers, blob=blob, Key=key)
 
     async def put(self, key: str, body: Payload | bytes, content_type: str | None = None) -> None:
         """One PUT of a whole object."""
@@ -280,7 +286,7 @@ class S3:
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: Payload) -> str:
         """Send one part; returns its ETag (needed to complete the upload)."""
-        params = {"Key": key, "UploadId": upload_id, "PartNumber": number}
+        params: dict[str, Any] = {"Key": key, "UploadId": upload_id, "PartNumber": number}
         async with await self.send("upload_part", None, body, writes=True, **params) as resp:
             await _expect_ok(resp, "UploadPart")
             etag = resp.headers.get("ETag", "")
@@ -292,7 +298,7 @@ class S3:
         self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
     ) -> None:
         """Make the upload's object visible, whole, at once."""
-        params = {"Key": key, "UploadId": upload_id}
+        params: dict[str, Any] = {"Key": key, "UploadId": upload_id}
         body = complete_body(parts)
         headers = {"Content-Type": "application/xml"}
         async with await self.send(
@@ -338,10 +344,9 @@ class S3:
 
     async def close(self) -> None:
         self._closed = True
-        for session in (self._reads, self._writes):
-            if session is not None:
-                await session.close()
-        self._reads = self._writes = None
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
 async def _read_xml(resp: aiohttp.ClientResponse) -> bytes:

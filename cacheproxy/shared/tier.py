@@ -76,6 +76,9 @@ class SharedTier:
         self._present: OrderedDict[str, tuple[int | None, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._missed: OrderedDict[str, float] = OrderedDict()
+        # Objects whose bytes this node checked against the digest: it wrote them from a
+        # verified file, or a fill read them whole and they matched.
+        self._verified: OrderedDict[str, None] = OrderedDict()
 
     def key(self, digest: Digest) -> str:
         return object_key(self.settings.root, digest)
@@ -137,6 +140,19 @@ class SharedTier:
 
     def forget(self, digest: Digest) -> None:
         self._present.pop(str(digest), None)
+        self._verified.pop(str(digest), None)
+
+    def checked(self, digest: Digest) -> None:
+        """The bucket's object of ``digest`` is known to match it (written from a
+        verified file, or read whole by a fill that verified it)."""
+        key = str(digest)
+        self._verified[key] = None
+        self._verified.move_to_end(key)
+        if len(self._verified) > PRESENCE_MAX:
+            self._verified.popitem(last=False)
+
+    def is_checked(self, digest: Digest) -> bool:
+        return str(digest) in self._verified
 
     async def size(self, digest: Digest) -> int | None:
         """The object's size, or None when the bucket lacks it or cannot say now."""
@@ -177,8 +193,9 @@ class SharedTier:
         key = self.key(digest)
         try:
             stat = await self.s3.head(key)
-            # Another proxy may have put a good copy there since: delete only what was read.
-            if stat is not None and (not etag or stat.etag == etag):
+            # Another proxy may have put a good copy there since: delete only what was
+            # read (without an ETag to tell, nothing is deleted; it is only forgotten).
+            if stat is not None and etag and stat.etag == etag:
                 await self.s3.delete(key)
                 self.stats.deleted_bad += 1
         except S3Unavailable as exc:

@@ -100,6 +100,11 @@ class WriteBack:
         key = str(job.digest)
         if key in self._pending:
             return False
+        # Jobs waiting for a retry are off the queue: the bound is on everything pending.
+        if len(self._pending) >= self._tier.settings.max_pending_uploads:
+            self._tier.stats.uploads_dropped += 1
+            log.warning("shared tier: too many uploads pending, not writing %s", job.digest)
+            return False
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -139,6 +144,9 @@ class WriteBack:
                 done = not self._retry(job)
             except OSError as exc:
                 log.warning("shared tier: cannot read %s to write it: %s", job.digest, exc)
+            except Exception:  # an answer no parser expected: the worker must live on
+                log.exception("shared tier: writing %s failed", job.digest)
+                self._tier.stats.upload_failures += 1
             finally:
                 if done:
                     self._finish(job)
@@ -214,6 +222,7 @@ class WriteBack:
         stats.upload_bytes += size
         self._tier.worked()
         self._tier.remember(job.digest, size)
+        self._tier.checked(job.digest)
         self._accounting.shared(job.upstream, job.repo, "put", requests, size)
         log.info("shared tier: wrote %s (%d bytes)", job.digest, size)
 

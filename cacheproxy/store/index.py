@@ -224,6 +224,10 @@ class Index:
             self._links.move_to_end(digest)
             return known
         found: frozenset[str] = await self._call(self.links_sync, digest)
+        # Links added while the thread read are newer than what it read.
+        newer = self._links.get(digest)
+        if newer is not None:
+            return newer
         _remember(self._links, digest, found)
         return found
 
@@ -233,17 +237,37 @@ class Index:
 
     async def add_links(self, pairs: dict[str, set[str]]) -> None:
         """Record that each digest may be served under the given pairs."""
-        await self._call(self.add_links_sync, pairs)
+        merged = await self._call(self._write_links, pairs)
+        # The memory is the loop's: updated here, not in the thread.
+        for digest, links in merged.items():
+            _remember(self._links, digest, links)
 
     def add_links_sync(self, pairs: dict[str, set[str]]) -> None:
+        """:meth:`add_links` for command-line tools (blocking)."""
+        for digest, links in self._write_links(pairs).items():
+            _remember(self._links, digest, links)
+
+    def _write_links(self, pairs: dict[str, set[str]]) -> dict[str, frozenset[str]]:
+        merged: dict[str, frozenset[str]] = {}
         with self._cache.transact():
             for digest, new in pairs.items():
                 raw = self._cache.get("link\0" + digest)
                 old = list(raw) if isinstance(raw, tuple) else []
-                merged = old + sorted(new - set(old))
-                merged = merged[-MAX_LINKS_PER_DIGEST:]
-                self._cache.set("link\0" + digest, tuple(merged))
-                _remember(self._links, digest, frozenset(merged))
+                kept = (old + sorted(new - set(old)))[-MAX_LINKS_PER_DIGEST:]
+                self._cache.set("link\0" + digest, tuple(kept))
+                merged[digest] = frozenset(kept)
+        return merged
+
+    def forget_links_except(self, held: set[str]) -> int:
+        """Drop the links of digests not in ``held`` (blocking): a digest this node does
+        not hold needs no link (its fetch asks the upstream under the pair)."""
+        dropped = 0
+        for key in list(self._cache.iterkeys()):
+            if isinstance(key, str) and key.startswith("link\0") and key[5:] not in held:
+                self._cache.delete(key)
+                self._links.pop(key[5:], None)
+                dropped += 1
+        return dropped
 
     def get_sync(self, key: str) -> Any:
         """A raw record (blocking): for markers such as a layout version."""

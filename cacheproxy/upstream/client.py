@@ -74,6 +74,8 @@ class Upstream:
         self._control_slots = asyncio.Semaphore(CONTROL_CONNECTIONS)
         # Requests inside request() now; a retired upstream takes no new ones.
         self._active = 0
+        #: Fills using this upstream (their bodies outlive request()): never retired.
+        self.pins = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._retired = False
@@ -111,7 +113,10 @@ class Upstream:
             timeout=timeout,
             auto_decompress=False,
             headers={"User-Agent": USER_AGENT},
-            connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS, ttl_dns_cache=60, ssl=ssl),
+            # The same guard on names as the blobs' (tokens, manifests, HEADs too).
+            connector=aiohttp.TCPConnector(
+                limit=CONTROL_CONNECTIONS, ttl_dns_cache=60, ssl=ssl, resolver=self._resolver
+            ),
         )
 
     async def retire(self, grace: float) -> None:

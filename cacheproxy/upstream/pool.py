@@ -75,10 +75,21 @@ class UpstreamPool:
             return up
         up = self._make(settings)
         self._dynamic[wanted] = up
-        while len(self._dynamic) > self._config.max_dynamic_upstreams:
-            _, old = self._dynamic.popitem(last=False)
-            self._close_soon(old)
+        self._evict()
         return up
+
+    def _evict(self) -> None:
+        """Retire the least recently used registries past the bound; one a fill is
+        using stays (its bodies are read after its requests returned) until the next
+        time: the set may exceed the bound by the fills running, themselves bounded."""
+        over = len(self._dynamic) - self._config.max_dynamic_upstreams
+        for name in list(self._dynamic):
+            if over <= 0:
+                break
+            if self._dynamic[name].pins:
+                continue
+            self._close_soon(self._dynamic.pop(name))
+            over -= 1
 
     def _is_fixed(self, settings: UpstreamConfig) -> bool:
         """Configured upstreams and public presets; not the hosts the ecr preset admits."""

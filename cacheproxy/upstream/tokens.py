@@ -8,6 +8,7 @@ returns ``token``/``access_token`` with ``expires_in`` (60 s when absent).
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from .destinations import realm_gets_credentials
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRES_IN = 60.0
+# A token answer is a small JSON document; more than this is not one.
+MAX_TOKEN_ANSWER = 1024 * 1024
 # A token is refreshed when less than this share of its lifetime is left, capped
 # at REFRESH_MARGIN_MAX seconds, so a 2-second token is still reused.
 REFRESH_SHARE = 0.2
@@ -174,12 +177,19 @@ async def fetch_bearer(
         headers["Authorization"] = basic
     started = clock()
     try:
-        async with session.get(realm, params=query, headers=headers) as resp:
+        # No redirect is followed: where a realm sends a request (and its login) was
+        # judged for the realm itself only.
+        async with session.get(realm, params=query, headers=headers, allow_redirects=False) as resp:
             if resp.status in (401, 403):
                 raise Unauthorized("upstream token service refused the credentials")
             if resp.status != 200:
                 raise UpstreamUnavailable(f"upstream token service answered {resp.status}")
-            doc = await resp.json(content_type=None)
+            body = await resp.content.read(MAX_TOKEN_ANSWER + 1)
+            while len(body) <= MAX_TOKEN_ANSWER and (more := await resp.content.read(4096)):
+                body += more
+            if len(body) > MAX_TOKEN_ANSWER:
+                raise UpstreamUnavailable("upstream token service answered too much")
+            doc = json.loads(body)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise UpstreamUnavailable("upstream token service unreachable") from exc
     if not isinstance(doc, dict):

@@ -31,7 +31,7 @@ from aiohttp import web
 from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import HEADER, sign
 from tests.support.clients import run_process, skopeo
-from tests.support.forwarder import Forwarder
+from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import PushedImage, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
@@ -443,3 +443,98 @@ async def test_peers_on_a_listener_of_their_own(upstreams: Upstreams, tmp_path: 
         # Each layer left the upstream once: the second node got it from its owner.
         for desc in image.layers:
             assert upstreams.public.count("GET", f"/blobs/{desc.digest}") == 1
+
+
+async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """The queue for a download slot must not launder a digest across repositories:
+    alice's request and an anonymous one under a public repository wait for the one
+    slot; alice's fill starts first; the other, joining it later, is confirmed first."""
+    secret = await push_private(upstreams, f"team/q-{uuid.uuid4().hex[:6]}", (200_000,))
+    layer = secret.layers[0].digest
+    public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
+    await push_image(upstreams.public.url, public_repo, "v1", layer_sizes=(2000,))
+    other = await push_image(upstreams.public.url, public_repo, "v2", layer_sizes=(300_000,))
+    config = write_config(tmp_path, upstreams)
+    stall = upstreams.public.set_fault(
+        Fault(match=other.layers[0].digest, kind="stall", offset=1000)
+    )
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config, max_fills=1) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        base = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs"
+        # The one slot is taken by a stalled fill.
+        holder = asyncio.create_task(http.get(f"{base}/{other.layers[0].digest}"))
+        async with asyncio.timeout(20):
+            while proxy.fills.active < 1:
+                await asyncio.sleep(0.01)
+
+        async def alice() -> int:
+            url = f"{proxy.url}/v2/{PRIVATE}/{secret.name}/blobs/{layer}"
+            async with http.get(url, headers=basic(*ALICE)) as resp:
+                await resp.read()
+                return resp.status
+
+        async def anonymous() -> int:
+            async with http.get(f"{base}/{layer}") as resp:
+                await resp.read()
+                return resp.status
+
+        first = asyncio.create_task(alice())
+        async with asyncio.timeout(20):  # alice queues first
+            while proxy.fills.gate.waiting < 1:
+                await asyncio.sleep(0.01)
+        second = asyncio.create_task(anonymous())
+        async with asyncio.timeout(20):
+            while proxy.fills.gate.waiting < 2:
+                await asyncio.sleep(0.01)
+        stall.release()
+        upstreams.public.clear_faults()
+        async with asyncio.timeout(30):
+            assert await first == 200
+            assert await second == 404
+        (await holder).close()
+
+
+async def test_a_refusal_says_nothing_of_what_is_cached(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """Asked under a repository that may not have it, a digest this node holds and one
+    it never saw get the same answer (the upstream's own), for GET and HEAD, and again
+    when asked twice: no oracle for what the cache holds."""
+    public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
+    image = await push_image(upstreams.public.url, public_repo, "v1", layer_sizes=(4000,))
+    never = await push_image(upstreams.public.url, f"{public_repo}-x", "v1", layer_sizes=(4000,))
+    # The private registry once more, named without the proxy holding its login.
+    config = write_config(tmp_path, upstreams).read_text() + (
+        f'[[upstream]]\nname = "locked.test"\nurl = "{upstreams.private.url}"\n'
+    )
+    config_file = tmp_path / "locked.toml"
+    config_file.write_text(
+        config.replace(f'allow = ["{PUBLIC}/*"]', f'allow = ["{PUBLIC}/*", "locked.test/*"]')
+    )
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config_file) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        held = image.layers[0].digest
+        async with http.get(f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs/{held}") as resp:
+            assert resp.status == 200
+            await resp.read()
+        async with asyncio.timeout(10):
+            while not proxy.blob_path(held).exists():
+                await asyncio.sleep(0.01)
+        unseen = never.layers[0].digest
+        for where in (f"{PUBLIC}/lib/nothing-here", "locked.test/team/x"):
+            answers = {}
+            for digest in (held, unseen):
+                for _ in range(2):
+                    for method in ("GET", "HEAD"):
+                        url = f"{proxy.url}/v2/{where}/blobs/{digest}"
+                        got = await answer(http, method, url)
+                        answers.setdefault((method, digest == held), set()).add(got)
+            for method in ("GET", "HEAD"):
+                assert answers[(method, True)] == answers[(method, False)], (where, answers)
+                assert len(answers[(method, True)]) == 1

@@ -20,9 +20,12 @@ def test_a_burst_then_one_line_per_interval_with_the_held_back_count() -> None:
     line = record("fill of %s failed")
     assert limit.filter(line)
     assert "97 more like it held back" in str(line.msg)
-    # Another kind of message has a budget of its own; INFO and below pass untouched.
+    # Another kind of message has a budget of its own; INFO has a larger one, and
+    # DEBUG passes untouched.
     assert limit.filter(record("upstream %s unreachable"))
-    assert all(limit.filter(record("fill of %s failed", logging.INFO)) for _ in range(50))
+    infos = [limit.filter(record("cached %s", logging.INFO)) for _ in range(100)]
+    assert infos.count(True) == 15
+    assert all(limit.filter(record("fill of %s failed", logging.DEBUG)) for _ in range(50))
 
 
 def test_kinds_are_bounded() -> None:

@@ -89,7 +89,12 @@ class FakeCluster:
         self.pieces: Callable[[str], Response] = lambda node: Response(206)
 
     async def get(
-        self, peer: str, path: str, query: dict[str, str], headers: dict[str, str]
+        self,
+        peer: str,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        blob: bool = False,
     ) -> Response:
         self.requests.append((peer, path, dict(query)))
         if peer in self.down:
@@ -306,3 +311,25 @@ async def test_a_holder_feed_reads_the_answer(
     _, path, query = rig.cluster.requests[-1]
     assert path == f"/pieces/{want().digest}"
     assert query == {"upstream": "registry.test", "repo": "app", "node": ME}
+
+
+async def test_an_owner_that_leaves_the_cluster_leaves_the_rest_to_the_feed(rig: Rig) -> None:
+    """It still answers its lists, but it is no member now: waiting on it for pieces
+    nobody else offers would wait for nothing."""
+    rig.cluster.holders = [Report(OWNER, (), ((0, SIZE),))]
+    swarm = await rig.swarm(Progress())
+    rig.cluster.membership.healthy.discard(OWNER)
+    assert swarm.plan(SIZE) == []
+    assert swarm.live and not swarm.sole
+
+
+async def test_no_byte_for_a_long_while_leaves_the_rest_to_the_feed(rig: Rig) -> None:
+    rig.cluster.holders = [Report(OWNER)]  # it answers, but never has anything
+    swarm = await rig.swarm(Progress())
+    assert swarm.plan(SIZE) == [] and swarm.sole
+    rig.clock.now += 4 * rig.cluster.read_timeout
+    async with asyncio.timeout(5):  # a fresh list (every REFRESH s) makes it look again
+        while len(rig.cluster.reports()) < 2:
+            await asyncio.sleep(0.01)
+    swarm.plan(SIZE)
+    assert swarm.live and not swarm.sole
