@@ -13,7 +13,7 @@ MAX_CHUNK = 1024 * 1024
 # Bytes a body's socket gathers at most before it wakes the loop (see BodyReader),
 LOW_WATER = 128 * 1024
 # and the seconds of its rate it gathers.
-WAKE_EVERY = 0.02
+WAKE_EVERY = 0.05
 
 
 class BodyReader:
@@ -79,7 +79,7 @@ class BodyReader:
             if self._low > 1:
                 # A stream that slows down at once: wake for every byte again soon.
                 loop = asyncio.get_running_loop()
-                watchdog = loop.call_later(4 * WAKE_EVERY, self._water, 1)
+                watchdog = loop.call_later(2 * WAKE_EVERY, self._water, 1)
         try:
             return await self._gather()
         finally:
