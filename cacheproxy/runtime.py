@@ -2,7 +2,7 @@
 
 ``serve`` and every subcommand open a :class:`Runtime` and take what they need;
 nothing else wires parts together. The chains of blob sources are composed here,
-in the order a request walks them::
+in the order a request walks them (the links: blobs/chains.py)::
 
     clients: vouched -> [redirect] -> local -> fills in flight -> peers -> [shared] -> upstream
     peers:   vouched ->               local -> fills in flight ->          [shared] -> upstream
@@ -21,7 +21,6 @@ request for a range of a blob this node holds or is filling (the swarm, with
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,18 +28,12 @@ from dataclasses import dataclass
 
 from .accounting import Accounting, NullAccounting
 from .blobs.admission import DiskBudget, FillLimits
+from .blobs.chains import blob_chain, pieces_chain
 from .blobs.fill import Fill, FillOptions
 from .blobs.holdings import Holdings
-from .blobs.inflight import Fills, Held, InFlight
-from .blobs.local import LocalStore, Nowhere
-from .blobs.peers import PeerSource
-from .blobs.redirect import Redirect
+from .blobs.inflight import Fills
 from .blobs.service import BlobService
-from .blobs.shared import SharedSource
-from .blobs.source import BlobSource, Remote, Want
 from .blobs.swarming import SwarmNode
-from .blobs.upstream import UpstreamSource
-from .blobs.vouched import Vouched
 from .config import Config
 from .layout import CacheLayout
 from .lifecycle.keeper import Keeper, Upkeep
@@ -65,8 +58,6 @@ from .store.lock import CacheLock
 from .store.readiness import Readiness
 from .store.usage import UsageLog
 from .upstream.pool import UpstreamPool
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -269,7 +260,7 @@ async def open_runtime(
                 usage,
                 NullAccounting(),
             )
-            holdings = Holdings(cluster.self_url, fills, store, peers.blobs, piece_size=piece_size)
+            holdings = Holdings(cluster.self_url, fills, store, peers.blobs, links, piece_size)
         runtime = Runtime(
             config=config,
             layout=layout,
@@ -328,77 +319,6 @@ def _write_back(
     fills.on_commit.append(upload)
     bodies.on_upstream.append(writeback.manifest)
     return writeback
-
-
-def blob_chain(
-    store: BlobStore,
-    fills: Fills,
-    room: Callable[[], bool],
-    *,
-    cluster: Cluster | None = None,
-    for_peer: bool = False,
-    offline: bool = False,
-    links: Links | None = None,
-    segments: int = 1,
-    shared: SharedTier | None = None,
-    swarms: SwarmNode | None = None,
-) -> BlobSource:
-    """The chain of blob sources one kind of caller walks (see the module docstring).
-
-    ``cluster``: ask the cluster's other nodes before the upstream (a client's
-    request in peer mode). ``for_peer``: the chain that answers another node, which
-    never asks a peer. ``room``: whether the disk may take a miss; when it says no,
-    the fills step aside and the blob streams through uncached. ``links``: serve a
-    digest under a repository only by the links rule (every serving chain has it;
-    the sources alone, without it, are what the conformance suite checks).
-    ``segments``: connections one blob may be fetched on from the upstream at once.
-    ``shared``: the bucket between peers and the upstream (it needs ``links``: the
-    bucket's copy is served under a repository only by the links rule).
-    ``swarms``: a fill fed by peers takes pieces from every node holding the blob
-    (the owner's list), not from the owner alone.
-    """
-    chain: BlobSource
-    if offline:
-        chain = LocalStore(store, Nowhere("not in the cache, and the proxy is offline"))
-    else:
-        remote: Remote = UpstreamSource(lanes=segments)
-        if shared is not None:
-            if links is None:
-                raise ValueError("the shared tier is read only under the links rule")
-            remote = SharedSource(shared, links, remote, fills.accounting)
-        if cluster is not None and not for_peer:
-            remote = PeerSource(cluster, remote, swarms)
-        # A peer's request never joins a fill fed through peers: two nodes with
-        # different views of membership could otherwise wait on each other. A peer
-        # verifies the whole blob itself: it is sent every byte as it lands.
-        chain = LocalStore(
-            store, InFlight(fills, remote, room, join_peer_fed=not for_peer, hold=not for_peer)
-        )
-        if shared is not None and shared.settings.redirect and not for_peer:
-            assert links is not None
-            # After the links rule (the Vouched link wraps it below), never before.
-            chain = Redirect(shared, links, chain, fills.accounting)
-    if links is None:
-        return chain
-
-    def held(want: Want) -> bool:
-        # A fill under the same pair is the fetch that vouches for it: not "held".
-        return store.exists(want.digest) or fills.held_elsewhere(want)
-
-    return Vouched(links, held, chain)
-
-
-def pieces_chain(store: BlobStore, fills: Fills, links: Links, idle: float) -> BlobSource:
-    """The chain that answers a peer's request for a piece: what this node holds,
-    complete or landing (any fill, one fed by peers too), under the links rule; it
-    never starts a fetch. Two nodes never wait on each other for long: a range that
-    does not land within ``idle`` seconds is given up, and the asker asks elsewhere."""
-
-    def held(want: Want) -> bool:
-        # As for any chain: a fill under the same pair is the fetch that vouches for it.
-        return store.exists(want.digest) or fills.held_elsewhere(want)
-
-    return Vouched(links, held, LocalStore(store, Held(fills, idle)))
 
 
 def _upkeep(config: Config, limit: int | None) -> Upkeep:

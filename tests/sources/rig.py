@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cacheproxy.accounting import Origin
+from cacheproxy.blobs.chains import blob_chain
 from cacheproxy.blobs.inflight import Fills
 from cacheproxy.blobs.peers import PeerSource
 from cacheproxy.blobs.source import BlobSource, Want
@@ -28,7 +29,6 @@ from cacheproxy.links import Links
 from cacheproxy.oci import parse_digest
 from cacheproxy.peers.cluster import Cluster, start_cluster
 from cacheproxy.peers.ring import ranked
-from cacheproxy.runtime import blob_chain
 from cacheproxy.shared.s3 import S3
 from cacheproxy.shared.tier import SharedTier
 from cacheproxy.store.files import BlobStore
