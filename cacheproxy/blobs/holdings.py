@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from ..errors import UpstreamUnavailable
+from ..links import Links
 from ..peers import pieces
 from ..peers.holders import Registry, Report, Uploads, ahead, listed, merge
 from ..store.files import BlobStore
@@ -47,9 +48,10 @@ class Holdings:
         fills: Fills,
         store: BlobStore,
         bring: BlobService,
+        links: Links,
+        piece_size: int = pieces.PIECE_SIZE,
         registry: Registry | None = None,
         uploads: Uploads | None = None,
-        piece_size: int = pieces.PIECE_SIZE,
     ) -> None:
         self.node = node
         self.piece_size = piece_size
@@ -57,6 +59,7 @@ class Holdings:
         self._store = store
         # The chain that answers peers: how the owner brings a blob in.
         self._bring = bring
+        self._links = links
         self.registry = registry or Registry()
         self.uploads = uploads or Uploads()
         # What this node sends now, by digest: (to whom, start, end).
@@ -101,6 +104,9 @@ class Holdings:
         """Take ``report`` (its node's progress; ``size``: the blob's, if it knows it);
         the blob's size and the holders named to that node, this node first."""
         digest = str(want.digest)
+        # A holder list tells the blob's size and who has it: only under the pair's
+        # rule, as the blob itself (BLOB_UNKNOWN otherwise, before anything is kept).
+        await self._vouch(want)
         self.registry.report(digest, report)
         own = self.own(want)
         if (own is None or own[0] is None) and not report.complete(size):
@@ -114,6 +120,19 @@ class Holdings:
         known, mine = own if own is not None else (size, Report(self.node))
         named = listed(self.registry.reports(digest), report.node, mine)
         return known, [self._with_sending(digest, r) for r in named]
+
+    async def _vouch(self, want: Want) -> None:
+        """The links rule for the pair, as ``Vouched`` applies it to a body: a digest
+        held here (or coming in under another pair) is confirmed under this one."""
+        up, repo, digest = want.upstream, want.repo, want.digest
+        confirmed = await self._links.vouch(up, repo, digest, "blob", self._held(want))
+        if not confirmed and self._held(want):
+            # Brought in while the pair was looked up.
+            await self._links.vouch(up, repo, digest, "blob", True)
+
+    def _held(self, want: Want) -> bool:
+        # A fill under the same pair is the fetch that vouches for it: not "held".
+        return self._store.exists(want.digest) or self._fills.held_elsewhere(want)
 
     @contextlib.contextmanager
     def sending(self, want: Want, node: str, start: int, end: int) -> Iterator[None]:

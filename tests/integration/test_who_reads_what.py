@@ -288,12 +288,20 @@ async def test_the_rule_holds_across_the_cluster(upstreams: Upstreams, tmp_path:
                 assert await answer(http, "GET", target) == (404, "BLOB_UNKNOWN")
             # A signed peer request naming the public repository: the serving node
             # applies the same rule.
+            # So do the swarm's: a holder list (the blob's size, who has it) and a piece.
+            pair = {"repo": public_repo, "upstream": PUBLIC}
+            asks = [
+                ("blobs", pair),
+                ("pieces", {**pair, "node": second}),
+                ("holding", {**pair, "node": second, "have": "", "coming": ""}),
+            ]
             for node in (first, second):
-                path = f"/_cacheproxy/peer/blobs/{blob.digest}"
-                query = urlencode({"repo": public_repo, "upstream": PUBLIC})
-                signed = {HEADER: sign(SECRET, "GET", f"{path}?{query}", node)}
-                async with http.get(f"{node}{path}?{query}", headers=signed) as resp:
-                    assert resp.status == 404
+                for kind, fields in asks:
+                    path = f"/_cacheproxy/peer/{kind}/{blob.digest}"
+                    query = urlencode(sorted(fields.items()))
+                    signed = {HEADER: sign(SECRET, "GET", f"{path}?{query}", node)}
+                    async with http.get(f"{node}{path}?{query}", headers=signed) as resp:
+                        assert resp.status == 404, (kind, node, await resp.text())
         # alice gets the whole image from the other node as well.
         await alice_pulls(second, secret)
 
