@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from ..errors import UpstreamUnavailable
 from ..links import Links
 from ..peers import pieces
-from ..peers.holders import Registry, Report, Uploads, ahead, listed, merge
+from ..peers.holders import Registry, Report, Uploads, ahead, list_key, listed, merge
 from ..store.files import BlobStore
 from .fill import Fill, FillState
 from .inflight import Fills
@@ -61,7 +61,7 @@ class Holdings:
         self._bring = bring
         self._links = links
         self.registry = registry or Registry()
-        self.uploads = uploads or Uploads()
+        self.uploads = uploads or Uploads(small=piece_size // 4)
         # What this node sends now, by digest: (to whom, start, end).
         self._sending: dict[str, list[tuple[str, int, int]]] = {}
         # This node's own report per digest, for a moment (many askers ask at once).
@@ -103,32 +103,40 @@ class Holdings:
     ) -> tuple[int | None, list[Report]]:
         """Take ``report`` (its node's progress; ``size``: the blob's, if it knows it);
         the blob's size and the holders named to that node, this node first."""
-        digest = str(want.digest)
         # A holder list tells the blob's size and who has it: only under the pair's
         # rule, as the blob itself (BLOB_UNKNOWN otherwise, before anything is kept).
-        await self._vouch(want)
-        self.registry.report(digest, report)
+        confirmed = await self.vouch(want)
         own = self.own(want)
         if (own is None or own[0] is None) and not report.complete(size):
             # A node is filling the blob: its owner brings it in (once per cluster), or
-            # waits for its own fill's first answer (the size).
+            # waits for its own fill's first answer (the size). That fetch asks the
+            # upstream under the pair: its answer is the rule.
             async with self._bring.open(want) as body:
                 await body.size()
             own = self.own(want)
             if own is None:
                 raise UpstreamUnavailable("the blob is not coming in on its owner")
+        elif not confirmed and (own is None or own[0] is None):
+            # Nothing fetched under the pair, nothing held: the upstream confirms it.
+            await self._links.vouch(want.upstream, want.repo, want.digest, "blob", True)
+        # Only a node the pair's rule let through is named to others.
+        key = list_key(want.upstream.name, str(want.digest))
+        self.registry.report(key, report)
         known, mine = own if own is not None else (size, Report(self.node))
-        named = listed(self.registry.reports(digest), report.node, mine)
-        return known, [self._with_sending(digest, r) for r in named]
+        named = listed(self.registry.reports(key), report.node, mine)
+        return known, [self._with_sending(str(want.digest), r) for r in named]
 
-    async def _vouch(self, want: Want) -> None:
+    async def vouch(self, want: Want) -> bool:
         """The links rule for the pair, as ``Vouched`` applies it to a body: a digest
-        held here (or coming in under another pair) is confirmed under this one."""
+        held here (or coming in under another pair) is confirmed under this one.
+        False: not linked and not held (a fetch under the pair must answer for it)."""
         up, repo, digest = want.upstream, want.repo, want.digest
         confirmed = await self._links.vouch(up, repo, digest, "blob", self._held(want))
         if not confirmed and self._held(want):
             # Brought in while the pair was looked up.
             await self._links.vouch(up, repo, digest, "blob", True)
+            return True
+        return confirmed
 
     def _held(self, want: Want) -> bool:
         # A fill under the same pair is the fetch that vouches for it: not "held".

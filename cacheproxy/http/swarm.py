@@ -50,6 +50,8 @@ async def pieces(
     want = Want(up, repo, digest)
     wanted = parse_range(request.headers.get("Range"))
     first = wanted.first if wanted is not None and wanted.first is not None else 0
+    # The pair's rule before anything tells what is here (held, busy or not).
+    await holdings.vouch(want)
     if not holdings.offers(want, first):
         raise BlobUnknown("this node neither holds nor is receiving that range")
     length = (

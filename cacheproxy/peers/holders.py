@@ -36,10 +36,17 @@ REPORT_TTL = 120.0
 #: Bytes of a holder list answer at most (the asker reads no more).
 MAX_ANSWER = 64 * 1024
 #: A range this small is always admitted: it takes milliseconds, and a refusal
-#: would cost the asker a round trip more than the range itself.
+#: would cost the asker a round trip more than the range itself. (A quarter of
+#: the piece size when that is less: whole pieces always take a slot.)
 SMALL_RANGE = 1 << 20
 
 Spans = tuple[tuple[int, int], ...]
+
+
+def list_key(upstream: str, digest: str) -> str:
+    """What an owner keeps a holder list under: a fill under one upstream serves no
+    piece under another, so each upstream's holders are listed apart."""
+    return f"{upstream} {digest}"
 
 
 def merge(spans: Iterable[tuple[int, int]]) -> Spans:
@@ -169,6 +176,13 @@ class Registry:
             holders.popitem(last=False)
         while len(self._lists) > self._digests:
             self._lists.popitem(last=False)
+        # The least recently reported digests go once their newest report is stale.
+        now = self._clock()
+        while self._lists:
+            oldest = next(iter(self._lists.values()))
+            if now - next(reversed(oldest.values()))[0] <= self._ttl:
+                break
+            self._lists.popitem(last=False)
 
     def forget(self, digest: str, node: str) -> None:
         holders = self._lists.get(digest)
@@ -236,8 +250,9 @@ def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
 class Uploads:
     """Ranges this node is sending to peers now, bounded by ``pieces.admit``."""
 
-    def __init__(self, slots: int | None = pieces.UPLOAD_SLOTS) -> None:
+    def __init__(self, slots: int | None = pieces.UPLOAD_SLOTS, small: int = SMALL_RANGE) -> None:
         self.slots = slots
+        self.small = min(small, SMALL_RANGE)
         self.serving = 0
         #: Ranges refused with "busy", and ranges admitted (for /metrics).
         self.refused = 0
@@ -246,7 +261,7 @@ class Uploads:
     def take(self, length: int) -> bool:
         """Take a slot for a range of ``length`` bytes, or refuse (False). A small
         range takes none (see :data:`SMALL_RANGE`)."""
-        if length <= SMALL_RANGE:
+        if length <= self.small:
             return True
         if not pieces.admit(self.serving, self.slots):
             self.refused += 1
@@ -257,5 +272,5 @@ class Uploads:
 
     def give(self, length: int) -> None:
         """The range of ``length`` bytes that :meth:`take` admitted has ended."""
-        if length > SMALL_RANGE:
+        if length > self.small:
             self.serving -= 1

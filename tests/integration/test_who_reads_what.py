@@ -294,6 +294,17 @@ async def test_the_rule_holds_across_the_cluster(upstreams: Upstreams, tmp_path:
                 ("blobs", pair),
                 ("pieces", {**pair, "node": second}),
                 ("holding", {**pair, "node": second, "have": "", "coming": ""}),
+                # A node that says it has the blob whole: no fetch asks the upstream.
+                (
+                    "holding",
+                    {
+                        **pair,
+                        "node": second,
+                        "have": f"0-{blob.size}",
+                        "coming": "",
+                        "size": str(blob.size),
+                    },
+                ),
             ]
             for node in (first, second):
                 for kind, fields in asks:

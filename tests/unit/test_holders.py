@@ -113,8 +113,14 @@ def test_the_registry_is_bounded_and_its_entries_expire() -> None:
     clock.now += 11
     registry.report("x4", Report("fresh"))
     assert [r.node for r in registry.reports("x4")] == ["fresh"]
-    # An expired list goes when it is read (and the bound holds meanwhile).
-    assert registry.reports("x3") == [] and len(registry) == 2
+    # Lists whose newest report expired go at the next report of any digest.
+    assert len(registry) == 1 and registry.reports("x3") == []
+    clock.now += 5
+    registry.report("y", Report("n"))
+    assert len(registry) == 2
+    # An expired report goes when its list is read.
+    clock.now += 6
+    assert registry.reports("x4") == [] and len(registry) == 1
 
 
 def test_the_owner_names_itself_first_and_never_the_asker() -> None:
@@ -164,6 +170,9 @@ def test_uploads_are_bounded_and_small_ranges_always_go() -> None:
     assert uploads.serving == 2
     uploads.give(4 * MIB)
     assert uploads.take(4 * MIB) and uploads.admitted == 3
+    # Pieces of 1 MiB: a whole piece always takes a slot, whatever the size.
+    fine = Uploads(slots=1, small=MIB // 4)
+    assert fine.take(MIB) and not fine.take(MIB) and fine.take(MIB // 4)
     # No bound at all: the owner-only star.
     star = Uploads(slots=None)
     assert all(star.take(4 * MIB) for _ in range(100))
