@@ -254,9 +254,9 @@ async def open_runtime(
                 manifests(None, NullAccounting()),
             )
             pieces = BlobService(
-                # A holder waits longer than its asker, which gives up first and asks
-                # elsewhere; the holder's wait only bounds how long a slot stays taken.
-                pieces_chain(store, fills, links, 2 * cluster.read_timeout),
+                # A holder waits no longer than its asker: a slot kept for an asker
+                # that gave up would turn the others away as busy.
+                pieces_chain(store, fills, links, cluster.read_timeout),
                 usage,
                 NullAccounting(),
             )

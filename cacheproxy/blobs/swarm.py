@@ -141,7 +141,11 @@ class Swarm:
         if self._size is not None:
             query["size"] = str(self._size)
         self._cluster.stats.holder_lists += 1
-        resp = await self._cluster.get(self._owner, f"/holding/{self._digest}", query, {})
+        # On the blob connections: a holder list may wait for the owner's fetch to
+        # begin, and a manifest never waits behind it.
+        resp = await self._cluster.get(
+            self._owner, f"/holding/{self._digest}", query, {}, blob=True
+        )
         try:
             if resp.status == 404:
                 raise BlobUnknown(f"the owner answered 404 for {self._digest}")
