@@ -108,6 +108,12 @@ class CredentialsUnavailable(UpstreamUnavailable):
     default_message = "upstream credentials unavailable"
 
 
+class CacheWriteFailed(RegistryError):
+    """This proxy could not write a blob to its own disk (no source's fault)."""
+
+    code, status, default_message = "UNAVAILABLE", 503, "the proxy could not write the blob"
+
+
 class UpstreamBadContent(RegistryError):
     """The upstream sent bytes that do not match their digest or length."""
 

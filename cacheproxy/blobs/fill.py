@@ -23,7 +23,13 @@ from enum import Enum
 from pathlib import Path
 
 from ..accounting import Accounting, Origin
-from ..errors import BlobUnknown, RegistryError, UpstreamBadContent, UpstreamUnavailable
+from ..errors import (
+    BlobUnknown,
+    CacheWriteFailed,
+    RegistryError,
+    UpstreamBadContent,
+    UpstreamUnavailable,
+)
 from ..oci import Digest
 from ..store.files import BlobStore
 from .landing import Landing
@@ -362,7 +368,10 @@ class Fill:
         limit = self.size if self.size is not None else self.options.max_blob_size
         if limit and end > limit:
             raise UpstreamBadContent("blob is over max_blob_size")
-        await self._landing.write(offset, parts)
+        try:
+            await self._landing.write(offset, parts)
+        except OSError as exc:
+            raise CacheWriteFailed(f"writing the blob failed: {exc.strerror}") from exc
         self._wake(offset, end)
 
     async def _verify(self, stats: FillStats) -> None:

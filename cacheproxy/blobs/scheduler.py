@@ -34,7 +34,13 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from ..errors import RangeNotSatisfiable, RegistryError, UpstreamBadContent, UpstreamUnavailable
+from ..errors import (
+    CacheWriteFailed,
+    RangeNotSatisfiable,
+    RegistryError,
+    UpstreamBadContent,
+    UpstreamUnavailable,
+)
 from .reading import BodyReader, drop, keep
 from .segments import Answer, RangeSupport, Span, chunk_size, plan, read_answer
 from .source import Feed, Swarm
@@ -197,6 +203,9 @@ class Lanes:
             for task in done:
                 lane = self._active.pop(task)
                 exc = task.exception()
+                if isinstance(exc, CacheWriteFailed):
+                    # This node's disk: never resumed, never a holder's fault.
+                    raise exc
                 if lane.feed >= self._base and self._swarm is not None:
                     self._swarm.ended(self._feeds[lane.feed], exc)
                     continue

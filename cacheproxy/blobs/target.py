@@ -27,7 +27,8 @@ class Target(Protocol):
         """A feed answered with the blob (its size, if known)."""
 
     async def write_at(self, offset: int, parts: Sequence[bytes | memoryview]) -> None:
-        """Put ``parts`` (consecutive bytes) at ``offset`` of the blob."""
+        """Put ``parts`` (consecutive bytes) at ``offset`` of the blob; CacheWriteFailed
+        when this node's disk cannot take them."""
 
     def hints(self) -> list[int]:
         """Positions readers wait at that nothing has landed at yet."""

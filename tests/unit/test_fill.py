@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,14 @@ import pytest
 from cacheproxy.accounting import NullAccounting, Origin
 from cacheproxy.blobs.fill import Fill, FillOptions, FillState, FillStats
 from cacheproxy.blobs.fillbody import FillBody
-from cacheproxy.errors import BlobUnknown, RegistryError, UpstreamBadContent, UpstreamUnavailable
+from cacheproxy.blobs.landing import Landing
+from cacheproxy.errors import (
+    BlobUnknown,
+    CacheWriteFailed,
+    RegistryError,
+    UpstreamBadContent,
+    UpstreamUnavailable,
+)
 from cacheproxy.layout import CacheLayout
 from cacheproxy.oci import Digest, parse_digest
 from cacheproxy.store.files import BlobStore
@@ -229,6 +238,21 @@ async def test_a_wrong_byte_fails_the_fill_blames_the_feed_and_keeps_nothing(
     assert (run.stats.digest_mismatches, run.stats.failed, run.feed.blamed) == (1, 1, 1)
     assert not store.exists(run.fill.digest)
     assert temp_files(store) == []
+
+
+async def test_a_disk_that_cannot_take_the_bytes_fails_the_fill_and_blames_no_feed(
+    start: Start, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def full(self: Landing, offset: int, parts: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Landing, "write", full)
+    run = start(FakeFeed(whole(DATA)))
+    await run.task
+    assert isinstance(run.fill.error, CacheWriteFailed)
+    # Not resumed (no feed broke) and nobody blamed.
+    assert run.feed.offsets == [0] and run.feed.blamed == 0 and run.stats.resumed == 0
+    assert not store.exists(run.fill.digest) and temp_files(store) == []
 
 
 async def test_a_broken_body_is_resumed_from_where_it_broke(start: Start, store: BlobStore) -> None:
