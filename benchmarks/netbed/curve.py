@@ -42,20 +42,6 @@ MODELLED = {
 }
 
 
-#: The bed at 400 Mbit/s, 248 MB image (200 MB layer), 3 runs: median walls (the
-#: netbed section of RESULTS.md; cluster mode with holders, and the star).
-EARLIER_400 = {
-    ("alone", 1): 5.22,
-    ("cluster", 4): 6.77,
-    ("star", 4): 14.38,
-    ("cluster", 8): 9.16,
-    ("star", 8): 31.90,
-    ("nopeers", 8): 41.80,
-    ("distribution", 8): 82.24,
-    ("direct", 8): 41.54,
-}
-
-
 def base_setup(rate: str, upstream_rate: str, blobs: tuple[int, ...]) -> Setup:
     return Setup(
         nodes=1,
@@ -97,28 +83,16 @@ def curve(args: argparse.Namespace) -> str:
             f"{star.busiest_upload / size:.2f} | {tree.wall:.1f} | {tree.wall / alone:.2f}x | "
             f"{tree.busiest_upload / size:.2f} |"
         )
-    if args.rate == "400mbit" and args.layers == [200, 25, 15, 8] and not args.upstream_rate:
-        lines += ["", *earlier(base)]
-    lines += ["", "Assumptions of the model:", "", ASSUMPTIONS]
-    return "\n".join(lines)
-
-
-def earlier(base: Setup) -> list[str]:
-    """The model against an earlier bed run of the same setup (owners here synthetic)."""
-    lines = [
-        "The model against the bed's run of this setup (400 Mbit/s, 248 MB, 3 runs; "
-        "median walls; the model's blob owners are synthetic here; at 8 nodes with "
-        "holders the bed's two CPUs were 81% busy, and the model has no CPU):",
+    lines += [
         "",
-        "| system | nodes | measured wall s | model wall s | model error |",
-        "|---|---:|---:|---:|---:|",
+        "The model against the bed, with the bed's own digests and owners: "
+        "`--check benchmarks/out/netbed/results.json` (the section above).",
+        "",
+        "Assumptions of the model:",
+        "",
+        ASSUMPTIONS,
     ]
-    for (system, n), wall in EARLIER_400.items():
-        policy, copies = MODELLED[system]
-        model = simulate(replace(base, nodes=n, policy=policy, copies=copies)).wall
-        error = (model - wall) / wall
-        lines.append(f"| {system} | {n} | {wall:.1f} | {model:.1f} | {error:+.0%} |")
-    return lines
+    return "\n".join(lines)
 
 
 def check(path: Path, tolerance: float) -> tuple[str, bool]:
