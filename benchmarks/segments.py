@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.anchors import CacheproxySut, NginxCacheSut, Sut, Throttle, reset  # noqa: E402
 from benchmarks.load import PullResult, cold_pull, pull_blob, tree_cpu, tree_kib  # noqa: E402
 from benchmarks.profile import Profiler, inclusive_items, top_items  # noqa: E402
-from benchmarks.run import code_under_test, log, machine, write_results  # noqa: E402
+from benchmarks.run import code_under_test, log, machine, run_in, write_results  # noqa: E402
 from benchmarks.segments_report import (  # noqa: E402
     DIRECT,
     NGINX,
@@ -348,15 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render is not None:
         return emit(args.render, args.write)
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
-    try:
-        # The clients' loop, as in run.py: uvloop leaves more of the CPUs to the servers.
-        import uvloop
-
-        return uvloop.run(run(args))
-    except KeyboardInterrupt:
-        return 130
+    return run_in(args.workdir, run(args))
 
 
 if __name__ == "__main__":

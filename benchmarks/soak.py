@@ -46,7 +46,7 @@ from benchmarks.load import (
     tree_cpu,
     tree_kib,
 )
-from benchmarks.run import code_under_test, log, machine, write_results
+from benchmarks.run import code_under_test, log, machine, run_in, write_results
 from tests.support.images import PushedImage, push_image
 from tests.support.registry import RegistryProcess
 
@@ -626,14 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.connections < 1 or (args.duration is not None and not 0 < args.duration <= 3600):
         parser.error("--connections must be positive and --duration within (0, 3600]")
     raise_fd_limit(args.connections)
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
-    try:
-        import uvloop
-
-        return uvloop.run(run(args))
-    except KeyboardInterrupt:
-        return 130
+    return run_in(args.workdir, run(args))
 
 
 if __name__ == "__main__":
