@@ -20,18 +20,23 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cacheproxy.http.keys import HOLDINGS
+from cacheproxy.http.keys import CLUSTER, HOLDINGS
 from cacheproxy.peers.holders import list_key
 from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import ANSWER_HEADER, HEADER, sign, verify_answer
 from tests.integration.test_peers import SECRET, start_cluster
+from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
-from tests.support.images import push_blob, random_bytes
+from tests.support.images import push_blob, push_image, random_bytes
 from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.proxy import RunningProxy, running_proxy
 
 MIB = 1 << 20
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
@@ -83,6 +88,39 @@ async def test_pieces_come_from_several_holders_and_the_blob_from_the_upstream_o
         async with aiohttp.ClientSession() as http, http.get(f"{nodes[0].url}/metrics") as resp:
             metrics = await resp.text()
         assert 'cacheproxy_peer_swarm_total{what="holder_lists"}' in metrics
+
+
+async def test_skopeo_pulls_an_image_from_every_node_of_a_swarm_at_once(
+    forwarder: Forwarder, tmp_path: Path, secret_file: Path
+) -> None:
+    """Real clients on every node at once: each gets the image whole, verified by its
+    own digest checks, and each blob leaves the upstream once for the cluster."""
+    image = await push_image(forwarder.url, unique("swarm/img"), "v1", layer_sizes=(12 * MIB,))
+    forwarder.throttle_bps = 20_000_000
+    async with AsyncExitStack() as stack:
+        nodes = await start_cluster(stack, forwarder.url, tmp_path, secret_file, 3)
+        outs = [tmp_path / f"out{i}" for i in range(len(nodes))]
+        results = await asyncio.gather(
+            *(
+                skopeo(
+                    "copy",
+                    "--src-tls-verify=false",
+                    f"docker://{n.host}/{image.name}:v1",
+                    f"dir:{out}",
+                )
+                for n, out in zip(nodes, outs, strict=True)
+            )
+        )
+        for result in results:
+            result.check()
+        lists = sum(n.app[CLUSTER].stats.holder_lists for n in nodes)
+    for out in outs:
+        for blob in image.blobs:
+            assert sha256_of((out / blob.digest.split(":")[1]).read_bytes()) == blob.digest
+    for blob in image.blobs:
+        assert forwarder.body_bytes("GET", f"/blobs/{blob.digest}") == blob.size
+    # The nodes other than each blob's owner took it through the swarm.
+    assert lists >= 1
 
 
 async def test_a_holder_serves_only_what_it_holds_signed_and_bounded(
