@@ -42,6 +42,8 @@ class ResponseSink:
                     await loop.sendfile(transport, fobj, offset, count, fallback=False)
                     return
                 except (NotImplementedError, asyncio.SendfileNotAvailableError):
+                    # uvloop has no loop.sendfile, nor has every file system the
+                    # syscall: the same bytes go by pread below.
                     pass
         end = offset + count
         while offset < end:
