@@ -3,16 +3,31 @@
 Bytes are stored once per digest, but a digest is served under a repository only
 when that upstream has vouched for it there (distribution does the same with its
 per-repository links). A digest is not a secret: it appears in pod status, CI logs,
-SBOMs and this proxy's own log lines. A pair is linked when the digest was
+SBOMs and this proxy's own log lines. A pair is linked when the upstream itself
+answered for the digest there:
 
-- fetched from the upstream under that repository (a fill, a manifest GET),
-- named by a tag resolved there, or referenced by a manifest linked there,
-- or confirmed by the upstream with a HEAD under that repository, asked with the
-  proxy's own credentials (a HEAD is not a pull for Docker Hub).
+- a fetch under that repository (a fill, a manifest GET by digest), directly or
+  through a cluster node or the bucket that applied this rule for the same pair,
+- a tag resolved there naming it (the upstream's own answer, or a peer's signed one),
+- or a confirmation: a HEAD under that repository, asked with the proxy's own
+  credentials (a HEAD is not a pull for Docker Hub).
+
+What a manifest *names* is never a link. Anyone who may push somewhere can write a
+manifest, and a registry stores a ``subject`` or a ``blobs`` list without checking
+them (distribution-spec 1.1: a registry MUST accept a ``subject`` that does not
+exist). Even the descriptors a registry does check (``config``, ``layers``, an
+index's ``manifests``) are a hint at most, since a registry can be lax: content held
+under another pair is confirmed with one HEAD under the asking pair before it is
+served there the first time, as if the manifest had named nothing.
 
 A request for an unlinked pair whose digest this node does not hold needs no
 confirmation: the fetch that follows asks the upstream under that repository, and
 its answer is the rule. Offline, only links count.
+
+A link is the upstream's word at the time it was given: after ``link_ttl`` seconds
+it is confirmed again before it serves (a repository made private, an image
+deleted). While the upstream cannot answer, an old link still serves (the proxy
+keeps serving what it was allowed to when the upstream is down); a refusal drops it.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from .errors import (
     DigestInvalid,
     ManifestUnknown,
     RegistryError,
+    TooManyRequests,
     Unauthorized,
     UpstreamUnavailable,
 )
@@ -45,10 +61,11 @@ Kind = Literal["blob", "manifest"]
 NEGATIVE_TTL = 10.0
 # and this many refused pairs at most.
 NEGATIVE_MAX = 10_000
-# Manifests whose references were linked in this process: parsing them once is enough.
-EXPANDED_MAX = 50_000
-# References of one manifest linked at most (an index of a few hundred platforms is
-# large; tens of thousands is an attack on the index's size).
+# Seconds a link serves before the upstream is asked again (the ``link_ttl`` setting).
+LINK_TTL = 24 * 3600.0
+# References of one manifest followed at most when links are derived from a bundle
+# or an old cache (an index of a few hundred platforms is large; tens of thousands
+# is an attack on the index's size).
 MAX_REFERENCES = 4096
 # A body past this is not a manifest worth parsing for references.
 MANIFEST_LIMIT = 4 * 1024 * 1024
@@ -62,44 +79,50 @@ class Links:
     """The links of this node's cache, and the rule that serves by them."""
 
     def __init__(
-        self, index: Index, offline: bool = False, clock: Callable[[], float] = time.monotonic
+        self,
+        index: Index,
+        offline: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        ttl: float = LINK_TTL,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._index = index
         self._offline = offline
         self._clock = clock
+        self._ttl = ttl
+        self._wall = wall
         self._refused: OrderedDict[tuple[str, str], tuple[float, RegistryError]] = OrderedDict()
         # One confirmation at a time per pair and digest: a rollout asks once.
         self._confirmations: SingleFlight[tuple[str, str], None] = SingleFlight()
-        self._expanded: OrderedDict[tuple[str, str], None] = OrderedDict()
-        #: Upstream HEADs sent to confirm a pair (the tests and /metrics read it).
+        #: Upstream HEADs sent to confirm a pair (the tests read it).
         self.confirmations = 0
 
     async def close(self) -> None:
         await self._confirmations.close()
 
+    async def _linked_at(self, upstream: str, repo: str, digest: str) -> float | None:
+        return (await self._index.links(digest)).get(pair(upstream, repo))
+
+    def _fresh(self, linked_at: float) -> bool:
+        # Offline, the upstream cannot be asked again: a link serves however old.
+        return self._offline or self._wall() - linked_at < self._ttl
+
     async def known(self, upstream: str, repo: str, digest: str) -> bool:
-        return pair(upstream, repo) in await self._index.links(digest)
+        """Whether the pair is linked, and recently enough to serve without asking."""
+        linked_at = await self._linked_at(upstream, repo, digest)
+        return linked_at is not None and self._fresh(linked_at)
 
     async def add(self, upstream: str, repo: str, digests: Iterable[str]) -> None:
-        """Link ``digests`` under the pair (idempotent; cheap when already linked)."""
-        wanted = pair(upstream, repo)
-        new: dict[str, set[str]] = {}
+        """Link ``digests`` under the pair now: the upstream answered for them there."""
+        wanted, now = pair(upstream, repo), self._wall()
+        new: dict[str, dict[str, float]] = {}
         for digest in digests:
-            if wanted not in await self._index.links(digest):
-                new[digest] = {wanted}
+            linked_at = (await self._index.links(digest)).get(wanted)
+            # Refreshed once a tenth of the window has gone: not a write per request.
+            if linked_at is None or now - linked_at > self._ttl / 10:
+                new[digest] = {wanted: now}
         if new:
             await self._index.add_links(new)
-
-    async def add_manifest(self, upstream: str, repo: str, digest: str, body: bytes) -> None:
-        """Link a manifest and everything it references (config, layers, children)."""
-        key = (pair(upstream, repo), digest)
-        if key in self._expanded:
-            self._expanded.move_to_end(key)
-            return
-        await self.add(upstream, repo, [digest, *references(body)[:MAX_REFERENCES]])
-        self._expanded[key] = None
-        if len(self._expanded) > EXPANDED_MAX:
-            self._expanded.popitem(last=False)
 
     async def vouch(self, up: Upstream, repo: str, digest: Digest, kind: Kind, held: bool) -> bool:
         """Allow serving ``digest`` under (``up``, ``repo``), or raise the error the
@@ -107,13 +130,15 @@ class Links:
         DENIED), whether this node holds the digest or not: the answer tells nothing
         of what is cached.
 
-        ``held``: this node holds the digest or is bringing it in. Returns True when
-        the pair is linked (or just confirmed); False when it is not and the digest is
-        not held: the fetch that follows asks the upstream under this repository,
-        and its answer is the rule (a caller that finds the digest held after all,
-        after an await, must confirm then: see ``blobs/vouched.py``).
+        ``held``: this node (or the bucket it would read) holds the digest or is
+        bringing it in. Returns True when the pair is linked (or just confirmed);
+        False when it is not and the digest is not held: the fetch that follows asks
+        the upstream under this repository, and its answer is the rule (a caller
+        that finds the digest held after all, after an await, must confirm then:
+        see ``blobs/vouched.py``).
         """
-        if await self.known(up.name, repo, str(digest)):
+        linked_at = await self._linked_at(up.name, repo, str(digest))
+        if linked_at is not None and self._fresh(linked_at):
             return True
         unknown = BlobUnknown if kind == "blob" else ManifestUnknown
         if self._offline:
@@ -124,9 +149,21 @@ class Links:
             raise unknown() if isinstance(refused, BlobUnknown | ManifestUnknown) else refused
         if not held:
             return False
-        await self._confirmations.run(
-            (pair(up.name, repo), str(digest)), lambda: self.confirm(up, repo, digest, kind)
-        )
+        try:
+            await self._confirmations.run(
+                (pair(up.name, repo), str(digest)), lambda: self.confirm(up, repo, digest, kind)
+            )
+        except (UpstreamUnavailable, TooManyRequests):
+            if linked_at is None:
+                raise
+            # The upstream vouched here before and cannot answer now: still served
+            # (log lines are rate-limited by cacheproxy.logs).
+            log.warning(
+                "serving %s under %s/%s by an old link: the upstream cannot confirm it now",
+                digest,
+                up.name,
+                repo,
+            )
         return True
 
     def refuse(self, upstream: str, repo: str, digest: str, error: RegistryError) -> None:
@@ -153,8 +190,8 @@ class Links:
 
     async def confirm(self, up: Upstream, repo: str, digest: Digest, kind: Kind) -> None:
         """Ask the upstream (HEAD, the proxy's credentials) whether ``repo`` has ``digest``:
-        a yes is remembered as a link, a no raised (and remembered for a while) as the
-        error the upstream's answer maps to."""
+        a yes is remembered as a link, a no raised (remembered for a while, and any old
+        link dropped) as the error the upstream's answer maps to."""
         self.confirmations += 1
         path = f"/v2/{repo}/{'blobs' if kind == 'blob' else 'manifests'}/{digest}"
         headers = {"Accept": ", ".join(MANIFEST_TYPES)} if kind == "manifest" else {}
@@ -163,7 +200,7 @@ class Links:
             resp = await up.request("HEAD", path, scope=pull_scope(repo), headers=headers)
         except (Unauthorized, Denied) as exc:
             # The proxy's own credentials do not reach this repository.
-            self.refuse(up.name, repo, str(digest), exc)
+            await self._refused_by_upstream(up.name, repo, str(digest), exc)
             raise
         except RegistryError as exc:
             # An upstream that cannot answer cannot vouch; the client may retry.
@@ -176,26 +213,41 @@ class Links:
         error = error_for_status(resp, unknown)
         resp.release()
         log.debug("%s %s: not under %s/%s (upstream: %d)", kind, digest, up.name, repo, status)
-        self.refuse(up.name, repo, str(digest), error)
+        await self._refused_by_upstream(up.name, repo, str(digest), error)
         raise error
 
+    async def _refused_by_upstream(
+        self, upstream: str, repo: str, digest: str, error: RegistryError
+    ) -> None:
+        self.refuse(upstream, repo, digest, error)
+        if not isinstance(error, BlobUnknown | ManifestUnknown | Unauthorized | Denied):
+            return  # a 429 or a 5xx says nothing of the repository
+        if await self._linked_at(upstream, repo, digest) is not None:
+            await self._index.drop_link(digest, pair(upstream, repo))
 
-# Set once the links of a cache written before links existed have been derived.
-LINKS_MARKER = "links-derived\0v1"
+
+# Set once the links of a cache have been (re)derived in the current format: v1 linked
+# whatever a manifest named (a subject too), so its records are not kept.
+LINKS_MARKER = "links-derived\0v2"
 
 
-def link_tagged_content(store: BlobStore, index: Index) -> int:
-    """Link what each cached tag reaches under its own pair (blocking; once per cache).
+def derive_links(store: BlobStore, index: Index) -> int:
+    """Start the links of a cache written by an older version over (blocking; once).
 
-    A cache written before links existed holds tags resolved under their upstream
-    and repository: what they reach was fetched there. Returns the digests linked.
+    Older records may have come from what a manifest named, which vouches for
+    nothing, so all of them go. Each cached tag's own image is linked again under its
+    pair from what is on disk (the tag was the upstream's answer there; its config,
+    layers and children were checked by the registry), dated long ago: offline (an
+    air gap) it serves as before, and online each is confirmed at its first use.
+    Returns the digests linked.
     """
     if index.get_sync(LINKS_MARKER):
         return 0
+    index.forget_all_links()
     snapshot = index.snapshot()
-    pairs: dict[str, set[str]] = {}
+    pairs: dict[str, dict[str, float]] = {}
     for tag in snapshot.tags:
-        reach_sync(store, tag.upstream, tag.name, tag.entry.digest, pairs)
+        reach_sync(store, tag.upstream, tag.name, tag.entry.digest, pairs, 0.0)
     if pairs:
         index.add_links_sync(pairs)
     index.set_sync(LINKS_MARKER, 1)
@@ -203,17 +255,25 @@ def link_tagged_content(store: BlobStore, index: Index) -> int:
 
 
 def reach_sync(
-    store: BlobStore, upstream: str, repo: str, root: str, pairs: dict[str, set[str]]
+    store: BlobStore,
+    upstream: str,
+    repo: str,
+    root: str,
+    pairs: dict[str, dict[str, float]],
+    when: float,
+    carried: set[str] | None = None,
 ) -> None:
-    """Add to ``pairs`` the pair for ``root`` and all it references on disk (blocking)."""
+    """Add to ``pairs`` the pair for ``root`` and what it references on disk, as a
+    registry checks it (``oci.references``: never a subject), linked at ``when``
+    (blocking). ``carried``: only these digests (what a bundle itself brought)."""
     linked = pair(upstream, repo)
-    stack, seen = [root], set()
-    while stack:
+    stack, seen = [root], set[str]()
+    while stack and len(seen) < MAX_REFERENCES:
         digest = stack.pop()
-        if digest in seen:
+        if digest in seen or (carried is not None and digest not in carried):
             continue
         seen.add(digest)
-        pairs.setdefault(digest, set()).add(linked)
+        pairs.setdefault(digest, {})[linked] = when
         try:
             body = store.read(parse_digest(digest))
         except DigestInvalid:

@@ -265,20 +265,33 @@ def manifest_media_type(body: bytes, header_type: str | None) -> str:
 
 
 def references(body: bytes) -> list[str]:
-    """Digests a manifest or index points at (config, layers, child manifests, subject)."""
+    """The digests a registry checked before it accepted this manifest or index.
+
+    On push, a registry verifies that an image manifest's ``config`` and ``layers``
+    exist in the repository and that an index's ``manifests`` do. It does not check
+    the rest: distribution-spec 1.1 says a registry MUST accept a ``subject`` that
+    does not exist, ``blobs`` belongs to the withdrawn artifact manifest and is
+    stored unread, and a layer with ``urls`` (foreign, non-distributable) is fetched
+    from elsewhere and may skip the check. So only the checked descriptors are what
+    the image needs (export, gc) and what a repository may be said to hold; a
+    ``subject``, a ``blobs`` list, a foreign layer and annotations are never followed.
+    """
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return []
     if not isinstance(doc, dict):
         return []
-    found: list[str] = []
-    descriptors: list[object] = [doc.get("config"), doc.get("subject")]
-    for key in ("layers", "manifests", "blobs"):
+    descriptors: list[object] = [doc.get("config")]
+    for key in ("layers", "manifests"):
         items = doc.get(key)
         if isinstance(items, list):
             descriptors.extend(items)
+    found: list[str] = []
     for desc in descriptors:
-        if isinstance(desc, dict) and isinstance(desc.get("digest"), str):
-            found.append(desc["digest"])
+        if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
+            continue
+        if desc.get("urls"):
+            continue  # foreign: the registry need not hold it (image-spec, "urls")
+        found.append(desc["digest"])
     return found

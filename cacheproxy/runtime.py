@@ -38,7 +38,7 @@ from .config import Config
 from .layout import CacheLayout
 from .lifecycle.keeper import Keeper, Upkeep
 from .lifecycle.plan import Rules
-from .links import Links, link_tagged_content
+from .links import Links, derive_links
 from .manifests.bodies import ManifestBodies
 from .manifests.listing import TagLister
 from .manifests.peers import PeerManifests
@@ -158,8 +158,8 @@ async def open_runtime(
         )
         fills = Fills(store, accounting, fill_options, limits, budget)
         stack.push_async_callback(fills.close)
-        links = Links(index, offline=config.offline)
-        await asyncio.to_thread(link_tagged_content, store, index)
+        links = Links(index, offline=config.offline, ttl=config.link_ttl)
+        await asyncio.to_thread(derive_links, store, index)
 
         async def link_fill(fill: Fill) -> None:
             # Fetched under the starter's repository: that upstream vouched for it.

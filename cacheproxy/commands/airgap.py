@@ -292,8 +292,15 @@ def import_bundle(config: Config, bundle: Path) -> ImportResult:
 def _import(store: BlobStore, index: Index, bundle: Path, budget: DiskBudget) -> ImportResult:
     """Verify and load an OCI layout tar (blocking), within the cache's limit and the
     disk's free space: what a member says it holds is checked before a byte of it is
-    written (a sparse tar can announce gigabytes in a few kilobytes)."""
+    written (a sparse tar can announce gigabytes in a few kilobytes).
+
+    Only what the bundle itself carries, verified, is linked under the repositories
+    it names: a member already in the cache is read and checked too, and a digest a
+    manifest names but the bundle does not carry is never linked (the cache may hold
+    it for another repository; naming it proves nothing).
+    """
     result = ImportResult()
+    carried: set[str] = set()
     room = budget.room_for_import(sum(store.scan()[0].values()))
     with tarfile.open(bundle, "r") as tar:
         layout: dict[str, Any] | None = None
@@ -308,39 +315,48 @@ def _import(store: BlobStore, index: Index, bundle: Path, budget: DiskBudget) ->
             if m is None or not member.isfile():
                 continue
             digest = parse_digest(f"{m.group(1)}:{m.group(2)}")
-            if store.exists(digest):
-                result.already += 1
-                continue
             handle = tar.extractfile(member)
             if handle is None:
                 continue
-            if member.size > room:
-                raise ValueError(
-                    f"{digest} ({member.size} bytes) does not fit in the cache"
-                    " (max_size, min_free); import stopped"
-                )
-            room -= member.size
-            _load_blob(store, digest, handle, member.size)
-            result.blobs += 1
+            if store.exists(digest):
+                _copy_verified(digest, handle, member.size, None)
+                result.already += 1
+            else:
+                if member.size > room:
+                    raise ValueError(
+                        f"{digest} ({member.size} bytes) does not fit in the cache"
+                        " (max_size, min_free); import stopped"
+                    )
+                room -= member.size
+                _load_blob(store, digest, handle, member.size)
+                result.blobs += 1
+            carried.add(str(digest))
     if layout is None:
         raise ValueError(f"{bundle} has no index.json: not an OCI image layout")
-    _load_tags(store, index, layout, result)
+    _load_tags(store, index, layout, result, carried)
     return result
+
+
+def _copy_verified(digest: Digest, handle: IO[bytes], size: int, fd: int | None) -> None:
+    """Read ``size`` bytes of ``handle``, checking them against ``digest`` (and writing
+    them to ``fd`` if given); ValueError when they do not match."""
+    hasher = digest.hasher()
+    written = 0
+    while chunk := handle.read(1 << 20):
+        hasher.update(chunk)
+        if fd is not None:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        written += len(chunk)
+    if written != size or hasher.hexdigest() != digest.hex:
+        raise ValueError(f"{digest} in the bundle does not match its digest; import stopped")
 
 
 def _load_blob(store: BlobStore, digest: Digest, handle: IO[bytes], size: int) -> None:
     tmp_path, fd = store.new_temp(digest)
     try:
-        hasher = digest.hasher()
-        written = 0
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-            written += len(chunk)
-        if written != size or hasher.hexdigest() != digest.hex:
-            raise ValueError(f"{digest} in the bundle does not match its digest; import stopped")
+        _copy_verified(digest, handle, size, fd)
         store.commit(tmp_path, fd, digest)
     except BaseException:
         store.discard(tmp_path)
@@ -350,24 +366,29 @@ def _load_blob(store: BlobStore, digest: Digest, handle: IO[bytes], size: int) -
 
 
 def _load_tags(
-    store: BlobStore, index: Index, layout: dict[str, Any], result: ImportResult
+    store: BlobStore,
+    index: Index,
+    layout: dict[str, Any],
+    result: ImportResult,
+    carried: set[str],
 ) -> None:
     now = time.time()
-    pairs: dict[str, set[str]] = {}
+    pairs: dict[str, dict[str, float]] = {}
     for desc in layout.get("manifests", []):
         digest = parse_digest(desc["digest"])
-        body = store.read(digest)
+        body = store.read(digest) if str(digest) in carried else None
         if body is None:
             raise ValueError(f"manifest {digest} is not in the bundle")
         media_type = _manifest_type(desc)
         index.set_manifest_type_sync(str(digest), media_type)
         if media_type in INDEX_TYPES:
+            # An index may travel with some of its platforms only.
             for child in json.loads(body).get("manifests", []):
-                if store.exists(parse_digest(child["digest"])):
+                if child.get("digest") in carried:
                     index.set_manifest_type_sync(child["digest"], _manifest_type(child))
         else:
             for child in references(body):
-                if not store.exists(parse_digest(child)):
+                if child not in carried:
                     raise ValueError(f"blob {child} of {digest} is not in the bundle")
         ann = desc.get("annotations") or {}
         upstream, repo, tag = ann.get(ANN_UPSTREAM), ann.get(ANN_REPO), ann.get(ANN_TAG)
@@ -375,8 +396,9 @@ def _load_tags(
             if not isinstance(upstream, str) or not HOST_RE.fullmatch(upstream):
                 raise ValueError(f"{digest}: {str(upstream)[:100]!r} is not a registry host")
             validate_name(repo)
-            # Exported from that upstream's repository: it may be served there.
-            reach_sync(store, upstream, repo, str(digest), pairs)
+            # Exported from that upstream's repository: what the bundle carries of it
+            # may be served there.
+            reach_sync(store, upstream, repo, str(digest), pairs, now, carried)
             if tag:
                 validate_tag(tag)
                 entry = TagEntry(str(digest), media_type, len(body), now)

@@ -36,6 +36,7 @@ _SCALARS: dict[str, type] = {
     "presets": tuple,
     "tag_ttl": float,
     "max_stale": float,
+    "link_ttl": float,
     "loop": str,
     "log_level": str,
     "pricing_file": Path,
@@ -361,6 +362,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"loop: expected auto, uvloop or asyncio, got {config.loop!r}")
     if config.tag_ttl < 0 or config.max_stale < 0:
         raise ConfigError("tag_ttl and max_stale must not be negative")
+    if not config.link_ttl > 0:
+        raise ConfigError("link_ttl must be positive")
     if not config.savings_flush_interval > 0:
         raise ConfigError("savings_flush_interval must be positive")
     for key in ("max_size", "min_free", "max_blob_size", "segment_min_size", "peer_piece_size"):

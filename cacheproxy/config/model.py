@@ -133,6 +133,9 @@ class Config:
     tag_ttl: float = 60.0
     # Seconds past its freshness that a tag may still be served when upstream fails.
     max_stale: float = 7 * 24 * 3600.0
+    # Seconds a link (the upstream's word that a repository holds a digest) serves
+    # before the upstream is asked again with a HEAD (cacheproxy/links.py).
+    link_ttl: float = 24 * 3600.0
     # Event loop: "asyncio" (kernel sendfile), "uvloop", or "auto" (= asyncio: see
     # benchmarks/RESULTS.md: less CPU per GB, and it keeps accepting under load).
     loop: str = "auto"

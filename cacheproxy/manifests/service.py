@@ -117,7 +117,7 @@ class ManifestService:
     async def _body(self, up: Upstream, name: str, digest: Digest) -> tuple[bytes, Origin | None]:
         """The manifest's bytes, and where this call's own transfer got them (None:
         the cache, or another request's transfer). Served under (``up``, ``name``)
-        only by the links rule; what it references may then be served there too."""
+        only by the links rule."""
         body = await self._bodies.cached(digest)
         await self._links.vouch(up, name, digest, "manifest", held=body is not None)
         origin: Origin | None = None
@@ -134,7 +134,11 @@ class ManifestService:
                 self._links.refuse(up.name, name, str(digest), exc)
                 raise
             origin = fetched if leader else None
-        await self._links.add_manifest(up.name, name, str(digest), body)
+        if origin is not None:
+            # This call's own fetch: the upstream (or a node or the bucket, under this
+            # rule for this pair) answered for the manifest here. What it names is
+            # not linked (see cacheproxy/links.py).
+            await self._links.add(up.name, name, [str(digest)])
         return body, origin
 
     async def _fetch(

@@ -11,14 +11,15 @@ Keys (NUL-separated strings):
   pull     upstream, name, tag                -> (last pulled, pulls)
   manifest digest                             -> media type
   access   digest                             -> (last access, hits)
-  link     digest                             -> ("upstream\0repository", ...) that may
-                                                 be served it (see cacheproxy/links.py)
+  link     digest                             -> (("upstream\0repository", linked at), ...)
+                                                 that may be served it (cacheproxy/links.py)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,21 @@ def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
         memory.popitem(last=False)
 
 
+def _links_of(raw: object) -> dict[str, float]:
+    """A link record as a mapping; records of an older format read as no links."""
+    links: dict[str, float] = {}
+    if isinstance(raw, tuple):
+        for item in raw:
+            if (
+                isinstance(item, tuple)
+                and len(item) == 2
+                and isinstance(item[0], str)
+                and isinstance(item[1], int | float)
+            ):
+                links[item[0]] = float(item[1])
+    return links
+
+
 def _tag_base(upstream: str, name: str, tag: str) -> str:
     return "tagbase\0" + "\0".join((upstream, name, tag))
 
@@ -117,7 +133,7 @@ class Index:
         # wait for a thread and SQLite. Bounded; cleared whenever records are deleted.
         self._tags: OrderedDict[str, TagEntry] = OrderedDict()
         self._types: OrderedDict[str, str] = OrderedDict()
-        self._links: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._links: OrderedDict[str, Mapping[str, float]] = OrderedDict()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -217,13 +233,14 @@ class Index:
             self._cache.delete("access\0" + digest)
             self._cache.delete("link\0" + digest)
 
-    async def links(self, digest: str) -> frozenset[str]:
-        """The ``upstream\0repository`` pairs ``digest`` may be served under."""
+    async def links(self, digest: str) -> Mapping[str, float]:
+        """The ``upstream\0repository`` pairs ``digest`` may be served under, each with
+        the wall-clock time it was linked (read-only: never mutate the mapping)."""
         known = self._links.get(digest)
         if known is not None:
             self._links.move_to_end(digest)
             return known
-        found: frozenset[str] = await self._call(self.links_sync, digest)
+        found: Mapping[str, float] = await self._call(self.links_sync, digest)
         # Links added while the thread read are newer than what it read.
         newer = self._links.get(digest)
         if newer is not None:
@@ -231,31 +248,47 @@ class Index:
         _remember(self._links, digest, found)
         return found
 
-    def links_sync(self, digest: str) -> frozenset[str]:
-        raw = self._cache.get("link\0" + digest)
-        return frozenset(raw) if isinstance(raw, tuple) else frozenset()
+    def links_sync(self, digest: str) -> Mapping[str, float]:
+        return _links_of(self._cache.get("link\0" + digest))
 
-    async def add_links(self, pairs: dict[str, set[str]]) -> None:
-        """Record that each digest may be served under the given pairs."""
-        merged = await self._call(self._write_links, pairs)
+    async def add_links(self, pairs: dict[str, dict[str, float]]) -> None:
+        """Record that each digest may be served under the given pairs, linked at the
+        given times (a pair linked again keeps the newer time)."""
+        merged = await self._call(self._write_links, pairs, False)
         # The memory is the loop's: updated here, not in the thread.
         for digest, links in merged.items():
             _remember(self._links, digest, links)
 
-    def add_links_sync(self, pairs: dict[str, set[str]]) -> None:
+    def add_links_sync(self, pairs: dict[str, dict[str, float]]) -> None:
         """:meth:`add_links` for command-line tools (blocking)."""
-        for digest, links in self._write_links(pairs).items():
+        for digest, links in self._write_links(pairs, False).items():
             _remember(self._links, digest, links)
 
-    def _write_links(self, pairs: dict[str, set[str]]) -> dict[str, frozenset[str]]:
-        merged: dict[str, frozenset[str]] = {}
+    async def drop_link(self, digest: str, pair: str) -> None:
+        """Forget that ``digest`` may be served under ``pair`` (the upstream refused it)."""
+        merged = await self._call(self._write_links, {digest: {pair: 0.0}}, True)
+        for key, links in merged.items():
+            _remember(self._links, key, links)
+
+    def _write_links(
+        self, pairs: dict[str, dict[str, float]], drop: bool
+    ) -> dict[str, Mapping[str, float]]:
+        merged: dict[str, Mapping[str, float]] = {}
         with self._cache.transact():
             for digest, new in pairs.items():
-                raw = self._cache.get("link\0" + digest)
-                old = list(raw) if isinstance(raw, tuple) else []
-                kept = (old + sorted(new - set(old)))[-MAX_LINKS_PER_DIGEST:]
-                self._cache.set("link\0" + digest, tuple(kept))
-                merged[digest] = frozenset(kept)
+                links = dict(_links_of(self._cache.get("link\0" + digest)))
+                for linked, when in new.items():
+                    if drop:
+                        links.pop(linked, None)
+                    elif when >= links.get(linked, -1.0):
+                        links[linked] = when
+                # Past the bound the oldest links go (their next request asks again).
+                kept = sorted(links.items(), key=lambda item: item[1])[-MAX_LINKS_PER_DIGEST:]
+                if kept:
+                    self._cache.set("link\0" + digest, tuple(kept))
+                else:
+                    self._cache.delete("link\0" + digest)
+                merged[digest] = dict(kept)
         return merged
 
     def forget_links_except(self, held: set[str]) -> int:
@@ -266,6 +299,17 @@ class Index:
             if isinstance(key, str) and key.startswith("link\0") and key[5:] not in held:
                 self._cache.delete(key)
                 self._links.pop(key[5:], None)
+                dropped += 1
+        return dropped
+
+    def forget_all_links(self) -> int:
+        """Drop every link record (blocking): a cache written by a version whose links
+        cannot be trusted starts over (see ``cacheproxy/links.py``)."""
+        self._links.clear()
+        dropped = 0
+        for key in list(self._cache.iterkeys()):
+            if isinstance(key, str) and key.startswith("link\0"):
+                self._cache.delete(key)
                 dropped += 1
         return dropped
 

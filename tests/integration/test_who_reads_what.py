@@ -67,7 +67,9 @@ class Upstreams:
 async def upstreams(
     registry: RegistryProcess, require_binaries: None, tmp_path: Path
 ) -> AsyncIterator[Upstreams]:
-    with RegistryProcess(tmp_path / "private-registry", htpasswd=ROBOT) as private:
+    with RegistryProcess(
+        tmp_path / "private-registry", htpasswd=ROBOT, foreign_layers=True
+    ) as private:
         async with Forwarder(registry.url) as pub, Forwarder(private.url) as priv:
             yield Upstreams(pub, priv)
 

@@ -84,6 +84,7 @@ class RegistryProcess:
         proxy_remoteurl: str | None = None,
         proxy_credentials: tuple[str, str] | None = None,
         binary: str = DOCKER_REGISTRY,
+        foreign_layers: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
@@ -96,6 +97,9 @@ class RegistryProcess:
         self.proxy_remoteurl = proxy_remoteurl
         self.proxy_credentials = proxy_credentials
         self.binary = binary
+        #: Accept layers with ``urls`` (foreign, non-distributable): distribution
+        #: takes them only when its manifest URL allow list says so.
+        self.foreign_layers = foreign_layers
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port(host)
         # Upload state (the _state query parameter) is signed with this secret; a fixed
@@ -137,6 +141,8 @@ class RegistryProcess:
             },
             "http": {"addr": self.host, "secret": self._secret},
         }
+        if self.foreign_layers:
+            cfg["validation"] = {"manifests": {"urls": {"allow": ["^https?://"]}}}
         if self.htpasswd is not None:
             htpasswd_path = self.workdir / "htpasswd"
             cfg["auth"] = {"htpasswd": {"realm": "cacheproxy-test", "path": str(htpasswd_path)}}

@@ -103,19 +103,26 @@ def test_gc_plan_says_what_it_frees() -> None:
     assert lines[-1] == "1 tags, 2 blobs, 30 bytes freed"
 
 
-def test_references_of_manifests_and_indexes() -> None:
+def test_references_are_what_the_registry_checked() -> None:
+    """config, layers and an index's manifests; never a subject, a blobs list or a
+    foreign layer (the registry accepts those unchecked)."""
     image = {
         "config": {"digest": "sha256:c"},
-        "layers": [{"digest": "sha256:l1"}, {"digest": "sha256:l2"}, {"no": "digest"}],
+        "layers": [
+            {"digest": "sha256:l1"},
+            {"digest": "sha256:l2"},
+            {"no": "digest"},
+            {"digest": "sha256:foreign", "urls": ["https://example.com/layer"]},
+        ],
+        "subject": {"digest": "sha256:s"},
+        "blobs": [{"digest": "sha256:b"}],
+        "annotations": {"x": "sha256:a"},
+    }
+    index = {
+        "manifests": [{"digest": "sha256:a"}, {"digest": "sha256:b"}],
         "subject": {"digest": "sha256:s"},
     }
-    index = {"manifests": [{"digest": "sha256:a"}, {"digest": "sha256:b"}]}
-    assert references(json.dumps(image).encode()) == [
-        "sha256:c",
-        "sha256:s",
-        "sha256:l1",
-        "sha256:l2",
-    ]
+    assert references(json.dumps(image).encode()) == ["sha256:c", "sha256:l1", "sha256:l2"]
     assert references(json.dumps(index).encode()) == ["sha256:a", "sha256:b"]
     assert references(b"not json") == []
     assert references(b"[1, 2]") == []
