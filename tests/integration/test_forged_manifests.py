@@ -126,15 +126,23 @@ async def refused_everywhere(
     assert await answer(http, "GET", manifest) == (404, "MANIFEST_UNKNOWN")
 
 
-@pytest.mark.parametrize("how", ["subject", "blobs"])
-async def test_a_manifest_naming_private_blobs_grants_nothing(
+@pytest.mark.parametrize(
+    ("how", "manifest"),
+    [("subject", False), ("blobs", False), ("subject", True)],
+    ids=["subject-blobs", "blobs-list", "subject-manifest"],
+)
+async def test_a_manifest_naming_private_content_grants_nothing(
     upstreams: Upstreams,  # noqa: F811
     tmp_path: Path,
     how: str,
+    manifest: bool,
 ) -> None:
+    """The forged manifest names the private blobs (or the private image's manifest):
+    none of them, nor what the private manifest references, is served under the
+    attacker's repository, and stock skopeo cannot copy the private image from there."""
     secret = await push_private(upstreams, f"team/secret-{uuid.uuid4().hex[:6]}")
     repo = f"mallory/own-{uuid.uuid4().hex[:6]}"
-    tag = await push_forged(upstreams.public.url, repo, secret, how)
+    tag = await push_forged(upstreams.public.url, repo, secret, how, manifest=manifest)
     config = write_config(tmp_path, upstreams)
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
@@ -143,29 +151,8 @@ async def test_a_manifest_naming_private_blobs_grants_nothing(
         await alice_pulls(proxy.url, secret)
         # Anonymous: the forged manifest pulls (it is a valid image of its own) ...
         await pull_manifest(http, f"{proxy.url}/v2/{PUBLIC}/{repo}/manifests/{tag}", {})
-        # ... and names nothing it may then read.
+        # ... and names nothing it may then read; twice: asking again links nothing.
         await refused_everywhere(http, proxy.url, repo, secret)
-        # Twice: a refusal is not turned into a link by asking again.
-        await refused_everywhere(http, proxy.url, repo, secret)
-
-
-async def test_a_subject_naming_a_private_manifest_grants_nothing(
-    upstreams: Upstreams,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    """The subject names the private image's manifest: neither it nor what it
-    references is served under the attacker's repository, and stock skopeo cannot
-    copy the private image from there."""
-    secret = await push_private(upstreams, f"team/secret-{uuid.uuid4().hex[:6]}")
-    repo = f"mallory/own-{uuid.uuid4().hex[:6]}"
-    tag = await push_forged(upstreams.public.url, repo, secret, "subject", manifest=True)
-    config = write_config(tmp_path, upstreams)
-    async with (
-        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
-        aiohttp.ClientSession() as http,
-    ):
-        await alice_pulls(proxy.url, secret)
-        await pull_manifest(http, f"{proxy.url}/v2/{PUBLIC}/{repo}/manifests/{tag}", {})
         await refused_everywhere(http, proxy.url, repo, secret)
         ref = f"docker://{proxy.host}/{PUBLIC}/{repo}@{secret.digest}"
         result = await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{tmp_path / 'x'}")
