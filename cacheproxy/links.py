@@ -12,7 +12,10 @@ SBOMs and this proxy's own log lines. A pair is linked when the digest was
 
 A request for an unlinked pair whose digest this node does not hold needs no
 confirmation: the fetch that follows asks the upstream under that repository, and
-its answer is the rule. Offline, only links count.
+its answer is the rule. Where that fetch would ask someone else first (a peer in
+a cluster, the shared bucket) the pair is confirmed first, held or not. Either way a
+refused pair costs one upstream request and moves the same counters whatever the
+cache holds: /metrics is no oracle either. Offline, only links count.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from .errors import (
+    REFUSALS,
     BlobUnknown,
     Denied,
     DigestInvalid,
@@ -132,7 +136,7 @@ class Links:
     def refuse(self, upstream: str, repo: str, digest: str, error: RegistryError) -> None:
         """Remember the upstream's refusal of ``digest`` under the pair for a while (the
         same memory whether the answer came from a confirmation or a fetch)."""
-        if not isinstance(error, BlobUnknown | ManifestUnknown | Unauthorized | Denied):
+        if not isinstance(error, REFUSALS):
             return
         key = (pair(upstream, repo), digest)
         self._refused[key] = (self._clock(), error)

@@ -70,10 +70,14 @@ def blob_chain(
             chain = Redirect(shared, links, chain, fills.accounting)
     if links is None:
         return chain
+    # A client's fetch in a cluster asks a peer before the upstream: the pair is
+    # confirmed first, so that a refused pair costs and counts the same (one HEAD)
+    # whatever this node or the cluster holds (links.py).
+    confirm_first = cluster is not None and not for_peer
 
     def held(want: Want) -> bool:
         # A fill under the same pair is the fetch that vouches for it: not "held".
-        return store.exists(want.digest) or fills.held_elsewhere(want)
+        return confirm_first or store.exists(want.digest) or fills.held_elsewhere(want)
 
     return Vouched(links, held, chain)
 

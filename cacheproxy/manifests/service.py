@@ -119,7 +119,10 @@ class ManifestService:
         the cache, or another request's transfer). Served under (``up``, ``name``)
         only by the links rule; what it references may then be served there too."""
         body = await self._bodies.cached(digest)
-        await self._links.vouch(up, name, digest, "manifest", held=body is not None)
+        # With peers, the fetch would ask a peer first: the pair is confirmed first,
+        # held or not, as for blobs (blobs/chains.py).
+        held = body is not None or self._peers is not None
+        await self._links.vouch(up, name, digest, "manifest", held=held)
         origin: Origin | None = None
         if body is None:
             if self._options.offline:
