@@ -224,6 +224,14 @@ class Config:
     # round trip is noise next to its transfer, small enough that a blob has many to
     # spread (4 MiB takes 84 ms at 400 Mbit/s).
     peer_piece_size: str = "4MiB"
+    # Who reads /metrics and the cluster view on the client listener ([metrics]
+    # table): loopback clients (unless switched off) and clients logged in as one of
+    # these subjects (globs as in [[access]]); anyone else gets 401/403.
+    metrics_subjects: tuple[str, ...] = ()
+    metrics_loopback: bool = True
+    # A listener of its own for Prometheus (HOST:PORT): it serves only /metrics and
+    # the probes, to whoever reaches it.
+    metrics_listen: str | None = None
     # Serve on a non-loopback address without client logins although the proxy holds
     # upstream logins: anyone who reaches it pulls with them. Off: serve refuses.
     expose_credentials: bool = False
@@ -245,6 +253,10 @@ class Config:
     @property
     def peer_port(self) -> int | None:
         return split_listen(self.peer_listen)[1] if self.peer_listen else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return split_listen(self.metrics_listen)[1] if self.metrics_listen else None
 
     @property
     def local_url(self) -> str:

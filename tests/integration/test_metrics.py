@@ -9,6 +9,7 @@ anonymous clients from the network.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,15 +25,18 @@ from tests.integration.test_who_reads_what import (
     SECRET,
     Upstreams,
     answer,
+    basic,
     upstreams,  # noqa: F401 (a fixture)
     write_config,
 )
 from tests.support.images import push_image
+from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
-from tests.support.registry import free_port
+from tests.support.registry import RegistryProcess, free_port, write_htpasswd
 from tests.support.s3 import AWS_ENV, MotoS3, shared_table
 
 Lines = dict[str, float]
+PROMETHEUS = ("prometheus", "prometheus-password-1")
 
 
 def scrape(proxies: list[RunningProxy]) -> Lines:
@@ -140,3 +144,79 @@ async def test_held_and_unseen_digests_move_every_metric_alike(
                         seen[is_held] = (got, moved(before, scrape(proxies)))
                     assert seen[True][0][0] in (401, 404), (where, kind, method, seen)
                     assert seen[True] == seen[False], (where, kind, method, seen)
+
+
+# --- who reads /metrics ---------------------------------------------------------------
+
+
+async def status_of(http: aiohttp.ClientSession, url: str, **kw: object) -> tuple[int, str]:
+    """(status, OCI error code, or the body's first line) of a GET."""
+    async with http.get(url, **kw) as resp:  # type: ignore[arg-type]
+        body = await resp.text()
+        if resp.status >= 400:
+            assert resp.headers["Content-Type"].startswith("application/json"), body
+            return resp.status, json.loads(body)["errors"][0]["code"]
+        return resp.status, body.splitlines()[0] if body else ""
+
+
+async def test_metrics_are_not_for_anonymous_network_clients(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Anonymous pulls allowed, as a node-local mirror runs: /metrics answers the
+    node's own loopback clients (the default) and the subjects named; with loopback
+    switched off (as a client listener that tenants reach looks to the rule), an
+    anonymous client gets 401 with a challenge, another logged-in client 403, in
+    OCI JSON, while pulls go on."""
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, *PROMETHEUS)
+    auth = f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = true\n'
+    default, closed, no_logins = (tmp_path / f"{n}.toml" for n in ("d", "c", "n"))
+    default.write_text(auth)
+    closed.write_text(auth + '[metrics]\nloopback = false\nsubjects = ["prometheus"]\n')
+    no_logins.write_text("[metrics]\nloopback = false\n")
+    prometheus = basic(*PROMETHEUS)
+    async with aiohttp.ClientSession() as http:
+        async with running_proxy(registry.url, tmp_path / "a", config_file=default) as proxy:
+            for path in ("/metrics", "/_cacheproxy/peers"):
+                assert (await status_of(http, proxy.url + path))[0] == 200, path
+        async with running_proxy(registry.url, tmp_path / "b", config_file=closed) as proxy:
+            for path in ("/metrics", "/_cacheproxy/peers"):
+                assert await status_of(http, proxy.url + path) == (401, "UNAUTHORIZED")
+                wrong = basic(PROMETHEUS[0], "not-the-password")
+                assert await status_of(http, proxy.url + path, headers=wrong) == (
+                    401,
+                    "UNAUTHORIZED",
+                )
+                assert (await status_of(http, proxy.url + path, headers=prometheus))[0] == 200
+            # Spoofed forwarding headers change nothing: the rule reads the socket.
+            forged = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1"}
+            assert (await status_of(http, proxy.url + "/metrics", headers=forged))[0] == 401
+            assert (await status_of(http, proxy.url + "/v2/"))[0] == 200
+            assert (await status_of(http, proxy.url + "/healthz"))[0] == 200
+        async with running_proxy(registry.url, tmp_path / "c", config_file=no_logins) as proxy:
+            assert await status_of(http, proxy.url + "/metrics") == (403, "DENIED")
+
+
+async def test_the_metrics_listener_serves_metrics_and_the_probes_only(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Prometheus scrapes a listener of its own (the pod IP, in a cluster); the client
+    listener keeps its rule and the metrics listener serves nothing else."""
+    config = tmp_path / "c.toml"
+    config.write_text("[metrics]\nloopback = false\n")
+    scrape_at = f"127.0.0.2:{free_port('127.0.0.2')}"
+    async with (
+        running_proxy(
+            registry.url, tmp_path / "cache", config_file=config, metrics_listen=scrape_at
+        ) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        listener = f"http://{scrape_at}"
+        status, first = await status_of(http, listener + "/metrics")
+        assert status == 200 and first.startswith("# HELP cacheproxy_")
+        for path in ("/healthz", "/readyz"):
+            assert (await status_of(http, listener + path))[0] == 200
+        for path in ("/v2/", "/_cacheproxy/peers", "/dashboard", f"/v2/{unique('x')}/tags/list"):
+            assert await status_of(http, listener + path) == (404, "NOT_FOUND"), path
+        assert await status_of(http, proxy.url + "/metrics") == (403, "DENIED")
+        assert (await status_of(http, proxy.url + "/v2/"))[0] == 200
