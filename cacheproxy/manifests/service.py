@@ -102,10 +102,7 @@ class ManifestService:
         self, up: Upstream, name: str, digest: Digest, admitted: tuple[str, ...], want_body: bool
     ) -> Manifest:
         body, origin = await self._body(up, name, digest)
-        media_type = await self._bodies.media_type(digest)
-        if media_type is None:
-            media_type = manifest_media_type(body, None)
-            await self._bodies.remember_type(digest, media_type)
+        media_type = await self._bodies.media_type(digest, body)
         if media_type not in admitted:
             raise ManifestUnknown(
                 f"manifest is {media_type}, which the request's Accept does not admit"
