@@ -49,6 +49,7 @@ _SCALARS: dict[str, type] = {
     "upstream_retry_budget": float,
     "upstream_connections": int,
     "max_dynamic_upstreams": int,
+    "ecr_regions": tuple,
     "max_fills": int,
     "max_queued_fills": int,
     "max_fills_per_client": int,
@@ -318,6 +319,9 @@ def _check(config: Config) -> None:
         raise ConfigError("peer_piece_size: expected 64KiB to 256MiB")
     if not 1 <= config.upstream_segments <= 64:
         raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
+    for region in config.ecr_regions:
+        if not REGION_RE.fullmatch(region):
+            raise ConfigError(f"ecr_regions: not a region name: {region[:60]!r}")
     unknown = set(config.presets) - set(ALL_PRESETS)
     if unknown:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")

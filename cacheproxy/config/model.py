@@ -155,6 +155,9 @@ class Config:
     upstream_connections: int = 64
     # Registries the ecr preset admits, kept at once (least recently used go first).
     max_dynamic_upstreams: int = 32
+    # The AWS regions whose registries the ecr preset admits (empty: every region the
+    # installed botocore knows for ECR); a host naming another is refused unbuilt.
+    ecr_regions: tuple[str, ...] = ()
     # Blob downloads running at once, waiting for a slot (beyond: TOOMANYREQUESTS),
     # and running for one client (an authenticated name, or an address).
     max_fills: int = 128
