@@ -76,13 +76,13 @@ async def v2(request: web.Request) -> web.StreamResponse:
         return web.json_response({})
     if route.kind not in ("manifest", "blob", "tags"):
         raise NotFound(f"the {route.kind} endpoint is not offered by this proxy")
-    named = NextPage(route.name, request.query.get("ns"))
+    path_name = route.name  # as the request named it: the tag list's next page does too
     route, up = route_request(request, route)
     if route.kind == "manifest":
         return await send_manifest(request, request.app[MANIFESTS], up, route)
     if route.kind == "blob":
         return await send_blob(request, request.app[BLOBS], up, route, requester_of(request))
-    return await tags(request, up, route, named)
+    return await tags(request, up, route, NextPage(path_name, request.query.get("ns")))
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
