@@ -75,7 +75,8 @@ class Links:
         # One confirmation at a time per pair and digest: a rollout asks once.
         self._confirmations: SingleFlight[tuple[str, str], None] = SingleFlight()
         self._expanded: OrderedDict[tuple[str, str], None] = OrderedDict()
-        #: Upstream HEADs sent to confirm a pair (the tests and /metrics read it).
+        #: Upstream HEADs sent to confirm a pair (the tests read it). Never exported:
+        #: alone, it moves for a held digest only (an unheld one is asked by its GET).
         self.confirmations = 0
 
     async def close(self) -> None:
