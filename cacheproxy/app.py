@@ -32,6 +32,7 @@ from .http.keys import (
     WRITEBACK,
 )
 from .http.middleware import authenticate, oci_errors, stamp_headers
+from .http.operator import OPERATOR, OperatorAccess
 from .listeners import guard
 from .metrics import CacheCollector, Metrics, SharedCollector
 from .peers.cluster import PREFIX as PEER_PREFIX
@@ -64,6 +65,7 @@ def build_app(
     )
     app.on_response_prepare.append(stamp_headers)
     app[CLIENT_AUTH] = ClientAuth.from_config(config)
+    app[OPERATOR] = OperatorAccess.from_config(config)
     app.on_cleanup.append(_close_client_auth)
     app.cleanup_ctx.append(_runtime_ctx(config, upstream_clock))
     app.router.add_get("/metrics", handlers.metrics)

@@ -59,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
         help="a listener for peers only (the signed peer path and the probes)",
     )
     serve.add_argument(
+        "--metrics-listen",
+        dest="metrics_listen",
+        metavar="HOST:PORT",
+        help="a listener for Prometheus only (/metrics and the probes)",
+    )
+    serve.add_argument(
         "--no-peer-holders",
         dest="peer_holders",
         action="store_const",

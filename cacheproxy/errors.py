@@ -79,6 +79,13 @@ class NotFound(RegistryError):
     code, status, default_message = "NOT_FOUND", 404, "no such endpoint"
 
 
+# The upstream's own answer that a repository may not have a digest (or that the
+# proxy's login does not reach it): an answer about the pair, not a fault. The
+# links remember it (links.py), and no counter moves for it differently from a
+# confirmation's refusal: either tells nothing of what the cache holds.
+REFUSALS = (BlobUnknown, ManifestUnknown, Unauthorized, Denied)
+
+
 class RangeNotSatisfiable(RegistryError):
     code, status, default_message = "RANGE_INVALID", 416, "requested range not satisfiable"
 

@@ -22,7 +22,10 @@ served there the first time, as if the manifest had named nothing.
 
 A request for an unlinked pair whose digest this node does not hold needs no
 confirmation: the fetch that follows asks the upstream under that repository, and
-its answer is the rule. Offline, only links count.
+its answer is the rule. Where that fetch would ask someone else first (a peer in
+a cluster, the shared bucket) the pair is confirmed first, held or not. Either way a
+refused pair costs one upstream request and moves the same counters whatever the
+cache holds: /metrics is no oracle either. Offline, only links count.
 
 A link is the upstream's word at the time it was given: after ``link_ttl`` seconds
 it is confirmed again before it serves (a repository made private, an image
@@ -39,6 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from .errors import (
+    REFUSALS,
     BlobUnknown,
     Denied,
     DigestInvalid,
@@ -63,6 +67,10 @@ NEGATIVE_TTL = 10.0
 NEGATIVE_MAX = 10_000
 # Seconds a link serves before the upstream is asked again (the ``link_ttl`` setting).
 LINK_TTL = 24 * 3600.0
+# (pair, digest) hints remembered (a pull's layers, named by the manifest it pulled),
+# and manifests whose references were taken as hints, in this process.
+HINTS_MAX = 200_000
+EXPANDED_MAX = 50_000
 # References of one manifest followed at most when links are derived from a bundle
 # or an old cache (an index of a few hundred platforms is large; tens of thousands
 # is an attack on the index's size).
@@ -94,7 +102,10 @@ class Links:
         self._refused: OrderedDict[tuple[str, str], tuple[float, RegistryError]] = OrderedDict()
         # One confirmation at a time per pair and digest: a rollout asks once.
         self._confirmations: SingleFlight[tuple[str, str], None] = SingleFlight()
-        #: Upstream HEADs sent to confirm a pair (the tests read it).
+        self._hints: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._expanded: OrderedDict[tuple[str, str], None] = OrderedDict()
+        #: Upstream HEADs sent to confirm a pair (the tests read it). Never exported:
+        #: alone, it moves for a held digest only (an unheld one is asked by its GET).
         self.confirmations = 0
 
     async def close(self) -> None:
@@ -123,6 +134,29 @@ class Links:
                 new[digest] = {wanted: now}
         if new:
             await self._index.add_links(new)
+
+    def hint(self, upstream: str, repo: str, digest: str, body: bytes) -> None:
+        """Remember what a manifest served under the pair says the registry checked
+        there (``oci.references``): a hint, never a link. It only spares a client's
+        fetch in a cluster the confirmation asked before a peer is (see
+        ``blobs/chains.py``): the node that serves still applies the whole rule."""
+        linked = pair(upstream, repo)
+        key = (linked, digest)
+        if key in self._expanded:
+            self._expanded.move_to_end(key)
+            return
+        self._expanded[key] = None
+        if len(self._expanded) > EXPANDED_MAX:
+            self._expanded.popitem(last=False)
+        for child in references(body)[:MAX_REFERENCES] if len(body) <= MANIFEST_LIMIT else []:
+            self._hints[(linked, child)] = None
+            self._hints.move_to_end((linked, child))
+        while len(self._hints) > HINTS_MAX:
+            self._hints.popitem(last=False)
+
+    def hinted(self, upstream: str, repo: str, digest: str) -> bool:
+        """Whether a manifest served under the pair named ``digest`` (see :meth:`hint`)."""
+        return (pair(upstream, repo), digest) in self._hints
 
     async def vouch(self, up: Upstream, repo: str, digest: Digest, kind: Kind, held: bool) -> bool:
         """Allow serving ``digest`` under (``up``, ``repo``), or raise the error the
@@ -169,7 +203,7 @@ class Links:
     def refuse(self, upstream: str, repo: str, digest: str, error: RegistryError) -> None:
         """Remember the upstream's refusal of ``digest`` under the pair for a while (the
         same memory whether the answer came from a confirmation or a fetch)."""
-        if not isinstance(error, BlobUnknown | ManifestUnknown | Unauthorized | Denied):
+        if not isinstance(error, REFUSALS):
             return
         key = (pair(upstream, repo), digest)
         self._refused[key] = (self._clock(), error)
@@ -220,7 +254,7 @@ class Links:
         self, upstream: str, repo: str, digest: str, error: RegistryError
     ) -> None:
         self.refuse(upstream, repo, digest, error)
-        if not isinstance(error, BlobUnknown | ManifestUnknown | Unauthorized | Denied):
+        if not isinstance(error, REFUSALS):
             return  # a 429 or a 5xx says nothing of the repository
         if await self._linked_at(upstream, repo, digest) is not None:
             await self._index.drop_link(digest, pair(upstream, repo))

@@ -42,7 +42,11 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(
             "cacheproxy_fills_completed", "Blobs fetched, verified and cached", stats.completed
         )
-        yield CounterMetricFamily("cacheproxy_fills_failed", "Blob fills that failed", stats.failed)
+        yield CounterMetricFamily(
+            "cacheproxy_fills_failed",
+            "Blob fills that failed (an upstream's refusal of the repository is an answer)",
+            stats.failed,
+        )
         yield CounterMetricFamily(
             "cacheproxy_fills_resumed", "Upstream bodies resumed with Range", stats.resumed
         )

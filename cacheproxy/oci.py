@@ -241,10 +241,13 @@ def _quality(ranges: list[AcceptRange], media: str) -> float:
 
 
 def manifest_media_type(body: bytes, header_type: str | None) -> str:
-    """The media type of a manifest: its own ``mediaType`` field wins, else the header's.
+    """The media type of a manifest: its own ``mediaType`` field wins, else the header's
+    (when the body's shape does not contradict it), else the shape's.
 
     The image spec makes ``mediaType`` a SHOULD in manifests and indexes; Docker's
-    schema2 and list always carry it. Callers bound the body size before this.
+    schema2 and list always carry it. An index has ``manifests``, an image manifest
+    ``layers``: a header naming one for a body shaped as the other is not believed.
+    Callers bound the body size before this.
     """
     try:
         doc = json.loads(body)
@@ -255,7 +258,12 @@ def manifest_media_type(body: bytes, header_type: str | None) -> str:
         if isinstance(declared, str) and declared in MANIFEST_TYPES:
             return declared
         if header_type in MANIFEST_TYPES:
-            return str(header_type)
+            is_index = "manifests" in doc and "layers" not in doc
+            is_image = "layers" in doc and "manifests" not in doc
+            if not (is_image and header_type in INDEX_TYPES) and not (
+                is_index and header_type not in INDEX_TYPES
+            ):
+                return str(header_type)
         if "manifests" in doc:
             return OCI_INDEX
         if "layers" in doc:

@@ -137,6 +137,7 @@ async def open_runtime(
         stack.push_async_callback(usage.close, index)
         upstreams = UpstreamPool(config, clock=upstream_clock)
         stack.push_async_callback(upstreams.close)
+        await upstreams.start()
         cluster = None
         if serving:
             await asyncio.to_thread(upstreams.check)

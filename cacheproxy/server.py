@@ -182,7 +182,7 @@ class Listener:
 
 async def start(app: web.Application, config: Config) -> Listener:
     """Set the app up and listen (TLS and the header deadline included), on the client
-    listener and, if configured, the peer listener.
+    listener and, if configured, the peer and the metrics listeners.
 
     Raises ConfigError when the listener would hand the proxy's upstream logins to
     the network (see ``listeners.exposure_problem``).
@@ -214,12 +214,13 @@ async def start(app: web.Application, config: Config) -> Listener:
                 deadline, config.host, config.port, ssl=context, backlog=BACKLOG
             )
         )
-        if config.peer_listen is not None:
-            host, port = split_listen(config.peer_listen)
-            servers.append(
-                await loop.create_server(deadline, host, port, ssl=context, backlog=BACKLOG)
-            )
-            log.info("peers reach this node on %s", config.peer_listen)
+        for extra, who in ((config.peer_listen, "peers"), (config.metrics_listen, "Prometheus")):
+            if extra is not None:
+                host, port = split_listen(extra)
+                servers.append(
+                    await loop.create_server(deadline, host, port, ssl=context, backlog=BACKLOG)
+                )
+                log.info("%s reach this node on %s", who, extra)
     except BaseException:
         for server in servers:
             server.close()

@@ -70,8 +70,17 @@ def blob_chain(
             chain = Redirect(shared, links, chain, fills.accounting)
     if links is None:
         return chain
+    # A client's fetch in a cluster asks a peer before the upstream: the pair is
+    # confirmed first, so that a refused pair costs and counts the same (one HEAD)
+    # whatever this node or the cluster holds (links.py). Not for a pull's own blobs,
+    # which the manifest it just pulled named (a hint: the serving node still applies
+    # the whole rule, and a registry refuses a manifest whose layers it lacks).
+    confirm_first = cluster is not None and not for_peer
+    rule = links
 
     def held(want: Want) -> bool:
+        if confirm_first and not rule.hinted(want.upstream.name, want.repo, str(want.digest)):
+            return True
         # A fill under the same pair is the fetch that vouches for it: not "held".
         return store.exists(want.digest) or fills.held_elsewhere(want)
 

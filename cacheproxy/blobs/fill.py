@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..accounting import Accounting, Origin
 from ..errors import (
+    REFUSALS,
     BlobUnknown,
     CacheWriteFailed,
     RegistryError,
@@ -325,8 +326,14 @@ class Fill:
             self._fail(UpstreamUnavailable("proxy shutting down"))
             raise
         except RegistryError as exc:
+            # The upstream refusing the pair before any feed answered is its answer
+            # under this repository, not a failed fill: counted, it would move only
+            # for digests this node does not hold (a held one is refused by a
+            # confirmation instead), and /metrics would tell what is cached.
+            refused = isinstance(exc, REFUSALS) and self.state is FillState.STARTING
             self._fail(exc)
-            stats.failed += 1
+            if not refused:
+                stats.failed += 1
         except Exception as exc:  # a bug or an OS error: no reader may hang on it
             log.exception("fill of %s failed", self.digest)
             self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))

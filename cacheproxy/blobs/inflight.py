@@ -190,10 +190,13 @@ class InFlight:
                 fills.gate.leave(want.requester)
                 return joined
             if not self._room():
+                # The relay holds an upstream connection like a fill: same slot.
+                relayed = await self._next.open(want, first)
+                # Counted once the upstream answered with the blob: a refusal moves
+                # no counter a held digest's refusal would not.
                 fills.stats.streamed_through += 1
                 log.warning("no room for a fill: streaming %s through uncached", want.digest)
-                # The relay holds an upstream connection like a fill: same slot.
-                return _Gated(await self._next.open(want, first), fills, want.requester)
+                return _Gated(relayed, fills, want.requester)
             fill = fills.start(want, self._next.feed(want))
         except BaseException:
             fills.gate.leave(want.requester)

@@ -61,8 +61,14 @@ class Redirect:
         # Only an object this node has seen match its digest: clients are sent to the
         # bucket unseen, so a wrong object (another cluster's, a tampered one) is
         # served through a fill first, which verifies it (or reports it and falls back).
-        size = await tier.size(want.digest) if tier.is_checked(want.digest) else None
-        if size is not None and await may_read(self._links, want.upstream, want.repo, want.digest):
+        # The links rule before the bucket's HEAD: a pair the upstream refuses is
+        # refused alike whether the bucket holds the digest or not.
+        size = None
+        if tier.is_checked(want.digest) and await may_read(
+            self._links, want.upstream, want.repo, want.digest
+        ):
+            size = await tier.size(want.digest)
+        if size is not None:
             try:
                 url = await tier.s3.presign(
                     "get_object", tier.settings.redirect_expires, Key=tier.key(want.digest)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..registries import ALL_PRESETS, ecr_host, normalize_host
+from ..registries import ALL_PRESETS
 from ..sizes import parse_size
 from .model import (
     ENV_PREFIX,
@@ -28,6 +28,7 @@ from .model import (
     split_listen,
     upstream_from_url,
 )
+from .upstreams import password_from_env, upstreams_from_toml
 
 _SCALARS: dict[str, type] = {
     "listen": str,
@@ -49,6 +50,7 @@ _SCALARS: dict[str, type] = {
     "upstream_retry_budget": float,
     "upstream_connections": int,
     "max_dynamic_upstreams": int,
+    "ecr_regions": tuple,
     "max_fills": int,
     "max_queued_fills": int,
     "max_fills_per_client": int,
@@ -84,6 +86,9 @@ _SCALARS: dict[str, type] = {
     "peer_holders": bool,
     "peer_piece_size": str,
     "expose_credentials": bool,
+    "metrics_subjects": tuple,
+    "metrics_loopback": bool,
+    "metrics_listen": str,
 }
 
 
@@ -138,7 +143,7 @@ def load_config(
     path = file or (Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else None)
     if path is not None:
         doc = _read_toml(path)
-        upstreams = _upstreams_from_toml(doc.pop("upstream", None))
+        upstreams = upstreams_from_toml(doc.pop("upstream", None))
         access = _access_from_toml(doc.pop("access", None))
         if access is not None:
             values["access"] = access
@@ -147,6 +152,11 @@ def load_config(
             raise ConfigError("[auth]: known keys are htpasswd, tokens_file, anonymous")
         for key, raw in auth.items():
             doc[f"auth_{key}"] = raw
+        metrics = doc.pop("metrics", {})
+        if not isinstance(metrics, dict) or set(metrics) - {"subjects", "loopback", "listen"}:
+            raise ConfigError("[metrics]: known keys are subjects, loopback, listen")
+        for key, raw in metrics.items():
+            doc[f"metrics_{key}"] = raw
         lifecycle = doc.pop("lifecycle", {})
         if not isinstance(lifecycle, dict) or set(lifecycle) - _LIFECYCLE_KEYS:
             raise ConfigError(f"[lifecycle]: known keys are {sorted(_LIFECYCLE_KEYS)}")
@@ -183,7 +193,7 @@ def load_config(
 
     typed = {key: raw if key == "access" else _coerce(key, raw) for key, raw in values.items()}
     if upstreams is not None:
-        typed["upstreams"] = tuple(_password_from_env(up, env) for up in upstreams)
+        typed["upstreams"] = tuple(password_from_env(up, env) for up in upstreams)
     if shared:
         typed["shared"] = _shared(shared)
     config = Config(**typed)
@@ -226,81 +236,6 @@ def _access_from_toml(raw: object) -> tuple[AccessRule, ...] | None:
             lists[key] = tuple(value)
         rules.append(AccessRule(lists["subjects"], lists["allow"], lists["deny"]))
     return tuple(rules)
-
-
-_PATH_KEYS = {"password_file", "docker_config", "ca_file"}
-_BOOL_KEYS = {"ecr", "tls_verify"}
-
-
-def _upstreams_from_toml(raw: object) -> list[UpstreamConfig] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        raise ConfigError("upstream: expected [[upstream]] tables")
-    known = {f.name for f in fields(UpstreamConfig)}
-    out = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise ConfigError("upstream: expected [[upstream]] tables")
-        unknown = set(item) - known
-        if unknown:
-            raise ConfigError(f"upstream: unknown keys {sorted(unknown)}")
-        if "url" not in item and "name" not in item:
-            raise ConfigError("upstream: every [[upstream]] needs a name or a url")
-        url = str(item.get("url") or f"https://{item['name']}")
-        base = upstream_from_url(url)
-        values: dict[str, Any] = {"name": normalize_host(str(item.get("name", base.name)))}
-        values["url"] = base.url
-        if base.username is not None:
-            if {"username", "password", "password_file", "password_env", "docker_config"} & set(
-                item
-            ):
-                raise ConfigError(
-                    f"upstream {values['name']}: a login in the url and in the table: use one"
-                )
-            values["username"], values["password"] = base.username, base.password
-        for key, value in item.items():
-            if key in ("name", "url"):
-                continue
-            if key in _PATH_KEYS:
-                values[key] = Path(str(value)).expanduser()
-            elif key in _BOOL_KEYS:
-                if not isinstance(value, bool):
-                    raise ConfigError(f"upstream {values['name']}: {key} must be true or false")
-                values[key] = value
-            else:
-                values[key] = str(value)
-        up = UpstreamConfig(**values)
-        _check_pricing_keys(up)
-        if up.ecr and up.region is None:
-            ecr = ecr_host(up.name)
-            if ecr is None:
-                raise ConfigError(f"upstream {up.name}: ecr = true needs a region")
-            up = replace(up, region=ecr.region)
-        out.append(up)
-    return out
-
-
-def _password_from_env(up: UpstreamConfig, env: Mapping[str, str]) -> UpstreamConfig:
-    """Read ``password_env`` here, with the rest of the environment: nothing else does."""
-    if up.password_env is None or up.password is not None or up.password_file or up.docker_config:
-        return up
-    if up.password_env not in env:
-        raise ConfigError(f"upstream {up.name}: password_env {up.password_env} is not set")
-    return replace(up, password=env[up.password_env])
-
-
-def _check_pricing_keys(up: UpstreamConfig) -> None:
-    if up.network_path not in NETWORK_PATHS:
-        raise ConfigError(
-            f"upstream {up.name}: network_path must be one of {', '.join(NETWORK_PATHS)},"
-            f" got {up.network_path!r}"
-        )
-    if up.price_region is not None and not REGION_RE.fullmatch(up.price_region):
-        raise ConfigError(
-            f"upstream {up.name}: price_region must be a region name such as us-west-2,"
-            f" got {up.price_region!r}"
-        )
 
 
 def _shared(raw: dict[str, Any]) -> SharedConfig:
@@ -356,8 +291,13 @@ def _coerce(key: str, raw: Any, kind: type | str | None = None) -> Any:
 
 def _check(config: Config) -> None:
     split_listen(config.listen)
-    if config.peer_listen is not None and split_listen(config.peer_listen)[1] == config.port:
+    ports = {"listen": config.port, "peer_listen": config.peer_port}
+    if config.peer_listen is not None and config.peer_port == config.port:
         raise ConfigError("peer_listen needs a port of its own, not listen's")
+    if config.metrics_port is not None:
+        for key, port in ports.items():
+            if port == config.metrics_port:
+                raise ConfigError(f"metrics_listen needs a port of its own, not {key}'s")
     if config.loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError(f"loop: expected auto, uvloop or asyncio, got {config.loop!r}")
     if config.tag_ttl < 0 or config.max_stale < 0:
@@ -382,6 +322,9 @@ def _check(config: Config) -> None:
         raise ConfigError("peer_piece_size: expected 64KiB to 256MiB")
     if not 1 <= config.upstream_segments <= 64:
         raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
+    for region in config.ecr_regions:
+        if not REGION_RE.fullmatch(region):
+            raise ConfigError(f"ecr_regions: not a region name: {region[:60]!r}")
     unknown = set(config.presets) - set(ALL_PRESETS)
     if unknown:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")

@@ -158,6 +158,9 @@ class Config:
     upstream_connections: int = 64
     # Registries the ecr preset admits, kept at once (least recently used go first).
     max_dynamic_upstreams: int = 32
+    # The AWS regions whose registries the ecr preset admits (empty: every region the
+    # installed botocore knows for ECR); a host naming another is refused unbuilt.
+    ecr_regions: tuple[str, ...] = ()
     # Blob downloads running at once, waiting for a slot (beyond: TOOMANYREQUESTS),
     # and running for one client (an authenticated name, or an address).
     max_fills: int = 128
@@ -227,6 +230,14 @@ class Config:
     # round trip is noise next to its transfer, small enough that a blob has many to
     # spread (4 MiB takes 84 ms at 400 Mbit/s).
     peer_piece_size: str = "4MiB"
+    # Who reads /metrics and the cluster view on the client listener ([metrics]
+    # table): loopback clients (unless switched off) and clients logged in as one of
+    # these subjects (globs as in [[access]]); anyone else gets 401/403.
+    metrics_subjects: tuple[str, ...] = ()
+    metrics_loopback: bool = True
+    # A listener of its own for Prometheus (HOST:PORT): it serves only /metrics and
+    # the probes, to whoever reaches it.
+    metrics_listen: str | None = None
     # Serve on a non-loopback address without client logins although the proxy holds
     # upstream logins: anyone who reaches it pulls with them. Off: serve refuses.
     expose_credentials: bool = False
@@ -248,6 +259,10 @@ class Config:
     @property
     def peer_port(self) -> int | None:
         return split_listen(self.peer_listen)[1] if self.peer_listen else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return split_listen(self.metrics_listen)[1] if self.metrics_listen else None
 
     @property
     def local_url(self) -> str:

@@ -65,6 +65,11 @@ class ClientAuth:
         )
 
     @property
+    def accepts_logins(self) -> bool:
+        """Whether a client can log in at all (an htpasswd or a tokens file)."""
+        return bool(self._htpasswd or self._tokens)
+
+    @property
     def active(self) -> bool:
         return bool(self._htpasswd or self._tokens or self.rules or not self.anonymous)
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from ..blobs.service import BlobService, Delivery
 from ..blobs.source import Want
 from ..errors import NotFound, RegistryError, Unsupported
+from ..manifests.listing import NextPage
 from ..manifests.service import ManifestService
 from ..metrics import CONTENT_TYPE
 from ..oci import Route, parse_digest, parse_path, split_host, validate_name
@@ -75,12 +76,13 @@ async def v2(request: web.Request) -> web.StreamResponse:
         return web.json_response({})
     if route.kind not in ("manifest", "blob", "tags"):
         raise NotFound(f"the {route.kind} endpoint is not offered by this proxy")
+    path_name = route.name  # as the request named it: the tag list's next page does too
     route, up = route_request(request, route)
     if route.kind == "manifest":
         return await send_manifest(request, request.app[MANIFESTS], up, route)
     if route.kind == "blob":
         return await send_blob(request, request.app[BLOBS], up, route, requester_of(request))
-    return await tags(request, up, route)
+    return await tags(request, up, route, NextPage(path_name, request.query.get("ns")))
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
@@ -204,8 +206,11 @@ async def _send(
     return resp
 
 
-async def tags(request: web.Request, up: Upstream, route: Route) -> web.StreamResponse:
-    page = await request.app[TAG_LISTS].page(up, route.name, dict(request.query))
+async def tags(
+    request: web.Request, up: Upstream, route: Route, named: NextPage
+) -> web.StreamResponse:
+    """A page of tags; its ``Link`` names the registry as the request did (``named``)."""
+    page = await request.app[TAG_LISTS].page(up, route.name, dict(request.query), named)
     headers = {"Link": page.link} if page.link else {}
     return web.Response(body=page.body, content_type=page.content_type, headers=headers)
 

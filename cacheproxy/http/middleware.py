@@ -13,6 +13,7 @@ from aiohttp.web_request import BaseRequest
 
 from ..errors import BadRequest, NotFound, RegistryError, Unsupported
 from .keys import CLIENT_AUTH, NAMESPACE, SUBJECT
+from .operator import OPERATOR, OPERATOR_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,10 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
 
 
 # Answered without client authentication: the probes (the kubelet sends no
-# credentials) and the peer path, which carries its own HMAC. Everything else,
-# /metrics and the cluster view (/_cacheproxy/peers) included, needs a login when
-# anonymous access is off: they name upstreams, ECR account IDs and members.
+# credentials) and the peer path, which carries its own HMAC. /metrics and the
+# cluster view (/_cacheproxy/peers) have a rule of their own (http/operator.py),
+# whatever anonymous pulls are allowed: they name upstreams, ECR account IDs and
+# members. Everything else needs a login when anonymous access is off.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 PEER_PATHS = "/_cacheproxy/peer/"
 
@@ -121,6 +123,8 @@ PEER_PATHS = "/_cacheproxy/peer/"
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     policy = request.app[CLIENT_AUTH]
     path = request.path
-    if policy.active and path not in OPEN_PATHS and not path.startswith(PEER_PATHS):
+    if path in OPERATOR_PATHS:
+        await request.app[OPERATOR].check(request, policy)
+    elif policy.active and path not in OPEN_PATHS and not path.startswith(PEER_PATHS):
         request[SUBJECT] = await policy.identify(request.headers.get("Authorization"))
     return await handler(request)

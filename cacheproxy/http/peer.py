@@ -25,12 +25,14 @@ from . import handlers, swarm
 from .keys import CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
 
 
-def tag_answer(upstream: str, repo: str, tag: str, headers: Mapping[str, str]) -> list[str]:
-    """The fields a signed tag answer covers."""
+def manifest_answer(
+    upstream: str, repo: str, reference: str, headers: Mapping[str, str]
+) -> list[str]:
+    """The fields a signed manifest answer covers (by tag or by digest)."""
     return [
         upstream,
         repo,
-        tag,
+        reference,
         headers.get("Docker-Content-Digest", ""),
         headers.get("Content-Type", ""),
     ]
@@ -66,11 +68,11 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
             validate_tag(reference)
         route = Route("manifest", repo, reference)
         resp = await handlers.send_manifest(request, request.app[PEER_MANIFESTS], up, route)
-        if ":" not in reference:
-            # What a tag names is not checked by a digest: the asker trusts it only
-            # with this node's signature over the request and the answer.
-            fields = tag_answer(up.name, repo, reference, resp.headers)
-            resp.headers[ANSWER_HEADER] = cluster.sign_answer(signature or "", fields)
+        # What a tag names, and the media type of any manifest, are not checked by a
+        # digest: the asker trusts them only with this node's signature over the
+        # request and the answer (the bytes themselves it checks against the digest).
+        fields = manifest_answer(up.name, repo, reference, resp.headers)
+        resp.headers[ANSWER_HEADER] = cluster.sign_answer(signature or "", fields)
         return resp
     raise NotFound("unknown peer endpoint")
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
 from ..accounting import Accounting, Origin
-from ..oci import Digest
+from ..oci import Digest, manifest_media_type
 from ..store.files import BlobStore
 from ..store.index import Index
 
 # Manifests are small, immutable and hot: this many bytes of them stay in memory.
 MANIFEST_MEMORY = 64 * 1024 * 1024
+# Digests whose kept media type was checked against their bytes, remembered at most.
+TYPES_CHECKED_MAX = 50_000
+
+log = logging.getLogger(__name__)
 
 
 class ByteLRU:
@@ -47,6 +52,8 @@ class ManifestBodies:
         self._index = index
         self._accounting = accounting
         self._memory = ByteLRU(MANIFEST_MEMORY)
+        # Digests whose kept media type was checked against their bytes.
+        self._types_checked: OrderedDict[str, None] = OrderedDict()
         #: Called with (upstream, repo, digest, body, media type) for each manifest kept
         #: from an upstream (the shared tier's write-back); must not block.
         self.on_upstream: list[Callable[[str, str, Digest, bytes, str], object]] = []
@@ -61,11 +68,26 @@ class ManifestBodies:
                 self._memory.put(key, body)
         return body
 
-    async def media_type(self, digest: Digest) -> str | None:
-        return await self._index.get_manifest_type(str(digest))
-
-    async def remember_type(self, digest: Digest, media_type: str) -> None:
-        await self._index.set_manifest_type(str(digest), media_type)
+    async def media_type(self, digest: Digest, body: bytes) -> str:
+        """The media type of the manifest ``body`` (verified against ``digest``): the
+        one kept with it, checked once per process against the type the bytes
+        declare themselves, which wins. A type kept from a source nobody vouched for
+        (a peer's unsigned header, a bucket object's metadata, before they stopped
+        counting) is corrected so, and kept corrected."""
+        key = str(digest)
+        kept = await self._index.get_manifest_type(key)
+        if kept is not None and key in self._types_checked:
+            self._types_checked.move_to_end(key)
+            return kept
+        media_type = manifest_media_type(body, kept)
+        if media_type != kept:
+            if kept is not None:
+                log.warning("%s was kept as %s; its bytes say %s", key, kept, media_type)
+            await self._index.set_manifest_type(key, media_type)
+        self._types_checked[key] = None
+        if len(self._types_checked) > TYPES_CHECKED_MAX:
+            self._types_checked.popitem(last=False)
+        return media_type
 
     async def keep(
         self,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from ..errors import BadRequest, NameUnknown, UpstreamBadContent
 from ..upstream.client import Upstream, error_for_status, pull_scope, read_bounded
+
+# The longest ``last`` a request (or an upstream's link) may carry.
+MAX_LAST = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,13 +21,58 @@ class TagPage:
     link: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class NextPage:
+    """How the request named its registry and repository, so that the next page's
+    ``Link`` names them the same way: the path's name (with the registry host first,
+    as CRI-O and podman send it, or without) and the ``ns`` it carried (containerd).
+
+    The link is this proxy's own path, never an upstream's URL, and always names the
+    registry the page came from: a link that dropped it would send the client's next
+    request to the default upstream, where anyone may have pushed tags.
+    """
+
+    path_name: str
+    ns: str | None = None
+
+    def link(self, last: str, n: str | None) -> str:
+        query = {"last": last}
+        if n is not None:
+            query["n"] = n
+        if self.ns is not None:
+            query["ns"] = self.ns
+        path = quote(f"/v2/{self.path_name}/tags/list", safe="/:[]")
+        return f'<{path}?{urlencode(query)}>; rel="next"'
+
+    def from_upstream(self, link: str | None) -> str | None:
+        """The upstream's ``Link: <url>; rel="next"`` as this proxy's own: only its
+        ``last`` and ``n`` are kept (what :meth:`TagLister.page` forwards)."""
+        if not link:
+            return None
+        start, end = link.find("<"), link.find(">")
+        if start < 0 or end < start or "next" not in link[end + 1 :]:
+            return None
+        target = urlsplit(link[start + 1 : end])
+        if not target.path.startswith("/v2/"):
+            return None
+        query = dict(parse_qsl(target.query))
+        last = query.get("last")
+        if last is None or len(last) > MAX_LAST:
+            return None
+        n = query.get("n")
+        return self.link(last, n if n is not None and n.isdigit() and len(n) <= 6 else None)
+
+
 class TagLister:
     """Relays an upstream's tag list, one spec page at a time."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
 
-    async def page(self, up: Upstream, name: str, query: dict[str, str]) -> TagPage:
+    async def page(
+        self, up: Upstream, name: str, query: dict[str, str], named: NextPage
+    ) -> TagPage:
+        """A page of ``name``'s tags at ``up``; ``named``: how the request named them."""
         n: int | None = None
         if "n" in query:
             raw = query["n"]
@@ -36,7 +84,7 @@ class TagLister:
         if n is not None:
             params["n"] = str(n)
         if last is not None:
-            if len(last) > 256:
+            if len(last) > MAX_LAST:
                 raise BadRequest("last is too long")
             params["last"] = last
         path = f"/v2/{name}/tags/list"
@@ -47,7 +95,7 @@ class TagLister:
             if resp.status != 200:
                 raise error_for_status(resp, NameUnknown)
             body = await read_bounded(resp, self._limit)
-            link = local_link(resp.headers.get("Link"))
+            link = named.from_upstream(resp.headers.get("Link"))
         try:
             doc = json.loads(body)
             tags = doc["tags"] or []
@@ -59,21 +107,6 @@ class TagLister:
         page = sorted(t for t in tags if last is None or t > last)
         if n is not None and len(page) > n:
             page = page[:n]
-            following = urlencode({"last": page[-1], "n": str(n)}) if page else ""
-            link = f'</v2/{name}/tags/list?{following}>; rel="next"'
+            link = named.link(page[-1], str(n)) if page else None
         out = json.dumps({"name": doc.get("name", name), "tags": page}).encode()
         return TagPage(out, "application/json", link)
-
-
-def local_link(link: str | None) -> str | None:
-    """Point an upstream ``Link: <url>; rel="next"`` at this proxy (path and query only)."""
-    if not link:
-        return None
-    start, end = link.find("<"), link.find(">")
-    if start < 0 or end < start:
-        return None
-    target = urlsplit(link[start + 1 : end])
-    if not target.path.startswith("/v2/"):
-        return None
-    local = target.path + (f"?{target.query}" if target.query else "")
-    return f"<{local}>{link[end + 1 :]}"

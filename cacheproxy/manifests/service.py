@@ -102,10 +102,7 @@ class ManifestService:
         self, up: Upstream, name: str, digest: Digest, admitted: tuple[str, ...], want_body: bool
     ) -> Manifest:
         body, origin = await self._body(up, name, digest)
-        media_type = await self._bodies.media_type(digest)
-        if media_type is None:
-            media_type = manifest_media_type(body, None)
-            await self._bodies.remember_type(digest, media_type)
+        media_type = await self._bodies.media_type(digest, body)
         if media_type not in admitted:
             raise ManifestUnknown(
                 f"manifest is {media_type}, which the request's Accept does not admit"
@@ -119,7 +116,11 @@ class ManifestService:
         the cache, or another request's transfer). Served under (``up``, ``name``)
         only by the links rule."""
         body = await self._bodies.cached(digest)
-        await self._links.vouch(up, name, digest, "manifest", held=body is not None)
+        # With peers, the fetch would ask a peer first: the pair is confirmed first,
+        # held or not, as for blobs (blobs/chains.py), unless a manifest served here
+        # named it (an index's platform manifests).
+        ask_first = self._peers is not None and not self._links.hinted(up.name, name, str(digest))
+        await self._links.vouch(up, name, digest, "manifest", held=body is not None or ask_first)
         origin: Origin | None = None
         if body is None:
             if self._options.offline:
@@ -139,6 +140,7 @@ class ManifestService:
             # rule for this pair) answered for the manifest here. What it names is
             # not linked (see cacheproxy/links.py).
             await self._links.add(up.name, name, [str(digest)])
+        self._links.hint(up.name, name, str(digest), body)
         return body, origin
 
     async def _fetch(

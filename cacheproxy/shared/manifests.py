@@ -4,7 +4,8 @@ A manifest GET is what Docker Hub counts as a pull; a tag is still revalidated b
 each proxy with its own upstream (HEAD, not counted), but the body it names may
 come from the bucket. The body is checked against the digest before anything
 keeps or serves it, and it is read only when the links rule allows the digest
-under the request's repository.
+under the request's repository. Its media type comes from the verified bytes, never
+from the object's metadata.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import aiohttp
 from ..accounting import Accounting
 from ..errors import RegistryError
 from ..links import Links
-from ..oci import Digest, digest_of, manifest_media_type
+from ..oci import MANIFEST_TYPES, Digest, digest_of, manifest_media_type
 from ..upstream.client import Upstream, read_bounded
 from .s3 import S3Unavailable
 from .tier import SharedTier, may_read
@@ -56,7 +57,6 @@ class SharedManifests:
                 tier.fault("bad-answer", f"GET of manifest {digest} answered {resp.status}")
                 return None
             etag = resp.headers.get("ETag", "")
-            header_type = resp.headers.get("Content-Type")
             try:
                 body = await read_bounded(resp, limit)
             except (aiohttp.ClientError, TimeoutError, RegistryError) as exc:
@@ -68,4 +68,9 @@ class SharedManifests:
             tier.bad_object(digest, etag)
             return None
         tier.stats.hits += 1
-        return body, manifest_media_type(body, header_type)
+        # The object's Content-Type is nobody's signature (whoever may write to the
+        # bucket set it), and the index keeps the type for good: the bytes alone say.
+        media_type = manifest_media_type(body, None)
+        if media_type not in MANIFEST_TYPES:
+            return None  # not a manifest the bytes can name: the upstream says
+        return body, media_type

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import SharedConfig
-from ..errors import BlobUnknown, ManifestUnknown, RegistryError
+from ..errors import REFUSALS, RegistryError
 from ..links import Kind, Links
 from ..oci import Digest
 from ..upstream.client import Upstream
@@ -217,13 +217,16 @@ async def may_read(
     Authorization does not travel with content: the bucket holds what any proxy of
     the company fetched, under any repository. So the links rule applies as for a
     digest this node holds: linked here, or confirmed by the upstream with one HEAD
-    under that repository (cacheproxy/links.py). False sends the request on to the
-    upstream, whose own answer is then the rule.
+    under that repository (cacheproxy/links.py). The upstream's refusal there is
+    raised: it is the answer under that repository, and asking again with a GET would
+    cost a second request that a digest this node holds (refused by the one HEAD)
+    never costs, so the count of upstream requests would tell the two apart. False
+    (the upstream cannot confirm now) sends the request on to the upstream.
     """
     try:
         await links.vouch(up, repo, digest, kind, held=True)
-    except (BlobUnknown, ManifestUnknown):
-        return False
+    except REFUSALS:
+        raise
     except RegistryError:
         # The upstream cannot confirm now: it cannot vouch, so the bucket is not asked.
         return False

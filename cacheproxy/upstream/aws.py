@@ -5,7 +5,9 @@ boto3 blocks and is slow to build (a session reads files, a client loads service
 models), so clients are shared by every ECR upstream with the same region, profile
 and role, and their calls run on a small executor owned here: a burst of token
 requests, or an AWS endpoint that hangs, never takes the threads that serve the
-index and the disk.
+index and the disk. The configured registries (and the shared tier) have one set;
+the ``ecr`` preset, which any client can make build clients, has another
+(``ecrpreset.py``), so configured registries never queue behind it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..config import UpstreamConfig
+from ..errors import CredentialsUnavailable
 
 T = TypeVar("T")
 # Concurrent AWS calls; the rest wait their turn (tokens are cached for hours).
@@ -27,16 +30,41 @@ MAX_CLIENTS = 16
 ClientFactory = Callable[[UpstreamConfig], Any]
 
 
-class AwsClients:
-    """Shared ECR clients, and the executor their calls run on."""
+class AwsBusy(CredentialsUnavailable):
+    """Too many AWS calls are waiting for these threads: this one is not queued (the
+    registry is not at fault, so nothing remembers it as failed)."""
 
-    def __init__(self, factory: ClientFactory, threads: int = AWS_THREADS) -> None:
+    default_message = "too many ECR token requests are waiting"
+
+
+class AwsClients:
+    """Shared ECR clients, and the executor their calls run on.
+
+    ``max_clients``: clients kept (the oldest goes past it); ``max_waiting``: calls
+    running or queued at once, beyond which a call raises AwsBusy (None: as many as
+    the callers, when they are few and fixed).
+    """
+
+    def __init__(
+        self,
+        factory: ClientFactory,
+        threads: int = AWS_THREADS,
+        max_clients: int = MAX_CLIENTS,
+        max_waiting: int | None = None,
+        name: str = "aws",
+    ) -> None:
         self._factory = factory
+        self._max_clients = max_clients
+        self._max_waiting = max_waiting
         self._clients: dict[tuple[str | None, str | None, str | None], Any] = {}
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="aws"
+            max_workers=threads, thread_name_prefix=name
         )
+        #: Calls running or queued on the executor now.
+        self.waiting = 0
+        #: Clients built so far (the tests read it).
+        self.built = 0
 
     def client(self, config: UpstreamConfig) -> Any:
         """The client for ``config``'s region and credentials (blocking: call in run())."""
@@ -47,14 +75,21 @@ class AwsClients:
             return found
         made = self._factory(config)
         with self._lock:
+            self.built += 1
             found = self._clients.setdefault(key, made)
-            while len(self._clients) > MAX_CLIENTS:
+            while len(self._clients) > self._max_clients:
                 del self._clients[next(iter(self._clients))]
         return found
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run blocking AWS work on this executor."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run blocking AWS work on this executor (AwsBusy when too much waits)."""
+        if self._max_waiting is not None and self.waiting >= self._max_waiting:
+            raise AwsBusy(headers={"Retry-After": "1"})
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        finally:
+            self.waiting -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -24,7 +24,7 @@ from ..config import ConfigError, UpstreamConfig
 from ..errors import CredentialsUnavailable, Unauthorized, UpstreamUnavailable
 from ..registries import DOCKER_HUB, ecr_host, normalize_host
 from ..singleflight import SingleFlight
-from .aws import AwsClients, ClientFactory
+from .aws import AwsBusy, AwsClients, ClientFactory
 from .tokens import basic_header
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,8 @@ class EcrCredentials:
         started = self._clock()
         try:
             data = await self._aws.run(self._call)
+        except AwsBusy:
+            raise  # the threads are busy, not this registry at fault: nothing to remember
         except Exception as exc:  # botocore raises many kinds; none may escape raw
             self._failed_until = self._clock() + ECR_FAILURE_MEMORY
             log.warning(

@@ -3,8 +3,9 @@
 Configured upstreams and enabled public presets are few and fixed. The ``ecr``
 preset admits any ``<account>.dkr.ecr.<region>.amazonaws.com`` a request names, so
 those are kept in a bounded least-recently-used set: the least used one is closed
-when another comes, and a request naming it again builds it anew. They share their
-boto3 clients (per region and credentials) and the AWS threads.
+when another comes, and a request naming it again builds it anew. They are admitted
+only in regions AWS has, and share boto3 clients (one per region) and AWS threads of
+their own, never the configured registries' (``ecrpreset.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Callable
 
 from ..config import Config, ConfigError, UpstreamConfig
 from ..errors import Denied, UpstreamUnavailable
-from ..registries import normalize_host
+from ..registries import ECR_PRESET, normalize_host
 from .aws import AwsClients
 from .client import Timeouts, Upstream
 from .credentials import EcrClientFactory, boto3_ecr_client, credentials_for, static_login
+from .ecrpreset import EcrPreset
 from .limits import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,16 @@ class UpstreamPool:
         config: Config,
         ecr_client_factory: EcrClientFactory = boto3_ecr_client,
         clock: Callable[[], float] | None = None,
+        preset_client_factory: EcrClientFactory | None = None,
     ) -> None:
         self._config = config
         self._aws = AwsClients(ecr_client_factory)
+        # The ecr preset's registries build and call on threads of their own.
+        self._preset = (
+            EcrPreset(config.ecr_regions, preset_client_factory)
+            if ECR_PRESET in config.presets
+            else None
+        )
         self._timeouts = Timeouts(config.connect_timeout, config.read_timeout)
         self._clock = clock
         self._fixed: dict[str, Upstream] = {}
@@ -49,8 +58,19 @@ class UpstreamPool:
 
     @property
     def aws(self) -> AwsClients:
-        """The AWS threads (and clients) this pool's upstreams use; the shared tier signs there."""
+        """The AWS threads (and clients) the configured upstreams use; the shared tier
+        signs there too. The ecr preset's registries have their own (``preset``)."""
         return self._aws
+
+    @property
+    def preset(self) -> EcrPreset | None:
+        """The ecr preset's admission, threads and clients (None: not enabled)."""
+        return self._preset
+
+    async def start(self) -> None:
+        """Learn the regions the ecr preset admits (nothing to do without it)."""
+        if self._preset is not None:
+            await self._preset.start()
 
     def get(self, host: str | None = None) -> Upstream:
         """The upstream for ``host`` (None: the default upstream), or DENIED."""
@@ -73,7 +93,8 @@ class UpstreamPool:
             up = self._fixed.get(settings.name) or self._make(settings)
             self._fixed[settings.name] = self._fixed[wanted] = up
             return up
-        up = self._make(settings)
+        assert self._preset is not None  # only the ecr preset admits other hosts
+        up = self._make(settings, self._preset.admit(settings))
         self._dynamic[wanted] = up
         self._evict()
         return up
@@ -95,9 +116,9 @@ class UpstreamPool:
         """Configured upstreams and public presets; not the hosts the ecr preset admits."""
         return any(u.name == settings.name for u in self._config.upstreams) or not settings.ecr
 
-    def _make(self, settings: UpstreamConfig) -> Upstream:
+    def _make(self, settings: UpstreamConfig, aws: AwsClients | None = None) -> Upstream:
         try:
-            creds = credentials_for(settings, self._aws)
+            creds = credentials_for(settings, aws or self._aws)
         except ConfigError as exc:
             log.error("%s", exc)
             raise UpstreamUnavailable(
@@ -142,3 +163,5 @@ class UpstreamPool:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
         self._aws.close()
+        if self._preset is not None:
+            self._preset.close()

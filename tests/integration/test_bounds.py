@@ -7,6 +7,7 @@ preset, slow fills abandoned by their clients, floods of digests that do not exi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -24,6 +25,7 @@ from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
+from tests.support.registry import RegistryProcess
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 TOKEN_TARGET = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
@@ -36,14 +38,18 @@ class FakeEcr:
         self.calls = 0
         self.released = asyncio.Event()
         self.fail = False
+        #: Accounts whose tokens are handed out at once (a configured registry's).
+        self.prompt: set[str] = set()
         self.url = ""
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         assert request.headers.get("X-Amz-Target") == TOKEN_TARGET
         self.calls += 1
-        await self.released.wait()
-        if self.fail:
+        asked = set(json.loads(await request.read() or b"{}").get("registryIds") or [])
+        if not asked & self.prompt:
+            await self.released.wait()
+        if self.fail and not asked & self.prompt:
             body = {"__type": "AccessDeniedException", "message": "no"}
             return web.json_response(body, status=400, content_type="application/x-amz-json-1.1")
         token = {"authorizationToken": "QVdTOnBhc3N3b3Jk", "expiresAt": 4102444800}
@@ -83,6 +89,54 @@ async def fake_ecr(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeEcr]:
 
 def account(i: int) -> str:
     return f"{100000000000 + i}.dkr.ecr.us-west-2.amazonaws.com"
+
+
+async def test_made_up_ecr_regions_never_hold_up_a_configured_registry(
+    fake_ecr: FakeEcr, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Clients name ECR registries in many regions through the ecr preset while its
+    AWS threads hang: a configured ECR registry still gets its token (threads of its
+    own), and a region AWS does not have is refused, with nothing built for it."""
+    configured = "999999999999.dkr.ecr.eu-west-1.amazonaws.com"
+    fake_ecr.prompt.add("999999999999")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'presets = ["ecr"]\ndefault_upstream = "{configured}"\n'
+        f'[[upstream]]\nname = "{configured}"\nurl = "{registry.url}"\necr = true\n'
+    )
+    regions = ["us-east-1", "us-east-2", "eu-central-1", "ap-south-1", "sa-east-1"]
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+    ):
+
+        async def ask(host: str) -> tuple[int, str]:
+            url = f"{proxy.url}/v2/app/manifests/v1?ns={host}"
+            async with http.get(url, headers=ACCEPT) as resp:
+                body = await resp.json(content_type=None)
+                return resp.status, body["errors"][0]["code"] if resp.status >= 400 else ""
+
+        hosts = [f"{100000000000 + i}.dkr.ecr.{r}.amazonaws.com" for i, r in enumerate(regions * 6)]
+        pending = [asyncio.create_task(ask(host)) for host in hosts]
+        async with asyncio.timeout(30):
+            while fake_ecr.calls < 2:  # the preset's AWS threads are both stuck
+                await asyncio.sleep(0.02)
+        async with asyncio.timeout(20):
+            # The configured registry's token, then its upstream's own answer.
+            assert await ask(configured) == (404, "MANIFEST_UNKNOWN")
+        preset = proxy.upstreams.preset
+        assert preset is not None
+        built = preset.aws.built
+        made_up = [f"1000000000{i:02d}.dkr.ecr.xx-fake-{i}.amazonaws.com" for i in range(40)]
+        made_up += ["100000000000.dkr.ecr.us-east-1.amazonaws.com.cn"]  # the wrong domain
+        for host in made_up:
+            assert await ask(host) == (403, "DENIED"), host
+        assert preset.aws.built == built
+        assert not {u.name for u in proxy.upstreams.all()} & set(made_up)
+        fake_ecr.fail = True
+        fake_ecr.released.set()
+        statuses = await asyncio.gather(*pending)
+        assert {status for status, _ in statuses} <= {503}
 
 
 async def test_made_up_ecr_registries_are_bounded(fake_ecr: FakeEcr, tmp_path: Path) -> None:

@@ -108,7 +108,10 @@ async def test_comment_lines_in_htpasswd_are_not_logins(
         + htpasswd.read_text()
     )
     config = tmp_path / "c.toml"
-    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    config.write_text(
+        f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n'
+        '[metrics]\nloopback = false\nsubjects = ["ops"]\n'
+    )
     async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
         url = f"{proxy.url}/v2/{name}/manifests/v1"
         assert (await get(url, {**ACCEPT, **basic("#old", "old-password-1")}))[0] == 401
@@ -171,18 +174,25 @@ async def test_credentials_in_an_upstream_url_are_never_shown(
         assert f"{user}:" not in text and f"{user}@" not in text
 
 
-async def test_cluster_view_and_metrics_need_a_login_when_anonymous_is_off(
+async def test_cluster_view_and_metrics_are_for_the_subjects_named(
     private_registry: RegistryProcess, tmp_path: Path
 ) -> None:
-    """They name upstreams (ECR account IDs) and members: not for anonymous eyes."""
+    """They name upstreams (ECR account IDs) and members: not for anonymous eyes, nor
+    for every client that may pull (loopback clients are switched off here, as for
+    a client listener every tenant reaches)."""
     htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(tmp_path / "tenant", "tenant", "tenant-password-1")
     write_htpasswd(htpasswd, "ops", "ops-password-1")
+    htpasswd.write_text(htpasswd.read_text() + (tmp_path / "tenant").read_text())
     secret = tmp_path / "peer-secret"
     secret.write_bytes(b"cluster-secret-for-the-tests-0123456789")
     port = free_port()
     me = f"http://127.0.0.1:{port}"
     config = tmp_path / "c.toml"
-    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    config.write_text(
+        f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n'
+        '[metrics]\nloopback = false\nsubjects = ["ops"]\n'
+    )
     upstream = f"http://{ROBOT[0]}:{ROBOT[1]}@{private_registry.host}"
     async with running_proxy(
         upstream,
@@ -197,6 +207,8 @@ async def test_cluster_view_and_metrics_need_a_login_when_anonymous_is_off(
         for path in ("/metrics", "/_cacheproxy/peers", "/_cacheproxy/peers?key=x"):
             assert (await get(proxy.url + path))[0] == 401, path
             assert (await get(proxy.url + path, login))[0] == 200, path
+            tenant = basic("tenant", "tenant-password-1")
+            assert (await get(proxy.url + path, tenant))[0] == 403, path
         # The probes stay open for the kubelet.
         for path in ("/healthz", "/readyz"):
             assert (await get(proxy.url + path))[0] == 200, path
@@ -312,7 +324,10 @@ async def test_an_unknown_user_costs_one_bcrypt_check_of_the_same_cost(
     htpasswd = tmp_path / "htpasswd"
     hashes = htpasswd_of(htpasswd, {"ci": "ci-password-1"}, rounds=6)
     config = tmp_path / "c.toml"
-    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    config.write_text(
+        f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n'
+        '[metrics]\nloopback = false\nsubjects = ["ops"]\n'
+    )
     async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
         checked: list[bytes] = []
 
@@ -339,7 +354,10 @@ async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
     htpasswd = tmp_path / "htpasswd"
     htpasswd_of(htpasswd, {"ci": "ci-password-1"}, rounds=4)
     config = tmp_path / "c.toml"
-    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    config.write_text(
+        f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n'
+        '[metrics]\nloopback = false\nsubjects = ["ops"]\n'
+    )
     async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
         passwords = proxy.app[CLIENT_AUTH].passwords
         gate = threading.Event()
@@ -383,7 +401,10 @@ async def test_wrong_password_timing_does_not_tell_users_apart(
     htpasswd = tmp_path / "htpasswd"
     htpasswd_of(htpasswd, {"ci": "ci-password-1"}, rounds=10)
     config = tmp_path / "c.toml"
-    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    config.write_text(
+        f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n'
+        '[metrics]\nloopback = false\nsubjects = ["ops"]\n'
+    )
     async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
 
         async def seconds(user: str, i: int) -> float:

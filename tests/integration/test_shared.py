@@ -30,6 +30,7 @@ from cacheproxy.shared.s3 import S3
 from cacheproxy.shared.tier import SharedTier
 from cacheproxy.shared.writeback import WriteBack
 from cacheproxy.store.files import BlobStore
+from cacheproxy.store.index import Index
 from cacheproxy.upstream.aws import AwsClients
 from cacheproxy.upstream.credentials import boto3_ecr_client
 from tests.integration.test_peers import start_cluster
@@ -446,3 +447,47 @@ async def test_abandoned_multipart_uploads_are_swept(moto: MotoS3, tmp_path: Pat
         aws.close()
     left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["Key"] for u in left] == ["other/key"]
+
+
+async def test_a_manifests_media_type_comes_from_its_bytes_not_the_objects_metadata(
+    tmp_path: Path, forwarder: Forwarder, moto: MotoS3
+) -> None:
+    """Whoever may write to the bucket sets an object's Content-Type: a manifest read
+    from there gets the type its verified bytes say; and a type kept wrong before (in
+    the index, for good) is corrected by the bytes it is served with."""
+    bucket = moto.new_bucket()
+    config = write_config(tmp_path / "c.toml", forwarder.url, moto.url, bucket)
+    image = await push_image(forwarder.url, unique("typed"), "v1", layer_sizes=(1000,))
+    algorithm, hexpart = image.digest.split(":")
+    s3 = moto.client()
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"{PREFIX}{algorithm}/{hexpart}",
+        Body=image.manifest,
+        ContentType="application/vnd.oci.image.index.v1+json",
+    )
+    url = f"/v2/registry.test/{image.name}/manifests/{image.digest}"
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        gets = forwarder.count("GET", f"/manifests/{image.digest}")
+        async with http.get(proxy.url + url, headers=ACCEPT) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == image.media_type
+            assert await resp.read() == image.manifest
+        assert forwarder.count("GET", f"/manifests/{image.digest}") == gets  # the bucket's
+        assert proxy.app[SHARED].stats.hits == 1
+    # An index that kept a wrong type (as a peer's unsigned header once set it).
+    index = Index(CacheLayout(tmp_path / "cache").index)
+    try:
+        index.set_manifest_type_sync(image.digest, "application/vnd.oci.image.index.v1+json")
+    finally:
+        index.close()
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        aiohttp.ClientSession() as http,
+        http.get(proxy.url + url, headers=ACCEPT) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == image.media_type

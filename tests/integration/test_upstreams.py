@@ -19,7 +19,7 @@ from cacheproxy.config import UpstreamConfig
 from cacheproxy.upstream.credentials import EcrCredentials
 from tests.support.clients import skopeo
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import basic_auth, push_image
+from tests.support.images import PushedImage, basic_auth, push_image
 from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
@@ -98,6 +98,63 @@ async def test_routing_by_ns_path_prefix_and_default(
         for blob in image.all_blobs():
             status, data, _ = await get(f"{proxy.url}/v2/{name}/blobs/{blob.digest}?ns={ns}")
             assert status == 200 and data == image.blob_data[blob.digest]
+
+
+async def tag(registry_url: str, name: str, image: PushedImage, tags: list[str]) -> None:
+    """Put ``image``'s manifest under more ``tags`` of ``name``."""
+    async with aiohttp.ClientSession() as http:
+        for each in tags:
+            url = f"{registry_url}/v2/{name}/manifests/{each}"
+            headers = {"Content-Type": image.media_type}
+            async with http.put(url, data=image.manifest, headers=headers) as resp:
+                assert resp.status == 201, await resp.text()
+
+
+@pytest.mark.parametrize("how", ["prefix", "ns"])
+async def test_tag_pages_stay_on_the_registry_the_request_named(
+    how: str,
+    two_upstreams: RunningProxy,
+    registry: RegistryProcess,
+    fresh_registry: RegistryProcess,
+) -> None:
+    """Paged through by path prefix or by ``ns``, every page of a repository on the
+    second upstream comes from there, never from the default upstream, which holds
+    the same repository name with tags of its own (anyone's)."""
+    proxy = two_upstreams
+    name = unique("pages")
+    real = await push_image(fresh_registry.url, name, "t1", layer_sizes=(300,), seed="real")
+    await tag(fresh_registry.url, name, real, ["t2", "t3", "t4", "t5"])
+    planted = await push_image(registry.url, name, "t1", layer_sizes=(300,), seed="planted")
+    await tag(registry.url, name, planted, ["t3", "t4b", "zz-planted"])
+    first = (
+        f"/v2/reg-b.test/{name}/tags/list?n=2"
+        if how == "prefix"
+        else f"/v2/{name}/tags/list?n=2&ns=reg-b.test"
+    )
+    seen: list[str] = []
+    target: str | None = first
+    for _ in range(10):
+        if target is None:
+            break
+        status, body, headers = await get(proxy.url + target)
+        assert status == 200, body
+        page = json.loads(body)["tags"]
+        assert len(page) <= 2
+        seen += page
+        link = headers.get("Link")
+        if link is None:
+            target = None
+            continue
+        assert link.endswith('; rel="next"')
+        target = link[1 : link.index(">")]
+        # This proxy's own path, naming the registry the way the request did.
+        assert target.startswith("/v2/") and "://" not in target
+        if how == "prefix":
+            assert target.startswith(f"/v2/reg-b.test/{name}/tags/list?")
+        else:
+            assert target.startswith(f"/v2/{name}/tags/list?") and "ns=reg-b.test" in target
+    assert target is None
+    assert seen == ["t1", "t2", "t3", "t4", "t5"]
 
 
 @pytest.mark.parametrize(

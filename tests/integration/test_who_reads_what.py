@@ -29,10 +29,10 @@ import pytest
 from aiohttp import web
 
 from cacheproxy.peers.ring import ranked
-from cacheproxy.peers.signing import HEADER, sign
+from cacheproxy.peers.signing import ANSWER_HEADER, HEADER, sign, verify_answer
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import PushedImage, push_image
+from tests.support.images import OCI_INDEX, OCI_MANIFEST, PushedImage, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, free_port, write_htpasswd
@@ -383,6 +383,71 @@ async def test_an_unsigned_tag_answer_from_a_fake_peer_is_not_believed(
             # Nor is the lie kept: the cached tag names the real image.
             async with http.get(url, headers=ACCEPT) as resp:
                 assert resp.headers["Docker-Content-Digest"] == real.digest
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_fake_peers_content_type_never_sets_a_digests_media_type(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """A fake peer that never knew the secret answers a by-digest manifest with the
+    right bytes and the wrong Content-Type: the bytes are used (they match the
+    digest), the type is theirs, also after a restart on the same cache; and a real
+    node signs the type of its own digest answers."""
+    name = f"lib/typed-{uuid.uuid4().hex[:6]}"
+    image = await push_image(upstreams.public.url, name, "v1", layer_sizes=(1500,))
+    assert image.media_type == OCI_MANIFEST
+    fake_port, node_port = free_port(), free_port()
+    fake_url, node_url = f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{node_port}"
+    if ranked(image.digest, [fake_url, node_url])[0] != fake_url:
+        # The fake must own the digest's key: swap the two addresses.
+        fake_port, node_port = node_port, fake_port
+        fake_url, node_url = node_url, fake_url
+    asked = 0
+
+    async def wrong_type(request: web.Request) -> web.StreamResponse:
+        nonlocal asked
+        if request.path.endswith(f"/manifests/{image.digest}"):
+            asked += 1
+            headers = {"Docker-Content-Digest": image.digest, "Content-Type": OCI_INDEX}
+            headers["X-Cacheproxy-Peer-Answer"] = "1.deadbeef"
+            return web.Response(body=image.manifest, headers=headers)
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", wrong_type)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", fake_port).start()
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    config = write_config(tmp_path, upstreams)
+    peers = {"peers": (fake_url, node_url), "self_url": node_url, "peer_secret_file": secret}
+    only_images = {"Accept": OCI_MANIFEST}
+    url = f"/v2/{PUBLIC}/{name}/manifests/{image.digest}"
+    try:
+        for run in range(2):  # the second on the same cache, after a restart
+            async with (
+                running_proxy(
+                    None, tmp_path / "node", config_file=config, port=node_port, **peers
+                ) as node,
+                aiohttp.ClientSession() as http,
+            ):
+                for accept in (ACCEPT, only_images):
+                    async with http.get(node.url + url, headers=accept) as resp:
+                        assert resp.status == 200, (run, await resp.text())
+                        assert resp.headers["Content-Type"] == OCI_MANIFEST
+                        assert await resp.read() == image.manifest
+                assert asked == 1  # the fake was asked, once: its bytes are the cache's
+                # A real node's answer by digest carries its signature over the type.
+                query = urlencode(sorted({"repo": name, "upstream": PUBLIC}.items()))
+                path_qs = f"/_cacheproxy/peer/manifests/{image.digest}?{query}"
+                signature = sign(SECRET, "GET", path_qs, node_url)
+                async with http.get(node.url + path_qs, headers={HEADER: signature}) as resp:
+                    assert resp.status == 200
+                    fields = [PUBLIC, name, image.digest, image.digest, OCI_MANIFEST]
+                    assert resp.headers["Content-Type"] == OCI_MANIFEST
+                    assert verify_answer(SECRET, signature, fields, resp.headers[ANSWER_HEADER])
     finally:
         await runner.cleanup()
 

@@ -13,6 +13,7 @@ from cacheproxy.config import AccessRule
 from cacheproxy.errors import Denied, Unauthorized
 from cacheproxy.http.authfiles import RECHECK
 from cacheproxy.http.clientauth import ANONYMOUS, REMEMBER, ClientAuth
+from cacheproxy.http.operator import OperatorAccess
 
 
 def basic(user: str, password: str) -> str:
@@ -178,3 +179,24 @@ def test_active_only_when_something_is_configured(tmp_path: Path) -> None:
     assert ClientAuth(anonymous=False).active
     assert ClientAuth(rules=(AccessRule(subjects=("*",)),)).active
     assert ClientAuth(tokens_file=tmp_path / "tokens").active
+
+
+# --- the operator's views (/metrics, the cluster view) --------------------------------
+
+
+def test_only_loopback_addresses_read_the_operators_views_without_a_login() -> None:
+    rule = OperatorAccess()
+    for local in ("127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "localhost"):
+        assert rule.admits_address(local), local
+    for remote in ("10.0.0.5", "192.168.1.20", "::ffff:10.0.0.5", "fe80::1%eth0", "", None):
+        assert not rule.admits_address(remote), remote
+    # Switched off, nobody is admitted by address, loopback included.
+    assert not OperatorAccess(loopback=False).admits_address("127.0.0.1")
+
+
+def test_the_operators_views_admit_only_the_subjects_named() -> None:
+    assert not OperatorAccess().admits_subject("alice")
+    assert not OperatorAccess().admits_subject(ANONYMOUS)
+    named = OperatorAccess(subjects=("prometheus", "ops-*"))
+    assert named.admits_subject("prometheus") and named.admits_subject("ops-oncall")
+    assert not named.admits_subject("alice") and not named.admits_subject(ANONYMOUS)

@@ -167,3 +167,27 @@ def test_a_bad_upstream_url_is_named_without_its_login() -> None:
     with pytest.raises(ConfigError, match="upstream") as err:
         load_config(env={}, flags={"upstream": "ftp://u:secret-pw@r.example"})
     assert "secret-pw" not in str(err.value)
+
+
+def test_the_metrics_table(tmp_path: Path) -> None:
+    assert load_config(env={}).metrics_loopback is True
+    assert load_config(env={}).metrics_subjects == ()
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[metrics]\nsubjects = ["prometheus"]\nloopback = false\nlisten = "0.0.0.0:9100"\n'
+    )
+    config = load_config(file=path, env={})
+    assert config.metrics_subjects == ("prometheus",)
+    assert (config.metrics_loopback, config.metrics_port) == (False, 9100)
+    env = {"CACHEPROXY_METRICS_SUBJECTS": "prom,ops", "CACHEPROXY_METRICS_LOOPBACK": "0"}
+    assert load_config(env=env).metrics_subjects == ("prom", "ops")
+    assert load_config(env=env).metrics_loopback is False
+    path.write_text("[metrics]\nopen = true\n")
+    with pytest.raises(ConfigError, match=r"\[metrics\]"):
+        load_config(file=path, env={})
+    for clash in (
+        {"metrics_listen": "127.0.0.1:5000"},
+        {"metrics_listen": "x:5001", "peer_listen": "y:5001"},
+    ):
+        with pytest.raises(ConfigError, match="metrics_listen needs a port of its own"):
+            load_config(env={}, flags={"listen": "127.0.0.1:5000", **clash})

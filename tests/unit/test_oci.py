@@ -98,6 +98,11 @@ def test_manifest_media_type() -> None:
     assert manifest_media_type(b'{"schemaVersion":2,"layers":[]}', OCI_MANIFEST) == OCI_MANIFEST
     assert manifest_media_type(b'{"schemaVersion":2}', DOCKER_MANIFEST) == DOCKER_MANIFEST
     assert manifest_media_type(b"\xff", None) == "application/octet-stream"
+    # A header that contradicts the body's shape is not believed.
+    assert manifest_media_type(b'{"schemaVersion":2,"layers":[]}', OCI_INDEX) == OCI_MANIFEST
+    assert manifest_media_type(b'{"schemaVersion":2,"manifests":[]}', DOCKER_MANIFEST) == OCI_INDEX
+    declared = b'{"mediaType":"%s","layers":[]}' % DOCKER_MANIFEST.encode()
+    assert manifest_media_type(declared, OCI_INDEX) == DOCKER_MANIFEST
 
 
 def test_clean_host_is_what_may_be_echoed() -> None:

@@ -1,0 +1,42 @@
+"""The next page's Link: this proxy's own path, naming the registry as the request did."""
+
+from __future__ import annotations
+
+from cacheproxy.manifests.listing import NextPage
+
+
+def test_the_next_page_names_the_registry_as_the_request_did() -> None:
+    by_prefix = NextPage("reg-b.test/team/app")
+    expected = '</v2/reg-b.test/team/app/tags/list?last=t2&n=2>; rel="next"'
+    assert by_prefix.link("t2", "2") == expected
+    by_ns = NextPage("team/app", "reg-b.test:5000")
+    assert by_ns.link("t2", None) == (
+        '</v2/team/app/tags/list?last=t2&ns=reg-b.test%3A5000>; rel="next"'
+    )
+
+
+def test_an_upstreams_link_becomes_this_proxys_own() -> None:
+    named = NextPage("ghcr.io/team/app")
+    upstream = '<https://ghcr.io/v2/team/app/tags/list?last=v1.2&n=50&evil=1>; rel="next"'
+    assert named.from_upstream(upstream) == (
+        '</v2/ghcr.io/team/app/tags/list?last=v1.2&n=50>; rel="next"'
+    )
+    # The registry's own path for the repository (without the prefix) is not kept.
+    relative = '</v2/team/app/tags/list?last=b>; rel="next"'
+    assert named.from_upstream(relative) == '</v2/ghcr.io/team/app/tags/list?last=b>; rel="next"'
+    for useless in (
+        None,
+        "",
+        '<https://ghcr.io/v2/team/app/tags/list?n=5>; rel="next"',  # nowhere to go on from
+        '<https://ghcr.io/v2/team/app/tags/list?last=b>; rel="prev"',
+        '<https://evil.example/elsewhere?last=b>; rel="next"',
+        "no brackets at all",
+    ):
+        assert named.from_upstream(useless) is None, useless
+
+
+def test_what_a_link_carries_is_encoded() -> None:
+    named = NextPage("team/app", "reg.test\r\nSet-Cookie: x")
+    link = named.from_upstream('</v2/x/tags/list?last=a%3E%0D%0Ab>; rel="next"')
+    assert link is not None
+    assert "\r" not in link and "\n" not in link and link.count(">") == 1
