@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..numbers import parse_digits
 from ..registries import DOCKER_HUB, PUBLIC_PRESETS, ecr_host, normalize_host
 
 ENV_PREFIX = "CACHEPROXY_"
@@ -279,10 +280,11 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    host, sep, port_text = listen.rpartition(":")
+    port = parse_digits(port_text, 5)
+    if not sep or port is None or not 0 < port < 65536:
         raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]") or "0.0.0.0", port
 
 
 def upstream_from_url(url: str) -> UpstreamConfig:

@@ -17,6 +17,7 @@ import aiohttp
 
 from ..config import Config, ConfigError
 from ..errors import UpstreamUnavailable
+from ..numbers import parse_digits
 from .membership import Membership
 from .ring import ask_before_self
 from .signing import ANSWER_HEADER, HEADER, sign, sign_answer, verify, verify_answer
@@ -130,7 +131,8 @@ async def start_cluster(config: Config) -> Cluster | None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"peers: expected an http(s) URL, got {url!r}")
-    if config.peers_dns is not None and not config.peers_dns.rpartition(":")[2].isdigit():
+    dns_port = config.peers_dns.rpartition(":")[2] if config.peers_dns is not None else "0"
+    if parse_digits(dns_port, 5) is None:
         raise ConfigError("peers_dns: expected NAME:PORT")
     try:
         secret = (await asyncio.to_thread(config.peer_secret_file.read_bytes)).strip()
