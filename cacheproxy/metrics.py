@@ -110,10 +110,10 @@ class CacheCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         hk = self._keeper
         yield CounterMetricFamily(
-            "cacheproxy_evicted_blobs", "Blobs evicted to stay under max_size", hk.evicted_blobs
+            "cacheproxy_evicted_blobs", "Blobs evicted for max_size or min_free", hk.evicted_blobs
         )
         yield CounterMetricFamily(
-            "cacheproxy_evicted_bytes", "Bytes evicted to stay under max_size", hk.evicted_bytes
+            "cacheproxy_evicted_bytes", "Bytes evicted for max_size or min_free", hk.evicted_bytes
         )
         yield CounterMetricFamily(
             "cacheproxy_passthrough",

@@ -143,9 +143,8 @@ async def open_runtime(
             cluster = await start_cluster(config)
             if cluster is not None:
                 stack.push_async_callback(cluster.close)
-        min_free = parse_size(config.min_free, store.total_bytes())
         limit = parse_size(config.max_size, store.total_bytes()) if config.max_size else None
-        budget = DiskBudget(limit, min_free, store.free_bytes)
+        budget = DiskBudget(limit, config.min_free, store.disk_space)
         limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
         shared = writeback = None
         if config.shared is not None and not config.offline:
@@ -283,7 +282,7 @@ async def open_runtime(
             swarms=swarms,
         )
         if serving:
-            keeper = Keeper(_upkeep(config, limit), store, index, usage, lambda: budget.reserved)
+            keeper = Keeper(_upkeep(config, limit), store, index, usage, budget)
             stack.push_async_callback(keeper.close)
 
             async def poke(fill: Fill) -> None:

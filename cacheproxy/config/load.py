@@ -23,11 +23,11 @@ from .model import (
     AccessRule,
     Config,
     ConfigError,
-    SharedConfig,
     UpstreamConfig,
     split_listen,
     upstream_from_url,
 )
+from .values import SHARED_KEYS, coerce, shared_from
 
 _SCALARS: dict[str, type] = {
     "listen": str,
@@ -57,7 +57,7 @@ _SCALARS: dict[str, type] = {
     "keepalive_timeout": float,
     "shutdown_timeout": float,
     "max_size": str,
-    "min_free": str,
+    "min_free": tuple,
     "evict_interval": float,
     "hot_window": float,
     "keep": tuple,
@@ -88,37 +88,9 @@ _SCALARS: dict[str, type] = {
 
 _LIFECYCLE_KEYS = {"keep", "expire_days", "max_tags_per_repo", "gc_interval"}
 
-# [shared] keys and their types ("size": "64MiB" or bytes); env CACHEPROXY_SHARED_<KEY>.
-_SHARED: dict[str, type | str] = {
-    "bucket": str,
-    "prefix": str,
-    "region": str,
-    "endpoint_url": str,
-    "addressing_style": str,
-    "aws_profile": str,
-    "aws_role_arn": str,
-    "tls_verify": bool,
-    "ca_file": Path,
-    "redirect": bool,
-    "redirect_expires": int,
-    "multipart_threshold": "size",
-    "part_size": "size",
-    "upload_concurrency": int,
-    "max_pending_uploads": int,
-    "connections": int,
-    "segments": int,
-    "connect_timeout": float,
-    "read_timeout": float,
-    "expire_days": float,
-    "price": str,
-    "network_path": str,
-}
 # What a piece of a blob shared between peers may be (peer_piece_size).
 MIN_PIECE = 64 * 1024
 MAX_PIECE = 256 * 1024 * 1024
-# S3's own bounds on a multipart upload's parts (all but the last).
-MIN_PART = 5 * 1024 * 1024
-MAX_PART = 5 * 1024**3
 
 
 def load_config(
@@ -151,8 +123,8 @@ def load_config(
             raise ConfigError(f"[lifecycle]: known keys are {sorted(_LIFECYCLE_KEYS)}")
         doc.update(lifecycle)
         shared = doc.pop("shared", {})
-        if not isinstance(shared, dict) or set(shared) - set(_SHARED):
-            raise ConfigError(f"[shared]: known keys are {sorted(_SHARED)}")
+        if not isinstance(shared, dict) or set(shared) - set(SHARED_KEYS):
+            raise ConfigError(f"[shared]: known keys are {sorted(SHARED_KEYS)}")
         for key, raw in doc.items():
             if key not in _SCALARS:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -160,7 +132,7 @@ def load_config(
     for key in _SCALARS:
         if ENV_PREFIX + key.upper() in env:
             values[key] = env[ENV_PREFIX + key.upper()]
-    for key in _SHARED:
+    for key in SHARED_KEYS:
         if f"{ENV_PREFIX}SHARED_{key.upper()}" in env:
             shared[key] = env[f"{ENV_PREFIX}SHARED_{key.upper()}"]
     for key, raw in flags.items():
@@ -184,7 +156,7 @@ def load_config(
     if upstreams is not None:
         typed["upstreams"] = tuple(_password_from_env(up, env) for up in upstreams)
     if shared:
-        typed["shared"] = _shared(shared)
+        typed["shared"] = shared_from(shared)
     config = Config(**typed)
     if "default_upstream" not in typed and config.upstreams:
         try:
@@ -302,55 +274,8 @@ def _check_pricing_keys(up: UpstreamConfig) -> None:
         )
 
 
-def _shared(raw: dict[str, Any]) -> SharedConfig:
-    """The [shared] table (and CACHEPROXY_SHARED_* variables) as a checked SharedConfig."""
-    typed = {key: _coerce(f"shared.{key}", value, _SHARED[key]) for key, value in raw.items()}
-    if not typed.get("bucket"):
-        raise ConfigError("[shared]: bucket is required")
-    shared = SharedConfig(**typed)
-    if shared.addressing_style not in ("auto", "path", "virtual"):
-        raise ConfigError("shared.addressing_style: expected auto, path or virtual")
-    if not MIN_PART <= shared.part_size <= MAX_PART:
-        raise ConfigError("shared.part_size: S3 takes parts of 5 MiB to 5 GiB")
-    if shared.multipart_threshold < MIN_PART:
-        raise ConfigError("shared.multipart_threshold: at least 5 MiB (S3's smallest part)")
-    for key in ("upload_concurrency", "max_pending_uploads", "connections", "segments"):
-        if getattr(shared, key) < 1:
-            raise ConfigError(f"shared.{key} must be at least 1")
-    if not 1 <= shared.redirect_expires <= 7 * 24 * 3600:
-        raise ConfigError("shared.redirect_expires: 1 s to 7 days (SigV4's limit)")
-    if shared.network_path not in NETWORK_PATHS:
-        raise ConfigError(f"shared.network_path must be one of {', '.join(NETWORK_PATHS)}")
-    if shared.region is not None and not REGION_RE.fullmatch(shared.region):
-        raise ConfigError(f"shared.region: not a region name: {shared.region!r}")
-    return shared
-
-
-def _coerce(key: str, raw: Any, kind: type | str | None = None) -> Any:
-    kind = kind or _SCALARS[key]
-    if kind == "size":
-        try:
-            return raw if isinstance(raw, int) else parse_size(str(raw), 0)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    assert isinstance(kind, type)
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(raw).lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if kind is tuple:
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return tuple(str(i).strip() for i in items if str(i).strip())
-        if kind is Path:
-            return Path(str(raw)).expanduser()
-        return kind(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: cannot use {raw!r} as {kind.__name__}") from exc
+def _coerce(key: str, raw: Any) -> Any:
+    return coerce(key, raw, _SCALARS[key])
 
 
 def _check(config: Config) -> None:
@@ -363,13 +288,14 @@ def _check(config: Config) -> None:
         raise ConfigError("tag_ttl and max_stale must not be negative")
     if not config.savings_flush_interval > 0:
         raise ConfigError("savings_flush_interval must be positive")
-    for key in ("max_size", "min_free", "max_blob_size", "segment_min_size", "peer_piece_size"):
+    for key in ("max_size", "max_blob_size", "segment_min_size", "peer_piece_size"):
         value = getattr(config, key)
         if value is not None:
             try:
                 parse_size(value, 1)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
+    _check_min_free(config.min_free)
     for key in ("max_blob_size", "segment_min_size", "peer_piece_size"):
         if getattr(config, key).strip().endswith("%"):
             raise ConfigError(f'{key}: expected bytes ("8MiB"), not a share of the disk')
@@ -393,3 +319,15 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"default_upstream {config.default_upstream!r} is not configured"
         ) from None
+
+
+def _check_min_free(terms: tuple[str, ...]) -> None:
+    """``min_free``: sizes or shares of the file system below 100% (all of it free
+    would take nothing); several terms ("10GiB,20%") mean the largest."""
+    for term in terms:
+        try:
+            share = parse_size(term, 100)
+        except ValueError as exc:
+            raise ConfigError(f"min_free: {exc}") from None
+        if term.strip().endswith("%") and share >= 100:
+            raise ConfigError(f"min_free: {term!r} would keep the whole disk free")

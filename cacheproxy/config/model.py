@@ -176,8 +176,12 @@ class Config:
     shutdown_timeout: float = 30.0
     # Cache size limit: bytes ("50GB", "20GiB") or a share of the disk ("80%").
     max_size: str | None = None
-    # Below this much free disk space a miss is streamed through without caching.
-    min_free: str = "1GiB"
+    # Disk space kept free: the largest of these, each bytes or a share of the file
+    # system. Below it a miss streams through uncached and the keeper evicts until it
+    # is free again. The default stays clear of the kubelet's default hard eviction
+    # (nodefs.available<10%, imagefs.available<15%) and its image GC (85% used), with
+    # room for the snapshots of the images being pulled.
+    min_free: tuple[str, ...] = ("10GiB", "20%")
     # Seconds between eviction checks (also run after a fill completes).
     evict_interval: float = 30.0
     # Content reachable from manifests used within this many seconds goes last.
