@@ -34,7 +34,7 @@ from .blobs.holdings import Holdings
 from .blobs.inflight import Fills
 from .blobs.service import BlobService
 from .blobs.swarming import SwarmNode
-from .config import Config
+from .config import Config, ConfigError
 from .layout import CacheLayout
 from .lifecycle.keeper import Keeper, Upkeep
 from .lifecycle.plan import Rules
@@ -57,6 +57,7 @@ from .store.index import Index
 from .store.lock import CacheLock
 from .store.readiness import Readiness
 from .store.usage import UsageLog
+from .upstream.egress import egress_deny
 from .upstream.pool import UpstreamPool
 
 
@@ -135,7 +136,12 @@ async def open_runtime(
         stack.push_async_callback(asyncio.to_thread, index.close)
         usage = UsageLog()
         stack.push_async_callback(usage.close, index)
-        upstreams = UpstreamPool(config, clock=upstream_clock)
+        try:
+            # Reads the node's addresses when egress_deny names "node": in a thread.
+            deny = await asyncio.to_thread(egress_deny, config.egress_deny)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        upstreams = UpstreamPool(config, clock=upstream_clock, deny=deny)
         stack.push_async_callback(upstreams.close)
         cluster = None
         if serving:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..registries import ALL_PRESETS, ecr_host, normalize_host
 from ..sizes import parse_size
+from ..upstream.egress import parse_entries
 from .model import (
     ENV_PREFIX,
     NETWORK_PATHS,
@@ -83,6 +84,7 @@ _SCALARS: dict[str, type] = {
     "peer_holders": bool,
     "peer_piece_size": str,
     "expose_credentials": bool,
+    "egress_deny": tuple,
 }
 
 
@@ -296,6 +298,10 @@ def _check(config: Config) -> None:
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
     _check_min_free(config.min_free)
+    try:
+        parse_entries(config.egress_deny)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for key in ("max_blob_size", "segment_min_size", "peer_piece_size"):
         if getattr(config, key).strip().endswith("%"):
             raise ConfigError(f'{key}: expected bytes ("8MiB"), not a share of the disk')

@@ -229,6 +229,11 @@ class Config:
     # round trip is noise next to its transfer, small enough that a blob has many to
     # spread (4 MiB takes 84 ms at 400 Mbit/s).
     peer_piece_size: str = "4MiB"
+    # Addresses no upstream may send the proxy to (redirects, token realms), besides
+    # loopback, link-local and unspecified ones: CIDRs, and "node" for the node's own
+    # interface addresses (the cluster's pod and service ranges, say). An upstream's
+    # own host is never denied. Empty: private ranges are allowed.
+    egress_deny: tuple[str, ...] = ()
     # Serve on a non-loopback address without client logins although the proxy holds
     # upstream logins: anyone who reaches it pulls with them. Off: serve refuses.
     expose_credentials: bool = False
