@@ -134,6 +134,14 @@ class CacheCollector(Collector):
                 "Peer answers that failed verification",
                 cluster.stats.bad_content,
             )
+            failures = CounterMetricFamily(
+                "cacheproxy_peer_failures",
+                "Requests to peers that failed (not reached, timed out, TLS refused)",
+                labels=["kind"],
+            )
+            failures.add_metric(["tls"], cluster.stats.tls_failures)
+            failures.add_metric(["other"], cluster.stats.failures - cluster.stats.tls_failures)
+            yield failures
             swarm = CounterMetricFamily(
                 "cacheproxy_peer_swarm", "The swarm's requests and outcomes", labels=["what"]
             )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..registries import ALL_PRESETS, ecr_host, normalize_host
 from ..sizes import parse_size
@@ -81,6 +82,10 @@ _SCALARS: dict[str, type] = {
     "peer_connect_timeout": float,
     "peer_read_timeout": float,
     "peer_listen": str,
+    "peer_tls_cert": Path,
+    "peer_tls_key": Path,
+    "peer_ca_file": Path,
+    "peer_tls_name": str,
     "peer_holders": bool,
     "peer_piece_size": str,
     "expose_credentials": bool,
@@ -316,6 +321,7 @@ def _check(config: Config) -> None:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key go together")
+    _check_peer_tls(config)
     names = [u.name for u in config.upstreams]
     if len(names) != len(set(names)):
         raise ConfigError("upstream: two [[upstream]] tables share a name")
@@ -337,3 +343,24 @@ def _check_min_free(terms: tuple[str, ...]) -> None:
             raise ConfigError(f"min_free: {exc}") from None
         if term.strip().endswith("%") and share >= 100:
             raise ConfigError(f"min_free: {term!r} would keep the whole disk free")
+
+
+def _check_peer_tls(config: Config) -> None:
+    """Peer URLs agree with the listener peers reach: https where it serves TLS, and
+    only there (a plain peer in a TLS cluster would carry blobs in clear text)."""
+    if (config.peer_tls_cert is None) != (config.peer_tls_key is None):
+        raise ConfigError("peer_tls_cert and peer_tls_key go together")
+    if config.peer_tls_cert is not None and config.peer_listen is None:
+        raise ConfigError("peer_tls_cert is the peer listener's: it needs peer_listen")
+    if not config.peer_mode:
+        return
+    scheme = "https" if config.peer_tls else "http"
+    for url in (*config.peers, *([config.self_url] if config.self_url else [])):
+        if urlsplit(url).scheme != scheme:
+            raise ConfigError(
+                f"peers: {url!r}: the peer listener serves {scheme}"
+                f" ({'a certificate' if config.peer_tls else 'no certificate'}),"
+                f" so every peer URL and self_url is {scheme}://"
+            )
+    if scheme == "http" and (config.peer_ca_file or config.peer_tls_name):
+        raise ConfigError("peer_ca_file and peer_tls_name are for https:// peers")

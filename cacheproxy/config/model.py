@@ -220,6 +220,15 @@ class Config:
     # A listener of its own for peers (HOST:PORT): it serves only the signed peer path
     # and the probes, so the client listener can stay on loopback.
     peer_listen: str | None = None
+    # TLS between peers (the HMAC gives integrity, not confidentiality): the peer
+    # listener's certificate (default: tls_cert/tls_key), the CA the peers'
+    # certificates chain to when dialling https:// peers (default: the system's),
+    # and the name every peer's certificate carries when it is not the URL's host
+    # (one certificate for every node of a DaemonSet reached by IP).
+    peer_tls_cert: Path | None = None
+    peer_tls_key: Path | None = None
+    peer_ca_file: Path | None = None
+    peer_tls_name: str | None = None
     # A node filling a blob takes pieces from every node that holds it or is filling
     # it, as the blob's owner names them, and each node sends to a bounded number of
     # peers at once (a tree, not a star). Off: every node takes the blob from its
@@ -251,6 +260,11 @@ class Config:
     @property
     def port(self) -> int:
         return split_listen(self.listen)[1]
+
+    @property
+    def peer_tls(self) -> bool:
+        """Whether the listener peers reach serves TLS (so peer URLs are https)."""
+        return self.peer_tls_cert is not None or self.tls_cert is not None
 
     @property
     def peer_port(self) -> int | None:

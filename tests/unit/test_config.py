@@ -167,3 +167,55 @@ def test_a_bad_upstream_url_is_named_without_its_login() -> None:
     with pytest.raises(ConfigError, match="upstream") as err:
         load_config(env={}, flags={"upstream": "ftp://u:secret-pw@r.example"})
     assert "secret-pw" not in str(err.value)
+
+
+PEERS = {"peer_secret_file": Path("/s"), "peer_listen": "10.0.0.1:5001"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "text"),
+    [
+        # The peer listener serves TLS: every peer URL must be https.
+        (
+            {"peer_tls_cert": Path("/c"), "peer_tls_key": Path("/k"), "self_url": "http://a:5001"},
+            "https://",
+        ),
+        (
+            {
+                "tls_cert": Path("/c"),
+                "tls_key": Path("/k"),
+                "self_url": "https://a:5001",
+                "peers": ("https://a:5001", "http://b:5001"),
+            },
+            "https://",
+        ),
+        # It does not: https URLs would never connect, a CA would protect nothing.
+        ({"self_url": "https://a:5001"}, "http://"),
+        ({"self_url": "http://a:5001", "peer_ca_file": Path("/ca")}, "peer_ca_file"),
+        ({"peer_tls_cert": Path("/c"), "self_url": "https://a:5001"}, "peer_tls_key"),
+    ],
+)
+def test_peer_urls_agree_with_the_peer_listeners_tls(flags: dict[str, object], text: str) -> None:
+    with pytest.raises(ConfigError, match=text):
+        load_config(env={}, flags={**PEERS, "peers": ("http://a:5001",), **flags})
+
+
+def test_a_peer_certificate_needs_a_peer_listener() -> None:
+    with pytest.raises(ConfigError, match="peer_listen"):
+        load_config(env={}, flags={"peer_tls_cert": Path("/c"), "peer_tls_key": Path("/k")})
+
+
+def test_peers_over_tls() -> None:
+    config = load_config(
+        env={"CACHEPROXY_PEER_CA_FILE": "/etc/cacheproxy/peer/ca.crt"},
+        flags={
+            **PEERS,
+            "peer_tls_cert": Path("/c"),
+            "peer_tls_key": Path("/k"),
+            "self_url": "https://a:5001",
+            "peers": ("https://a:5001", "https://b:5001"),
+            "peer_tls_name": "cacheproxy-peer",
+        },
+    )
+    assert config.peer_tls and config.peer_ca_file == Path("/etc/cacheproxy/peer/ca.crt")
+    assert config.tls_cert is None, "the client listener stays plain"
