@@ -47,7 +47,7 @@ from .manifests.service import Fetches, ManifestService
 from .peers.cluster import Cluster, start_cluster
 from .savings.ledger import Ledger
 from .shared.manifests import SharedManifests
-from .shared.s3 import S3
+from .shared.s3 import S3, redirect_signer
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
 from .singleflight import SingleFlight
@@ -155,7 +155,11 @@ async def open_runtime(
         shared = writeback = None
         if config.shared is not None and not config.offline:
             # Closed after the fills (which may be reading from it) have stopped.
-            shared = SharedTier(S3(config.shared, upstreams.aws), config.shared)
+            shared = SharedTier(
+                S3(config.shared, upstreams.aws),
+                config.shared,
+                signer=redirect_signer(config.shared, upstreams.aws),
+            )
             stack.push_async_callback(shared.close)
         fill_options = FillOptions(
             max_blob_size=parse_size(config.max_blob_size, 0),

@@ -64,7 +64,7 @@ class Redirect:
         size = await tier.size(want.digest) if tier.is_checked(want.digest) else None
         if size is not None and await may_read(self._links, want.upstream, want.repo, want.digest):
             try:
-                url = await tier.s3.presign(
+                url = await tier.signer.presign(
                     "get_object", tier.settings.redirect_expires, Key=tier.key(want.digest)
                 )
             except Exception as exc:  # botocore raises many kinds (no credentials, ...)

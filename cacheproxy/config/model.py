@@ -94,6 +94,12 @@ class SharedConfig:
     redirect: bool = False
     # Seconds a presigned URL handed to a client stays valid.
     redirect_expires: int = 300
+    # Credentials that sign the URLs handed to clients, when not the tier's own: a
+    # presigned URL shows its access key id (X-Amz-Credential), so make it a key (or
+    # role) that may only read the bucket. A profile, and/or a role assumed (from that
+    # profile, else from the tier's credentials).
+    redirect_profile: str | None = None
+    redirect_role_arn: str | None = None
     # Uploads: one PUT below the threshold, multipart above it; parts of part_size.
     multipart_threshold: int = 64 * 1024 * 1024
     part_size: int = 16 * 1024 * 1024

@@ -21,6 +21,8 @@ SHARED_KEYS: dict[str, type | str] = {
     "ca_file": Path,
     "redirect": bool,
     "redirect_expires": int,
+    "redirect_profile": str,
+    "redirect_role_arn": str,
     "multipart_threshold": "size",
     "part_size": "size",
     "upload_concurrency": int,
@@ -53,6 +55,11 @@ def shared_from(raw: dict[str, Any]) -> SharedConfig:
     for key in ("upload_concurrency", "max_pending_uploads", "connections", "segments"):
         if getattr(shared, key) < 1:
             raise ConfigError(f"shared.{key} must be at least 1")
+    if (shared.redirect_profile or shared.redirect_role_arn) and not shared.redirect:
+        raise ConfigError(
+            "shared.redirect_profile and redirect_role_arn sign redirect mode's URLs:"
+            " they need redirect = true"
+        )
     if not 1 <= shared.redirect_expires <= 7 * 24 * 3600:
         raise ConfigError("shared.redirect_expires: 1 s to 7 days (SigV4's limit)")
     if shared.network_path not in NETWORK_PATHS:

@@ -219,3 +219,14 @@ def test_peers_over_tls() -> None:
     )
     assert config.peer_tls and config.peer_ca_file == Path("/etc/cacheproxy/peer/ca.crt")
     assert config.tls_cert is None, "the client listener stays plain"
+
+
+def test_redirect_signing_credentials_need_redirect_mode(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[shared]\nbucket = "b"\nredirect_profile = "reader"\n')
+    with pytest.raises(ConfigError, match="redirect = true"):
+        load_config(file=file, env={})
+    file.write_text('[shared]\nbucket = "b"\nredirect = true\nredirect_profile = "reader"\n')
+    shared = load_config(file=file, env={"CACHEPROXY_SHARED_REDIRECT_ROLE_ARN": "arn:r"}).shared
+    assert shared is not None
+    assert (shared.redirect_profile, shared.redirect_role_arn) == ("reader", "arn:r")
