@@ -93,11 +93,13 @@ class Keeper:
         disk has less than ``min_free`` free (the kubelet evicts pods below its own
         thresholds: the cache gives the space back first)."""
         limit = self._upkeep.limit
-        space = await asyncio.to_thread(self._budget.space)
-        short = self._budget.shortfall(space)
-        if limit is None and not short:
-            return {}
         async with self.lock:
+            # Read under the lock: a run that waited for another must see the space
+            # that run freed, or both would evict for the same shortfall.
+            space = await asyncio.to_thread(self._budget.space)
+            short = self._budget.shortfall(space)
+            if limit is None and not short:
+                return {}
             await self._usage.flush(self._index)
             state = await asyncio.to_thread(read_state, self._store, self._index)
             room, target = self._room(sum(state.sizes.values()), short, space.total)
