@@ -6,21 +6,32 @@
 #   -v ./cacheproxy.toml:/etc/cacheproxy/config.toml:ro -e CACHEPROXY_CONFIG=/etc/cacheproxy/config.toml
 # (name the file by CACHEPROXY_CONFIG rather than --config, so the HEALTHCHECK reads it too).
 
-ARG PYTHON=python:3.11-slim-bookworm
+# An exact release, the one the test suite runs on. A release pipeline pins the
+# digest too (python:3.11.7-slim-bookworm@sha256:...), resolved where it has the
+# registry at hand: a tag can be moved, a digest cannot.
+ARG PYTHON=python:3.11.7-slim-bookworm
 
 # Build: a virtualenv with cacheproxy and its dependencies, copied whole into the
 # runtime stage, so no wheel, pip cache or compiler reaches the image.
 FROM ${PYTHON} AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# PIP_CONSTRAINT reaches the isolated environment pip builds cacheproxy in, so the
+# build backend is pinned too.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CONSTRAINT=/src/constraints.txt
 RUN python -m venv /opt/cacheproxy
 WORKDIR /src
-# Dependencies first: this layer is rebuilt only when pyproject.toml changes.
+# Dependencies first, every one pinned (constraints.txt: the versions the tests run
+# with), installed as listed without resolving anything (--no-deps: no newer release
+# slips in); pip check fails the build if the set is incomplete or inconsistent.
+# This layer is rebuilt only when constraints.txt changes.
+COPY constraints.txt ./
+RUN /opt/cacheproxy/bin/pip install --no-deps --requirement constraints.txt \
+ && /opt/cacheproxy/bin/pip check
 COPY pyproject.toml README.md ./
-RUN mkdir cacheproxy && touch cacheproxy/__init__.py \
- && /opt/cacheproxy/bin/pip install . \
- && /opt/cacheproxy/bin/pip uninstall -y cacheproxy
 COPY cacheproxy ./cacheproxy
+# cacheproxy itself, resolving nothing either: pip check then fails the build if
+# pyproject.toml asks for a package, or a version, constraints.txt does not hold.
 RUN /opt/cacheproxy/bin/pip install --no-deps . \
+ && /opt/cacheproxy/bin/pip check \
  && /opt/cacheproxy/bin/python -c "import cacheproxy.app, cacheproxy.savings.prices"
 
 FROM ${PYTHON}

@@ -115,6 +115,14 @@ class CredentialsUnavailable(UpstreamUnavailable):
     default_message = "upstream credentials unavailable"
 
 
+class DestinationRefused(UpstreamUnavailable):
+    """The upstream sent the proxy (a redirect, a token realm) to an address it does
+    not dial (destinations.py, egress_deny): asking again gets the same answer, so it
+    is not retried. 502: the upstream's answer is one the gateway will not follow."""
+
+    status, default_message = 502, "upstream sent the proxy to an address it does not dial"
+
+
 class CacheWriteFailed(RegistryError):
     """This proxy could not write a blob to its own disk (no source's fault)."""
 

@@ -114,10 +114,10 @@ class CacheCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         hk = self._keeper
         yield CounterMetricFamily(
-            "cacheproxy_evicted_blobs", "Blobs evicted to stay under max_size", hk.evicted_blobs
+            "cacheproxy_evicted_blobs", "Blobs evicted for max_size or min_free", hk.evicted_blobs
         )
         yield CounterMetricFamily(
-            "cacheproxy_evicted_bytes", "Bytes evicted to stay under max_size", hk.evicted_bytes
+            "cacheproxy_evicted_bytes", "Bytes evicted for max_size or min_free", hk.evicted_bytes
         )
         yield CounterMetricFamily(
             "cacheproxy_passthrough",
@@ -138,6 +138,14 @@ class CacheCollector(Collector):
                 "Peer answers that failed verification",
                 cluster.stats.bad_content,
             )
+            failures = CounterMetricFamily(
+                "cacheproxy_peer_failures",
+                "Requests to peers that failed (not reached, timed out, TLS refused)",
+                labels=["kind"],
+            )
+            failures.add_metric(["tls"], cluster.stats.tls_failures)
+            failures.add_metric(["other"], cluster.stats.failures - cluster.stats.tls_failures)
+            yield failures
             swarm = CounterMetricFamily(
                 "cacheproxy_peer_swarm", "The swarm's requests and outcomes", labels=["what"]
             )

@@ -26,6 +26,8 @@ DIGEST_RES = {
     "sha256": re.compile(r"[a-f0-9]{64}"),
     "sha512": re.compile(r"[a-f0-9]{128}"),
 }
+# RFC 9110 section 12.4.2, a little looser ("0.55555", "2": clamped to 0..1 as ever).
+QVALUE_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{0,6})?")
 # distribution caps the whole repository name at 255 characters.
 MAX_NAME_LENGTH = 255
 
@@ -191,10 +193,10 @@ def parse_accept(values: list[str]) -> list[AcceptRange]:
             for param in parts[1:]:
                 key, _, val = param.partition("=")
                 if key.strip().lower() == "q":
-                    try:
-                        q = float(val.strip())
-                    except ValueError:
-                        q = 0.0
+                    # Section 12.4.2: a qvalue is ASCII digits ("0.8"); float() would
+                    # also take "nan", "1e0", "\u0661" (an Arabic-Indic one).
+                    text = val.strip()
+                    q = float(text) if QVALUE_RE.fullmatch(text) else 0.0
             out.append(AcceptRange(media, max(0.0, min(q, 1.0))))
     return out
 

@@ -11,11 +11,15 @@ import re
 from dataclasses import dataclass
 
 from .errors import RangeNotSatisfiable
+from .numbers import MAX_DIGITS, parse_digits
 
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
-_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
-# Python's int() accepts any length; positions past 2**63 mean nothing for a file.
-_MAX_DIGITS = 19
+# Section 14.1.1: positions are 1*DIGIT, and DIGIT is ASCII (RFC 5234): [0-9], never
+# \d (any script's digits in a str pattern), and re.ASCII so that IGNORECASE folds
+# "BYTES" but not U+017F (long s) into "bytes".
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE | re.ASCII)
+_CONTENT_RANGE_RE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE | re.ASCII)
+# OWS (RFC 9110 section 5.6.3) is spaces and tabs, not every Unicode space str.strip() takes.
+_OWS = " \t"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +49,11 @@ def parse_range(header: str | None) -> ByteRange | None:
     """The single range asked for, or None to serve the whole representation."""
     if not header:
         return None
-    m = _RANGE_RE.fullmatch(header.strip())
+    m = _RANGE_RE.fullmatch(header.strip(_OWS))
     if m is None:
         return None
     first_s, last_s = m.groups()
-    if len(first_s) > _MAX_DIGITS or len(last_s) > _MAX_DIGITS:
+    if len(first_s) > MAX_DIGITS or len(last_s) > MAX_DIGITS:
         return None
     if not first_s and not last_s:
         return None
@@ -80,16 +84,10 @@ def parse_content_range(value: str) -> tuple[int | None, int | None]:
     if unit.strip().lower() != "bytes":
         return None, None
     span, _, total = rest.partition("/")
-    first = span.partition("-")[0]
-    try:
-        start = int(first)
-    except ValueError:
+    start = parse_digits(span.partition("-")[0].strip(_OWS))
+    if start is None:
         return None, None
-    try:
-        size: int | None = int(total)
-    except ValueError:
-        size = None
-    return start, size
+    return start, parse_digits(total.strip(_OWS))
 
 
 def parse_content_span(value: str) -> tuple[int, int, int | None] | None:
@@ -98,11 +96,11 @@ def parse_content_span(value: str) -> tuple[int, int, int | None] | None:
     None for anything that is not one well-formed satisfied range (section 14.4:
     first <= last, and last < complete-length when that is known).
     """
-    m = _CONTENT_RANGE_RE.fullmatch(value.strip())
+    m = _CONTENT_RANGE_RE.fullmatch(value.strip(_OWS))
     if m is None:
         return None
     first_s, last_s, total_s = m.groups()
-    if max(len(first_s), len(last_s), len(total_s)) > _MAX_DIGITS:
+    if max(len(first_s), len(last_s), len(total_s)) > MAX_DIGITS:
         return None
     first, last = int(first_s), int(last_s)
     total = None if total_s == "*" else int(total_s)

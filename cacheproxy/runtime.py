@@ -34,7 +34,7 @@ from .blobs.holdings import Holdings
 from .blobs.inflight import Fills
 from .blobs.service import BlobService
 from .blobs.swarming import SwarmNode
-from .config import Config
+from .config import Config, ConfigError
 from .layout import CacheLayout
 from .lifecycle.keeper import Keeper, Upkeep
 from .lifecycle.plan import Rules
@@ -47,7 +47,7 @@ from .manifests.service import Fetches, ManifestService
 from .peers.cluster import Cluster, start_cluster
 from .savings.ledger import Ledger
 from .shared.manifests import SharedManifests
-from .shared.s3 import S3
+from .shared.s3 import S3, redirect_signer
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
 from .singleflight import SingleFlight
@@ -57,6 +57,7 @@ from .store.index import Index
 from .store.lock import CacheLock
 from .store.readiness import Readiness
 from .store.usage import UsageLog
+from .upstream.egress import egress_deny
 from .upstream.pool import UpstreamPool
 
 
@@ -135,7 +136,12 @@ async def open_runtime(
         stack.push_async_callback(asyncio.to_thread, index.close)
         usage = UsageLog()
         stack.push_async_callback(usage.close, index)
-        upstreams = UpstreamPool(config, clock=upstream_clock)
+        try:
+            # Reads the node's addresses when egress_deny names "node": in a thread.
+            deny = await asyncio.to_thread(egress_deny, config.egress_deny)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        upstreams = UpstreamPool(config, clock=upstream_clock, deny=deny)
         stack.push_async_callback(upstreams.close)
         await upstreams.start()
         cluster = None
@@ -144,14 +150,17 @@ async def open_runtime(
             cluster = await start_cluster(config)
             if cluster is not None:
                 stack.push_async_callback(cluster.close)
-        min_free = parse_size(config.min_free, store.total_bytes())
         limit = parse_size(config.max_size, store.total_bytes()) if config.max_size else None
-        budget = DiskBudget(limit, min_free, store.free_bytes)
+        budget = DiskBudget(limit, config.min_free, store.disk_space)
         limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
         shared = writeback = None
         if config.shared is not None and not config.offline:
             # Closed after the fills (which may be reading from it) have stopped.
-            shared = SharedTier(S3(config.shared, upstreams.aws), config.shared)
+            shared = SharedTier(
+                S3(config.shared, upstreams.aws),
+                config.shared,
+                signer=redirect_signer(config.shared, upstreams.aws),
+            )
             stack.push_async_callback(shared.close)
         fill_options = FillOptions(
             max_blob_size=parse_size(config.max_blob_size, 0),
@@ -284,7 +293,7 @@ async def open_runtime(
             swarms=swarms,
         )
         if serving:
-            keeper = Keeper(_upkeep(config, limit), store, index, usage, lambda: budget.reserved)
+            keeper = Keeper(_upkeep(config, limit), store, index, usage, budget)
             stack.push_async_callback(keeper.close)
 
             async def poke(fill: Fill) -> None:

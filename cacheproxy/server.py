@@ -167,15 +167,20 @@ class Listener:
     def __init__(self, runner: web.AppRunner, servers: list[asyncio.Server]) -> None:
         self._runner = runner
         self._servers = servers
-        self._reloader: asyncio.Task[None] | None = None
+        self._reloaders: list[asyncio.Task[None]] = []
+
+    def reload(self, context: ssl.SSLContext, cert: Path, key: Path, interval: float) -> None:
+        """Watch ``cert`` and ``key`` for a renewal, into ``context``, until closed."""
+        self._reloaders.append(asyncio.create_task(_reload_certs(context, cert, key, interval)))
 
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        if self._reloader is not None:
-            self._reloader.cancel()
+        for task in self._reloaders:
+            task.cancel()
+        for task in self._reloaders:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+                await task
         await self._runner.shutdown()
         await self._runner.cleanup()
 
@@ -203,9 +208,17 @@ async def start(app: web.Application, config: Config) -> Listener:
     protocols = runner.server
     assert protocols is not None
     deadline.factory = lambda: protocol_errors_as_oci(protocols())
-    context = None
+    context = peer_context = None
     if config.tls_cert is not None and config.tls_key is not None:
-        context = await asyncio.to_thread(tls_context, config.tls_cert, config.tls_key)
+        context = peer_context = await asyncio.to_thread(
+            tls_context, config.tls_cert, config.tls_key
+        )
+    # The peer listener's own certificate, when it has one: the client listener may
+    # stay plain on loopback while peers talk TLS across the network.
+    if config.peer_tls_cert is not None and config.peer_tls_key is not None:
+        peer_context = await asyncio.to_thread(
+            tls_context, config.peer_tls_cert, config.peer_tls_key
+        )
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     try:
@@ -214,24 +227,30 @@ async def start(app: web.Application, config: Config) -> Listener:
                 deadline, config.host, config.port, ssl=context, backlog=BACKLOG
             )
         )
-        for extra, who in ((config.peer_listen, "peers"), (config.metrics_listen, "Prometheus")):
-            if extra is not None:
-                host, port = split_listen(extra)
-                servers.append(
-                    await loop.create_server(deadline, host, port, ssl=context, backlog=BACKLOG)
-                )
-                log.info("%s reach this node on %s", who, extra)
+        if config.peer_listen is not None:
+            host, port = split_listen(config.peer_listen)
+            servers.append(
+                await loop.create_server(deadline, host, port, ssl=peer_context, backlog=BACKLOG)
+            )
+            tls = " (TLS)" if peer_context else ""
+            log.info("peers reach this node on %s%s", config.peer_listen, tls)
+        if config.metrics_listen is not None:
+            host, port = split_listen(config.metrics_listen)
+            servers.append(
+                await loop.create_server(deadline, host, port, ssl=context, backlog=BACKLOG)
+            )
+            log.info("Prometheus reaches this node on %s", config.metrics_listen)
     except BaseException:
         for server in servers:
             server.close()
         await runner.cleanup()
         raise
     listener = Listener(runner, servers)
-    if context is not None:
-        assert config.tls_cert is not None and config.tls_key is not None
-        listener._reloader = asyncio.create_task(
-            _reload_certs(context, config.tls_cert, config.tls_key, config.tls_reload)
-        )
+    if context is not None and config.tls_cert is not None and config.tls_key is not None:
+        listener.reload(context, config.tls_cert, config.tls_key, config.tls_reload)
+    if peer_context is not context and config.peer_tls_cert and config.peer_tls_key:
+        assert peer_context is not None
+        listener.reload(peer_context, config.peer_tls_cert, config.peer_tls_key, config.tls_reload)
     log.info("listening on %s%s", config.listen, " (TLS)" if context else "")
     return listener
 

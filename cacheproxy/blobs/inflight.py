@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..accounting import Accounting, NullAccounting, Origin
 from ..errors import BlobUnknown, RegistryError
+from ..sizes import DiskSpace
 from ..store.files import BlobStore
 from ..upstream.client import Upstream
 from .admission import DiskBudget, FillGate, FillLimits
@@ -51,7 +52,7 @@ class Fills:
         self.accounting: Accounting = accounting or NullAccounting()
         self.stats = FillStats()
         self.gate = FillGate(limits or FillLimits())
-        self.budget = budget or DiskBudget(None, 0, lambda: 1)
+        self.budget = budget or DiskBudget(None, (), lambda: DiskSpace(1, 1))
         #: Called when a fill fails (the upstream's refusal of its pair is remembered).
         self.on_failure: list[Callable[[Fill], None]] = []
         #: Awaited after each blob is committed (it is linked; the keeper checks the limit).

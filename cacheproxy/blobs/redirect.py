@@ -70,7 +70,7 @@ class Redirect:
             size = await tier.size(want.digest)
         if size is not None:
             try:
-                url = await tier.s3.presign(
+                url = await tier.signer.presign(
                     "get_object", tier.settings.redirect_expires, Key=tier.key(want.digest)
                 )
             except Exception as exc:  # botocore raises many kinds (no credentials, ...)

@@ -13,22 +13,23 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..registries import ALL_PRESETS
 from ..sizes import parse_size
+from ..upstream.egress import parse_entries
 from .model import (
     ENV_PREFIX,
-    NETWORK_PATHS,
     REGION_RE,
     AccessRule,
     Config,
     ConfigError,
-    SharedConfig,
     UpstreamConfig,
     split_listen,
     upstream_from_url,
 )
 from .upstreams import password_from_env, upstreams_from_toml
+from .values import SHARED_KEYS, coerce, shared_from
 
 _SCALARS: dict[str, type] = {
     "listen": str,
@@ -60,7 +61,7 @@ _SCALARS: dict[str, type] = {
     "keepalive_timeout": float,
     "shutdown_timeout": float,
     "max_size": str,
-    "min_free": str,
+    "min_free": tuple,
     "evict_interval": float,
     "hot_window": float,
     "keep": tuple,
@@ -83,48 +84,25 @@ _SCALARS: dict[str, type] = {
     "peer_connect_timeout": float,
     "peer_read_timeout": float,
     "peer_listen": str,
+    "peer_tls_cert": Path,
+    "peer_tls_key": Path,
+    "peer_ca_file": Path,
+    "peer_tls_name": str,
     "peer_holders": bool,
     "peer_piece_size": str,
     "expose_credentials": bool,
     "metrics_subjects": tuple,
     "metrics_loopback": bool,
     "metrics_listen": str,
+    "egress_deny": tuple,
 }
 
 
 _LIFECYCLE_KEYS = {"keep", "expire_days", "max_tags_per_repo", "gc_interval"}
 
-# [shared] keys and their types ("size": "64MiB" or bytes); env CACHEPROXY_SHARED_<KEY>.
-_SHARED: dict[str, type | str] = {
-    "bucket": str,
-    "prefix": str,
-    "region": str,
-    "endpoint_url": str,
-    "addressing_style": str,
-    "aws_profile": str,
-    "aws_role_arn": str,
-    "tls_verify": bool,
-    "ca_file": Path,
-    "redirect": bool,
-    "redirect_expires": int,
-    "multipart_threshold": "size",
-    "part_size": "size",
-    "upload_concurrency": int,
-    "max_pending_uploads": int,
-    "connections": int,
-    "segments": int,
-    "connect_timeout": float,
-    "read_timeout": float,
-    "expire_days": float,
-    "price": str,
-    "network_path": str,
-}
 # What a piece of a blob shared between peers may be (peer_piece_size).
 MIN_PIECE = 64 * 1024
 MAX_PIECE = 256 * 1024 * 1024
-# S3's own bounds on a multipart upload's parts (all but the last).
-MIN_PART = 5 * 1024 * 1024
-MAX_PART = 5 * 1024**3
 
 
 def load_config(
@@ -162,8 +140,8 @@ def load_config(
             raise ConfigError(f"[lifecycle]: known keys are {sorted(_LIFECYCLE_KEYS)}")
         doc.update(lifecycle)
         shared = doc.pop("shared", {})
-        if not isinstance(shared, dict) or set(shared) - set(_SHARED):
-            raise ConfigError(f"[shared]: known keys are {sorted(_SHARED)}")
+        if not isinstance(shared, dict) or set(shared) - set(SHARED_KEYS):
+            raise ConfigError(f"[shared]: known keys are {sorted(SHARED_KEYS)}")
         for key, raw in doc.items():
             if key not in _SCALARS:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -171,7 +149,7 @@ def load_config(
     for key in _SCALARS:
         if ENV_PREFIX + key.upper() in env:
             values[key] = env[ENV_PREFIX + key.upper()]
-    for key in _SHARED:
+    for key in SHARED_KEYS:
         if f"{ENV_PREFIX}SHARED_{key.upper()}" in env:
             shared[key] = env[f"{ENV_PREFIX}SHARED_{key.upper()}"]
     for key, raw in flags.items():
@@ -195,7 +173,7 @@ def load_config(
     if upstreams is not None:
         typed["upstreams"] = tuple(password_from_env(up, env) for up in upstreams)
     if shared:
-        typed["shared"] = _shared(shared)
+        typed["shared"] = shared_from(shared)
     config = Config(**typed)
     if "default_upstream" not in typed and config.upstreams:
         try:
@@ -238,55 +216,8 @@ def _access_from_toml(raw: object) -> tuple[AccessRule, ...] | None:
     return tuple(rules)
 
 
-def _shared(raw: dict[str, Any]) -> SharedConfig:
-    """The [shared] table (and CACHEPROXY_SHARED_* variables) as a checked SharedConfig."""
-    typed = {key: _coerce(f"shared.{key}", value, _SHARED[key]) for key, value in raw.items()}
-    if not typed.get("bucket"):
-        raise ConfigError("[shared]: bucket is required")
-    shared = SharedConfig(**typed)
-    if shared.addressing_style not in ("auto", "path", "virtual"):
-        raise ConfigError("shared.addressing_style: expected auto, path or virtual")
-    if not MIN_PART <= shared.part_size <= MAX_PART:
-        raise ConfigError("shared.part_size: S3 takes parts of 5 MiB to 5 GiB")
-    if shared.multipart_threshold < MIN_PART:
-        raise ConfigError("shared.multipart_threshold: at least 5 MiB (S3's smallest part)")
-    for key in ("upload_concurrency", "max_pending_uploads", "connections", "segments"):
-        if getattr(shared, key) < 1:
-            raise ConfigError(f"shared.{key} must be at least 1")
-    if not 1 <= shared.redirect_expires <= 7 * 24 * 3600:
-        raise ConfigError("shared.redirect_expires: 1 s to 7 days (SigV4's limit)")
-    if shared.network_path not in NETWORK_PATHS:
-        raise ConfigError(f"shared.network_path must be one of {', '.join(NETWORK_PATHS)}")
-    if shared.region is not None and not REGION_RE.fullmatch(shared.region):
-        raise ConfigError(f"shared.region: not a region name: {shared.region!r}")
-    return shared
-
-
-def _coerce(key: str, raw: Any, kind: type | str | None = None) -> Any:
-    kind = kind or _SCALARS[key]
-    if kind == "size":
-        try:
-            return raw if isinstance(raw, int) else parse_size(str(raw), 0)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    assert isinstance(kind, type)
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(raw).lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if kind is tuple:
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return tuple(str(i).strip() for i in items if str(i).strip())
-        if kind is Path:
-            return Path(str(raw)).expanduser()
-        return kind(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}: cannot use {raw!r} as {kind.__name__}") from exc
+def _coerce(key: str, raw: Any) -> Any:
+    return coerce(key, raw, _SCALARS[key])
 
 
 def _check(config: Config) -> None:
@@ -306,13 +237,18 @@ def _check(config: Config) -> None:
         raise ConfigError("link_ttl must be positive")
     if not config.savings_flush_interval > 0:
         raise ConfigError("savings_flush_interval must be positive")
-    for key in ("max_size", "min_free", "max_blob_size", "segment_min_size", "peer_piece_size"):
+    for key in ("max_size", "max_blob_size", "segment_min_size", "peer_piece_size"):
         value = getattr(config, key)
         if value is not None:
             try:
                 parse_size(value, 1)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
+    _check_min_free(config.min_free)
+    try:
+        parse_entries(config.egress_deny)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for key in ("max_blob_size", "segment_min_size", "peer_piece_size"):
         if getattr(config, key).strip().endswith("%"):
             raise ConfigError(f'{key}: expected bytes ("8MiB"), not a share of the disk')
@@ -330,6 +266,7 @@ def _check(config: Config) -> None:
         raise ConfigError(f"presets: unknown {sorted(unknown)}; known: {list(ALL_PRESETS)}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("tls_cert and tls_key go together")
+    _check_peer_tls(config)
     names = [u.name for u in config.upstreams]
     if len(names) != len(set(names)):
         raise ConfigError("upstream: two [[upstream]] tables share a name")
@@ -339,3 +276,36 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"default_upstream {config.default_upstream!r} is not configured"
         ) from None
+
+
+def _check_min_free(terms: tuple[str, ...]) -> None:
+    """``min_free``: sizes or shares of the file system below 100% (all of it free
+    would take nothing); several terms ("10GiB,20%") mean the largest."""
+    for term in terms:
+        try:
+            share = parse_size(term, 100)
+        except ValueError as exc:
+            raise ConfigError(f"min_free: {exc}") from None
+        if term.strip().endswith("%") and share >= 100:
+            raise ConfigError(f"min_free: {term!r} would keep the whole disk free")
+
+
+def _check_peer_tls(config: Config) -> None:
+    """Peer URLs agree with the listener peers reach: https where it serves TLS, and
+    only there (a plain peer in a TLS cluster would carry blobs in clear text)."""
+    if (config.peer_tls_cert is None) != (config.peer_tls_key is None):
+        raise ConfigError("peer_tls_cert and peer_tls_key go together")
+    if config.peer_tls_cert is not None and config.peer_listen is None:
+        raise ConfigError("peer_tls_cert is the peer listener's: it needs peer_listen")
+    if not config.peer_mode:
+        return
+    scheme = "https" if config.peer_tls else "http"
+    for url in (*config.peers, *([config.self_url] if config.self_url else [])):
+        if urlsplit(url).scheme != scheme:
+            raise ConfigError(
+                f"peers: {url!r}: the peer listener serves {scheme}"
+                f" ({'a certificate' if config.peer_tls else 'no certificate'}),"
+                f" so every peer URL and self_url is {scheme}://"
+            )
+    if scheme == "http" and (config.peer_ca_file or config.peer_tls_name):
+        raise ConfigError("peer_ca_file and peer_tls_name are for https:// peers")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ..numbers import parse_digits
 from ..registries import DOCKER_HUB, PUBLIC_PRESETS, ecr_host, normalize_host
 
 ENV_PREFIX = "CACHEPROXY_"
@@ -93,6 +94,12 @@ class SharedConfig:
     redirect: bool = False
     # Seconds a presigned URL handed to a client stays valid.
     redirect_expires: int = 300
+    # Credentials that sign the URLs handed to clients, when not the tier's own: a
+    # presigned URL shows its access key id (X-Amz-Credential), so make it a key (or
+    # role) that may only read the bucket. A profile, and/or a role assumed (from that
+    # profile, else from the tier's credentials).
+    redirect_profile: str | None = None
+    redirect_role_arn: str | None = None
     # Uploads: one PUT below the threshold, multipart above it; parts of part_size.
     multipart_threshold: int = 64 * 1024 * 1024
     part_size: int = 16 * 1024 * 1024
@@ -181,8 +188,12 @@ class Config:
     shutdown_timeout: float = 30.0
     # Cache size limit: bytes ("50GB", "20GiB") or a share of the disk ("80%").
     max_size: str | None = None
-    # Below this much free disk space a miss is streamed through without caching.
-    min_free: str = "1GiB"
+    # Disk space kept free: the largest of these, each bytes or a share of the file
+    # system. Below it a miss streams through uncached and the keeper evicts until it
+    # is free again. The default stays clear of the kubelet's default hard eviction
+    # (nodefs.available<10%, imagefs.available<15%) and its image GC (85% used), with
+    # room for the snapshots of the images being pulled.
+    min_free: tuple[str, ...] = ("10GiB", "20%")
     # Seconds between eviction checks (also run after a fill completes).
     evict_interval: float = 30.0
     # Content reachable from manifests used within this many seconds goes last.
@@ -221,6 +232,15 @@ class Config:
     # A listener of its own for peers (HOST:PORT): it serves only the signed peer path
     # and the probes, so the client listener can stay on loopback.
     peer_listen: str | None = None
+    # TLS between peers (the HMAC gives integrity, not confidentiality): the peer
+    # listener's certificate (default: tls_cert/tls_key), the CA the peers'
+    # certificates chain to when dialling https:// peers (default: the system's),
+    # and the name every peer's certificate carries when it is not the URL's host
+    # (one certificate for every node of a DaemonSet reached by IP).
+    peer_tls_cert: Path | None = None
+    peer_tls_key: Path | None = None
+    peer_ca_file: Path | None = None
+    peer_tls_name: str | None = None
     # A node filling a blob takes pieces from every node that holds it or is filling
     # it, as the blob's owner names them, and each node sends to a bounded number of
     # peers at once (a tree, not a star). Off: every node takes the blob from its
@@ -238,6 +258,11 @@ class Config:
     # A listener of its own for Prometheus (HOST:PORT): it serves only /metrics and
     # the probes, to whoever reaches it.
     metrics_listen: str | None = None
+    # Addresses no upstream may send the proxy to (redirects, token realms), besides
+    # loopback, link-local and unspecified ones: CIDRs, and "node" for the node's own
+    # interface addresses (the cluster's pod and service ranges, say). An upstream's
+    # own host is never denied. Empty: private ranges are allowed.
+    egress_deny: tuple[str, ...] = ()
     # Serve on a non-loopback address without client logins although the proxy holds
     # upstream logins: anyone who reaches it pulls with them. Off: serve refuses.
     expose_credentials: bool = False
@@ -255,6 +280,11 @@ class Config:
     @property
     def port(self) -> int:
         return split_listen(self.listen)[1]
+
+    @property
+    def peer_tls(self) -> bool:
+        """Whether the listener peers reach serves TLS (so peer URLs are https)."""
+        return self.peer_tls_cert is not None or self.tls_cert is not None
 
     @property
     def peer_port(self) -> int | None:
@@ -297,10 +327,11 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    host, sep, port_text = listen.rpartition(":")
+    port = parse_digits(port_text, 5)
+    if not sep or port is None or not 0 < port < 65536:
         raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]") or "0.0.0.0", port
 
 
 def upstream_from_url(url: str) -> UpstreamConfig:

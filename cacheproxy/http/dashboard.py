@@ -12,6 +12,7 @@ from importlib import resources
 
 from aiohttp import web
 
+from ..numbers import parse_digits
 from .clientauth import ANONYMOUS
 from .keys import CLIENT_AUTH, SAVINGS, SUBJECT
 
@@ -43,11 +44,11 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 async def data(request: web.Request) -> web.StreamResponse:
     """The savings report for the last ``days`` UTC days (default 30), as JSON."""
-    try:
-        days = int(request.query.get("days", DEFAULT_DAYS))
-        top = int(request.query.get("top", 10))
-    except ValueError:
-        raise web.HTTPBadRequest(text="days and top must be integers") from None
+    # ASCII digits: int() would take " 7", "+7", "1_0" and other scripts' digits.
+    days = parse_digits(request.query.get("days", str(DEFAULT_DAYS)), 6)
+    top = parse_digits(request.query.get("top", "10"), 6)
+    if days is None or top is None:
+        raise web.HTTPBadRequest(text="days and top must be integers")
     if not 1 <= days <= MAX_DAYS or not 1 <= top <= 100:
         raise web.HTTPBadRequest(text=f"days must be 1..{MAX_DAYS}, top 1..100")
     savings = request.app[SAVINGS]

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ..blobs.source import Want
 from ..errors import BadRequest, BlobUnknown, TooManyRequests
+from ..numbers import parse_digits
 from ..oci import Route, parse_digest
 from ..peers.cluster import Cluster
 from ..peers.holders import Report, encode_answer
@@ -93,9 +94,9 @@ async def holding(
     if len(node) > MAX_NODE_URL or parts.scheme not in ("http", "https") or not parts.netloc:
         raise BadRequest("node: expected this peer's URL")
     size_text = query.get("size", "")
-    if size_text and (not size_text.isdigit() or len(size_text) > 19):
+    size = parse_digits(size_text) if size_text else None
+    if size_text and size is None:
         raise BadRequest("size: expected a byte count")
-    size = int(size_text) if size_text else None
     try:
         report = Report.parse(node, query.get("have", ""), query.get("coming", ""), size)
     except ValueError as exc:

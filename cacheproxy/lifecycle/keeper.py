@@ -1,5 +1,6 @@
-"""The server's background upkeep: eviction under the size limit, periodic gc, and
-reconciling the index with the disk at start. One owner, tasks cancelled on close."""
+"""The server's background upkeep: eviction under the size limit and to keep
+``min_free`` free on the disk, periodic gc, and reconciling the index with the disk
+at start. One owner, tasks cancelled on close."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..blobs.admission import DiskBudget
 from ..store.files import BlobStore
 from ..store.index import Index
 from ..store.usage import UsageLog
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 # Eviction brings the cache down to this share of its limit, so that it does not
 # run again after every fill.
 LOW_WATER = 0.9
+# Eviction for free space frees this share of the file system beyond min_free, for
+# the same reason.
+FREE_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,12 @@ class Keeper:
         store: BlobStore,
         index: Index,
         usage: UsageLog,
-        reserved: Callable[[], int] = lambda: 0,
+        budget: DiskBudget | None = None,
     ) -> None:
         self._upkeep = upkeep
-        # Bytes running fills announced: they count against the limit already.
-        self._reserved = reserved
+        # Bytes running fills announced count against the limit already, and the
+        # disk's min_free: what the cache gives back when other files fill the disk.
+        self._budget = budget or DiskBudget(upkeep.limit, (), store.disk_space)
         self._store = store
         self._index = index
         self._usage = usage
@@ -63,8 +68,8 @@ class Keeper:
 
     async def start(self) -> None:
         await asyncio.to_thread(reconcile, self._store, self._index)
-        if self._upkeep.limit is not None:
-            self._tasks.append(asyncio.create_task(self._evict_loop(), name="eviction"))
+        # Always: min_free is kept whether the cache has a size limit or not.
+        self._tasks.append(asyncio.create_task(self._evict_loop(), name="eviction"))
         rules = self._upkeep.rules
         if self._upkeep.gc_interval > 0 and (
             rules.expire_days is not None or rules.max_tags_per_repo is not None
@@ -84,13 +89,20 @@ class Keeper:
         self._tasks.clear()
 
     async def evict_once(self) -> dict[str, int]:
+        """Evict least recently used blobs while the cache is over its limit or the
+        disk has less than ``min_free`` free (the kubelet evicts pods below its own
+        thresholds: the cache gives the space back first)."""
         limit = self._upkeep.limit
-        if limit is None:
-            return {}
         async with self.lock:
+            # Read under the lock: a run that waited for another must see the space
+            # that run freed, or both would evict for the same shortfall.
+            space = await asyncio.to_thread(self._budget.space)
+            short = self._budget.shortfall(space)
+            if limit is None and not short:
+                return {}
             await self._usage.flush(self._index)
             state = await asyncio.to_thread(read_state, self._store, self._index)
-            room = max(limit - self._reserved(), 0)
+            room, target = self._room(sum(state.sizes.values()), short, space.total)
             victims = plan_eviction(
                 state.snapshot,
                 state.sizes,
@@ -99,7 +111,7 @@ class Keeper:
                 in_use=[d for d, n in self._usage.in_use.items() if n > 0],
                 keep=self._upkeep.rules.keep,
                 limit=room,
-                target=int(room * LOW_WATER),
+                target=target,
                 hot_since=time.time() - self._upkeep.hot_window,
             )
             # A client may have started reading one since the plan was made.
@@ -109,12 +121,26 @@ class Keeper:
                 self.evicted_blobs += len(victims)
                 self.evicted_bytes += sum(victims.values())
                 log.info(
-                    "evicted %d blobs (%d bytes) to stay under %d bytes",
+                    "evicted %d blobs (%d bytes) to stay under %d bytes (%d short of min_free)",
                     len(victims),
                     sum(victims.values()),
-                    limit,
+                    room,
+                    short,
                 )
             return victims
+
+    def _room(self, used: int, short: int, total: int) -> tuple[int, int]:
+        """(bytes the cache may hold, bytes eviction brings it down to) for a cache of
+        ``used`` bytes on a disk of ``total`` bytes, ``short`` of min_free."""
+        bounds = []
+        if self._upkeep.limit is not None:
+            room = max(self._upkeep.limit - self._budget.reserved, 0)
+            bounds.append((room, int(room * LOW_WATER)))
+        if short:
+            room = max(used - short, 0)
+            slack = int(total * FREE_SLACK)
+            bounds.append((room, max(room - slack, 0)))
+        return min(bounds) if bounds else (used, used)
 
     async def gc_once(self, dry_run: bool = False) -> Plan:
         async with self.lock:

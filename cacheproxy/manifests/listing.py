@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from ..errors import BadRequest, NameUnknown, UpstreamBadContent
+from ..numbers import parse_digits
 from ..upstream.client import Upstream, error_for_status, pull_scope, read_bounded
 
 # The longest ``last`` a request (or an upstream's link) may carry.
@@ -76,9 +77,10 @@ class TagLister:
         n: int | None = None
         if "n" in query:
             raw = query["n"]
-            if not raw.isdigit() or len(raw) > 6:
+            # ASCII digits only: isdigit() is true of "\u00b2", which int() refuses.
+            n = parse_digits(raw, 6)
+            if n is None:
                 raise BadRequest("n must be a non-negative integer", detail={"n": raw[:20]})
-            n = int(raw)
         last = query.get("last")
         params = {}
         if n is not None:

@@ -3,20 +3,29 @@
 The peer endpoints are the registry API's pull side under ``/_cacheproxy/peer/``,
 signed with the shared secret. The owner answers from its own cache or from its
 own fill (one upstream fetch, streamed to every waiter, remote peers included).
+
+The HMAC gives integrity and authenticity of requests and answers, not
+confidentiality: blobs cross the network as they are. With https:// peer URLs the
+client verifies each peer's certificate against ``peer_ca_file`` (only that CA, not
+the system's, when it is set), and never dials a plain http:// peer: a cluster that
+talks TLS does not fall back to clear text for one member.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
 from ..config import Config, ConfigError
 from ..errors import UpstreamUnavailable
+from ..numbers import parse_digits
 from .membership import Membership
 from .ring import ask_before_self
 from .signing import ANSWER_HEADER, HEADER, sign, sign_answer, verify, verify_answer
@@ -42,6 +51,8 @@ class PeerStats:
     piece_failures: int = 0
     swarm_fallbacks: int = 0
     swarm_mismatches: int = 0
+    # Failures that were TLS's: a handshake or a certificate refused (in failures too).
+    tls_failures: int = 0
 
 
 class Cluster:
@@ -53,11 +64,18 @@ class Cluster:
         secret: bytes,
         connect_timeout: float,
         read_timeout: float,
+        tls: ssl.SSLContext | None = None,
+        tls_name: str | None = None,
     ) -> None:
+        """``tls``: the context https:// peers are verified with (None: this cluster
+        talks plain http); ``tls_name``: the name their certificates carry, when it
+        is not the URL's host."""
         self.membership = membership
         self.secret = secret
         self.read_timeout = read_timeout
         self.stats = PeerStats()
+        self._tls = tls
+        self._tls_name = tls_name
         # No total timeout: a big blob takes as long as it takes, but a peer that
         # does not connect, answer or keep sending within these is skipped. Blob
         # bodies and manifests have connections of their own: a tag never waits
@@ -65,11 +83,14 @@ class Cluster:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        verify: ssl.SSLContext | bool = tls if tls is not None else True
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, auto_decompress=False, connector=aiohttp.TCPConnector(ssl=verify)
+        )
         self._control = aiohttp.ClientSession(
             timeout=timeout,
             auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS),
+            connector=aiohttp.TCPConnector(limit=CONTROL_CONNECTIONS, ssl=verify),
         )
 
     @property
@@ -95,12 +116,23 @@ class Cluster:
     ) -> aiohttp.ClientResponse:
         """A signed GET to a peer endpoint; raises UpstreamUnavailable if unreachable."""
         path_qs = f"{PREFIX}{path}?{urlencode(sorted(query.items()))}"
+        secure = peer.startswith("https://")
+        if self._tls is not None and not secure:
+            # A member listed as http:// (a peers file, say) in a TLS cluster.
+            self.stats.failures += 1
+            self.membership.mark_bad(peer, "plain http in a cluster that talks TLS")
+            raise UpstreamUnavailable(f"peer {peer} is not https")
         signed = {**headers, HEADER: sign(self.secret, "GET", path_qs, peer)}
+        name = self._tls_name if secure else None
         try:
             session = self._session if blob else self._control
-            return await session.get(peer + path_qs, headers=signed, allow_redirects=False)
+            return await session.get(
+                peer + path_qs, headers=signed, allow_redirects=False, server_hostname=name
+            )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.stats.failures += 1
+            if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+                self.stats.tls_failures += 1
             self.membership.mark_bad(peer, type(exc).__name__)
             raise UpstreamUnavailable(f"peer {peer} unreachable") from exc
 
@@ -130,7 +162,8 @@ async def start_cluster(config: Config) -> Cluster | None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"peers: expected an http(s) URL, got {url!r}")
-    if config.peers_dns is not None and not config.peers_dns.rpartition(":")[2].isdigit():
+    dns_port = config.peers_dns.rpartition(":")[2] if config.peers_dns is not None else "0"
+    if parse_digits(dns_port, 5) is None:
         raise ConfigError("peers_dns: expected NAME:PORT")
     try:
         secret = (await asyncio.to_thread(config.peer_secret_file.read_bytes)).strip()
@@ -138,6 +171,9 @@ async def start_cluster(config: Config) -> Cluster | None:
         raise ConfigError(f"cannot read peer_secret_file {config.peer_secret_file}") from exc
     if len(secret) < 16:
         raise ConfigError("the peer secret must be at least 16 bytes")
+    tls = None
+    if config.peer_tls:
+        tls = await asyncio.to_thread(peer_client_context, config.peer_ca_file)
     membership = Membership(
         config.self_url,
         static=config.peers,
@@ -147,4 +183,23 @@ async def start_cluster(config: Config) -> Cluster | None:
     )
     await membership.start()
     log.info("peer mode: this node is %s; members %s", config.self_url, membership.members())
-    return Cluster(membership, secret, config.peer_connect_timeout, config.peer_read_timeout)
+    return Cluster(
+        membership,
+        secret,
+        config.peer_connect_timeout,
+        config.peer_read_timeout,
+        tls=tls,
+        tls_name=config.peer_tls_name,
+    )
+
+
+def peer_client_context(ca_file: Path | None) -> ssl.SSLContext:
+    """How https:// peers are verified: against ``ca_file`` alone when given (a
+    certificate from a public CA does not make a peer), else the system's CAs.
+    Raises ConfigError when the file cannot be used (blocking: it reads it)."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"peer_ca_file {ca_file}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context

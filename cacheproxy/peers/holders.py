@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ..numbers import parse_digits
 from . import pieces
 
 #: Spans a report carries at most, for what a node has and for what is coming.
@@ -76,9 +77,9 @@ def parse_spans(text: str, size: int | None = None, limit: int = MAX_SPANS) -> S
     spans = []
     for item in items:
         start, sep, end = item.partition("-")
-        if not sep or not start.isdigit() or not end.isdigit() or len(start) + len(end) > 40:
+        first, stop = parse_digits(start), parse_digits(end)
+        if not sep or first is None or stop is None:
             raise ValueError(f"not a span: {item[:40]!r}")
-        first, stop = int(start), int(end)
         if stop <= first or (size is not None and stop > size):
             raise ValueError(f"not a span of the blob: {item[:40]!r}")
         spans.append((first, stop))

@@ -16,6 +16,8 @@ import hmac
 import time
 from collections.abc import Callable, Sequence
 
+from ..numbers import parse_digits
+
 HEADER = "X-Cacheproxy-Peer"
 ANSWER_HEADER = "X-Cacheproxy-Peer-Answer"
 # Clocks of nodes in one cluster agree to well within this.
@@ -27,7 +29,9 @@ def _mac(secret: bytes, *parts: str) -> str:
 
 
 def _fresh(ts: str, clock: Callable[[], float]) -> bool:
-    return ts.isdigit() and abs(clock() - int(ts)) <= MAX_SKEW
+    # ASCII digits: "\u00b2".isdigit() is true, and int() would raise on it.
+    seconds = parse_digits(ts)
+    return seconds is not None and abs(clock() - seconds) <= MAX_SKEW
 
 
 def sign(secret: bytes, method: str, path_qs: str, target: str, now: float | None = None) -> str:

@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -97,6 +97,21 @@ def boto3_s3_client(settings: SharedConfig) -> Any:
         signature_version="s3v4", s3={"addressing_style": settings.addressing_style}
     )
     return session.client("s3", endpoint_url=settings.endpoint_url, config=config)
+
+
+def redirect_signer(settings: SharedConfig, aws: AwsClients) -> S3 | None:
+    """The signer of the URLs redirect mode hands to clients, when its credentials
+    are not the tier's own (``redirect_profile``, ``redirect_role_arn``): a presigned
+    URL carries its access key id, never its secret, and whoever holds it may use it
+    until it expires, so the key clients see should only read the bucket."""
+    if not settings.redirect or not (settings.redirect_profile or settings.redirect_role_arn):
+        return None
+    signing = replace(
+        settings,
+        aws_profile=settings.redirect_profile or settings.aws_profile,
+        aws_role_arn=settings.redirect_role_arn,
+    )
+    return S3(signing, aws)
 
 
 class FileSpan(Payload):

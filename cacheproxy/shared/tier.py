@@ -65,9 +65,16 @@ class SharedTier:
     """The bucket behind this node's cache."""
 
     def __init__(
-        self, s3: S3, settings: SharedConfig, clock: Callable[[], float] = time.monotonic
+        self,
+        s3: S3,
+        settings: SharedConfig,
+        clock: Callable[[], float] = time.monotonic,
+        signer: S3 | None = None,
     ) -> None:
+        """``signer``: what signs the URLs redirect mode hands to clients (default:
+        ``s3``, the tier's own credentials)."""
         self.s3 = s3
+        self.signer = signer or s3
         self.settings = settings
         self.stats = SharedStats()
         self._clock = clock
@@ -207,6 +214,8 @@ class SharedTier:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.s3.close()
+        if self.signer is not self.s3:
+            await self.signer.close()
 
 
 async def may_read(

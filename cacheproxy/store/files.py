@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..layout import CacheLayout
 from ..oci import Digest
+from ..sizes import DiskSpace
 from .private import FILE_MODE, close_root, make_dirs
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,11 @@ class BlobStore:
 
     def total_bytes(self) -> int:
         return shutil.disk_usage(self.root).total
+
+    def disk_space(self) -> DiskSpace:
+        """Free and total bytes of the cache's file system, from one ``statvfs``."""
+        usage = shutil.disk_usage(self.root)
+        return DiskSpace(usage.free, usage.total)
 
     def writable(self) -> bool:
         """Whether a temp file can be created and removed (blocking)."""

@@ -23,6 +23,7 @@ from ..config import UpstreamConfig
 from ..errors import (
     CredentialsUnavailable,
     Denied,
+    DestinationRefused,
     RegistryError,
     TooManyRequests,
     Unauthorized,
@@ -30,7 +31,8 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from .credentials import Credentials
-from .destinations import Destinations, GuardedResolver, same_origin
+from .destinations import Destinations, GuardedResolver, RefusedAddress, same_origin
+from .egress import EgressDeny
 from .limits import RETRY_STATUSES, RateLimit, RetryPolicy, parse_rate_limit
 from .tokens import Challenge, Token, TokenCache, fetch_bearer, parse_challenge
 
@@ -61,6 +63,7 @@ class Upstream:
         offline: bool = False,
         retry: RetryPolicy | None = None,
         connections: int = 64,
+        egress_deny: EgressDeny | None = None,
     ) -> None:
         self.config = config
         self.offline = offline
@@ -87,7 +90,7 @@ class Upstream:
         self._clock = clock
         self.tokens = TokenCache(clock)
         self._challenge: Challenge | None = None
-        self.destinations = Destinations(self.url)
+        self.destinations = Destinations(self.url, egress_deny)
         self._resolver = GuardedResolver(self.destinations)
         ssl: ssl_module.SSLContext | bool = True
         if not config.tls_verify:
@@ -178,7 +181,7 @@ class Upstream:
                 async with self._slots if blob else self._control_slots:
                     session = self._blob_session if blob else self._session
                     resp = await self._authorized(session, method, path, scope, headers)
-            except CredentialsUnavailable:
+            except (CredentialsUnavailable, DestinationRefused):
                 raise
             except UpstreamUnavailable:
                 delay = self._retry.delay(attempt, None)
@@ -271,7 +274,8 @@ class Upstream:
 
         async def fetch() -> Token:
             if not self.destinations.url_allowed(challenge.params.get("realm", "")):
-                raise UpstreamUnavailable("upstream named a token realm the proxy does not dial")
+                log.warning("upstream %s named a token realm on a forbidden address", self.name)
+                raise DestinationRefused("upstream named a token realm the proxy does not dial")
             return await fetch_bearer(self._session, challenge, scope, self.url, login, self._clock)
 
         token = await self.tokens.get(key, fetch)
@@ -299,6 +303,11 @@ class Upstream:
                     method, url, headers=send_headers, allow_redirects=False
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if isinstance(exc, RefusedAddress) or isinstance(
+                    getattr(exc, "os_error", None), RefusedAddress
+                ):
+                    # The resolver refused every address of a name (logged there).
+                    raise DestinationRefused() from exc
                 log.warning("upstream %s unreachable: %s", self.name, type(exc).__name__)
                 raise UpstreamUnavailable(f"upstream {self.name} unreachable") from exc
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
@@ -308,7 +317,7 @@ class Upstream:
                     raise UpstreamUnavailable("upstream redirected to a non-HTTP URL")
                 if not self.destinations.url_allowed(url):
                     log.warning("upstream %s redirected to a forbidden address", self.name)
-                    raise UpstreamUnavailable("upstream redirected to an address not dialled")
+                    raise DestinationRefused("upstream redirected to an address not dialled")
                 continue
             return resp
         raise UpstreamUnavailable("upstream redirected too many times")

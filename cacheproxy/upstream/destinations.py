@@ -12,8 +12,11 @@ list does not name (``<tenant>.azurecr.io``) are one site per host.
 Requests (redirects, token realms) never go to loopback, link-local (cloud
 metadata, 169.254.169.254) or unspecified addresses unless the upstream itself is
 on such an address: a registry must not be able to point the proxy at services
-only the proxy's host can reach. Names are checked where they are resolved
-(:class:`GuardedResolver`), so a DNS name cannot bypass the rule.
+only the proxy's host can reach. Nor to the operator's deny list (``egress.py``:
+a cluster's pod and service ranges, the node's own addresses). Names are checked
+where they are resolved (:class:`GuardedResolver`), so a DNS name cannot bypass
+the rule. The upstream's own host (its name, or its address) is never refused:
+the operator named it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from urllib.parse import SplitResult, urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from publicsuffixlist import PublicSuffixList
+
+from .egress import EgressDeny
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +123,33 @@ def address_class(ip: IPAddress) -> str | None:
     return None
 
 
-class Destinations:
-    """The address classes an upstream's requests may reach besides ordinary ones."""
+class RefusedAddress(OSError):
+    """A name resolved only to addresses the proxy does not dial."""
 
-    def __init__(self, upstream_url: str) -> None:
+
+class Destinations:
+    """Where an upstream's requests may go: the address classes it may reach besides
+    ordinary ones, less the operator's deny list."""
+
+    def __init__(self, upstream_url: str, deny: EgressDeny | None = None) -> None:
         host = (urlsplit(upstream_url).hostname or "").lower()
         self.host = host
         ip = ip_of(host)
+        # The upstream's own address is never denied: the operator named it (a
+        # registry on 10.0.0.5 under a deny list of 10/8 still works, redirects to
+        # its own address included).
+        self.own_ip = ip
         own = address_class(ip) if ip is not None else None
         if host == "localhost" or host.endswith(".localhost"):
             own = "loopback"
         self.allowed = frozenset({own} if own else ())
+        self.deny = deny or EgressDeny()
 
     def address_allowed(self, ip: IPAddress) -> bool:
+        if ip == self.own_ip:
+            return True
         kind = address_class(ip)
-        return kind is None or kind in self.allowed
+        return (kind is None or kind in self.allowed) and not self.deny.denies(ip)
 
     def url_allowed(self, url: str) -> bool:
         """False for a URL whose host is a literal address the upstream may not send
@@ -158,7 +175,7 @@ class GuardedResolver(AbstractResolver):
         kept = [r for r in found if self._allowed(r["host"])]
         if not kept:
             log.warning("refusing to connect to %s: it resolves to a forbidden address", host)
-            raise OSError(f"{host} resolves only to addresses the proxy does not dial")
+            raise RefusedAddress(f"{host} resolves only to addresses the proxy does not dial")
         return kept
 
     def _allowed(self, address: str) -> bool:

@@ -11,6 +11,8 @@ import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..numbers import parse_digits
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BACKOFF = 0.5
 BACKOFF_MAX = 8.0
@@ -36,9 +38,10 @@ def parse_retry_after(value: str | None) -> float | None:
     """Seconds from ``Retry-After``: delay-seconds or an HTTP-date (RFC 9110 10.2.3)."""
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    value = value.strip(" \t")
+    delay = parse_digits(value)
+    if delay is not None:
+        return float(delay)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -70,9 +73,12 @@ def parse_rate_limit(headers: Mapping[str, str], now: float) -> RateLimit | None
         window = None
         for param in params.split(";"):
             key, _, val = param.strip().partition("=")
-            if key == "w" and val.isdigit():
-                window = int(val)
-        return int(number.strip()), window
+            if key == "w":
+                window = parse_digits(val)
+        count = parse_digits(number.strip(" \t"))
+        if count is None:
+            raise ValueError(number)
+        return count, window
 
     try:
         limit, window = parts(raw_limit)

@@ -22,6 +22,7 @@ from .aws import AwsClients
 from .client import Timeouts, Upstream
 from .credentials import EcrClientFactory, boto3_ecr_client, credentials_for, static_login
 from .ecrpreset import EcrPreset
+from .egress import EgressDeny, egress_deny
 from .limits import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,12 @@ class UpstreamPool:
         ecr_client_factory: EcrClientFactory = boto3_ecr_client,
         clock: Callable[[], float] | None = None,
         preset_client_factory: EcrClientFactory | None = None,
+        deny: EgressDeny | None = None,
     ) -> None:
+        """``deny``: ``config.egress_deny`` made ready (``egress.egress_deny``, which
+        reads the node's addresses in a thread); None makes it here, blocking."""
         self._config = config
+        self._deny = deny if deny is not None else egress_deny(config.egress_deny)
         self._aws = AwsClients(ecr_client_factory)
         # The ecr preset's registries build and call on threads of their own.
         self._preset = (
@@ -133,6 +138,7 @@ class UpstreamPool:
             offline=self._config.offline,
             retry=RetryPolicy(self._config.upstream_retries, self._config.upstream_retry_budget),
             connections=self._config.upstream_connections,
+            egress_deny=self._deny,
             **kwargs,
         )
 

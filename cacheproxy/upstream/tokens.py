@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..errors import Unauthorized, UpstreamUnavailable
+from ..numbers import parse_digits
 from ..singleflight import SingleFlight
 from .destinations import realm_gets_credentials
 
@@ -197,10 +199,17 @@ async def fetch_bearer(
     value = doc.get("token") or doc.get("access_token")
     if not isinstance(value, str) or not value:
         raise UpstreamUnavailable("upstream token service sent no token")
-    try:
-        lifetime = float(doc.get("expires_in") or DEFAULT_EXPIRES_IN)
-    except (TypeError, ValueError):
-        lifetime = DEFAULT_EXPIRES_IN
-    lifetime = max(lifetime, 1.0)
+    lifetime = max(_lifetime(doc.get("expires_in")), 1.0)
     log.debug("got upstream token for scope %s, lifetime %.0fs", scope, lifetime)
     return Token(value, started + lifetime, lifetime)
+
+
+def _lifetime(raw: object) -> float:
+    """``expires_in``: a JSON number (the token spec's integer) or a string of ASCII
+    digits; float() would also take "inf" and "\u0663", and json.loads the literals
+    Infinity and NaN. Anything else, zero included, is the spec's default."""
+    if isinstance(raw, str):
+        raw = parse_digits(raw.strip(" \t"))
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw) and raw:
+        return float(raw)
+    return DEFAULT_EXPIRES_IN

@@ -10,7 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support import rawhttp
 from tests.support.forwarder import Forwarder
+from tests.support.images import push_blob, random_bytes
+from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 
 HEX = "0" * 64
@@ -45,6 +48,10 @@ async def proxy(forwarder: Forwarder, tmp_path: Path) -> AsyncIterator[RunningPr
         ("GET", "/", 404, "NOT_FOUND"),
         ("GET", "/etc/passwd", 404, "NOT_FOUND"),
         ("GET", "/v2/a/tags/list?n=-1", 400, "UNSUPPORTED"),
+        # Digits of other scripts: "\u0663" (Arabic-Indic three) and "\u00b2" (isdigit()
+        # is true, int() raises): ASCII DIGIT only, answered 400, never a 500.
+        ("GET", "/v2/a/tags/list?n=%D9%A3", 400, "UNSUPPORTED"),
+        ("GET", "/v2/a/tags/list?n=%C2%B2", 400, "UNSUPPORTED"),
     ],
 )
 async def test_bad_requests_get_oci_errors(
@@ -100,3 +107,28 @@ async def test_base_endpoint_and_api_version_header(proxy: RunningProxy) -> None
                 assert resp.status == 200
                 assert json.loads(await resp.read()) == {}
                 assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+async def test_a_range_of_non_ascii_digits_is_ignored(
+    proxy: RunningProxy, forwarder: Forwarder
+) -> None:
+    # RFC 9110 14.1.1: a range is 1*DIGIT, ASCII. "bytes=\u0663-" (an Arabic-Indic
+    # three, sent as UTF-8 bytes) is no range: the header is ignored (14.2) and the
+    # whole blob is sent, as for every other malformed Range; never 206 from byte 3.
+    name = unique("range")
+    data = random_bytes(4096, name)
+    digest = await push_blob(forwarder.url, name, data)
+    host, port = proxy.host.rsplit(":", 1)
+    target = f"/v2/{name}/blobs/{digest}"
+    for value in ("bytes=\u0663-".encode(), "bytes=0-\u0663".encode(), b"bytes=-\xef\xbc\x95"):
+        resp = await asyncio.to_thread(
+            rawhttp.request, (host, int(port)), "GET", target, [(b"Range", value)]
+        )
+        assert resp.status == 200, (value, resp.status)
+        assert resp.header("Content-Range") is None
+        assert resp.body == data
+    ascii_range = await asyncio.to_thread(
+        rawhttp.request, (host, int(port)), "GET", target, [(b"Range", b"bytes=3-")]
+    )
+    assert ascii_range.status == 206
+    assert ascii_range.body == data[3:]

@@ -10,6 +10,7 @@ running proxy.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 import tomllib
@@ -134,6 +135,24 @@ def test_dockerfile_is_multi_stage_slim_and_non_root(stages: list[Stage]) -> Non
                 assert (ROOT / src).exists(), src
                 assert src not in ignored
     assert {".git", "tests"} <= ignored
+
+
+def test_dockerfile_pins_its_base_image_and_every_package(stages: list[Stage]) -> None:
+    # An exact Python release (a digest may follow, as a release pipeline adds it),
+    # never a moving tag such as python:3.11-slim.
+    for stage in stages:
+        assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", stage.base)
+    build = stages[0]
+    installs = [run for run in build.all("RUN") if "pip install" in run]
+    assert installs, "the build stage installs the packages"
+    # Nothing is resolved: the pinned set as it is, then cacheproxy without deps,
+    # each checked; the build backend is pinned by PIP_CONSTRAINT (build isolation).
+    assert all(run.count("pip install --no-deps") == run.count("pip install") for run in installs)
+    assert "--requirement constraints.txt" in installs[0]
+    assert all("pip check" in run for run in installs)
+    workdir = build.one("WORKDIR")
+    assert build.env()["PIP_CONSTRAINT"] == f"{workdir}/constraints.txt"
+    assert any(copy.split()[0] == "constraints.txt" for copy in build.all("COPY"))
 
 
 def test_dockerfile_user_volume_port_and_entrypoint(

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from cacheproxy.http.keys import KEEPER
+from cacheproxy.sizes import DiskSpace
+from cacheproxy.store.files import BlobStore
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, push_image
@@ -88,6 +91,57 @@ async def test_eviction_keeps_the_cache_under_its_limit_while_pulls_run(
         gone = next(d for d in blobs if d not in sizes)
         async with http.get(f"{proxy.url}/v2/{name}/blobs/{gone}") as resp:
             assert await resp.read() == blobs[gone]
+
+
+async def test_when_other_files_fill_the_disk_the_cache_gives_space_back(
+    forwarder: Forwarder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk of 200 MB the test fills with "other files" (images, logs): free space is
+    # what neither they nor the cache's blobs take. min_free is 20% (40 MB); the cache
+    # has no size limit, so only min_free bounds it.
+    total, others = 200_000_000, [100_000_000]
+    cache = tmp_path / "cache"
+
+    def disk_space(store: BlobStore) -> DiskSpace:
+        held = sum(p.stat().st_size for p in (cache / "blobs").rglob("*") if p.is_file())
+        return DiskSpace(total - others[0] - held, total)
+
+    monkeypatch.setattr(BlobStore, "disk_space", disk_space)
+    name = unique("free")
+    blobs = {}
+    for i in range(5):
+        data = hashlib.sha256(f"free{i}".encode()).digest() * (4_000_000 // 32)
+        blobs[await push_blob(forwarder.url, name, data)] = data
+    order = list(blobs)
+    async with (
+        running_proxy(forwarder.url, cache, min_free="20%", evict_interval=3600) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def get(digest: str) -> bytes:
+            async with http.get(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
+                return await resp.read()
+
+        for digest in order:  # the first is the least recently used
+            assert await get(digest) == blobs[digest]
+        assert set(cached_sizes(proxy)) == set(order)
+        assert await proxy.keeper.evict_once() == {}, "80 MB free: above min_free"
+        # Other files take 50 MB more: 30 MB free, 10 MB short of min_free. The
+        # cache frees that and 1% of the disk more (12 MB: three blobs), oldest first.
+        # Two runs at once (the keeper's own loop, woken by the last fill, may be one):
+        # one shortfall frees three blobs, not six.
+        others[0] += 50_000_000
+        await asyncio.gather(proxy.keeper.evict_once(), proxy.keeper.evict_once())
+        assert set(cached_sizes(proxy)) == set(order[3:])
+        assert proxy.keeper.evicted_blobs == 3
+        assert disk_space(proxy.fills.store).free >= 40_000_000
+        # Below min_free a miss is served, uncached; above it the cache fills again.
+        others[0] += 10_000_000
+        assert await get(order[0]) == blobs[order[0]]
+        assert order[0] not in cached_sizes(proxy)
+        others[0] -= 20_000_000
+        assert await get(order[0]) == blobs[order[0]]
+        assert order[0] in cached_sizes(proxy)
 
 
 async def test_gc_dry_run_equals_gc_and_ls_lists_the_cache(

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -36,7 +37,7 @@ from cacheproxy.upstream.credentials import boto3_ecr_client
 from tests.integration.test_peers import start_cluster
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import PushedImage, push_image, random_bytes
+from tests.support.images import PushedImage, push_blob, push_image, random_bytes
 from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
@@ -342,6 +343,45 @@ async def test_redirect_mode_with_skopeo(
         assert forwarder.body_bytes("GET", "/blobs/") == before
     for blob in image.blobs:
         assert sha256((tmp_path / "out" / blob.digest.split(":")[1]).read_bytes()) == blob.digest
+
+
+async def test_redirects_show_the_key_of_the_redirect_profile(
+    forwarder: Forwarder, moto: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A presigned URL names its access key id (X-Amz-Credential), never its secret:
+    with redirect_profile the key clients see is that profile's (a read-only one),
+    while the tier reads and writes with its own."""
+    reader_key, reader_secret = "AKIAREADONLYEXAMPLE1", "read-only-secret-never-shown"
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(
+        f"[reader]\naws_access_key_id = {reader_key}\naws_secret_access_key = {reader_secret}\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    bucket = moto.new_bucket()
+    settings = {"redirect": True, "redirect_profile": "reader"}
+    config = write_config(tmp_path / "r.toml", forwarder.url, moto.url, bucket, **settings)
+    name = unique("shared/key")
+    data = random_bytes(100_000, name)
+    digest = sha256(data)
+    await push_blob(forwarder.url, name, data)
+    url = f"/v2/registry.test/{name}/blobs/{digest}"
+    async with (
+        running_proxy(None, tmp_path / "mirror", config_file=config) as mirror,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(mirror.url + url) as resp:  # served, then written back
+            assert resp.status == 200 and await resp.read() == data
+        await drained(mirror)
+        async with http.get(mirror.url + url, allow_redirects=False) as resp:
+            assert resp.status == 307
+            location = resp.headers["Location"]
+        async with http.get(location) as resp:  # the client follows it to the bucket
+            assert resp.status == 200 and await resp.read() == data
+    credential = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["X-Amz-Credential"]
+    key_id = credential[0].split("/")[0]
+    # Not the tier's own key (the environment's), which reads and writes the bucket.
+    assert key_id == reader_key != AWS_ENV["AWS_ACCESS_KEY_ID"]
+    assert reader_secret not in location and AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in location
 
 
 async def test_in_a_cluster_one_bucket_request_per_miss(

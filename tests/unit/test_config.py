@@ -191,3 +191,64 @@ def test_the_metrics_table(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match="metrics_listen needs a port of its own"):
             load_config(env={}, flags={"listen": "127.0.0.1:5000", **clash})
+PEERS = {"peer_secret_file": Path("/s"), "peer_listen": "10.0.0.1:5001"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "text"),
+    [
+        # The peer listener serves TLS: every peer URL must be https.
+        (
+            {"peer_tls_cert": Path("/c"), "peer_tls_key": Path("/k"), "self_url": "http://a:5001"},
+            "https://",
+        ),
+        (
+            {
+                "tls_cert": Path("/c"),
+                "tls_key": Path("/k"),
+                "self_url": "https://a:5001",
+                "peers": ("https://a:5001", "http://b:5001"),
+            },
+            "https://",
+        ),
+        # It does not: https URLs would never connect, a CA would protect nothing.
+        ({"self_url": "https://a:5001"}, "http://"),
+        ({"self_url": "http://a:5001", "peer_ca_file": Path("/ca")}, "peer_ca_file"),
+        ({"peer_tls_cert": Path("/c"), "self_url": "https://a:5001"}, "peer_tls_key"),
+    ],
+)
+def test_peer_urls_agree_with_the_peer_listeners_tls(flags: dict[str, object], text: str) -> None:
+    with pytest.raises(ConfigError, match=text):
+        load_config(env={}, flags={**PEERS, "peers": ("http://a:5001",), **flags})
+
+
+def test_a_peer_certificate_needs_a_peer_listener() -> None:
+    with pytest.raises(ConfigError, match="peer_listen"):
+        load_config(env={}, flags={"peer_tls_cert": Path("/c"), "peer_tls_key": Path("/k")})
+
+
+def test_peers_over_tls() -> None:
+    config = load_config(
+        env={"CACHEPROXY_PEER_CA_FILE": "/etc/cacheproxy/peer/ca.crt"},
+        flags={
+            **PEERS,
+            "peer_tls_cert": Path("/c"),
+            "peer_tls_key": Path("/k"),
+            "self_url": "https://a:5001",
+            "peers": ("https://a:5001", "https://b:5001"),
+            "peer_tls_name": "cacheproxy-peer",
+        },
+    )
+    assert config.peer_tls and config.peer_ca_file == Path("/etc/cacheproxy/peer/ca.crt")
+    assert config.tls_cert is None, "the client listener stays plain"
+
+
+def test_redirect_signing_credentials_need_redirect_mode(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[shared]\nbucket = "b"\nredirect_profile = "reader"\n')
+    with pytest.raises(ConfigError, match="redirect = true"):
+        load_config(file=file, env={})
+    file.write_text('[shared]\nbucket = "b"\nredirect = true\nredirect_profile = "reader"\n')
+    shared = load_config(file=file, env={"CACHEPROXY_SHARED_REDIRECT_ROLE_ARN": "arn:r"}).shared
+    assert shared is not None
+    assert (shared.redirect_profile, shared.redirect_role_arn) == ("reader", "arn:r")
