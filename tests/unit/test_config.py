@@ -191,6 +191,8 @@ def test_the_metrics_table(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match="metrics_listen needs a port of its own"):
             load_config(env={}, flags={"listen": "127.0.0.1:5000", **clash})
+
+
 PEERS = {"peer_secret_file": Path("/s"), "peer_listen": "10.0.0.1:5001"}
 
 
