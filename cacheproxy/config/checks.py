@@ -36,6 +36,10 @@ def check(config: Config) -> None:
         raise ConfigError("segment_min_size must be at least one byte")
     if not MIN_PIECE <= parse_size(config.peer_piece_size, 1) <= MAX_PIECE:
         raise ConfigError("peer_piece_size: expected 64KiB to 256MiB")
+    if not config.send_timeout > 0:
+        raise ConfigError("send_timeout must be positive (seconds a send may make no progress)")
+    if config.max_connections < 0 or config.max_peer_connections < 0:
+        raise ConfigError("max_connections and max_peer_connections: 0 (auto) or more")
     if not 1 <= config.upstream_segments <= 64:
         raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
     unknown = set(config.presets) - set(ALL_PRESETS)
