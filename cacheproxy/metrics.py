@@ -218,13 +218,20 @@ class ConnectionsCollector(Collector):
         opened = GaugeMetricFamily(
             "cacheproxy_connections_open", "Open connections", labels=["listener"]
         )
+        waiting = GaugeMetricFamily(
+            "cacheproxy_connections_waiting",
+            "Open connections waiting for a request (new, or kept alive)",
+            labels=["listener"],
+        )
         bound = GaugeMetricFamily(
             "cacheproxy_connections_max", "The bound on open connections", labels=["listener"]
         )
         for gate in gates:
             opened.add_metric([gate.name], gate.open)
+            waiting.add_metric([gate.name], gate.waiting)
             bound.add_metric([gate.name], gate.bound)
         yield opened
+        yield waiting
         yield bound
         counters = [
             ("refused", "Connections answered 503 (or reset) with every connection busy"),

@@ -80,6 +80,11 @@ class Gate:
     def open(self) -> int:
         return len(self._served) + len(self._over)
 
+    @property
+    def waiting(self) -> int:
+        """Served connections waiting for a request (new, or kept alive)."""
+        return len(self._idle)
+
     def head_timeout(self, guard: Guard) -> float:
         if guard.over:
             return min(self.header_timeout, OVERFLOW_HEAD_TIMEOUT)
@@ -102,7 +107,7 @@ class Gate:
     def busy(self, guard: Guard) -> None:
         self._idle.pop(guard, None)
 
-    def waiting(self, guard: Guard) -> None:
+    def wait(self, guard: Guard) -> None:
         if guard in self._served:
             self._idle[guard] = None
             self._idle.move_to_end(guard)

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds a new connection may wait to send its first request before it counts as
+# idle (sheddable at the bound): a client's first request follows its connect at
+# once, and a connection closed under it, never used, is not retried.
+FRESH_GRACE = 1.0
+
 
 class Guard(asyncio.Protocol):
     """aiohttp's protocol for one connection, held to the connection's bounds."""
@@ -36,6 +41,9 @@ class Guard(asyncio.Protocol):
         self.task: asyncio.Task[Any] | None = None
         self.transport: asyncio.Transport | None = None
         self._made = False
+        self._made_at = 0.0
+        # A request was answered on it: it is a kept-alive connection when idle.
+        self._kept = False
         self._sock: Any = None
         self._head: asyncio.TimerHandle | None = None
         self._watch: asyncio.TimerHandle | None = None
@@ -47,6 +55,7 @@ class Guard(asyncio.Protocol):
 
     def started(self, task: asyncio.Task[Any] | None) -> None:
         self.in_request = True
+        self._kept = True
         self.task = task
         self._disarm_head()
         self.gate.busy(self)
@@ -58,14 +67,16 @@ class Guard(asyncio.Protocol):
     def finished(self) -> None:
         self.in_request = False
         self.task = None
-        self.gate.waiting(self)
+        self.gate.wait(self)
 
     def idle(self) -> bool:
-        """Waiting for a request (a new connection, or one kept alive) with no response
-        in progress: aiohttp's own test before its keep-alive close (an unfinished
-        future for the next message, ``RequestHandler._process_keepalive``)."""
+        """Kept alive waiting for a request, or new and silent past FRESH_GRACE, with
+        no response in progress: aiohttp's own test before its keep-alive close (an
+        unfinished future for the next message, ``RequestHandler._process_keepalive``)."""
         waiter = getattr(self.inner, "_waiter", None)
-        return not self.in_request and waiter is not None and not waiter.done()
+        if self.in_request or waiter is None or waiter.done():
+            return False
+        return self._kept or asyncio.get_running_loop().time() - self._made_at >= FRESH_GRACE
 
     def shed(self) -> None:
         """Close an idle connection now, as aiohttp's keep-alive timeout would: a
@@ -148,6 +159,7 @@ class Guard(asyncio.Protocol):
             self.transport.abort()
             return
         self._made = True
+        self._made_at = asyncio.get_running_loop().time()
         self._sock = transport.get_extra_info("socket")
         self._arm_head()
         self.inner.connection_made(transport)

@@ -122,7 +122,7 @@ def test_at_the_bound_the_longest_idle_goes_then_the_rest_are_answered() -> None
     first, second, third = FakeGuard(), FakeGuard(), FakeGuard(idle=False)
     for guard in (first, second, third):
         assert _admit(gate, guard) and not guard.over
-    gate.waiting(cast(Guard, first))  # first served a request and waits again: now newest
+    gate.wait(cast(Guard, first))  # first served a request and waits again: now newest
     newcomer = FakeGuard()
     assert _admit(gate, newcomer) and not newcomer.over
     assert second.was_shed and not first.was_shed and gate.stats.shed == 1
