@@ -10,7 +10,6 @@ import logging
 import signal
 import ssl
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -98,47 +97,12 @@ async def start(app: web.Application, config: Config) -> Listener:
         handle_signals=False,
     )
     await runner.setup()
-    protocols = runner.server
-    assert protocols is not None
-
-    def factory(name: str, bound: int) -> Any:
-        gate = Gate(name, bound, config.client_header_timeout, config.send_timeout)
-        return connections.factory(gate, lambda: protocol_errors_as_oci(protocols()))
-
     context = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = await asyncio.to_thread(tls_context, config.tls_cert, config.tls_key)
-    # A TLS handshake is bounded like a request head (asyncio's default is 60 s).
-    handshake = config.client_header_timeout if context is not None else None
-    loop = asyncio.get_running_loop()
-    servers: list[asyncio.Server] = []
     try:
-        servers.append(
-            await loop.create_server(
-                factory("client", bounds.client),
-                config.host,
-                config.port,
-                ssl=context,
-                backlog=BACKLOG,
-                ssl_handshake_timeout=handshake,
-            )
-        )
-        if config.peer_listen is not None:
-            host, port = split_listen(config.peer_listen)
-            servers.append(
-                await loop.create_server(
-                    factory("peer", bounds.peer),
-                    host,
-                    port,
-                    ssl=context,
-                    backlog=BACKLOG,
-                    ssl_handshake_timeout=handshake,
-                )
-            )
-            log.info("peers reach this node on %s", config.peer_listen)
+        servers = await _listen(config, bounds, connections, runner, context)
     except BaseException:
-        for server in servers:
-            server.close()
         await runner.cleanup()
         raise
     listener = Listener(runner, servers)
@@ -157,6 +121,47 @@ async def start(app: web.Application, config: Config) -> Listener:
         config.send_timeout,
     )
     return listener
+
+
+async def _listen(
+    config: Config,
+    bounds: budget.Bounds,
+    connections: Connections,
+    runner: web.AppRunner,
+    context: ssl.SSLContext | None,
+) -> list[asyncio.Server]:
+    """The client listener and, if configured, the peer listener, each with its gate."""
+    protocols = runner.server
+    assert protocols is not None
+    # A TLS handshake is bounded like a request head (asyncio's default is 60 s).
+    handshake = config.client_header_timeout if context is not None else None
+    loop = asyncio.get_running_loop()
+    addresses = [("client", config.host, config.port, bounds.client)]
+    if config.peer_listen is not None:
+        host, port = split_listen(config.peer_listen)
+        addresses.append(("peer", host, port, bounds.peer))
+    servers: list[asyncio.Server] = []
+    try:
+        for name, host, port, bound in addresses:
+            gate = Gate(name, bound, config.client_header_timeout, config.send_timeout)
+            factory = connections.factory(gate, lambda: protocol_errors_as_oci(protocols()))
+            servers.append(
+                await loop.create_server(
+                    factory,
+                    host,
+                    port,
+                    ssl=context,
+                    backlog=BACKLOG,
+                    ssl_handshake_timeout=handshake,
+                )
+            )
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    if config.peer_listen is not None:
+        log.info("peers reach this node on %s", config.peer_listen)
+    return servers
 
 
 async def run(app: web.Application, config: Config) -> None:
