@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import server
 from .config import Config
+from .connections import CONNECTIONS, mark
 from .http import dashboard, handlers, peer
 from .http.clientauth import ClientAuth
 from .http.keys import (
@@ -34,7 +34,7 @@ from .http.keys import (
 from .http.middleware import authenticate, oci_errors, stamp_headers
 from .http.operator import OPERATOR, OperatorAccess
 from .listeners import guard
-from .metrics import CacheCollector, Metrics, SharedCollector
+from .metrics import CacheCollector, ConnectionsCollector, Metrics, SharedCollector
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime import open_runtime
 from .savings.collector import SavingsCollector
@@ -59,7 +59,7 @@ def build_app(
     retry budgets); tests pass one they control.
     """
     app = web.Application(
-        middlewares=[server.mark, oci_errors, guard(config), authenticate],
+        middlewares=[mark, oci_errors, guard(config), authenticate],
         client_max_size=64 * 1024,
         handler_args={"max_line_size": MAX_LINE, "max_field_size": MAX_FIELD},
     )
@@ -106,6 +106,8 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[PEER_PIECES] = rt.pieces
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
             metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
+            if CONNECTIONS in app:
+                metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
             if rt.shared is not None and rt.writeback is not None:
                 app[SHARED] = rt.shared
                 app[WRITEBACK] = rt.writeback

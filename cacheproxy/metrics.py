@@ -7,6 +7,7 @@ serving path does no metrics work beyond the counters it already keeps.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,6 +19,10 @@ from .peers.cluster import Cluster
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
 from .upstream.pool import UpstreamPool
+
+if TYPE_CHECKING:
+    # Only a type here: connections/ imports the HTTP layer, which imports this module.
+    from .connections import Connections
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -211,6 +216,46 @@ class SharedCollector(Collector):
             "1 while the bucket is asked, 0 after a fault",
             int(self._tier.up),
         )
+
+
+class ConnectionsCollector(Collector):
+    """``cacheproxy_connections_*``: each listener's open connections, its bound, and
+    what the bounds did (label ``listener``: client or peer)."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    def collect(self) -> Iterator[Metric]:
+        gates = list(self._connections.gates.values())
+        opened = GaugeMetricFamily(
+            "cacheproxy_connections_open", "Open connections", labels=["listener"]
+        )
+        waiting = GaugeMetricFamily(
+            "cacheproxy_connections_waiting",
+            "Open connections waiting for a request (new, or kept alive)",
+            labels=["listener"],
+        )
+        bound = GaugeMetricFamily(
+            "cacheproxy_connections_max", "The bound on open connections", labels=["listener"]
+        )
+        for gate in gates:
+            opened.add_metric([gate.name], gate.open)
+            waiting.add_metric([gate.name], gate.waiting)
+            bound.add_metric([gate.name], gate.bound)
+        yield opened
+        yield waiting
+        yield bound
+        counters = [
+            ("refused", "Connections answered 503 (or reset) with every connection busy"),
+            ("shed", "Idle connections closed to make room for a new one"),
+            ("send_timeouts", "Connections closed: the client took nothing for send_timeout"),
+            ("header_timeouts", "Connections closed without a complete request head in time"),
+        ]
+        for name, doc in counters:
+            family = CounterMetricFamily(f"cacheproxy_connections_{name}", doc, labels=["listener"])
+            for gate in gates:
+                family.add_metric([gate.name], getattr(gate.stats, name))
+            yield family
 
 
 class Metrics:

@@ -1,5 +1,6 @@
-"""Running the app: the listener, TLS with certificate reload, the slow-loris bound,
-and graceful shutdown on SIGTERM/SIGINT (in-flight transfers get time to finish)."""
+"""Running the app: the listeners (their connections guarded: see connections/), TLS
+with certificate reload, and graceful shutdown on SIGTERM/SIGINT (in-flight
+transfers get time to finish)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import logging
 import signal
 import ssl
 from pathlib import Path
-from typing import Any, cast
 
 from aiohttp import web
 
 from .config import Config, ConfigError, split_listen
+from .connections import CONNECTIONS, Connections, Gate, budget, tcpinfo
 from .http.middleware import protocol_errors_as_oci
 from .listeners import exposure_problem
 
@@ -24,115 +25,6 @@ SHUTDOWN_TIMEOUT = Config.shutdown_timeout
 # Pending connections the kernel queues for accept(); asyncio's default of 100 drops
 # connects when a node's pods all start at once (the kernel caps it at somaxconn).
 BACKLOG = 4096
-
-
-class HeaderDeadline:
-    """Closes a connection that does not deliver a whole request head in time.
-
-    aiohttp waits for request heads indefinitely; a slow-loris client could hold
-    every connection that way. Each connection's protocol is wrapped: the first
-    byte of a request head (on a new or an idle kept-alive connection) arms a timer,
-    and the request reaching the app (the ``mark`` middleware) disarms it. Idle
-    connections are bounded by aiohttp's own ``keepalive_timeout``.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self.factory: Any = None
-        self.timeout = timeout
-        self._guards: dict[int, _Guard] = {}
-        self.closed = 0
-
-    def __call__(self) -> asyncio.Protocol:
-        inner = self.factory()
-        guard = _Guard(self, inner)
-        self._guards[id(inner)] = guard
-        return guard
-
-    def started(self, protocol: object) -> None:
-        guard = self._guards.get(id(protocol))
-        if guard is not None:
-            guard.in_request = True
-            guard.disarm()
-
-    def finished(self, protocol: object) -> None:
-        guard = self._guards.get(id(protocol))
-        if guard is not None:
-            guard.in_request = False
-
-    def forget(self, guard: _Guard) -> None:
-        self._guards.pop(id(guard.inner), None)
-
-
-class _Guard(asyncio.Protocol):
-    """Forwards every protocol call to aiohttp's handler; watches for request heads."""
-
-    def __init__(self, deadline: HeaderDeadline, inner: Any) -> None:
-        self.deadline = deadline
-        self.inner = inner
-        self.in_request = False
-        self.transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def arm(self) -> None:
-        if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.deadline.timeout, self._expire)
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.deadline.closed += 1
-            log.info("closing a connection that sent no complete request head in time")
-            self.transport.close()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport, though not always an asyncio.Transport subclass:
-        # uvloop's TCPTransport only behaves like one.
-        self.transport = cast(asyncio.Transport, transport)
-        self.arm()
-        self.inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self.in_request:
-            self.arm()
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        result: bool | None = self.inner.eof_received()
-        return result
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.disarm()
-        self.deadline.forget(self)
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-DEADLINE = web.AppKey("header_deadline", HeaderDeadline)
-
-
-@web.middleware
-async def mark(request: web.Request, handler: Any) -> web.StreamResponse:
-    deadline = request.app.get(DEADLINE)
-    if deadline is None:
-        response: web.StreamResponse = await handler(request)
-        return response
-    deadline.started(request.protocol)
-    try:
-        response = await handler(request)
-    finally:
-        deadline.finished(request.protocol)
-    return response
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -186,17 +78,22 @@ class Listener:
 
 
 async def start(app: web.Application, config: Config) -> Listener:
-    """Set the app up and listen (TLS and the header deadline included), on the client
-    listener and, if configured, the peer and the metrics listeners.
+    """Set the app up and listen (TLS and the connections' bounds included), on the
+    client listener and, if configured, the peer and the metrics listeners.
 
     Raises ConfigError when the listener would hand the proxy's upstream logins to
-    the network (see ``listeners.exposure_problem``).
+    the network (see ``listeners.exposure_problem``), or when the descriptor limit
+    leaves no room for connections (see ``connections.budget``).
     """
     problem = exposure_problem(config)
     if problem is not None:
         raise ConfigError(problem)
-    deadline = HeaderDeadline(config.client_header_timeout)
-    app[DEADLINE] = deadline
+    bounds = budget.plan(config, budget.raise_nofile())
+    if bounds.warning is not None:
+        log.warning("%s", bounds.warning)
+    if not tcpinfo.SUPPORTED:
+        log.warning("send_timeout is off: this system does not report TCP_INFO")
+    connections = app[CONNECTIONS] = Connections()
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -205,9 +102,6 @@ async def start(app: web.Application, config: Config) -> Listener:
         handle_signals=False,
     )
     await runner.setup()
-    protocols = runner.server
-    assert protocols is not None
-    deadline.factory = lambda: protocol_errors_as_oci(protocols())
     context = peer_context = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = peer_context = await asyncio.to_thread(
@@ -219,30 +113,9 @@ async def start(app: web.Application, config: Config) -> Listener:
         peer_context = await asyncio.to_thread(
             tls_context, config.peer_tls_cert, config.peer_tls_key
         )
-    loop = asyncio.get_running_loop()
-    servers: list[asyncio.Server] = []
     try:
-        servers.append(
-            await loop.create_server(
-                deadline, config.host, config.port, ssl=context, backlog=BACKLOG
-            )
-        )
-        if config.peer_listen is not None:
-            host, port = split_listen(config.peer_listen)
-            servers.append(
-                await loop.create_server(deadline, host, port, ssl=peer_context, backlog=BACKLOG)
-            )
-            tls = " (TLS)" if peer_context else ""
-            log.info("peers reach this node on %s%s", config.peer_listen, tls)
-        if config.metrics_listen is not None:
-            host, port = split_listen(config.metrics_listen)
-            servers.append(
-                await loop.create_server(deadline, host, port, ssl=context, backlog=BACKLOG)
-            )
-            log.info("Prometheus reaches this node on %s", config.metrics_listen)
+        servers = await _listen(config, bounds, connections, runner, (context, peer_context))
     except BaseException:
-        for server in servers:
-            server.close()
         await runner.cleanup()
         raise
     listener = Listener(runner, servers)
@@ -251,8 +124,69 @@ async def start(app: web.Application, config: Config) -> Listener:
     if peer_context is not context and config.peer_tls_cert and config.peer_tls_key:
         assert peer_context is not None
         listener.reload(peer_context, config.peer_tls_cert, config.peer_tls_key, config.tls_reload)
-    log.info("listening on %s%s", config.listen, " (TLS)" if context else "")
+    log.info(
+        "listening on %s%s; connections at most %d%s (RLIMIT_NOFILE %d), send_timeout %.0f s",
+        config.listen,
+        " (TLS)" if context else "",
+        bounds.client,
+        f", {bounds.peer} on the peer listener" if config.peer_listen else "",
+        bounds.nofile,
+        config.send_timeout,
+    )
     return listener
+
+
+# Connections the metrics listener holds: Prometheus scrapes with one or two.
+METRICS_CONNECTIONS = 16
+
+
+async def _listen(
+    config: Config,
+    bounds: budget.Bounds,
+    connections: Connections,
+    runner: web.AppRunner,
+    contexts: tuple[ssl.SSLContext | None, ssl.SSLContext | None],
+) -> list[asyncio.Server]:
+    """The client listener and, if configured, the peer and metrics listeners, each
+    with its gate (``contexts``: the client's TLS, the peers')."""
+    protocols = runner.server
+    assert protocols is not None
+    context, peer_context = contexts
+    loop = asyncio.get_running_loop()
+    addresses = [("client", config.host, config.port, bounds.client, context)]
+    if config.peer_listen is not None:
+        host, port = split_listen(config.peer_listen)
+        addresses.append(("peer", host, port, bounds.peer, peer_context))
+    if config.metrics_listen is not None:
+        host, port = split_listen(config.metrics_listen)
+        addresses.append(("metrics", host, port, METRICS_CONNECTIONS, context))
+    servers: list[asyncio.Server] = []
+    try:
+        for name, host, port, bound, tls in addresses:
+            gate = Gate(name, bound, config.client_header_timeout, config.send_timeout)
+            factory = connections.factory(gate, lambda: protocol_errors_as_oci(protocols()))
+            servers.append(
+                await loop.create_server(
+                    factory,
+                    host,
+                    port,
+                    ssl=tls,
+                    backlog=BACKLOG,
+                    # A TLS handshake is bounded like a request head (asyncio: 60 s).
+                    ssl_handshake_timeout=config.client_header_timeout if tls else None,
+                )
+            )
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    if config.peer_listen is not None:
+        log.info(
+            "peers reach this node on %s%s", config.peer_listen, " (TLS)" if peer_context else ""
+        )
+    if config.metrics_listen is not None:
+        log.info("Prometheus reaches this node on %s", config.metrics_listen)
+    return servers
 
 
 async def run(app: web.Application, config: Config) -> None:

@@ -183,6 +183,15 @@ class Config:
     # an idle keep-alive connection is kept.
     client_header_timeout: float = 30.0
     keepalive_timeout: float = 75.0
+    # Seconds a response may go without the client taking a byte (progress, not the
+    # whole transfer's time) before the connection is cut and the file it held is
+    # released: a client that never reads would hold both for ever.
+    send_timeout: float = 30.0
+    # Open connections on the client listener and on the peer listener; 0: what the
+    # descriptor limit leaves room for, up to 4096 (see connections/budget.py).
+    # Beyond: 503 TOOMANYREQUESTS, once idle connections are closed.
+    max_connections: int = 0
+    max_peer_connections: int = 0
     # Seconds transfers in flight get to finish after SIGTERM (size the pod's
     # terminationGracePeriodSeconds above it).
     shutdown_timeout: float = 30.0

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -90,11 +92,25 @@ def _alive(pid: int) -> bool:
 
 @asynccontextmanager
 async def serve_process(
-    *args: str, env: Mapping[str, str] | None = None, log: Path, port: int | None = None
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    log: Path,
+    port: int | None = None,
+    tls: ssl.SSLContext | None = None,
+    nofile: tuple[int, int] | None = None,
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """Run ``cacheproxy serve ARGS`` and wait (bounded) until it answers /v2/."""
+    """Run ``cacheproxy serve ARGS`` and wait (bounded) until it answers /v2/.
+
+    ``tls``: the server listens with TLS, and this context trusts it (the URL is
+    https). ``nofile``: the (soft, hard) RLIMIT_NOFILE the server starts with.
+    """
     port = port or free_port()
     full_env = {**os.environ, "CACHEPROXY_LISTEN": f"127.0.0.1:{port}", **(env or {})}
+
+    def limits() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     with open(log, "ab") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -106,10 +122,12 @@ async def serve_process(
             stdout=out,
             stderr=out,
             env=full_env,
+            preexec_fn=limits if nofile is not None else None,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+        connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+        async with aiohttp.ClientSession(connector=connector) as http, asyncio.timeout(20):
             while True:
                 try:
                     async with http.get(url + "/v2/") as resp:

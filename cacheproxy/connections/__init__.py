@@ -1,0 +1,13 @@
+"""Every connection to the proxy, bounded in time and in count.
+
+guard.py    one connection's protocol: aiohttp's handler inside; the request-head
+            deadline and the send watch (a client that takes nothing is cut)
+gate.py     one listener's connections: the bound, the idle shed first, the 503
+            beyond it; the ``mark`` middleware that tells guards about requests
+tcpinfo.py  what the kernel knows of a connection's sending (Linux TCP_INFO)
+budget.py   file descriptors: the limit raised, the bounds fitted into it
+"""
+
+from .gate import CONNECTIONS, Connections, Gate, GateStats, mark
+
+__all__ = ["CONNECTIONS", "Connections", "Gate", "GateStats", "mark"]

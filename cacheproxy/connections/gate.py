@@ -1,0 +1,187 @@
+"""Each listener's connections: how many are open, the bound on them, the idle ones
+closed first at the bound, and the answer beyond it.
+
+At the bound a new connection takes the place of the connection that has waited
+longest for a request (new or kept alive), so transfers in progress keep going.
+When every connection is busy, the new one is still read: its request is answered
+503 ``TOOMANYREQUESTS`` with ``Retry-After`` and the connection closed (a probe,
+``/healthz`` or ``/readyz``, is answered as usual, so the kubelet does not restart a
+node that is only busy). Only beyond ``OVERFLOW`` such connections at once is a
+connection reset unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import TooManyRequests
+from ..http.middleware import OPEN_PATHS, error_response
+from .guard import Guard
+
+log = logging.getLogger(__name__)
+
+# Connections beyond a listener's bound held at once just long enough to read their
+# request and answer it; beyond these, a reset.
+OVERFLOW = 64
+# Seconds such a connection has to send its request head.
+OVERFLOW_HEAD_TIMEOUT = 5.0
+# Idle connections looked at, oldest first, to make room for a new one.
+SHED_SCAN = 16
+# Seconds a refused client is told to wait: idle connections go at once, so at the
+# bound every slot is a transfer in progress.
+RETRY_AFTER = "2"
+
+
+class ConnectionsFull(TooManyRequests):
+    """Every connection of the listener is busy. 503 with Retry-After (RFC 9110
+    section 15.6.4: the server's capacity, not the client's rate), under the OCI
+    code for too many requests."""
+
+    status = 503
+    default_message = "too many connections: try again later"
+
+
+@dataclass
+class GateStats:
+    """What a listener's bounds did (``cacheproxy_connections_*`` on /metrics)."""
+
+    refused: int = 0
+    shed: int = 0
+    send_timeouts: int = 0
+    header_timeouts: int = 0
+
+
+class Gate:
+    """One listener's connections and their bounds."""
+
+    def __init__(self, name: str, bound: int, header_timeout: float, send_timeout: float) -> None:
+        self.name = name
+        self.bound = bound
+        self.header_timeout = header_timeout
+        self.send_timeout = send_timeout
+        # A stall is seen between send_timeout and 1.25 times it after the last byte.
+        self.watch_every = send_timeout / 4
+        self.stats = GateStats()
+        self._served: set[Guard] = set()
+        self._over: set[Guard] = set()
+        # Served connections waiting for a request, longest waiting first.
+        self._idle: OrderedDict[Guard, None] = OrderedDict()
+
+    @property
+    def open(self) -> int:
+        return len(self._served) + len(self._over)
+
+    @property
+    def waiting(self) -> int:
+        """Served connections waiting for a request (new, or kept alive)."""
+        return len(self._idle)
+
+    def head_timeout(self, guard: Guard) -> float:
+        if guard.over:
+            return min(self.header_timeout, OVERFLOW_HEAD_TIMEOUT)
+        return self.header_timeout
+
+    def admit(self, guard: Guard) -> bool:
+        """Count a new connection in (``guard.over`` set if beyond the bound); False
+        when there is no room even to answer it."""
+        if len(self._served) < self.bound or self._shed_one():
+            self._served.add(guard)
+            self._idle[guard] = None
+            return True
+        if len(self._over) >= OVERFLOW:
+            self.stats.refused += 1
+            return False
+        guard.over = True
+        self._over.add(guard)
+        return True
+
+    def busy(self, guard: Guard) -> None:
+        self._idle.pop(guard, None)
+
+    def wait(self, guard: Guard) -> None:
+        if guard in self._served:
+            self._idle[guard] = None
+            self._idle.move_to_end(guard)
+
+    def gone(self, guard: Guard) -> None:
+        self._served.discard(guard)
+        self._over.discard(guard)
+        self._idle.pop(guard, None)
+
+    def _shed_one(self) -> bool:
+        for guard in list(itertools.islice(self._idle, SHED_SCAN)):
+            if guard.idle():
+                self.gone(guard)
+                self.stats.shed += 1
+                guard.shed()
+                return True
+        return False
+
+
+class Connections:
+    """The gates of the listeners (client, peer)."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, Gate] = {}
+
+    def factory(self, gate: Gate, make: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory of ``gate``'s listener: aiohttp's handler from
+        ``make``, guarded."""
+        self.gates[gate.name] = gate
+
+        def build() -> asyncio.Protocol:
+            return Guard(gate, make())
+
+        return build
+
+
+CONNECTIONS = web.AppKey("connections", Connections)
+
+
+def guard_of(request: web.BaseRequest) -> Guard | None:
+    """The guard of the request's connection (the transport's protocol, under TLS
+    too), or None when the connection is gone or not guarded."""
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, Guard) else None
+
+
+@web.middleware
+async def mark(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells each connection's guard when its request runs in the app, and answers
+    the connections admitted beyond the bound."""
+    guard = guard_of(request)
+    if guard is None:
+        return await handler(request)
+    if guard.over:
+        return await _refuse(request, handler, guard.gate)
+    guard.started(asyncio.current_task())
+    try:
+        return await handler(request)
+    finally:
+        guard.finished()
+
+
+async def _refuse(request: web.Request, handler: Handler, gate: Gate) -> web.StreamResponse:
+    if request.path in OPEN_PATHS:
+        response = await handler(request)
+    else:
+        gate.stats.refused += 1
+        log.warning(
+            "the %s listener is at its bound of %d busy connections: answering 503",
+            gate.name,
+            gate.bound,
+        )
+        err = ConnectionsFull(headers={"Retry-After": RETRY_AFTER})
+        response = error_response(err, head=request.method == "HEAD")
+    response.force_close()
+    return response
