@@ -19,8 +19,9 @@ from ..errors import BlobUnknown, RegistryError
 from ..store.files import BlobStore
 from ..upstream.client import Upstream
 from .admission import DiskBudget, FillGate, FillLimits
-from .fill import Fill, FillOptions, FillState, FillStats
+from .fill import Fill
 from .fillbody import FillBody
+from .fillstate import FillOptions, FillState, FillStats
 from .local import FileBody
 from .segments import RangeSupport
 from .source import Body, Feed, Remote, Sink, Want
