@@ -75,6 +75,7 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily(
             "cacheproxy_fills_active", "Blob fills in progress", self._fills.active
         )
+        yield from _gate_metrics(self._fills)
         requests = CounterMetricFamily(
             "cacheproxy_upstream_requests", "HTTP requests sent upstream", labels=["upstream"]
         )
@@ -97,6 +98,32 @@ class ProxyCollector(Collector):
         yield requests
         yield limit
         yield remaining
+
+
+def _gate_metrics(fills: Fills) -> Iterator[Metric]:
+    """The fill slots: who waits, what nobody reads, what was cancelled or refused."""
+    gate = fills.gate
+    yield GaugeMetricFamily(
+        "cacheproxy_fills_waiting", "Blob requests waiting for a fill slot", gate.waiting
+    )
+    yield GaugeMetricFamily(
+        "cacheproxy_fills_abandoned",
+        "Fills nobody reads any more (preemptible), holding a slot",
+        gate.abandoned,
+    )
+    yield CounterMetricFamily(
+        "cacheproxy_fills_preempted",
+        "Fills nobody read, cancelled to give their slot to a waiting request",
+        gate.stats.preempted,
+    )
+    refused = CounterMetricFamily(
+        "cacheproxy_fills_refused",
+        "Blob requests answered TOOMANYREQUESTS, by the bound they met",
+        labels=["reason"],
+    )
+    for reason, count in gate.stats.refused.items():
+        refused.add_metric([reason], count)
+    yield refused
 
 
 class CacheCollector(Collector):

@@ -83,6 +83,12 @@ class Fill:
         #: Called with the announced size as the first answer comes (the registry of
         #: fills reserves disk for it, or decides the blob is not to be kept).
         self.on_size: Callable[[int | None], None] | None = None
+        #: Called with True when the last reader of the running fill leaves, with
+        #: False when a reader comes (the gate: an abandoned fill may be preempted).
+        self.on_abandoned: Callable[[bool], None] | None = None
+        #: Cancelled by :meth:`stop` (nobody read it, and its slot was needed).
+        self.preempted = False
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -147,10 +153,27 @@ class Fill:
     def attach(self) -> None:
         """A reader will read this fill (until :meth:`detach`)."""
         self._readers += 1
+        if self._readers == 1 and self.on_abandoned is not None:
+            self.on_abandoned(False)
 
     def detach(self) -> None:
         self._readers -= 1
+        if not self._readers and self.on_abandoned is not None and not self.ended:
+            self.on_abandoned(True)
         self._drop_transient()
+
+    @property
+    def ended(self) -> bool:
+        """Done or failed."""
+        return self.state in (FillState.DONE, FillState.FAILED)
+
+    def stop(self) -> None:
+        """Cancel the fill (nobody reads it, and its slot is needed): its temp file
+        goes and nothing of it is kept; a reader that still finds it sees it failed."""
+        self.preempted = True
+        if self._task is not None:
+            self._task.cancel()
+        # Not begun yet: :meth:`run` stops at its first step.
 
     def _drop_transient(self) -> None:
         if not self.keep and self.state is FillState.DONE and not self._readers:
@@ -247,9 +270,12 @@ class Fill:
     async def run(self, feed: Feed, stats: FillStats, accounting: Accounting) -> None:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         self._feed = feed
+        self._task = asyncio.current_task()
         # Cluster mode: the peers holding the blob may send it too (blobs/swarm.py).
         swarm = feed.swarm if isinstance(feed, Swarmed) else None
         try:
+            if self.preempted:
+                raise asyncio.CancelledError
             options = self.options
             lanes = self._lanes = Lanes(
                 self,
@@ -279,7 +305,10 @@ class Fill:
             stats.completed += 1
             self._drop_transient()
         except asyncio.CancelledError:
-            self._fail(UpstreamUnavailable("proxy shutting down"))
+            if self.preempted:
+                self._fail(UpstreamUnavailable("the download gave its slot to another"))
+            else:
+                self._fail(UpstreamUnavailable("proxy shutting down"))
             raise
         except RegistryError as exc:
             self._fail(exc)
@@ -303,8 +332,10 @@ class Fill:
         self.state = FillState.FAILED
         self.error = exc
         self._landing.discard()
-        # A digest the upstream does not have is an answer, not a fault.
-        level = logging.INFO if isinstance(exc, BlobUnknown) else logging.WARNING
+        # A digest the upstream does not have is an answer, not a fault; a fill
+        # nobody read, cancelled for another, is the gate's policy.
+        quiet = isinstance(exc, BlobUnknown) or self.preempted
+        level = logging.INFO if quiet else logging.WARNING
         log.log(level, "fill of %s failed: %s", self.digest, exc.message)
 
     def begin(self, size: int | None) -> None:

@@ -377,6 +377,8 @@ def _check(config: Config) -> None:
         raise ConfigError("segment_min_size must be at least one byte")
     if not MIN_PIECE <= parse_size(config.peer_piece_size, 1) <= MAX_PIECE:
         raise ConfigError("peer_piece_size: expected 64KiB to 256MiB")
+    if min(config.max_fills, config.max_fills_per_client) < 1 or config.max_queued_fills < 0:
+        raise ConfigError("max_fills, max_fills_per_client: at least 1; max_queued_fills: 0 up")
     if not 1 <= config.upstream_segments <= 64:
         raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
     unknown = set(config.presets) - set(ALL_PRESETS)

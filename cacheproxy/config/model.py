@@ -156,7 +156,8 @@ class Config:
     # Registries the ecr preset admits, kept at once (least recently used go first).
     max_dynamic_upstreams: int = 32
     # Blob downloads running at once, waiting for a slot (beyond: TOOMANYREQUESTS),
-    # and running for one client (an authenticated name, or an address).
+    # and running or waiting for one client (an authenticated name, or an address);
+    # the slots are shared fairly between clients (blobs/admission.py).
     max_fills: int = 128
     max_queued_fills: int = 512
     max_fills_per_client: int = 32
