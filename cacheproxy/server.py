@@ -14,6 +14,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from .config import Config, ConfigError, split_listen
+from .http.keys import CONNECTION_GONE
 from .http.middleware import protocol_errors_as_oci
 from .listeners import exposure_problem
 
@@ -59,6 +60,11 @@ class HeaderDeadline:
         if guard is not None:
             guard.in_request = False
 
+    def gone(self, protocol: object) -> asyncio.Future[None] | None:
+        """Done once ``protocol``'s connection is lost (None: a connection not seen)."""
+        guard = self._guards.get(id(protocol))
+        return guard.gone if guard is not None else None
+
     def forget(self, guard: _Guard) -> None:
         self._guards.pop(id(guard.inner), None)
 
@@ -72,6 +78,10 @@ class _Guard(asyncio.Protocol):
         self.in_request = False
         self.transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # aiohttp cancels no handler when its client goes away (handler_cancellation
+        # is off, on purpose: most work must finish); a request that only waits for
+        # its client's sake (a blob's next bytes, a fill slot) watches this instead.
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def arm(self) -> None:
         if self._timer is None:
@@ -108,6 +118,8 @@ class _Guard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        if not self.gone.done():
+            self.gone.set_result(None)
         self.deadline.forget(self)
         self.inner.connection_lost(exc)
 
@@ -128,6 +140,9 @@ async def mark(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
         return response
     deadline.started(request.protocol)
+    gone = deadline.gone(request.protocol)
+    if gone is not None:
+        request[CONNECTION_GONE] = gone
     try:
         response = await handler(request)
     finally:
