@@ -33,7 +33,7 @@ from .http.keys import (
 )
 from .http.middleware import authenticate, oci_errors, stamp_headers
 from .listeners import guard
-from .metrics import CacheCollector, Metrics, SharedCollector
+from .metrics import CacheCollector, LoginCollector, Metrics, SharedCollector
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime import open_runtime
 from .savings.collector import SavingsCollector
@@ -104,6 +104,7 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
                 app[PEER_PIECES] = rt.pieces
             metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
             metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
+            metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))
             if rt.shared is not None and rt.writeback is not None:
                 app[SHARED] = rt.shared
                 app[WRITEBACK] = rt.writeback

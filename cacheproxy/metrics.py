@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .blobs.inflight import Fills
+from .http.passwords import PasswordChecks
 from .lifecycle.keeper import Keeper
 from .peers.cluster import Cluster
 from .shared.tier import SharedTier
@@ -226,6 +227,28 @@ class SharedCollector(Collector):
             "1 while the bucket is asked, 0 after a fault",
             int(self._tier.up),
         )
+
+
+class LoginCollector(Collector):
+    """``cacheproxy_password_checks_*``: the bcrypt checks of new logins."""
+
+    def __init__(self, passwords: PasswordChecks) -> None:
+        self._passwords = passwords
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "cacheproxy_password_checks_pending",
+            "Password checks running or waiting",
+            self._passwords.pending,
+        )
+        refused = CounterMetricFamily(
+            "cacheproxy_password_checks_refused",
+            "Logins answered TOOMANYREQUESTS: every check taken (full), or the address's share",
+            labels=["reason"],
+        )
+        for reason, count in self._passwords.refused.items():
+            refused.add_metric([reason], count)
+        yield refused
 
 
 class Metrics:

@@ -8,16 +8,21 @@ connects from a loopback address of its own (the proxy believes no X-Forwarded-F
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import re
+import time
 import uuid
 from pathlib import Path
 
 import aiohttp
 
+from cacheproxy.http.keys import CLIENT_AUTH
+from cacheproxy.http.passwords import bcrypt_check
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob
 from tests.support.proxy import running_proxy
+from tests.support.registry import RegistryProcess, write_htpasswd
 
 STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 PER_CLIENT = 2
@@ -111,3 +116,68 @@ async def test_a_request_that_hung_up_waits_for_no_slot(
     finally:
         stall.release()
         forwarder.clear_faults()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def refusals(passwords: object) -> int:
+    refused = getattr(passwords, "refused", 0)
+    return sum(refused.values()) if isinstance(refused, dict) else int(refused)
+
+
+async def test_a_flood_of_wrong_passwords_from_one_address_spares_a_real_login(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A stranger sends wrong passwords on 40 connections from one address, without
+    pause; a real user's first login (never verified before) and the next ones all
+    succeed, none answered 429; the stranger is told 401 or 429."""
+    htpasswd = tmp_path / "htpasswd"
+    write_htpasswd(htpasswd, "ci", "ci-password-1")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\nanonymous = false\n')
+    async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
+        passwords = proxy.app[CLIENT_AUTH].passwords
+
+        def slow(password: bytes, hashed: bytes) -> bool:
+            time.sleep(0.05)  # a real cost's time, without its CPU
+            return bcrypt_check(password, hashed)
+
+        passwords.checker = slow
+        stop = asyncio.Event()
+        answers: list[int] = []
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=40)
+        async with aiohttp.ClientSession(connector=connector) as stranger:
+
+            async def guess(n: int) -> None:
+                for i in range(2000):
+                    if stop.is_set():
+                        return
+                    headers = basic("ci", f"guess-{n}-{i}")
+                    async with stranger.get(f"{proxy.url}/v2/", headers=headers) as resp:
+                        await resp.read()
+                        answers.append(resp.status)
+
+            flood = [asyncio.create_task(guess(n)) for n in range(40)]
+            try:
+                # The flood is at its bound: logins are being refused.
+                async with asyncio.timeout(30):
+                    while refusals(passwords) < 10:
+                        await asyncio.sleep(0.01)
+                user = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+                async with aiohttp.ClientSession(connector=user) as http, asyncio.timeout(30):
+                    for _ in range(3):
+                        headers = basic("ci", "ci-password-1")
+                        async with http.get(f"{proxy.url}/v2/", headers=headers) as resp:
+                            assert resp.status == 200, await resp.text()
+                        await asyncio.sleep(0.05)
+                    async with http.get(f"{proxy.url}/metrics", headers=headers) as resp:
+                        metrics = await resp.text()
+            finally:
+                stop.set()
+                await asyncio.gather(*flood, return_exceptions=True)
+        assert set(answers) <= {401, 429}
+        assert 429 in answers and 401 in answers
+        refused = 'cacheproxy_password_checks_refused_total{reason="per_client"}'
+        assert metric(metrics, refused) >= 10
