@@ -34,7 +34,13 @@ from .http.keys import (
 from .http.middleware import authenticate, oci_errors, stamp_headers
 from .http.operator import OPERATOR, OperatorAccess
 from .listeners import guard
-from .metrics import CacheCollector, ConnectionsCollector, Metrics, SharedCollector
+from .metrics import (
+    CacheCollector,
+    ConnectionsCollector,
+    LoginCollector,
+    Metrics,
+    SharedCollector,
+)
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime import open_runtime
 from .savings.collector import SavingsCollector
@@ -108,6 +114,7 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
             metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
             if CONNECTIONS in app:
                 metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
+            metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))
             if rt.shared is not None and rt.writeback is not None:
                 app[SHARED] = rt.shared
                 app[WRITEBACK] = rt.writeback

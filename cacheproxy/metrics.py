@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .blobs.inflight import Fills
+from .http.passwords import PasswordChecks
 from .lifecycle.keeper import Keeper
 from .peers.cluster import Cluster
 from .shared.tier import SharedTier
@@ -84,6 +85,7 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily(
             "cacheproxy_fills_active", "Blob fills in progress", self._fills.active
         )
+        yield from _gate_metrics(self._fills)
         requests = CounterMetricFamily(
             "cacheproxy_upstream_requests", "HTTP requests sent upstream", labels=["upstream"]
         )
@@ -106,6 +108,32 @@ class ProxyCollector(Collector):
         yield requests
         yield limit
         yield remaining
+
+
+def _gate_metrics(fills: Fills) -> Iterator[Metric]:
+    """The fill slots: who waits, what nobody reads, what was cancelled or refused."""
+    gate = fills.gate
+    yield GaugeMetricFamily(
+        "cacheproxy_fills_waiting", "Blob requests waiting for a fill slot", gate.waiting
+    )
+    yield GaugeMetricFamily(
+        "cacheproxy_fills_abandoned",
+        "Fills nobody reads any more (preemptible), holding a slot",
+        gate.abandoned,
+    )
+    yield CounterMetricFamily(
+        "cacheproxy_fills_preempted",
+        "Fills nobody read, cancelled to give their slot to a waiting request",
+        gate.stats.preempted,
+    )
+    refused = CounterMetricFamily(
+        "cacheproxy_fills_refused",
+        "Blob requests answered TOOMANYREQUESTS, by the bound they met",
+        labels=["reason"],
+    )
+    for reason, count in gate.stats.refused.items():
+        refused.add_metric([reason], count)
+    yield refused
 
 
 class CacheCollector(Collector):
@@ -256,6 +284,28 @@ class ConnectionsCollector(Collector):
             for gate in gates:
                 family.add_metric([gate.name], getattr(gate.stats, name))
             yield family
+
+
+class LoginCollector(Collector):
+    """``cacheproxy_password_checks_*``: the bcrypt checks of new logins."""
+
+    def __init__(self, passwords: PasswordChecks) -> None:
+        self._passwords = passwords
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "cacheproxy_password_checks_pending",
+            "Password checks running or waiting",
+            self._passwords.pending,
+        )
+        refused = CounterMetricFamily(
+            "cacheproxy_password_checks_refused",
+            "Logins answered TOOMANYREQUESTS: every check taken (full), or the address's share",
+            labels=["reason"],
+        )
+        for reason, count in self._passwords.refused.items():
+            refused.add_metric([reason], count)
+        yield refused
 
 
 class Metrics:

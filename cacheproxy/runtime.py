@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from .accounting import Accounting, NullAccounting
 from .blobs.admission import DiskBudget, FillLimits
 from .blobs.chains import blob_chain, pieces_chain
-from .blobs.fill import Fill, FillOptions
+from .blobs.fill import Fill
+from .blobs.fillstate import FillOptions
 from .blobs.holdings import Holdings
 from .blobs.inflight import Fills
 from .blobs.service import BlobService

@@ -2,72 +2,252 @@
 
 A fill holds an upstream connection, a temp file and a reservation of disk space
 until it ends, and a client that goes away leaves it running. So fills are bounded
-in number (globally, and per client: one client cannot take every slot), requests
-beyond the bound wait in a bounded queue (beyond that: TOOMANYREQUESTS), disk space
-is reserved for what a fill announced it will write. (A digest the upstream just
-refused under a repository is answered from memory for a while: ``links.py``.)
+in number, and the slots are shared fairly between clients, not first come:
+
+- a client (its login, else its address) may have ``per_client`` fills running or
+  waiting at once; past that, TOOMANYREQUESTS (so one client holds at most that many
+  of the queue's places, too);
+- requests that must wait are served by client in turn, the client holding the
+  fewest slots first, among equals the one served longest ago (``fairness.py``):
+  a client holding many waits behind every client holding fewer;
+- at most ``queued`` requests wait in all. A client asking when the queue is full
+  takes the place of the newest request of the client that has the most running or
+  waiting (that request is told TOOMANYREQUESTS), if that is more than it has
+  itself, plus one; else it is told TOOMANYREQUESTS;
+- a fill nobody reads any more (every client reading it went away) no longer counts
+  against its starter's share, and gives its slot up to the first request that
+  would have to wait for one: it is cancelled (its temp file and disk reservation
+  go); a reader joining it before that makes it count again.
+
+Requests for a peer node (client "") are other nodes' clients, already shared out
+at their node: they are not bounded per client and wait in turn with the clients
+that hold nothing. Disk space is reserved for what a fill announced it will write.
+(A digest the upstream just refused under a repository is answered from memory
+for a while: ``links.py``.)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NoReturn
 
-from ..errors import TooManyRequests
+from ..errors import TooManyRequests, UpstreamUnavailable
+from ..fairness import FairQueue
 from ..sizes import DiskSpace, largest_size
+
+#: Why a request was refused a slot (the label of the refusals on /metrics): the
+#: client's own bound, its place in a full queue taken by a client that has less
+#: (its fair share of the queue), the whole queue.
+REFUSALS = ("per_client", "fair_share", "queue")
+RETRY_AFTER = {"Retry-After": "1"}
 
 
 @dataclass(frozen=True)
 class FillLimits:
-    """How many fills may run, wait, and run for one client."""
+    """How many fills may run, wait, and run or wait for one client."""
 
     running: int = 128
     queued: int = 512
     per_client: int = 32
 
 
+@dataclass
+class GateStats:
+    """What the gate did (for /metrics)."""
+
+    #: Fills nobody read any more, cancelled to give their slot to a waiting request.
+    preempted: int = 0
+    #: Requests answered TOOMANYREQUESTS, by the bound they met (``REFUSALS``).
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+
+
+class Slot:
+    """One fill's (or stream-through's) hold on the gate, from ``enter`` to ``leave``."""
+
+    __slots__ = ("_preempt", "abandoned", "cheap", "client", "released")
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        #: Nobody reads the fill: it does not count against the client, and may be
+        #: cancelled for a waiting request.
+        self.abandoned = False
+        self.released = False
+        #: Cancelling it costs no upstream transfer (a fill fed by peers).
+        self.cheap = False
+        self._preempt: Callable[[], None] | None = None
+
+
 class FillGate:
-    """Slots for running fills: a bounded queue, and a bound per client."""
+    """Slots for running fills, shared fairly between clients (see the module)."""
 
     def __init__(self, limits: FillLimits) -> None:
         self._limits = limits
-        self._slots = asyncio.Semaphore(limits.running)
-        self._waiting = 0
-        self._by_client: dict[str, int] = {}
+        self._held = 0
+        # client -> slots it holds that count (not abandoned); peers ("") are not counted.
+        self._counted: dict[str, int] = {}
+        self._queue: FairQueue[asyncio.Future[Slot]] = FairQueue(dead=lambda f: f.done())
+        # Abandoned slots, oldest first (a dict: ordered, O(1) removal).
+        self._abandoned: dict[Slot, None] = {}
+        self._closed = False
+        self.stats = GateStats()
 
-    async def enter(self, client: str) -> None:
-        """Take a slot for a fill ``client`` starts (""): a peer node, not counted per
-        client); raises TOOMANYREQUESTS when the client or the queue is at its bound."""
-        if client and self._by_client.get(client, 0) >= self._limits.per_client:
-            raise TooManyRequests(
-                "too many downloads for this client at once", headers={"Retry-After": "1"}
-            )
-        if self._slots.locked():
-            if self._waiting >= self._limits.queued:
-                raise TooManyRequests("too many downloads at once", headers={"Retry-After": "1"})
-            self._waiting += 1
-            try:
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
-        else:
-            await self._slots.acquire()
-        if client:
-            self._by_client[client] = self._by_client.get(client, 0) + 1
-
-    def leave(self, client: str) -> None:
-        self._slots.release()
-        if client:
-            left = self._by_client[client] - 1
-            if left:
-                self._by_client[client] = left
+    async def enter(self, client: str) -> Slot:
+        """A slot for a fill ``client`` starts ("": a peer node); waits in turn for
+        one, or raises TOOMANYREQUESTS (with Retry-After) at a bound."""
+        if self._closed:
+            raise UpstreamUnavailable("proxy shutting down")
+        self._admit(client)
+        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self._queue.push(client, waiter)
+        self._dispatch()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave(waiter.result())  # granted as the request gave up
             else:
-                del self._by_client[client]
+                self._queue.remove(client, waiter)
+            raise
+
+    def leave(self, slot: Slot) -> None:
+        """Give ``slot`` back (its fill ended); the next request in turn takes it."""
+        if slot.released:
+            return
+        slot.released = True
+        self._held -= 1
+        if slot.abandoned:
+            del self._abandoned[slot]
+        else:
+            self._uncount(slot.client)
+        self._dispatch()
+
+    def abandon(self, slot: Slot, preempt: Callable[[], None], cheap: bool = False) -> None:
+        """Nobody reads ``slot``'s fill any more: it stops counting against its client,
+        and ``preempt`` (which must cancel the fill) is called when a request needs
+        the slot. ``cheap``: cancelling it costs no upstream transfer."""
+        if slot.released or slot.abandoned:
+            return
+        slot.abandoned = True
+        slot.cheap = cheap
+        slot._preempt = preempt
+        self._uncount(slot.client)
+        self._abandoned[slot] = None
+        self._dispatch()
+
+    def rejoin(self, slot: Slot) -> None:
+        """A reader came back to ``slot``'s fill: it counts against its client again
+        (which may put that client past its bound for a while: it joined, not asked)."""
+        if slot.released or not slot.abandoned:
+            return
+        slot.abandoned = False
+        slot._preempt = None
+        del self._abandoned[slot]
+        if slot.client:
+            self._counted[slot.client] = self._counted.get(slot.client, 0) + 1
+
+    def close(self) -> None:
+        """Shutting down: no slot is handed out any more (the fills being cancelled
+        free theirs), and every waiting request is told so."""
+        self._closed = True
+        while (client := self._queue.next()) is not None:
+            self._queue.take(client).set_exception(UpstreamUnavailable("proxy shutting down"))
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Requests waiting for a slot."""
+        return len(self._queue)
+
+    @property
+    def abandoned(self) -> int:
+        """Slots held by fills nobody reads."""
+        return len(self._abandoned)
+
+    def holding(self, client: str) -> int:
+        """Slots ``client`` holds that count against it."""
+        return self._counted.get(client, 0)
+
+    # --- policy ------------------------------------------------------------------
+
+    def _admit(self, client: str) -> None:
+        """Raise TOOMANYREQUESTS if ``client`` may not ask for a slot now."""
+        limits = self._limits
+        if client and self._outstanding(client) >= limits.per_client:
+            self._refuse("per_client", "too many downloads for this client at once")
+        # Free slots and abandoned ones beyond what the waiting requests will take:
+        # this request is served at once, no bound on waiting applies.
+        spare = limits.running - self._held + len(self._abandoned) - len(self._queue)
+        if spare > 0 or len(self._queue) < limits.queued:
+            return
+        rival = self._rival(client) if client else None
+        if rival is None:
+            self._refuse("queue", "too many downloads at once")
+        waiter = self._queue.take_newest(rival)
+        if waiter is not None:
+            self.stats.refused["fair_share"] += 1
+            message = "too many downloads at once; this client has many"
+            waiter.set_exception(TooManyRequests(message, headers=dict(RETRY_AFTER)))
+
+    def _outstanding(self, client: str) -> int:
+        return self.holding(client) + self._queue.waiting(client)
+
+    def _rival(self, client: str) -> str | None:
+        """The client whose newest waiting request ``client`` may take the place of
+        in a full queue: the one with the most running or waiting, if more than
+        ``client`` would have (peers are never put out: they are not one client)."""
+        mine = self._outstanding(client) + 1
+        rival, most = None, mine
+        for other in self._queue.clients():
+            if other and other != client and self._outstanding(other) > most:
+                rival, most = other, self._outstanding(other)
+        return rival
+
+    def _rank(self, client: str) -> int:
+        # Fewest slots first. A peer's request ranks with the clients that hold
+        # nothing: it stands for other nodes' clients, counted at their node.
+        return self._counted.get(client, 0) if client else 0
+
+    def _dispatch(self) -> None:
+        """Hand slots to the waiting requests in turn: free ones first, then ones
+        that abandoned fills hold (each cancelled for its request)."""
+        while not self._closed and (client := self._queue.next(self._rank)) is not None:
+            if self._held >= self._limits.running and not self._preempt():
+                return
+            waiter = self._queue.take(client)
+            slot = Slot(client)
+            self._held += 1
+            if client:
+                self._counted[client] = self._counted.get(client, 0) + 1
+            waiter.set_result(slot)
+
+    def _preempt(self) -> bool:
+        """Cancel one abandoned fill and free its slot: one fed by peers first (the
+        blob is still in the cluster), else the one abandoned longest ago."""
+        if not self._abandoned:
+            return False
+        slot = next((s for s in self._abandoned if s.cheap), None) or next(iter(self._abandoned))
+        del self._abandoned[slot]
+        slot.released = True
+        self._held -= 1
+        self.stats.preempted += 1
+        preempt, slot._preempt = slot._preempt, None
+        if preempt is not None:
+            preempt()
+        return True
+
+    def _uncount(self, client: str) -> None:
+        if not client:
+            return
+        left = self._counted[client] - 1
+        if left:
+            self._counted[client] = left
+        else:
+            del self._counted[client]
+
+    def _refuse(self, reason: str, message: str) -> NoReturn:
+        self.stats.refused[reason] += 1
+        raise TooManyRequests(message, headers=dict(RETRY_AFTER))
 
 
 class DiskBudget:

@@ -18,8 +18,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from ..accounting import Accounting, Origin
@@ -33,6 +31,7 @@ from ..errors import (
 )
 from ..oci import Digest
 from ..store.files import BlobStore
+from .fillstate import FillOptions, FillState, FillStats
 from .landing import Landing
 from .scheduler import Lanes
 from .segments import Extents, RangeSupport, Span
@@ -44,48 +43,6 @@ log = logging.getLogger(__name__)
 SEND_BATCH = 1024 * 1024
 # Readers waiting past the written bytes, given to the planner as hints.
 MAX_HINTS = 16
-
-
-class FillState(Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class FillOptions:
-    """What a fill may fetch and how, from the settings."""
-
-    #: Bytes a blob may have at most (0: no limit); a longer body is cut and discarded.
-    max_blob_size: int = 0
-    #: The smallest byte range asked for on its own connection; the first request
-    #: asks for this much, so a blob no bigger comes in one stream.
-    segment_min_size: int = 8 * 1024 * 1024
-    #: Seconds before a broken body is resumed the first time (doubling after).
-    resume_backoff: float = 0.5
-
-
-@dataclass
-class FillStats:
-    """Counters the metrics and the tests read."""
-
-    upstream_gets: int = 0
-    peer_gets: int = 0
-    peer_bytes: int = 0
-    shared_gets: int = 0
-    shared_bytes: int = 0
-    upstream_bytes: int = 0
-    completed: int = 0
-    failed: int = 0
-    resumed: int = 0
-    digest_mismatches: int = 0
-    #: Range requests beyond a blob's first (its other segments).
-    segments: int = 0
-    #: Fills that fell back to one stream: a feed answered a range wrongly.
-    single_stream: int = 0
-    # Misses streamed through uncached because the disk was nearly full.
-    streamed_through: int = 0
 
 
 class Fill:
@@ -127,6 +84,12 @@ class Fill:
         #: Called with the announced size as the first answer comes (the registry of
         #: fills reserves disk for it, or decides the blob is not to be kept).
         self.on_size: Callable[[int | None], None] | None = None
+        #: Called with True when the last reader of the running fill leaves, with
+        #: False when a reader comes (the gate: an abandoned fill may be preempted).
+        self.on_abandoned: Callable[[bool], None] | None = None
+        #: Cancelled by :meth:`stop` (nobody read it, and its slot was needed).
+        self.preempted = False
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -191,10 +154,27 @@ class Fill:
     def attach(self) -> None:
         """A reader will read this fill (until :meth:`detach`)."""
         self._readers += 1
+        if self._readers == 1 and self.on_abandoned is not None:
+            self.on_abandoned(False)
 
     def detach(self) -> None:
         self._readers -= 1
+        if not self._readers and self.on_abandoned is not None and not self.ended:
+            self.on_abandoned(True)
         self._drop_transient()
+
+    @property
+    def ended(self) -> bool:
+        """Done or failed."""
+        return self.state in (FillState.DONE, FillState.FAILED)
+
+    def stop(self) -> None:
+        """Cancel the fill (nobody reads it, and its slot is needed): its temp file
+        goes and nothing of it is kept; a reader that still finds it sees it failed."""
+        self.preempted = True
+        if self._task is not None:
+            self._task.cancel()
+        # Not begun yet: :meth:`run` stops at its first step.
 
     def _drop_transient(self) -> None:
         if not self.keep and self.state is FillState.DONE and not self._readers:
@@ -291,9 +271,12 @@ class Fill:
     async def run(self, feed: Feed, stats: FillStats, accounting: Accounting) -> None:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         self._feed = feed
+        self._task = asyncio.current_task()
         # Cluster mode: the peers holding the blob may send it too (blobs/swarm.py).
         swarm = feed.swarm if isinstance(feed, Swarmed) else None
         try:
+            if self.preempted:
+                raise asyncio.CancelledError
             options = self.options
             lanes = self._lanes = Lanes(
                 self,
@@ -323,7 +306,10 @@ class Fill:
             stats.completed += 1
             self._drop_transient()
         except asyncio.CancelledError:
-            self._fail(UpstreamUnavailable("proxy shutting down"))
+            if self.preempted:
+                self._fail(UpstreamUnavailable("the download gave its slot to another"))
+            else:
+                self._fail(UpstreamUnavailable("proxy shutting down"))
             raise
         except RegistryError as exc:
             # The upstream refusing the pair before any feed answered is its answer
@@ -353,8 +339,10 @@ class Fill:
         self.state = FillState.FAILED
         self.error = exc
         self._landing.discard()
-        # A digest the upstream does not have is an answer, not a fault.
-        level = logging.INFO if isinstance(exc, BlobUnknown) else logging.WARNING
+        # A digest the upstream does not have is an answer, not a fault; a fill
+        # nobody read, cancelled for another, is the gate's policy.
+        quiet = isinstance(exc, BlobUnknown) or self.preempted
+        level = logging.INFO if quiet else logging.WARNING
         log.log(level, "fill of %s failed: %s", self.digest, exc.message)
 
     def begin(self, size: int | None) -> None:

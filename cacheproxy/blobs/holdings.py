@@ -28,7 +28,8 @@ from ..links import Links
 from ..peers import pieces
 from ..peers.holders import Registry, Report, Uploads, ahead, list_key, listed, merge
 from ..store.files import BlobStore
-from .fill import Fill, FillState
+from .fill import Fill
+from .fillstate import FillState
 from .inflight import Fills
 from .service import BlobService
 from .source import Want

@@ -3,7 +3,8 @@
 A new fill is fed by the links after this one (peers, then the upstream). When the
 disk is too full to cache a miss, this link steps aside and the next link streams
 the blob through uncached: the stream-through is just the rest of the chain. How
-many fills run, wait and run per client is bounded (``admission.py``).
+many fills run and wait, and for whom, is the gate's (``admission.py``): a fill
+nobody reads any more gives its slot up to a request that would wait for one.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from ..errors import BlobUnknown, RegistryError
 from ..sizes import DiskSpace
 from ..store.files import BlobStore
 from ..upstream.client import Upstream
-from .admission import DiskBudget, FillGate, FillLimits
-from .fill import Fill, FillOptions, FillState, FillStats
+from .admission import DiskBudget, FillGate, FillLimits, Slot
+from .fill import Fill
 from .fillbody import FillBody
+from .fillstate import FillOptions, FillState, FillStats
 from .local import FileBody
 from .segments import RangeSupport
 from .source import Body, Feed, Remote, Sink, Want
@@ -78,10 +80,10 @@ class Fills:
         digest = str(want.digest)
         return any(k[0] == digest and f.pair != pair for k, f in self._fills.items())
 
-    def start(self, want: Want, feed: Feed) -> Fill | None:
+    def start(self, want: Want, feed: Feed, slot: Slot) -> Fill | None:
         """A new fill of ``want`` fed by ``feed``; None when the blob is complete.
 
-        The caller holds a slot of the gate for ``want.requester`` (the fill gives
+        The caller holds ``slot`` of the gate for ``want.requester`` (the fill gives
         it back when it ends), and checked :meth:`running` without an await since,
         so two requests can never both start one.
         """
@@ -94,14 +96,37 @@ class Fills:
         self._fills[key] = fill
         # The upstream stays open while its fill reads bodies from it.
         want.upstream.pins += 1
-        run = self._run(fill, feed, key, want.requester, want.upstream)
+        run = self._run(fill, feed, key, slot, want.upstream)
         task = asyncio.create_task(run, name=f"fill {key[0]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        fill.on_abandoned = self._watch(fill, key, slot)
         return fill
 
+    def _watch(self, fill: Fill, key: tuple[str, str, bool], slot: Slot) -> Callable[[bool], None]:
+        """What the fill's readers coming and going tell the gate."""
+
+        def preempt() -> None:
+            # Out of the registry first: nobody joins a fill that is going.
+            if self._fills.get(key) is fill:
+                del self._fills[key]
+            fill.stop()
+
+        # A fill fed by peers is preemptible too, and the first to go: its blob is
+        # still at the node feeding it (that node's fill goes on while others read
+        # it), so cancelling it costs no upstream transfer, only the cluster's.
+        cheap = key[2]
+
+        def readers(abandoned: bool) -> None:
+            if abandoned:
+                self.gate.abandon(slot, preempt, cheap)
+            else:
+                self.gate.rejoin(slot)
+
+        return readers
+
     async def _run(
-        self, fill: Fill, feed: Feed, key: tuple[str, str, bool], client: str, upstream: Upstream
+        self, fill: Fill, feed: Feed, key: tuple[str, str, bool], slot: Slot, upstream: Upstream
     ) -> None:
         reserved = outstanding = 0
 
@@ -127,7 +152,7 @@ class Fills:
             upstream.pins -= 1
             self.budget.reserved -= reserved
             self.budget.outstanding -= outstanding
-            self.gate.leave(client)
+            self.gate.leave(slot)
             if self._fills.get(key) is fill:
                 del self._fills[key]
         if fill.error is not None:
@@ -148,7 +173,9 @@ class Fills:
         return [f.tmp_path for f in self._fills.values() if f.tmp_path is not None]
 
     async def close(self) -> None:
-        """Cancel every fill (shutdown); their temp files are removed."""
+        """Cancel every fill (shutdown); their temp files are removed. The slots they
+        free start nothing: the gate is closed first."""
+        self.gate.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -183,12 +210,12 @@ class InFlight:
         joined = await self._join(want)
         if joined is not None:
             return joined
-        await fills.gate.enter(want.requester)
+        slot = await fills.gate.enter(want.requester)
         try:
             # Waiting for a slot may have taken a while: look again.
             joined = await self._join(want)
             if joined is not None:
-                fills.gate.leave(want.requester)
+                fills.gate.leave(slot)
                 return joined
             if not self._room():
                 # The relay holds an upstream connection like a fill: same slot.
@@ -197,13 +224,13 @@ class InFlight:
                 # no counter a held digest's refusal would not.
                 fills.stats.streamed_through += 1
                 log.warning("no room for a fill: streaming %s through uncached", want.digest)
-                return _Gated(relayed, fills, want.requester)
-            fill = fills.start(want, self._next.feed(want))
+                return _Gated(relayed, fills.gate, slot)
+            fill = fills.start(want, self._next.feed(want), slot)
         except BaseException:
-            fills.gate.leave(want.requester)
+            fills.gate.leave(slot)
             raise
         if fill is None:  # completed since the store was asked
-            fills.gate.leave(want.requester)
+            fills.gate.leave(slot)
             blob = fills.store.open(want.digest)
             if blob is None:
                 raise BlobUnknown()
@@ -223,6 +250,8 @@ class InFlight:
                 await fill.started()
             except RegistryError:
                 return None  # that pair's answer, not this one's: ask under ours
+            if fill.preempted:
+                return None  # it gave its slot up meanwhile (nobody read it)
         return FillBody(fill, started=False, hold=self._hold)
 
     async def size(self, want: Want) -> int:
@@ -231,7 +260,8 @@ class InFlight:
             try:
                 await fill.started()
             except RegistryError:
-                if fill.pair != (want.upstream.name, want.repo):
+                # Another pair's answer, or a fill that gave its slot up: ask anew.
+                if fill.pair != (want.upstream.name, want.repo) or fill.preempted:
                     return await self._next.size(want)
                 raise
             if fill.size is not None:
@@ -242,11 +272,10 @@ class InFlight:
 class _Gated:
     """A body streamed through uncached, holding a fill slot until it is closed."""
 
-    def __init__(self, body: Body, fills: Fills, requester: str) -> None:
+    def __init__(self, body: Body, gate: FillGate, slot: Slot) -> None:
         self._body = body
-        self._fills = fills
-        self._requester = requester
-        self._open = True
+        self._gate = gate
+        self._slot = slot
 
     @property
     def origin(self) -> Origin:
@@ -266,9 +295,7 @@ class _Gated:
 
     def close(self) -> None:
         self._body.close()
-        if self._open:
-            self._open = False
-            self._fills.gate.leave(self._requester)
+        self._gate.leave(self._slot)
 
 
 class Held:

@@ -55,6 +55,8 @@ def check(config: Config) -> None:
         raise ConfigError("send_timeout must be positive (seconds a send may make no progress)")
     if config.max_connections < 0 or config.max_peer_connections < 0:
         raise ConfigError("max_connections and max_peer_connections: 0 (auto) or more")
+    if min(config.max_fills, config.max_fills_per_client) < 1 or config.max_queued_fills < 0:
+        raise ConfigError("max_fills, max_fills_per_client: at least 1; max_queued_fills: 0 up")
     if not 1 <= config.upstream_segments <= 64:
         raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
     for region in config.ecr_regions:

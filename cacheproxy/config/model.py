@@ -169,7 +169,8 @@ class Config:
     # installed botocore knows for ECR); a host naming another is refused unbuilt.
     ecr_regions: tuple[str, ...] = ()
     # Blob downloads running at once, waiting for a slot (beyond: TOOMANYREQUESTS),
-    # and running for one client (an authenticated name, or an address).
+    # and running or waiting for one client (an authenticated name, or an address);
+    # the slots are shared fairly between clients (blobs/admission.py).
     max_fills: int = 128
     max_queued_fills: int = 512
     max_fills_per_client: int = 32

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import TooManyRequests
+from ..http.keys import CONNECTION_GONE
 from ..http.middleware import OPEN_PATHS, error_response
 from .guard import Guard
 
@@ -165,6 +166,7 @@ async def mark(request: web.Request, handler: Handler) -> web.StreamResponse:
     if guard.over:
         return await _refuse(request, handler, guard.gate)
     guard.started(asyncio.current_task())
+    request[CONNECTION_GONE] = guard.gone
     try:
         return await handler(request)
     finally:

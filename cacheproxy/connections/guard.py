@@ -50,6 +50,10 @@ class Guard(asyncio.Protocol):
         # The send watch: bytes the client had acknowledged, and when that moved.
         self._acked = -1
         self._moved = 0.0
+        # aiohttp cancels no handler when its client goes away (handler_cancellation
+        # is off, on purpose: most work must finish); a request that only waits for
+        # its client's sake (a blob's next bytes, a fill slot) watches this instead.
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- the request's life, told by the ``mark`` middleware --------------------------
 
@@ -184,6 +188,8 @@ class Guard(asyncio.Protocol):
             self._watch = None
         self.transport = None
         self.task = None
+        if not self.gone.done():
+            self.gone.set_result(None)
         self.gate.gone(self)
         if self._made:
             self.inner.connection_lost(exc)

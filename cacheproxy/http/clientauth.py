@@ -16,13 +16,16 @@ import fnmatch
 import hashlib
 import hmac
 import logging
+import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..config import AccessRule as Rule
 from ..config import Config
 from ..errors import Denied, Unauthorized
+from ..singleflight import SingleFlight
 from .authfiles import WatchedFile, parse_htpasswd, parse_tokens
 from .passwords import PasswordChecks, dummy_for
 
@@ -30,8 +33,9 @@ log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="cacheproxy", charset="UTF-8"'}
-# A verified Authorization value is remembered this long (bcrypt costs 0.1-0.3 s).
-REMEMBER = 60.0
+# Verified logins remembered at most (the least recently used go first). Only a
+# correct password is remembered, so there are about as many as users in the file.
+REMEMBERED = 10_000
 
 
 class ClientAuth:
@@ -56,7 +60,15 @@ class ClientAuth:
         self._token_names: tuple[tuple[bytes, str], ...] = ()
         self.anonymous = anonymous
         self.rules = rules
-        self._verified: dict[str, tuple[str, float]] = {}
+        # MAC of a verified "user:password" -> (user, the hash it matched). A MAC
+        # with a key of this process, not a plain hash: memory holds no value that
+        # could be tried against a password list.
+        self._verified: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
+        self._mac_key = secrets.token_bytes(32)
+        # Concurrent logins with the same credentials (a runtime pulling layers in
+        # parallel) share one check.
+        self._checking: SingleFlight[tuple[bytes, bytes], bool] = SingleFlight()
+        self._reading = asyncio.Lock()
 
     @classmethod
     def from_config(cls, config: Config) -> ClientAuth:
@@ -73,66 +85,97 @@ class ClientAuth:
     def active(self) -> bool:
         return bool(self._htpasswd or self._tokens or self.rules or not self.anonymous)
 
-    async def identify(self, authorization: str | None) -> str:
-        """The client's name, or raise UNAUTHORIZED (with a challenge)."""
+    async def identify(self, authorization: str | None, client: str = "") -> str:
+        """The client's name, or raise UNAUTHORIZED (with a challenge). ``client``:
+        its address, whose share of the password checks a new login takes."""
         if not authorization:
             if self.anonymous:
                 return ANONYMOUS
             raise Unauthorized("authentication required", headers=CHALLENGE)
-        key = hashlib.sha256(authorization.encode()).hexdigest()
         # A login removed from its file stops working within the files' recheck, even
         # for a client remembered as verified (the check is cheap when nothing is due).
         await self._reread()
-        known = self._verified.get(key)
-        if known is not None and self._clock() - known[1] < REMEMBER:
-            return known[0]
-        subject = await self._check(authorization)
-        if subject is None:
-            raise Unauthorized("invalid credentials", headers=CHALLENGE)
-        if len(self._verified) > 10_000:
-            self._verified.clear()
-        self._verified[key] = (subject, self._clock())
-        return subject
-
-    async def _check(self, authorization: str) -> str | None:
         scheme, _, value = authorization.partition(" ")
         scheme = scheme.lower()
+        subject = None
         if scheme == "basic" and self._htpasswd is not None:
-            await self._reread()
-            try:
-                user, sep, password = base64.b64decode(value.strip()).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            if not sep:
-                return None
-            # An unknown user costs one check against a dummy of the same cost: the
-            # answer takes as long as for a real user with a wrong password.
-            hashed = self._users.get(user)
-            matched = await self.passwords.check(password.encode(), hashed or self._dummy)
-            return user if matched and hashed is not None else None
-        if scheme == "bearer" and self._tokens is not None:
-            await self._reread()
+            subject = await self._basic(value, client)
+        elif scheme == "bearer" and self._tokens is not None:
+            # No bcrypt here: a constant-time comparison with each token, every time.
             offered = value.strip().encode()
             for token, name in self._token_names:
-                if hmac.compare_digest(token, offered):
-                    return name
-        return None
+                if hmac.compare_digest(token, offered) and subject is None:
+                    subject = name
+        if subject is None:
+            raise Unauthorized("invalid credentials", headers=CHALLENGE)
+        return subject
+
+    async def _basic(self, value: str, client: str) -> str | None:
+        try:
+            credentials = base64.b64decode(value.strip())
+            user, sep, password = credentials.decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if not sep:
+            return None
+        hashed = self._users.get(user)
+        # The user name ends at the first colon: the decoded bytes name one pair.
+        key = hmac.new(self._mac_key, credentials, hashlib.sha256).digest()
+        # Verified before against the hash the user's line still holds: the same
+        # question to bcrypt would get the same answer, so it is not asked again and
+        # the client never waits behind strangers' checks. Safe without expiry: the
+        # verdict of bcrypt(password, hash) depends on those two alone, and each
+        # lookup compares the hash with the file as last read (a changed password,
+        # a removed user: a different hash, or none, and the login is checked anew).
+        known = self._verified.get(key)
+        if known is not None and hashed is not None and known == (user, hashed):
+            self._verified.move_to_end(key)
+            return user
+        # An unknown user costs one check against a dummy of the same cost: the
+        # answer takes as long as for a real user with a wrong password.
+        target = hashed or self._dummy
+
+        async def check() -> bool:
+            return await self.passwords.check(password.encode(), target, client)
+
+        matched = await self._checking.run((key, target), check)
+        if not matched or hashed is None:
+            return None
+        self._verified[key] = (user, hashed)
+        self._verified.move_to_end(key)
+        while len(self._verified) > REMEMBERED:
+            self._verified.popitem(last=False)
+        return user
 
     async def _reread(self) -> None:
         """Re-read changed files (a stat every few seconds, in a thread)."""
         htpasswd, tokens = self._htpasswd, self._tokens
+        due = any(f is not None and f.due() for f in (htpasswd, tokens))
+        if not due and (htpasswd is None or self._dummy):
+            return
+        # One reader at a time: a login arriving while the file is being read waits
+        # for what it says (the first logins at start would see no users at all).
+        async with self._reading:
+            await self._refresh(htpasswd, tokens)
+
+    async def _refresh(self, htpasswd: WatchedFile | None, tokens: WatchedFile | None) -> None:
         if htpasswd is not None and htpasswd.due() and await asyncio.to_thread(htpasswd.refresh):
             self._users = parse_htpasswd(htpasswd.lines)
             self._dummy = dummy_for(list(self._users.values()))
-            self._verified.clear()
+            # Forget what the new file no longer vouches for; keep the others (their
+            # users' lines are unchanged: a new user must not make everyone wait).
+            users = self._users
+            for key, (user, hashed) in list(self._verified.items()):
+                if users.get(user) != hashed:
+                    del self._verified[key]
         if htpasswd is not None and not self._dummy:
             self._dummy = dummy_for([])
         if tokens is not None and tokens.due() and await asyncio.to_thread(tokens.refresh):
             self._token_names = parse_tokens(tokens.lines)
-            self._verified.clear()
 
     async def close(self) -> None:
         """Stop the password checks' executor."""
+        await self._checking.close()
         await self.passwords.close()
 
     def check(self, subject: str, upstream: str, repository: str) -> None:

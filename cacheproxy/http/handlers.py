@@ -6,13 +6,18 @@ Push endpoints exist only to say UNSUPPORTED: this is a pull-through cache.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from ..blobs.service import BlobService, Delivery
 from ..blobs.source import Want
 from ..errors import NotFound, RegistryError, Unsupported
+from ..fairness import client_address
 from ..manifests.listing import NextPage
 from ..manifests.service import ManifestService
 from ..metrics import CONTENT_TYPE
@@ -24,6 +29,7 @@ from .clientauth import ANONYMOUS
 from .keys import (
     BLOBS,
     CLIENT_AUTH,
+    CONNECTION_GONE,
     MANIFESTS,
     METRICS,
     NAMESPACE,
@@ -120,17 +126,61 @@ def blob_headers(digest: str) -> dict[str, str]:
 
 
 def requester_of(request: web.Request) -> str:
-    """Who starts the downloads this request needs: its login, else its address."""
+    """Who starts the downloads this request needs: its login, else its address (an
+    IPv6 client's /64). X-Forwarded-For is not believed: anyone can send it."""
     subject = request.get(SUBJECT)
     if subject and subject != ANONYMOUS:
         return f"client {subject}"
-    return f"address {request.remote or ''}"
+    return f"address {client_address(request.remote)}"
 
 
 async def send_blob(
     request: web.Request, blobs: BlobService, up: Upstream, route: Route, requester: str = ""
 ) -> web.StreamResponse:
-    """A blob, with ranges (for a client; for a peer node, ``requester`` is "")."""
+    """A blob, with ranges (for a client; for a peer node, ``requester`` is "").
+
+    Given up as soon as the caller's connection is lost, wherever it waits (for a
+    fill slot, for a fill's next bytes): a caller that hung up then holds no slot,
+    no place in the queue, and is no reader keeping a fill from being abandoned.
+    """
+    gone = request.get(CONNECTION_GONE)
+    answer = _send_blob(request, blobs, up, route, requester)
+    if gone is None:
+        return await answer
+    sent = await _unless_gone(answer, gone)
+    # Never sent: the connection is gone (aiohttp drops it quietly).
+    return sent if sent is not None else web.Response(status=400)
+
+
+async def _unless_gone(
+    work: Coroutine[Any, Any, web.StreamResponse], gone: asyncio.Future[None]
+) -> web.StreamResponse | None:
+    """``work``'s answer, or None (``work`` cancelled) once ``gone`` is done."""
+    if gone.done():
+        work.close()
+        return None
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        await _stop(task)
+        raise
+    if task.done():
+        return task.result()
+    await _stop(task)
+    return None
+
+
+async def _stop(task: asyncio.Task[web.StreamResponse]) -> None:
+    task.cancel()
+    # Whatever it raises as it stops has nobody to go to.
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _send_blob(
+    request: web.Request, blobs: BlobService, up: Upstream, route: Route, requester: str
+) -> web.StreamResponse:
     digest = parse_digest(route.reference)
     want = Want(up, route.name, digest, requester)
     if request.method == "HEAD":

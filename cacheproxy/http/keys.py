@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ..blobs.holdings import Holdings
@@ -46,3 +48,5 @@ WRITEBACK = web.AppKey("writeback", WriteBack)
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
 SUBJECT = web.RequestKey("subject", str)
+# Done when the request's connection is lost (see connections.guard.Guard.gone).
+CONNECTION_GONE = web.RequestKey("connection_gone", asyncio.Future[None])

@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from ..errors import BadRequest, NotFound, RegistryError, Unsupported
+from ..fairness import client_address
 from .keys import CLIENT_AUTH, NAMESPACE, SUBJECT
 from .operator import OPERATOR, OPERATOR_PATHS
 
@@ -126,5 +127,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if path in OPERATOR_PATHS:
         await request.app[OPERATOR].check(request, policy)
     elif policy.active and path not in OPEN_PATHS and not path.startswith(PEER_PATHS):
-        request[SUBJECT] = await policy.identify(request.headers.get("Authorization"))
+        # The address is who a new login's password check is counted for: one
+        # address gets a share of the checks, not all of them.
+        address = client_address(request.remote)
+        request[SUBJECT] = await policy.identify(request.headers.get("Authorization"), address)
     return await handler(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from cacheproxy.config import AccessRule
 from cacheproxy.errors import Denied, Unauthorized
 from cacheproxy.http.authfiles import RECHECK
-from cacheproxy.http.clientauth import ANONYMOUS, REMEMBER, ClientAuth
+from cacheproxy.http.clientauth import ANONYMOUS, ClientAuth
 from cacheproxy.http.operator import OperatorAccess
 
 
@@ -157,21 +158,67 @@ async def test_a_changed_file_is_read_again_and_forgets_old_logins(tmp_path: Pat
         await auth.identify("Bearer tok-old")
 
 
-async def test_a_verified_login_is_remembered_for_a_while(tmp_path: Path) -> None:
+def counted(auth: ClientAuth) -> list[bytes]:
+    """The hashes bcrypt is asked about from now on."""
+    asked: list[bytes] = []
+    real = auth.passwords.checker
+
+    def checker(password: bytes, hashed: bytes) -> bool:
+        asked.append(hashed)
+        return real(password, hashed)
+
+    auth.passwords.checker = checker
+    return asked
+
+
+async def test_a_verified_login_is_kept_while_its_line_in_the_file_is(tmp_path: Path) -> None:
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(htpasswd_line("alice", "wonderland") + "\n")
     clock = Clock()
     auth = ClientAuth(htpasswd=htpasswd, clock=clock)
+    asked = counted(auth)
     assert await auth.identify(basic("alice", "wonderland")) == "alice"
-    # The file goes away: the remembered login still answers (no bcrypt, no read)...
+    assert len(asked) == 1
+    # However long after: no bcrypt again (the same question, the same answer).
+    clock.now += 3600
+    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    # The file goes away: the last good copy of it still counts.
     htpasswd.unlink()
-    clock.now += REMEMBER - 1
+    clock.now += RECHECK * 2
     assert await auth.identify(basic("alice", "wonderland")) == "alice"
-    # ...until it is too old to trust; the last good copy of the file still counts.
-    clock.now += 2
-    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    # Another user is added: alice's line is unchanged, she is still not checked.
+    alice_line = htpasswd_line("alice", "wonderland")
+    htpasswd.write_text(f"{alice_line}\n{htpasswd_line('bob', 'builder')}\n")
+    clock.now += RECHECK * 2
+    assert await auth.identify(basic("bob", "builder")) == "bob"
+    assert len(asked) == 2
+    # Her password changes: the old one is checked again, and refused.
+    htpasswd.write_text(htpasswd_line("alice", "looking-glass") + "\n")
+    os.utime(htpasswd, (2, 2))
+    clock.now += RECHECK * 2
     with pytest.raises(Unauthorized):
-        await auth.identify(basic("alice", "wrong"))
+        await auth.identify(basic("alice", "wonderland"))
+    assert len(asked) == 3
+    assert await auth.identify(basic("alice", "looking-glass")) == "alice"
+    with pytest.raises(Unauthorized):
+        await auth.identify(basic("bob", "builder"))  # gone from the file
+
+
+async def test_logins_with_the_same_credentials_at_once_share_one_check(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(htpasswd_line("alice", "wonderland") + "\n")
+    auth = ClientAuth(htpasswd=htpasswd)
+    asked = counted(auth)
+    names = await asyncio.gather(
+        *(auth.identify(basic("alice", "wonderland"), "10.0.0.1") for _ in range(10))
+    )
+    assert names == ["alice"] * 10
+    assert len(asked) == 1
+    # Non-canonical base64 of the same credentials is the same login.
+    value = basic("alice", "wonderland")
+    assert await auth.identify(value[:10] + "\n" + value[10:]) == "alice"
+    assert len(asked) == 1
+    await auth.close()
 
 
 def test_active_only_when_something_is_configured(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from cacheproxy.accounting import NullAccounting, Origin
-from cacheproxy.blobs.fill import Fill, FillOptions, FillState, FillStats
+from cacheproxy.blobs.fill import Fill
 from cacheproxy.blobs.fillbody import FillBody
+from cacheproxy.blobs.fillstate import FillOptions, FillState, FillStats
 from cacheproxy.blobs.landing import Landing
 from cacheproxy.errors import (
     BlobUnknown,

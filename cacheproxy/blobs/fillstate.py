@@ -1,0 +1,48 @@
+"""What a fill is told (its options), where it stands, and what it counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class FillState(Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FillOptions:
+    """What a fill may fetch and how, from the settings."""
+
+    #: Bytes a blob may have at most (0: no limit); a longer body is cut and discarded.
+    max_blob_size: int = 0
+    #: The smallest byte range asked for on its own connection; the first request
+    #: asks for this much, so a blob no bigger comes in one stream.
+    segment_min_size: int = 8 * 1024 * 1024
+    #: Seconds before a broken body is resumed the first time (doubling after).
+    resume_backoff: float = 0.5
+
+
+@dataclass
+class FillStats:
+    """Counters the metrics and the tests read."""
+
+    upstream_gets: int = 0
+    peer_gets: int = 0
+    peer_bytes: int = 0
+    shared_gets: int = 0
+    shared_bytes: int = 0
+    upstream_bytes: int = 0
+    completed: int = 0
+    failed: int = 0
+    resumed: int = 0
+    digest_mismatches: int = 0
+    #: Range requests beyond a blob's first (its other segments).
+    segments: int = 0
+    #: Fills that fell back to one stream: a feed answered a range wrongly.
+    single_stream: int = 0
+    # Misses streamed through uncached because the disk was nearly full.
+    streamed_through: int = 0
