@@ -75,9 +75,11 @@ class RunningProxy:
 
 def _environment() -> dict[str, str]:
     """The process environment without the proxy's own settings: a test's settings
-    are its flags and its config file, whatever the shell that runs pytest exports."""
+    are its flags and its config file, whatever the shell that runs pytest exports
+    (but the suite's min_free: see tests/conftest.py)."""
+    kept = (ENV_PREFIX + "TEST_", ENV_PREFIX + "MIN_FREE")
     return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | {
-        k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX + "TEST_")
+        k: v for k, v in os.environ.items() if k.startswith(kept)
     }
 
 

@@ -17,6 +17,7 @@ from cacheproxy.blobs.source import Body, Feed, Want
 from cacheproxy.errors import TooManyRequests, UpstreamUnavailable
 from cacheproxy.layout import CacheLayout
 from cacheproxy.oci import Digest
+from cacheproxy.sizes import DiskSpace
 from cacheproxy.store.files import BlobStore
 from cacheproxy.upstream.client import Upstream
 from tests.unit.test_fill import EOF, Answer, FakeFeed, digest_of, live
@@ -273,7 +274,7 @@ async def test_an_abandoned_fill_is_cancelled_cleanly_for_a_waiting_client(
     fills = Fills(
         store,
         limits=FillLimits(running=1, queued=4, per_client=4),
-        budget=DiskBudget(10**9, 0, lambda: 10**12),
+        budget=DiskBudget(10**9, ("0",), lambda: DiskSpace(10**12, 10**13)),
     )
     chain = InFlight(fills, remote, room=lambda: True)
     upstream = cast(Upstream, SimpleNamespace(name="docker.io", pins=0))
