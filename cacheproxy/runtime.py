@@ -41,13 +41,12 @@ from .lifecycle.keeper import Keeper, Upkeep
 from .lifecycle.plan import Rules
 from .links import Links, derive_links
 from .manifests.bodies import ManifestBodies
+from .manifests.chains import manifest_chain
 from .manifests.listing import TagLister
-from .manifests.peers import PeerManifests
-from .manifests.resolve import ManifestOptions, Resolutions, TagResolver
 from .manifests.service import Fetches, ManifestService
+from .manifests.tags import ManifestOptions, Resolutions, TagResolver, never
 from .peers.cluster import Cluster, start_cluster
 from .savings.ledger import Ledger
-from .shared.manifests import SharedManifests
 from .shared.s3 import S3, redirect_signer
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
@@ -206,18 +205,22 @@ async def open_runtime(
         fetches: Fetches = SingleFlight()
         stack.push_async_callback(resolutions.close)
         stack.push_async_callback(fetches.close)
-        peer_manifests = None
-        if cluster is not None:
-            peer_manifests = PeerManifests(cluster, config.max_manifest_bytes)
+        bucket = (shared, links, accounting) if shared is not None else None
 
-        from_bucket = SharedManifests(shared, links, accounting) if shared is not None else None
-
-        def manifests(peers: PeerManifests | None, counted: Accounting) -> ManifestService:
-            tags = TagResolver(
-                index, bodies, links, options, resolutions, peers, time.time, shared is not None
+        def manifests(owners: Cluster | None, counted: Accounting) -> ManifestService:
+            """The manifests of one kind of caller: a client's ask the keys' owners
+            (``owners``), a peer's never do."""
+            chain = manifest_chain(
+                bodies,
+                config.max_manifest_bytes,
+                offline=config.offline,
+                cluster=owners,
+                shared=bucket,
             )
+            asks = None if owners is None else owners.asks_another
+            tags = TagResolver(index, links, chain, options, resolutions, time.time, asks or never)
             return ManifestService(
-                tags, bodies, links, options, fetches, peers, usage, counted, from_bucket
+                tags, chain, bodies, links, options, fetches, usage, counted, asks
             )
 
         room = budget.admits_fill
@@ -242,7 +245,7 @@ async def open_runtime(
                 usage,
                 accounting,
             ),
-            manifests(peer_manifests, accounting),
+            manifests(cluster, accounting),
         )
         # A peer's request is answered here, never forwarded, and not in the ledger.
         peers = holdings = pieces = None

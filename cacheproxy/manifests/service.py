@@ -1,28 +1,27 @@
-"""A manifest by tag or digest, as the client's Accept admits, and what it counts as."""
+"""A manifest by tag or digest, as the client's Accept admits, and what it counts as.
+
+The service answers requests: the links rule (a manifest is served under a
+repository only by it), one fetch of a manifest at a time, and the bookkeeping of
+every answer (last use, the ledger). What a tag names comes from the tag resolver
+(``tags.py``); the bytes from the chain of manifest sources (``chains.py``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..accounting import Accounting, Origin
-from ..errors import ManifestUnknown, RegistryError, UpstreamBadContent
+from ..errors import ManifestUnknown, RegistryError
 from ..links import Links
-from ..oci import (
-    MANIFEST_TYPES,
-    Digest,
-    accepted_manifest_types,
-    digest_of,
-    manifest_media_type,
-    parse_digest,
-)
-from ..shared.manifests import SharedManifests
+from ..oci import Digest, accepted_manifest_types, parse_digest
 from ..singleflight import SingleFlight
 from ..store.index import TagKey
 from ..store.usage import UsageLog
-from ..upstream.client import Upstream, error_for_status, pull_scope, read_bounded
+from ..upstream.client import Upstream
 from .bodies import ManifestBodies
-from .peers import PeerManifests
-from .resolve import ManifestOptions, TagResolver
+from .source import Found, ManifestSource
+from .tags import ManifestOptions, TagResolver, never
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +36,11 @@ class Manifest:
     origin: Origin = "cache"
 
 
-# (digest, upstream, repository, asks peers) -> (body, origin): one fetch of a
+# (digest, upstream, repository, asks another node) -> the manifest: one fetch of a
 # manifest at a time. The pair is in the key: a request under another repository
-# never joins a fetch the upstream answered for this one.
-Fetches = SingleFlight[tuple[str, str, str, bool], tuple[bytes, Origin]]
+# never joins a fetch the upstream answered for this one; the flag, as for tags
+# (tags.Resolutions), keeps a peer's request out of a fetch that asks a peer.
+Fetches = SingleFlight[tuple[str, str, str, bool], Found]
 
 
 class ManifestService:
@@ -49,24 +49,26 @@ class ManifestService:
     def __init__(
         self,
         tags: TagResolver,
+        chain: ManifestSource,
         bodies: ManifestBodies,
         links: Links,
         options: ManifestOptions,
         flights: Fetches,
-        peers: PeerManifests | None,
         usage: UsageLog,
         accounting: Accounting,
-        shared: SharedManifests | None = None,
+        asks: Callable[[str], bool] | None = None,
     ) -> None:
-        self._shared = shared
         self._tags = tags
+        self._chain = chain
         self._bodies = bodies
         self._links = links
         self._options = options
         self._flights = flights
-        self._peers = peers
         self._usage = usage
         self._accounting = accounting
+        #: Cluster mode, a client's caller: whether a key's fetch would ask its owner.
+        self._cluster = asks is not None
+        self._asks = asks or never
 
     async def manifest(
         self, up: Upstream, name: str, reference: str, accept: list[str], want_body: bool
@@ -90,89 +92,59 @@ class ManifestService:
         return answer
 
     async def _by_tag(self, up: Upstream, key: TagKey, want_body: bool) -> Manifest:
-        entry, origin = await self._tags.entry(up, key, want_body)
-        body = None
+        entry, brought = await self._tags.entry(up, key, want_body)
+        body, origin = None, brought.origin if brought is not None else None
         if want_body:
-            digest = parse_digest(entry.digest)
-            body, body_origin = await self._body(up, key.name, digest)
-            origin = origin or body_origin
+            if brought is not None and str(brought.digest) == entry.digest:
+                # The answer that named it brought it (its digest is linked by then).
+                self._links.hint(up.name, key.name, entry.digest, brought.body)
+                body = brought.body
+            else:
+                found, fetched = await self._body(up, key.name, parse_digest(entry.digest))
+                body, origin = found.body, origin or fetched
         return Manifest(entry.digest, entry.media_type, entry.size, body, origin or "cache")
 
     async def _by_digest(
         self, up: Upstream, name: str, digest: Digest, admitted: tuple[str, ...], want_body: bool
     ) -> Manifest:
-        body, origin = await self._body(up, name, digest)
-        media_type = await self._bodies.media_type(digest, body)
-        if media_type not in admitted:
+        found, origin = await self._body(up, name, digest)
+        if found.media_type not in admitted:
             raise ManifestUnknown(
-                f"manifest is {media_type}, which the request's Accept does not admit"
+                f"manifest is {found.media_type}, which the request's Accept does not admit"
             )
-        return Manifest(
-            str(digest), media_type, len(body), body if want_body else None, origin or "cache"
-        )
+        body = found.body if want_body else None
+        return Manifest(str(digest), found.media_type, len(found.body), body, origin or "cache")
 
-    async def _body(self, up: Upstream, name: str, digest: Digest) -> tuple[bytes, Origin | None]:
-        """The manifest's bytes, and where this call's own transfer got them (None:
-        the cache, or another request's transfer). Served under (``up``, ``name``)
-        only by the links rule."""
-        body = await self._bodies.cached(digest)
-        # With peers, the fetch would ask a peer first: the pair is confirmed first,
+    async def _body(self, up: Upstream, name: str, digest: Digest) -> tuple[Found, Origin | None]:
+        """The manifest, and where this call's own transfer got it (None: the cache, or
+        another request's transfer). Served under (``up``, ``name``) only by the links
+        rule."""
+        cached = await self._bodies.cached(digest)
+        # In a cluster the fetch would ask a peer first: the pair is confirmed first,
         # held or not, as for blobs (blobs/chains.py), unless a manifest served here
         # named it (an index's platform manifests).
-        ask_first = self._peers is not None and not self._links.hinted(up.name, name, str(digest))
-        await self._links.vouch(up, name, digest, "manifest", held=body is not None or ask_first)
+        ask_first = self._cluster and not self._links.hinted(up.name, name, str(digest))
+        await self._links.vouch(up, name, digest, "manifest", held=cached is not None or ask_first)
         origin: Origin | None = None
-        if body is None:
+        if cached is not None:
+            media_type = await self._bodies.media_type(digest, cached)
+            found = Found(digest, media_type, cached, "cache")
+        else:
             if self._options.offline:
                 raise ManifestUnknown("not in the cache, and the proxy is offline")
-            peers = self._peers.candidates(str(digest)) if self._peers is not None else []
-            key = (str(digest), up.name, name, bool(peers))
+            key = (str(digest), up.name, name, self._asks(str(digest)))
             try:
-                (body, fetched), leader = await self._flights.run_leading(
-                    key, lambda: self._fetch(up, name, digest, peers)
+                found, leader = await self._flights.run_leading(
+                    key, lambda: self._chain.by_digest(up, name, digest)
                 )
             except RegistryError as exc:
                 self._links.refuse(up.name, name, str(digest), exc)
                 raise
-            origin = fetched if leader else None
-        if origin is not None:
-            # This call's own fetch: the upstream (or a node or the bucket, under this
-            # rule for this pair) answered for the manifest here. What it names is
-            # not linked (see cacheproxy/links.py).
-            await self._links.add(up.name, name, [str(digest)])
-        self._links.hint(up.name, name, str(digest), body)
-        return body, origin
-
-    async def _fetch(
-        self, up: Upstream, name: str, digest: Digest, peers: list[str]
-    ) -> tuple[bytes, Origin]:
-        for peer in peers:
-            assert self._peers is not None
-            found = await self._peers.ask(peer, up.name, name, str(digest), MANIFEST_TYPES)
-            if found is not None and found[0] == digest:
-                _, body, media_type = found
-                await self._bodies.keep(up.name, name, digest, body, media_type, "peer")
-                return body, "peer"
-        if self._shared is not None:
-            # After the owner (which asks the bucket itself), before the upstream.
-            shared = await self._shared.fetch(up, name, digest, self._options.max_manifest_bytes)
-            if shared is not None:
-                body, media_type = shared
-                await self._bodies.keep(up.name, name, digest, body, media_type, "shared")
-                return body, "shared"
-        resp = await up.request(
-            "GET",
-            f"/v2/{name}/manifests/{digest}",
-            scope=pull_scope(name),
-            headers={"Accept": ", ".join(MANIFEST_TYPES)},
-        )
-        async with resp:
-            if resp.status != 200:
-                raise error_for_status(resp, ManifestUnknown)
-            body = await read_bounded(resp, self._options.max_manifest_bytes)
-            header_type = resp.headers.get("Content-Type")
-        if digest_of(body, digest.algorithm) != digest:
-            raise UpstreamBadContent("upstream manifest does not match its digest")
-        media_type = manifest_media_type(body, header_type)
-        await self._bodies.keep(up.name, name, digest, body, media_type, "upstream")
-        return body, "upstream"
+            if leader:
+                origin = found.origin
+                # This call's own fetch: the upstream (or a node or the bucket, under
+                # this rule for this pair) answered for the manifest here. What it
+                # names is not linked (see cacheproxy/links.py).
+                await self._links.add(up.name, name, [str(digest)])
+        self._links.hint(up.name, name, str(digest), found.body)
+        return found, origin

@@ -101,6 +101,10 @@ class Cluster:
         """Healthy peers to ask for ``key`` before this node goes upstream itself."""
         return ask_before_self(key, self.membership.peers(), self.self_url)
 
+    def asks_another(self, key: str) -> bool:
+        """Whether a request for ``key`` asks another node before this one's upstream."""
+        return bool(self.candidates(key))
+
     async def close(self) -> None:
         await self.membership.close()
         await self._session.close()
