@@ -223,12 +223,13 @@ def _config(upstream_url: str, cache_dir: Path, **settings: object) -> Config:
 
 
 async def _cluster(
-    stack: AsyncExitStack, upstream_url: str, workdir: Path, digest: str
+    stack: AsyncExitStack, upstream_url: str, workdir: Path, digest: str, *more: str
 ) -> tuple[RunningProxy, Cluster]:
-    """A real second node, and this node's cluster in which it owns ``digest``."""
+    """A real second node, and this node's cluster in which it owns ``digest`` (and
+    the ``more`` keys)."""
     secret = workdir / "peer-secret"
     secret.write_bytes(SECRET + b"\n")
-    port, self_url = _owned_by_peer(digest)
+    port, self_url = _owned_by_peer(digest, *more)
     peer_url = f"http://127.0.0.1:{port}"
     peer = await stack.enter_async_context(
         running_proxy(
@@ -250,7 +251,8 @@ async def _cluster(
     cluster = await start_cluster(config)
     assert cluster is not None
     stack.push_async_callback(cluster.close)
-    assert cluster.candidates(digest) == [peer_url]
+    for key in (digest, *more):
+        assert cluster.candidates(key) == [peer_url]
     return peer, cluster
 
 
@@ -282,12 +284,14 @@ async def _bucket(
     return tier, links, wire
 
 
-def _owned_by_peer(digest: str) -> tuple[int, str]:
+def _owned_by_peer(*keys: str) -> tuple[int, str]:
     """A port for the peer, and a URL for this node (which only asks, never listens),
-    such that the ring ranks the peer first for ``digest``: the owner it asks."""
+    such that the ring ranks the peer first for every one of ``keys``: the owner it
+    asks."""
     # Each try is a new pair, so each has an even chance, whatever the last one scored.
-    for attempt in range(1, 65):
+    for attempt in range(1, 257):
         port, self_url = free_port(), f"http://127.0.0.2:{attempt}"
-        if ranked(digest, [f"http://127.0.0.1:{port}", self_url])[0] != self_url:
+        members = [f"http://127.0.0.1:{port}", self_url]
+        if all(ranked(key, members)[0] != self_url for key in keys):
             return port, self_url
     raise AssertionError("no pair of URLs puts the peer first")
