@@ -41,7 +41,17 @@ TABLES = tuple(dict.fromkeys(s.table for s in SETTINGS if s.table))
 UPSTREAM = settings_of(UpstreamConfig, table="upstream", env_prefix=None)
 ACCESS = settings_of(AccessRule, table="access", env_prefix=None)
 
-__all__ = ["ACCESS", "BY_NAME", "CONFIG_FILE", "SETTINGS", "SHARED", "SHORTCUT", "UPSTREAM"]
+__all__ = [
+    "ACCESS",
+    "BY_NAME",
+    "CONFIG_FILE",
+    "SETTINGS",
+    "SHARED",
+    "SHORTCUT",
+    "TABLES",
+    "UPSTREAM",
+    "flags_of",
+]
 
 
 def flags_of(command: str) -> tuple[Setting, ...]:
