@@ -6,136 +6,117 @@ import argparse
 import asyncio
 import sys
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import logs
 from .config import Config, ConfigError, load_config
+from .config.fields import Setting
+from .config.table import CONFIG_FILE, flags_of
 from .errors import RegistryError
 from .store.lock import CacheBusy
 
+# The subcommands, in the order --help lists them.
+_COMMANDS = {
+    "serve": "run the proxy",
+    "report": "what the cache saved: bytes, pulls, dollars",
+    "peers": "show a running node's cluster view",
+    "client-config": "node settings pointing a runtime at the proxy",
+    "gc": "apply the lifecycle rules to the cache",
+    "ls": "list cached repositories, tags, digests and sizes",
+    "verify": "hash every cached blob; remove any that is wrong",
+    "prefetch": "warm the cache with images",
+    "export": "write cached images as an OCI layout tar",
+    "import": "verify and load an OCI layout tar into the cache",
+}
+
 
 def parser() -> argparse.ArgumentParser:
+    """Every subcommand: its own arguments, and a flag for each setting it takes
+    (from the settings table: config/table.py)."""
     top = argparse.ArgumentParser(
         prog="cacheproxy", description="A pull-through caching proxy for container registries."
     )
     sub = top.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", type=Path, help="TOML config file")
-    serve.add_argument("--upstream", help="the one upstream registry URL (shortcut)")
-    serve.add_argument("--cache-dir", type=Path, dest="cache_dir", help="cache directory")
-    serve.add_argument("--listen", help="HOST:PORT to listen on (default 0.0.0.0:5000)")
-    serve.add_argument("--tag-ttl", type=float, dest="tag_ttl", help="tag freshness, seconds")
-    serve.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], help="event loop")
-    serve.add_argument(
-        "--offline", action="store_const", const=True, help="serve only the cache; never dial out"
-    )
-    serve.add_argument("--max-size", dest="max_size", help='cache limit: "50GB", "80%%"')
-    serve.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
-    serve.add_argument(
-        "--peer",
-        dest="peers",
-        action="append",
-        metavar="URL",
-        help="a cluster peer (repeatable; this node's own URL may be in the list)",
-    )
-    serve.add_argument(
-        "--peers-dns",
-        dest="peers_dns",
-        metavar="NAME:PORT",
-        help="peers from a DNS name, re-resolved every few seconds",
-    )
-    serve.add_argument(
-        "--peers-file",
-        dest="peers_file",
-        type=Path,
-        help="peers from a file of URLs, re-read when it changes",
-    )
-    serve.add_argument("--self", dest="self_url", metavar="URL", help="this node's peer URL")
-    serve.add_argument(
-        "--peer-listen",
-        dest="peer_listen",
-        metavar="HOST:PORT",
-        help="a listener for peers only (the signed peer path and the probes)",
-    )
-    serve.add_argument(
-        "--metrics-listen",
-        dest="metrics_listen",
-        metavar="HOST:PORT",
-        help="a listener for Prometheus only (/metrics and the probes)",
-    )
-    serve.add_argument(
-        "--no-peer-holders",
-        dest="peer_holders",
-        action="store_const",
-        const=False,
-        help="take each blob from its owner alone (no pieces from other holders)",
-    )
-    serve.add_argument(
-        "--peer-secret-file",
-        dest="peer_secret_file",
-        type=Path,
-        help="shared secret that peers sign their requests with",
-    )
-    report = sub.add_parser("report", help="what the cache saved: bytes, pulls, dollars")
-    report.add_argument("--config", type=Path, help="TOML config file (the one serve uses)")
-    report.add_argument("--cache-dir", type=Path, dest="cache_dir", help="cache directory")
-    report.add_argument("--upstream", help="the one upstream registry URL (as given to serve)")
-    report.add_argument("--pricing-file", type=Path, dest="pricing_file", help="own price table")
-    report.add_argument("--since", help="first UTC day, YYYY-MM-DD or YYYY-MM (default: month)")
-    report.add_argument("--until", help="last UTC day, YYYY-MM-DD or YYYY-MM (default: today)")
-    report.add_argument("--top", type=int, default=10, help="repositories listed (default 10)")
-    shape = report.add_mutually_exclusive_group()
-    shape.add_argument("--json", action="store_const", const="json", dest="fmt", help="JSON")
-    shape.add_argument("--csv", action="store_const", const="csv", dest="fmt", help="CSV")
-    peers = sub.add_parser("peers", help="show a running node's cluster view")
-    peers.add_argument("--config", type=Path, help="TOML config file (to find the node)")
-    peers.add_argument("--url", help="the node's URL (default: from the config's listen)")
-    peers.add_argument("--key", help="a digest or tag key: show who owns it")
-    peers.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
-    client = sub.add_parser("client-config", help="node settings pointing a runtime at the proxy")
-    client.add_argument("runtime", choices=["containerd", "cri-o", "docker"])
-    client.add_argument("--config", type=Path, help="TOML config file (the one serve uses)")
-    client.add_argument("--upstream", help="the one upstream registry URL (as given to serve)")
-    client.add_argument("--mirror", help="the proxy's URL from the node (default: local listen)")
-    client.add_argument("--out", type=Path, help="write the files under this directory")
-    _cache_tools(sub)
+    for command, summary in _COMMANDS.items():
+        p = sub.add_parser(command, help=summary)
+        _own_arguments(command, p)
+        for setting in flags_of(command):
+            _add_flag(p, setting)
     return top
 
 
-def _cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML config file (the one serve uses)")
-    p.add_argument("--cache-dir", type=Path, dest="cache_dir", help="cache directory")
-    p.add_argument("--upstream", help="the one upstream registry URL (as given to serve)")
+def _add_flag(p: argparse.ArgumentParser, setting: Setting) -> None:
+    """The flag of ``setting``: a value of its type, a repeatable one for a list, a
+    switch for a bool (``--no-...`` turns it off); not given: None, so the
+    environment and the file decide."""
+    flag = setting.flag
+    assert flag is not None
+    text = setting.doc + (" (repeatable)" if setting.kind is tuple else "")
+    if setting.default_text != "none" and setting.kind is not bool:
+        text += f" (default: {setting.default_text})"
+    text = text.replace("%", "%%")  # argparse formats help with %
+    if setting.kind is bool:
+        on = not flag.option.startswith("--no-")
+        text = text if on else f"turn {setting.name} off ({text})"
+        p.add_argument(flag.option, dest=setting.name, action="store_const", const=on, help=text)
+    elif setting.kind is tuple:
+        p.add_argument(
+            flag.option, dest=setting.name, action="append", metavar=flag.metavar, help=text
+        )
+    else:
+        p.add_argument(
+            flag.option,
+            dest=setting.name,
+            type=setting.kind if setting.kind in (int, float, Path) else str,
+            metavar=flag.metavar,
+            choices=flag.choices,
+            help=text,
+        )
 
 
-def _cache_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    gc = sub.add_parser("gc", help="apply the lifecycle rules to the cache")
-    _cache_args(gc)
-    gc.add_argument("--dry-run", action="store_true", dest="dry_run", help="only print the plan")
-    gc.add_argument(
-        "--shared",
-        action="store_true",
-        help="expire the shared tier's objects (shared.expire_days)",
-    )
-    ls = sub.add_parser("ls", help="list cached repositories, tags, digests and sizes")
-    _cache_args(ls)
-    ls.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
-    verify = sub.add_parser("verify", help="hash every cached blob; remove any that is wrong")
-    _cache_args(verify)
-    prefetch = sub.add_parser("prefetch", help="warm the cache with images")
-    _cache_args(prefetch)
-    prefetch.add_argument("images", nargs="*", help="[registry/]name[:tag|@digest]")
-    prefetch.add_argument("-f", "--file", type=Path, dest="image_file", help="one image a line")
-    prefetch.add_argument("--platform", help="os/arch[/variant] of an index (default: all)")
-    export = sub.add_parser("export", help="write cached images as an OCI layout tar")
-    _cache_args(export)
-    export.add_argument("images", nargs="*", help="[registry/]name[:tag|@digest]")
-    export.add_argument("-f", "--file", type=Path, dest="image_file", help="one image a line")
-    export.add_argument("-o", "--output", type=Path, required=True, help="bundle.tar")
-    imp = sub.add_parser("import", help="verify and load an OCI layout tar into the cache")
-    _cache_args(imp)
-    imp.add_argument("bundle", type=Path)
+def _own_arguments(command: str, p: argparse.ArgumentParser) -> None:
+    """The arguments of ``command`` that are not settings."""
+    if command == "report":
+        p.add_argument("--since", help="first UTC day, YYYY-MM-DD or YYYY-MM (default: month)")
+        p.add_argument("--until", help="last UTC day, YYYY-MM-DD or YYYY-MM (default: today)")
+        p.add_argument("--top", type=int, default=10, help="repositories listed (default 10)")
+        shape = p.add_mutually_exclusive_group()
+        shape.add_argument("--json", action="store_const", const="json", dest="fmt", help="JSON")
+        shape.add_argument("--csv", action="store_const", const="csv", dest="fmt", help="CSV")
+    elif command == "peers":
+        p.add_argument("--url", help="the node's URL (default: from the config's listen)")
+        p.add_argument("--key", help="a digest or tag key: show who owns it")
+        p.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    elif command == "client-config":
+        p.add_argument("runtime", choices=["containerd", "cri-o", "docker"])
+        p.add_argument("--mirror", help="the proxy's URL from the node (default: local listen)")
+        p.add_argument("--out", type=Path, help="write the files under this directory")
+    elif command == "gc":
+        p.add_argument("--dry-run", action="store_true", dest="dry_run", help="only print the plan")
+        p.add_argument(
+            "--shared",
+            action="store_true",
+            help="expire the shared tier's objects (shared.expire_days)",
+        )
+    elif command == "ls":
+        p.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    elif command in ("prefetch", "export"):
+        p.add_argument("images", nargs="*", help="[registry/]name[:tag|@digest]")
+        p.add_argument("-f", "--file", type=Path, dest="image_file", help="one image a line")
+        if command == "prefetch":
+            p.add_argument("--platform", help="os/arch[/variant] of an index (default: all)")
+        else:
+            p.add_argument("-o", "--output", type=Path, required=True, help="bundle.tar")
+    elif command == "import":
+        p.add_argument("bundle", type=Path)
+
+
+def load(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
+    """The Config a parsed command line names: its flags over ``env`` (default: the
+    process environment) over the file (``--config``, else CACHEPROXY_CONFIG)."""
+    flags = dict(vars(args))
+    return load_config(file=flags.pop(CONFIG_FILE.name, None), env=env, flags=flags)
 
 
 def _images(args: argparse.Namespace) -> list[str]:
@@ -149,9 +130,8 @@ def _images(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    flags = vars(args)
     try:
-        config = load_config(file=flags.pop("config", None), flags=flags)
+        config = load(args)
     except ConfigError as exc:
         print(f"cacheproxy: {exc}", file=sys.stderr)
         return 2

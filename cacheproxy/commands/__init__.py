@@ -2,7 +2,7 @@
 
 serve.py          run the proxy
 cache.py          ls, gc, verify: the cache directory, server running or not
-airgap.py         prefetch, export, import: images in and out of an air gap
+airgap/           prefetch, export, import: images in and out of an air gap
 report.py         what the cache saved
 peers.py          a running node's view of its cluster
 client_config.py  node files that point a container runtime at the proxy

@@ -1,19 +1,12 @@
-"""Settings: the frozen Config (model.py) and the one place it is merged (load.py)."""
+"""Settings: the frozen Config (model.py), the table of every setting read from it
+(table.py), and the one place they are merged (load.py)."""
 
 from ..registries import DOCKER_HUB
+from .fields import ENV_PREFIX, ConfigError
 from .load import load_config
-from .model import (
-    ENV_PREFIX,
-    NETWORK_PATHS,
-    AccessRule,
-    Config,
-    ConfigError,
-    SharedConfig,
-    UpstreamConfig,
-    default_cache_dir,
-    split_listen,
-    upstream_from_url,
-)
+from .model import AccessRule, Config, default_cache_dir, split_listen
+from .shared import SharedConfig
+from .upstreams import NETWORK_PATHS, UpstreamConfig, upstream_from_url
 
 __all__ = [
     "DOCKER_HUB",

@@ -7,7 +7,9 @@ from urllib.parse import urlsplit
 from ..registries import ALL_PRESETS
 from ..sizes import parse_size
 from ..upstream.egress import parse_entries
-from .model import REGION_RE, Config, ConfigError, split_listen
+from .fields import ConfigError
+from .model import LOOPS, Config, split_listen
+from .upstreams import REGION_RE
 
 # What a piece of a blob shared between peers may be (peer_piece_size).
 MIN_PIECE = 64 * 1024
@@ -24,7 +26,7 @@ def check(config: Config) -> None:
         for key, port in ports.items():
             if port == config.metrics_port:
                 raise ConfigError(f"metrics_listen needs a port of its own, not {key}'s")
-    if config.loop not in ("auto", "uvloop", "asyncio"):
+    if config.loop not in LOOPS:
         raise ConfigError(f"loop: expected auto, uvloop or asyncio, got {config.loop!r}")
     if config.tag_ttl < 0 or config.max_stale < 0:
         raise ConfigError("tag_ttl and max_stale must not be negative")
