@@ -188,7 +188,9 @@ class Links:
                 (pair(up.name, repo), str(digest)), lambda: self.confirm(up, repo, digest, kind)
             )
         except (UpstreamUnavailable, TooManyRequests):
-            if linked_at is None:
+            if linked_at is None or linked_at == DERIVED:
+                # Never the upstream's word (never linked, or only derived from an
+                # older cache's tags): no old link to fall back on.
                 raise
             # The upstream vouched here before and cannot answer now: still served
             # (log lines are rate-limited by cacheproxy.logs).
@@ -260,6 +262,9 @@ class Links:
             await self._index.drop_link(digest, pair(upstream, repo))
 
 
+# The time a link derived from an older cache's tags is dated: long ago, so that
+# online it is confirmed at its first use, and never served on an upstream's failure.
+DERIVED = 0.0
 # Set once the links of a cache have been (re)derived in the current format: v1 linked
 # whatever a manifest named (a subject too), so its records are not kept.
 LINKS_MARKER = "links-derived\0v2"
@@ -271,9 +276,13 @@ def derive_links(store: BlobStore, index: Index) -> int:
     Older records may have come from what a manifest named, which vouches for
     nothing, so all of them go. Each cached tag's own image is linked again under its
     pair from what is on disk (the tag was the upstream's answer there; its config,
-    layers and children were checked by the registry), dated long ago: offline (an
-    air gap) it serves as before, and online each is confirmed at its first use.
-    Returns the digests linked.
+    layers and children were checked by the registry), marked DERIVED: online each is
+    confirmed at its first use (and not served while the upstream cannot answer);
+    offline (an air gap, where nothing can be confirmed) it serves as before. That is
+    the one place a registry's own check stands for a link: a registry that did not
+    check what an index names could have let such a tag reach another repository's
+    content; warm such a cache online, or import its images again, to have every
+    link confirmed. Returns the digests linked.
     """
     if index.get_sync(LINKS_MARKER):
         return 0
@@ -281,7 +290,7 @@ def derive_links(store: BlobStore, index: Index) -> int:
     snapshot = index.snapshot()
     pairs: dict[str, dict[str, float]] = {}
     for tag in snapshot.tags:
-        reach_sync(store, tag.upstream, tag.name, tag.entry.digest, pairs, 0.0)
+        reach_sync(store, tag.upstream, tag.name, tag.entry.digest, pairs, DERIVED)
     if pairs:
         index.add_links_sync(pairs)
     index.set_sync(LINKS_MARKER, 1)

@@ -70,12 +70,14 @@ def blob_chain(
             chain = Redirect(shared, links, chain, fills.accounting)
     if links is None:
         return chain
-    # A client's fetch in a cluster asks a peer before the upstream: the pair is
-    # confirmed first, so that a refused pair costs and counts the same (one HEAD)
-    # whatever this node or the cluster holds (links.py). Not for a pull's own blobs,
-    # which the manifest it just pulled named (a hint: the serving node still applies
-    # the whole rule, and a registry refuses a manifest whose layers it lacks).
-    confirm_first = cluster is not None and not for_peer
+    # An unlinked pair is confirmed first, whether this node (or the cluster) holds
+    # the digest or not: the fetch that would otherwise follow asks a peer before the
+    # upstream, or waits for a fill slot (a client at its bound is told 429 for a
+    # digest not held, 404 for one held), so a refused pair must cost and answer the
+    # same (one HEAD) whatever is held (links.py). Not for a pull's own blobs, which
+    # the manifest it just pulled named (a hint: the serving node still applies the
+    # whole rule, and a registry refuses a manifest whose layers it lacks).
+    confirm_first = not for_peer
     rule = links
 
     def held(want: Want) -> bool:

@@ -20,6 +20,7 @@ clients only the public upstream.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import sys
@@ -31,6 +32,8 @@ import aiohttp
 import pytest
 
 from cacheproxy.http.keys import SHARED, WRITEBACK
+from cacheproxy.links import LINKS_MARKER
+from cacheproxy.store.index import Index
 from tests.integration.test_shared import moto  # noqa: F401 (a fixture)
 from tests.integration.test_who_reads_what import (
     ACCEPT,
@@ -49,9 +52,11 @@ from tests.integration.test_who_reads_what import (
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import (
+    OCI_INDEX,
     OCI_MANIFEST,
     PushedImage,
     basic_auth,
+    push_blob,
     push_image,
     push_manifest,
     sha256_digest,
@@ -422,3 +427,101 @@ async def test_a_link_is_asked_again_after_link_ttl(
         upstreams.public.set_fault(Fault(match="/blobs/", kind="status", status=503))
         assert await answer(http, "GET", f"{base}/{kept.digest}") == (200, "")
         assert await answer(http, "GET", f"{base}/{deleted.digest}") == (404, "BLOB_UNKNOWN")
+
+
+async def test_a_migrated_cache_serves_no_derived_link_the_upstream_did_not_confirm(
+    upstreams: Upstreams,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """On a lax registry (the forwarder answers the attacker's tag with an index
+    naming alice's private manifest, as a registry that checks nothing would store
+    it), the attacker pulls that index through a cache of the older version (no links
+    marker). The next start derives links from the cached tags, the private
+    manifest's layers under the attacker's repository among them; online each is
+    confirmed first (refused: the upstream does not hold it there), and while the
+    upstream cannot answer a derived link is not served either."""
+    secret = await push_private(upstreams, f"team/secret-{uuid.uuid4().hex[:6]}")
+    repo = f"mallory/own-{uuid.uuid4().hex[:6]}"
+    forged = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": secret.digest, "size": len(secret.manifest)}
+            ],
+        }
+    ).encode()
+    headers = {"Content-Type": OCI_INDEX, "Docker-Content-Digest": sha256_digest(forged)}
+    lax = Fault(match=f"/v2/{repo}/manifests/lax", kind="status", status=200, body=forged)
+    lax.headers = headers
+    upstreams.public.set_fault(lax)
+    config = write_config(tmp_path, upstreams)
+    cache = tmp_path / "cache"
+    async with (
+        running_proxy(None, cache, config_file=config) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        await alice_pulls(proxy.url, secret)
+        await pull_manifest(http, f"{proxy.url}/v2/{PUBLIC}/{repo}/manifests/lax", {})
+    # What a cache written by the older version lacks: the marker of derived links.
+    index = Index(cache / "index")
+    index.set_sync(LINKS_MARKER, 0)
+    index.close()
+    layer = secret.layers[0].digest
+    url = f"/v2/{PUBLIC}/{repo}/blobs/{layer}"
+    for down in (True, False):
+        if down:
+            upstreams.public.set_fault(Fault(match="/blobs/", kind="status", status=503))
+        async with (
+            running_proxy(None, cache, config_file=config) as proxy,
+            aiohttp.ClientSession() as http,
+        ):
+            status, _ = await answer(http, "GET", proxy.url + url)
+            assert status == (503 if down else 404), (down, status)
+            await alice_pulls(proxy.url, secret)
+        upstreams.public.clear_faults()
+        upstreams.public.set_fault(lax)
+        index = Index(cache / "index")
+        index.set_sync(LINKS_MARKER, 0)
+        index.close()
+
+
+async def test_a_client_at_its_fill_bound_cannot_tell_a_held_digest_from_an_unheld_one(
+    upstreams: Upstreams,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A stranger keeps its one download slot (``max_fills_per_client = 1``) busy with
+    a stalled blob of its own, then asks under its own repository for a private layer
+    this node holds and for a digest nobody pulled. Were the held one confirmed with
+    a HEAD (404) and the other sent to a fill (which needs a slot: 429), the status
+    would tell what is cached: an unlinked pair that no manifest served there named is
+    confirmed first, held or not, and both get the upstream's 404."""
+    secret = await push_private(upstreams, f"team/secret-{uuid.uuid4().hex[:6]}")
+    repo = f"mallory/own-{uuid.uuid4().hex[:6]}"
+    big = await push_blob(upstreams.public.url, repo, uuid.uuid4().bytes * 65_536)
+    stall = upstreams.public.set_fault(
+        Fault(match=big.split(":")[1], kind="stall", offset=65536, methods=frozenset({"GET"}))
+    )
+    unheld = "sha256:" + hashlib.sha256(uuid.uuid4().bytes).hexdigest()
+    config = write_config(tmp_path, upstreams, "max_fills_per_client = 1\n")
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    try:
+        async with (
+            running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+            aiohttp.ClientSession(connector=connector) as mallory,
+        ):
+            await alice_pulls(proxy.url, secret)
+            base = f"{proxy.url}/v2/{PUBLIC}/{repo}/blobs"
+            # The stranger's own download: its one slot, kept (it stays connected).
+            holder = await mallory.get(f"{base}/{big}")
+            assert holder.status == 200
+            async with asyncio.timeout(20):
+                while proxy.fills.active < 1:
+                    await asyncio.sleep(0.02)
+            held = await answer(mallory, "GET", f"{base}/{secret.layers[0].digest}")
+            not_held = await answer(mallory, "GET", f"{base}/{unheld}")
+            holder.close()
+        assert held == not_held == (404, "BLOB_UNKNOWN"), (held, not_held)
+    finally:
+        stall.release()
+        upstreams.public.clear_faults()

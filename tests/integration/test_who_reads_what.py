@@ -539,12 +539,32 @@ async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
 ) -> None:
     """The queue for a download slot must not launder a digest across repositories:
     alice's request and an anonymous one under a public repository wait for the one
-    slot; alice's fill starts first; the other, joining it later, is confirmed first."""
+    slot; alice's fill starts first; the other, joining it later, is confirmed first.
+
+    An unlinked pair is confirmed before it waits at all unless a manifest served
+    under it named the digest: here one does, as a lax registry would let it (the
+    forwarder answers a public tag with a manifest naming the private layer), so the
+    anonymous request waits in the queue like a pull's own blob."""
     secret = await push_private(upstreams, f"team/q-{uuid.uuid4().hex[:6]}", (200_000,))
     layer = secret.layers[0].digest
     public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
     await push_image(upstreams.public.url, public_repo, "v1", layer_sizes=(2000,))
     other = await push_image(upstreams.public.url, public_repo, "v2", layer_sizes=(300_000,))
+    naming = json.loads(other.manifest)
+    naming["layers"].append(
+        {"mediaType": secret.layers[0].media_type, "digest": layer, "size": secret.layers[0].size}
+    )
+    lax = json.dumps(naming).encode()
+    digest = "sha256:" + hashlib.sha256(lax).hexdigest()
+    upstreams.public.set_fault(
+        Fault(
+            match=f"/v2/{public_repo}/manifests/lax",
+            kind="status",
+            status=200,
+            headers={"Content-Type": other.media_type, "Docker-Content-Digest": digest},
+            body=lax,
+        )
+    )
     config = write_config(tmp_path, upstreams)
     stall = upstreams.public.set_fault(
         Fault(match=other.layers[0].digest, kind="stall", offset=1000)
@@ -553,6 +573,9 @@ async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
         running_proxy(None, tmp_path / "cache", config_file=config, max_fills=1) as proxy,
         aiohttp.ClientSession() as http,
     ):
+        manifest = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/manifests/lax"
+        async with http.get(manifest, headers=ACCEPT) as resp:
+            assert resp.status == 200, await resp.text()
         base = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs"
         # The one slot is taken by a stalled fill.
         holder = asyncio.create_task(http.get(f"{base}/{other.layers[0].digest}"))
