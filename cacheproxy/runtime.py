@@ -15,7 +15,7 @@ share ([shared]); in a cluster only a digest's owner asks it (the peer link asks
 the owner, whose own chain is the second line). "redirect" (shared.redirect)
 answers with a 307 to the bucket what the bucket holds. "pieces" answers a peer's
 request for a range of a blob this node holds or is filling (the swarm, with
-``peer_holders``: blobs/swarm.py asks, blobs/holdings.py answers).
+``peer_holders``: cacheproxy/swarm/, whose asker.py asks and holdings.py answers).
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ from .blobs.admission import DiskBudget, FillLimits
 from .blobs.chains import blob_chain, pieces_chain
 from .blobs.fill import Fill
 from .blobs.fillstate import FillOptions
-from .blobs.holdings import Holdings
 from .blobs.inflight import Fills
 from .blobs.service import BlobService
-from .blobs.swarming import SwarmNode
 from .config import Config, ConfigError
 from .layout import CacheLayout
 from .lifecycle.keeper import Keeper, Upkeep
@@ -58,6 +56,8 @@ from .store.index import Index
 from .store.lock import CacheLock
 from .store.readiness import Readiness
 from .store.usage import UsageLog
+from .swarm.holdings import Holdings
+from .swarm.node import SwarmNode
 from .upstream.egress import egress_deny
 from .upstream.pool import UpstreamPool
 

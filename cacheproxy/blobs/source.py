@@ -164,6 +164,14 @@ class Swarm(Protocol):
         """Stop what runs in the background."""
 
 
+class Swarms(Protocol):
+    """This node's swarms (cluster mode with holders: ``cacheproxy/swarm/``)."""
+
+    def join(self, want: Want, owner: str) -> Swarm | None:
+        """The swarm a fill of ``want`` fed by peers joins (``owner``: the digest's
+        owner); None: the blob comes from the owner alone, as without holders."""
+
+
 @runtime_checkable
 class Swarmed(Protocol):
     """A feed that may also spread its blob over the peers holding it."""

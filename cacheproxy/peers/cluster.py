@@ -43,7 +43,7 @@ class PeerStats:
     manifest_requests: int = 0
     failures: int = 0
     bad_content: int = 0
-    # The swarm (blobs/swarm.py): holder lists asked of owners, pieces asked of
+    # The swarm (cacheproxy/swarm/): holder lists asked of owners, pieces asked of
     # holders, "busy" answers got, pieces that failed, fills that fell back.
     holder_lists: int = 0
     piece_requests: int = 0

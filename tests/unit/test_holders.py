@@ -1,4 +1,5 @@
-"""The owner's holder lists and how they are told (peers/holders.py): pure."""
+"""The owner's holder lists and how they are told (swarm/lists.py, pure), and the
+upload bound of a holder (swarm/holdings.py)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheproxy.peers import pieces
-from cacheproxy.peers.holders import (
+from cacheproxy.swarm import policy
+from cacheproxy.swarm.holdings import SMALL_RANGE, Uploads
+from cacheproxy.swarm.lists import (
     MAX_SPANS,
-    SMALL_RANGE,
-    Registry,
+    HolderLists,
     Report,
-    Uploads,
     ahead,
     covers,
-    encode_answer,
+    encode_list,
     encode_spans,
     holder_of,
-    listed,
     merge,
+    named_to,
     parse_spans,
-    read_answer,
+    read_list,
     whole_pieces,
 )
 
@@ -77,7 +77,7 @@ def test_whole_pieces_and_what_a_report_offers() -> None:
     assert whole_pieces(((10 * MIB, size),), size, MIB) == frozenset({10})
     # Half of piece 2 is here and the rest is on its way: piece 2 is coming.
     holder = holder_of("h", ((0, 2 * MIB + 7),), ((2 * MIB + 7, 4 * MIB),), size, MIB)
-    assert holder == pieces.Holder("h", frozenset({0, 1}), frozenset({2, 3}))
+    assert holder == policy.Holder("h", frozenset({0, 1}), frozenset({2, 3}))
     # What a lane brings next: only the first piece or so of each lane in flight.
     assert ahead([(0, 8 * MIB), (20 * MIB, 21 * MIB)], 4 * MIB) == (
         (0, 4 * MIB),
@@ -85,63 +85,63 @@ def test_whole_pieces_and_what_a_report_offers() -> None:
     )
 
 
-def test_the_registry_keeps_the_latest_report_per_node_newest_first() -> None:
+def test_holder_lists_keep_the_latest_report_per_node_newest_first() -> None:
     clock = Clock()
-    registry = Registry(clock=clock)
-    registry.report("d", Report("a", ((0, 5),)))
+    lists = HolderLists(clock=clock)
+    lists.report("d", Report("a", ((0, 5),)))
     clock.now += 1
-    registry.report("d", Report("b"))
+    lists.report("d", Report("b"))
     clock.now += 1
-    registry.report("d", Report("a", ((0, 9),)))
-    assert [(r.node, r.have) for r in registry.reports("d")] == [("a", ((0, 9),)), ("b", ())]
-    registry.forget("d", "a")
-    assert [r.node for r in registry.reports("d")] == ["b"]
-    assert registry.reports("unknown") == []
+    lists.report("d", Report("a", ((0, 9),)))
+    assert [(r.node, r.have) for r in lists.reports("d")] == [("a", ((0, 9),)), ("b", ())]
+    lists.forget("d", "a")
+    assert [r.node for r in lists.reports("d")] == ["b"]
+    assert lists.reports("unknown") == []
 
 
-def test_the_registry_is_bounded_and_its_entries_expire() -> None:
+def test_holder_lists_are_bounded_and_their_entries_expire() -> None:
     clock = Clock()
-    registry = Registry(digests=3, per_digest=2, ttl=10.0, clock=clock)
+    lists = HolderLists(digests=3, per_digest=2, ttl=10.0, clock=clock)
     for n in range(5):
-        registry.report("d", Report(f"n{n}"))
+        lists.report("d", Report(f"n{n}"))
     # The two most recent holders stay.
-    assert [r.node for r in registry.reports("d")] == ["n4", "n3"]
+    assert [r.node for r in lists.reports("d")] == ["n4", "n3"]
     for d in range(5):
-        registry.report(f"x{d}", Report("n"))
-    assert len(registry) == 3
-    assert registry.reports("d") == [] and registry.reports("x0") == []
+        lists.report(f"x{d}", Report("n"))
+    assert len(lists) == 3
+    assert lists.reports("d") == [] and lists.reports("x0") == []
     clock.now += 11
-    registry.report("x4", Report("fresh"))
-    assert [r.node for r in registry.reports("x4")] == ["fresh"]
+    lists.report("x4", Report("fresh"))
+    assert [r.node for r in lists.reports("x4")] == ["fresh"]
     # Lists whose newest report expired go at the next report of any digest.
-    assert len(registry) == 1 and registry.reports("x3") == []
+    assert len(lists) == 1 and lists.reports("x3") == []
     clock.now += 5
-    registry.report("y", Report("n"))
-    assert len(registry) == 2
+    lists.report("y", Report("n"))
+    assert len(lists) == 2
     # An expired report goes when its list is read.
     clock.now += 6
-    assert registry.reports("x4") == [] and len(registry) == 1
+    assert lists.reports("x4") == [] and len(lists) == 1
 
 
 def test_the_owner_names_itself_first_and_never_the_asker() -> None:
     reports = [Report(f"h{i}") for i in range(40)]
     owner = Report("owner", ((0, 100),))
-    named = listed(reports, "h7", owner, limit=16)
+    named = named_to(reports, "h7", owner, limit=16)
     assert named[0] is owner and len(named) == 16
     assert "h7" not in {r.node for r in named}
     # A stale report of the owner itself is replaced by its own progress.
-    again = listed([*reports, Report("owner")], "h7", owner, limit=16)
+    again = named_to([*reports, Report("owner")], "h7", owner, limit=16)
     assert again[0] is owner and [r.node for r in again].count("owner") == 1
 
 
 def test_an_answer_goes_on_the_wire_as_the_reports_came() -> None:
     came = Report.parse("http://a:5000", "0-10,20-30", "10-20", size=100)
     assert came.have == ((0, 10), (20, 30)) and came.texts() == ("0-10,20-30", "10-20")
-    body = encode_answer(100, [Report("http://o:5000", ((0, 100),)), came])
-    size, holders = read_answer(body)
+    body = encode_list(100, [Report("http://o:5000", ((0, 100),)), came])
+    size, holders = read_list(body)
     assert size == 100
     assert holders == [("http://o:5000", "0-100", ""), ("http://a:5000", "0-10,20-30", "10-20")]
-    assert read_answer(encode_answer(None, [])) == (None, [])
+    assert read_list(encode_list(None, [])) == (None, [])
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_an_answer_goes_on_the_wire_as_the_reports_came() -> None:
 )
 def test_a_malformed_answer_is_refused(doc: object) -> None:
     with pytest.raises(ValueError):
-        read_answer(json.dumps(doc).encode())
+        read_list(json.dumps(doc).encode())
 
 
 def test_uploads_are_bounded_and_small_ranges_always_go() -> None:

@@ -5,7 +5,7 @@ import collections
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheproxy.peers.pieces import (
+from cacheproxy.swarm.policy import (
     Asking,
     Holder,
     Request,

@@ -1,4 +1,4 @@
-"""The asker's side of the swarm (blobs/swarm.py, blobs/swarming.py) on a fake cluster:
+"""The asking side of the swarm (swarm/asker.py, swarm/feed.py, swarm/memory.py) on a fake cluster:
 which holder is asked for which bytes, and what busy, gone and wrong holders cost."""
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import pytest
 
 from cacheproxy.blobs.segments import Span
 from cacheproxy.blobs.source import Want
-from cacheproxy.blobs.swarm import MAX_FAILURES, Swarm
-from cacheproxy.blobs.swarming import BUSY_PAUSE, Busy, HolderFeed, NotHeld, SwarmNode
 from cacheproxy.errors import UpstreamUnavailable
 from cacheproxy.oci import parse_digest
 from cacheproxy.peers.cluster import Cluster, PeerStats
-from cacheproxy.peers.holders import Report, encode_answer
+from cacheproxy.swarm.asker import MAX_FAILURES, Asker
+from cacheproxy.swarm.feed import Busy, HolderFeed, NotHeld
+from cacheproxy.swarm.lists import Report, encode_list
+from cacheproxy.swarm.memory import BUSY_PAUSE
+from cacheproxy.swarm.node import SwarmNode
 
 MIB = 1 << 20
 SIZE = 10 * MIB
@@ -101,7 +103,7 @@ class FakeCluster:
             self.membership.mark_bad(peer, "unreachable")
             raise UpstreamUnavailable(f"peer {peer} unreachable")
         if path.startswith("/holding/"):
-            return Response(200, encode_answer(SIZE, self.holders))
+            return Response(200, encode_list(SIZE, self.holders))
         return self.pieces(peer)
 
     def signed_answer(self, resp: Response, fields: list[str]) -> bool:
@@ -142,11 +144,16 @@ class Rig:
     cluster: FakeCluster
     node: SwarmNode
     clock: Clock
-    swarms: list[Swarm] = field(default_factory=list)
+    swarms: list[Asker] = field(default_factory=list)
 
-    async def swarm(self, progress: Progress, n: int = 0) -> Swarm:
-        swarm = Swarm(self.node, want(n), OWNER)
+    def join(self, n: int = 0) -> Asker:
+        swarm = self.node.join(want(n), OWNER)
+        assert swarm is not None
         self.swarms.append(swarm)
+        return swarm
+
+    async def swarm(self, progress: Progress, n: int = 0) -> Asker:
+        swarm = self.join(n)
         assert await swarm.start(progress) == SIZE
         return swarm
 
@@ -268,8 +275,7 @@ async def test_no_swarm_without_a_signed_list_from_the_owner(rig: Rig, fault: st
         rig.cluster.down.add(OWNER)
     else:
         rig.cluster.signed = False
-    swarm = Swarm(rig.node, want(), OWNER)
-    rig.swarms.append(swarm)
+    swarm = rig.join()
     assert await swarm.start(Progress()) is None
     assert not swarm.live and not swarm.sole and swarm.plan(SIZE) == []
 
@@ -280,8 +286,9 @@ async def test_wrong_bytes_leave_the_senders_out_and_the_next_fill_to_the_owner(
     for feed, _ in swarm.plan(SIZE):
         swarm.ended(feed, None)
     assert swarm.blame()
-    assert rig.node.alone(want(0)) and not rig.node.alone(want(1))
-    assert rig.node.suspects.current() == {"http://a:5000", "http://b:5000"}
+    assert rig.node.join(want(0), OWNER) is None and rig.node.memory.alone(want(0))
+    assert not rig.node.memory.alone(want(1))
+    assert rig.node.memory.suspects.current() == {"http://a:5000", "http://b:5000"}
     later = await rig.swarm(Progress(), n=1)
     assert later.plan(SIZE) == []  # the only holders with bytes are suspects
 

@@ -3,15 +3,12 @@
 A node filling a blob, or done with it, tells the digest's owner how far it got:
 the byte spans it has on disk and the spans on their way to it (being received
 now, so it can serve them by tailing its file). The owner keeps the latest report
-of each holder (:class:`Registry`: bounded in digests and in holders per digest,
+of each holder (:class:`HolderLists`: bounded in digests and in holders per digest,
 entries expire) and answers each report with the holders it names to that asker
-(``pieces.listed``). On the wire a list of spans is ``start-end,start-end`` (bytes,
+(``policy.listed``). On the wire a list of spans is ``start-end,start-end`` (bytes,
 end exclusive), at most :data:`MAX_SPANS` of them: a holder that has more says
 less than it has, which costs at most a request to someone else. The asker turns
 each report into the pieces of its own plan (:func:`holder_of`).
-
-Also here: :class:`Uploads`, the bound on how many peers a node uploads to at once
-(``pieces.admit``), whose refusal is the "busy" answer.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ..numbers import parse_digits
-from . import pieces
+from . import policy
 
 #: Spans a report carries at most, for what a node has and for what is coming.
 MAX_SPANS = 32
@@ -36,10 +33,6 @@ MAX_HOLDERS = 64
 REPORT_TTL = 120.0
 #: Bytes of a holder list answer at most (the asker reads no more).
 MAX_ANSWER = 64 * 1024
-#: A range this small is always admitted: it takes milliseconds, and a refusal
-#: would cost the asker a round trip more than the range itself. (A quarter of
-#: the piece size when that is less: whole pieces always take a slot.)
-SMALL_RANGE = 1 << 20
 
 Spans = tuple[tuple[int, int], ...]
 
@@ -108,17 +101,17 @@ def whole_pieces(spans: Spans, size: int, piece_size: int) -> frozenset[int]:
     for start, end in spans:
         first = -(-start // piece_size)
         # A short last piece counts when the span reaches the end of the blob.
-        stop = pieces.piece_count(size, piece_size) if end >= size else end // piece_size
+        stop = policy.piece_count(size, piece_size) if end >= size else end // piece_size
         out.update(range(first, stop))
     return frozenset(out)
 
 
-def holder_of(node: str, have: Spans, coming: Spans, size: int, piece_size: int) -> pieces.Holder:
+def holder_of(node: str, have: Spans, coming: Spans, size: int, piece_size: int) -> policy.Holder:
     """A report as the plan sees it: the pieces it has, and those it will have once
     what is coming lands (the rest of a piece it has partly on disk included)."""
     has = whole_pieces(have, size, piece_size)
     will = whole_pieces(merge((*have, *coming)), size, piece_size)
-    return pieces.Holder(node, has, will - has)
+    return policy.Holder(node, has, will - has)
 
 
 @dataclass(frozen=True)
@@ -146,7 +139,7 @@ class Report:
         return size is not None and covers(self.have, 0, size)
 
 
-class Registry:
+class HolderLists:
     """The owner's holders per digest: bounded in both directions, entries expire."""
 
     def __init__(
@@ -206,17 +199,17 @@ class Registry:
         return [report for _, report in reversed(holders.values())]
 
 
-def listed(
-    reports: Sequence[Report], asker: str, owner: Report, limit: int = pieces.HOLDERS_LISTED
+def named_to(
+    reports: Sequence[Report], asker: str, owner: Report, limit: int = policy.HOLDERS_LISTED
 ) -> list[Report]:
     """What the owner names to ``asker``: itself first, then a per-asker sample."""
     by_node = {r.node: r for r in reports if r.node != owner.node}
     by_node[owner.node] = owner
-    chosen = pieces.listed((pieces.Holder(n) for n in by_node), asker, owner.node, limit)
+    chosen = policy.listed((policy.Holder(n) for n in by_node), asker, owner.node, limit)
     return [by_node[h.node] for h in chosen]
 
 
-def encode_answer(size: int | None, reports: Sequence[Report]) -> bytes:
+def encode_list(size: int | None, reports: Sequence[Report]) -> bytes:
     """The owner's answer to a report: the blob's size and the holders it names."""
     holders = []
     for report in reports:
@@ -225,7 +218,7 @@ def encode_answer(size: int | None, reports: Sequence[Report]) -> bytes:
     return json.dumps({"size": size, "holders": holders}, separators=(",", ":")).encode()
 
 
-def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
+def read_list(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
     """The size and the holders of an owner's answer, as (node, have, coming) with the
     spans as they came (:meth:`Report.parse` reads them); ValueError when malformed."""
     if len(body) > MAX_ANSWER:
@@ -238,7 +231,7 @@ def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
     ):
         raise ValueError("not a holder list")
     out = []
-    for item in holders[: pieces.HOLDERS_LISTED * 2]:
+    for item in holders[: policy.HOLDERS_LISTED * 2]:
         if not isinstance(item, dict):
             raise ValueError("not a holder")
         node, have, coming = item.get("node"), item.get("have", ""), item.get("coming", "")
@@ -246,32 +239,3 @@ def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
             raise ValueError("not a holder")
         out.append((node, have, coming))
     return size, out
-
-
-class Uploads:
-    """Ranges this node is sending to peers now, bounded by ``pieces.admit``."""
-
-    def __init__(self, slots: int | None = pieces.UPLOAD_SLOTS, small: int = SMALL_RANGE) -> None:
-        self.slots = slots
-        self.small = min(small, SMALL_RANGE)
-        self.serving = 0
-        #: Ranges refused with "busy", and ranges admitted (for /metrics).
-        self.refused = 0
-        self.admitted = 0
-
-    def take(self, length: int) -> bool:
-        """Take a slot for a range of ``length`` bytes, or refuse (False). A small
-        range takes none (see :data:`SMALL_RANGE`)."""
-        if length <= self.small:
-            return True
-        if not pieces.admit(self.serving, self.slots):
-            self.refused += 1
-            return False
-        self.serving += 1
-        self.admitted += 1
-        return True
-
-    def give(self, length: int) -> None:
-        """The range of ``length`` bytes that :meth:`take` admitted has ended."""
-        if length > self.small:
-            self.serving -= 1

@@ -1,6 +1,6 @@
 """Who sends which bytes of a blob inside a cluster: the swarm policy. Pure.
 
-The owner of a digest (rendezvous hashing, ``ring.py``) stays the only node that
+The owner of a digest (rendezvous hashing, ``peers/ring.py``) stays the only node that
 fetches it from outside the cluster. It also keeps the digest's holders: the nodes
 that have the blob or are filling it, with the pieces each has and the pieces each
 is receiving now. A node that needs the blob asks the owner for holders, then takes

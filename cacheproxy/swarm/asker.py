@@ -1,19 +1,19 @@
-"""The asker's side of the swarm: one blob's pieces from several peers at once.
+"""One fill's side of its blob's swarm, the side that asks: pieces from several peers at once.
 
 A node that needs a blob it does not own joins the blob's swarm (cluster mode with
 ``peer_holders``): it tells the owner how far it got and learns the holders the
 owner names (``GET /_cacheproxy/peer/holding/<digest>``, signed both ways), then
 asks up to ``MAX_SOURCES`` of them at once for pieces (``GET .../pieces/<digest>``
-with a Range), as the swarm policy plans (``peers/pieces.py``: rarest first, one
+with a Range), as the swarm policy plans (``policy.py``: rarest first, one
 request per holder). A holder sends what it has or is receiving, never fetching
 anything for it. The node reports again every :data:`REFRESH` seconds while it
 fills (sooner when the plan runs dry) and once more when the blob is verified. The
-fill's lanes (``scheduler.py``) move the bytes; this module only decides.
+fill's lanes (``blobs/scheduler.py``) move the bytes; this module only decides.
 
 Failure and trust:
 
 - "busy" (a holder at its upload bound): that holder is left alone for
-  :data:`BUSY_PAUSE` seconds and others are asked; it is not a failure.
+  ``memory.BUSY_PAUSE`` seconds and others are asked; it is not a failure.
 - a piece that fails (the holder is gone, its body breaks, nothing arrives within
   the peer read timeout, it no longer holds the blob, a wrong range): that holder
   is left alone for the rest of the fill and what did not land is planned again,
@@ -26,7 +26,7 @@ Failure and trust:
   no per-piece ones), and with several holders the one that sent the wrong bytes
   is unknown. The rule: the fill fails as any fill does (nothing kept, readers
   abort), every holder that sent some of it is left out of this node's swarms for
-  :data:`SUSPECT_SECONDS`, and this node's next fill of that digest comes from the
+  ``memory.SUSPECT_SECONDS``, and this node's next fill of that digest comes from the
   owner alone (the path without a swarm; a mismatch there blames the owner as it
   always has). A wrong byte costs a refetch, never a wrong blob.
 """
@@ -40,9 +40,13 @@ import logging
 
 import aiohttp
 
+from ..blobs.segments import Span
+from ..blobs.source import Feed, Progress, Want
 from ..errors import BlobUnknown, RegistryError, UpstreamUnavailable
-from ..peers import pieces
-from ..peers.holders import (
+from ..peers.cluster import Cluster
+from . import policy
+from .feed import Busy, HolderFeed, NotHeld
+from .lists import (
     MAX_ANSWER,
     Report,
     Spans,
@@ -50,12 +54,10 @@ from ..peers.holders import (
     encode_spans,
     holder_of,
     merge,
-    read_answer,
+    read_list,
     whole_pieces,
 )
-from .segments import Span
-from .source import Feed, Progress, Want
-from .swarming import Busy, HolderFeed, NotHeld, SwarmNode
+from .memory import SwarmMemory
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +78,28 @@ MAX_FAILURES = 16
 REPORT_ERRORS = (RegistryError, aiohttp.ClientError, TimeoutError, OSError, ValueError)
 
 
-class Swarm:
-    """One fill's swarm: the holders the owner names, and the pieces asked of them."""
+class Asker:
+    """One fill's swarm (``blobs.source.Swarm``): the holders the owner names, and the
+    pieces asked of them. ``memory``: what every swarm of this node shares."""
 
-    def __init__(self, node: SwarmNode, want: Want, owner: str) -> None:
-        self._node = node
-        self._cluster = node.cluster
+    def __init__(
+        self,
+        cluster: Cluster,
+        memory: SwarmMemory,
+        want: Want,
+        owner: str,
+        *,
+        piece_size: int = policy.PIECE_SIZE,
+        max_sources: int = policy.MAX_SOURCES,
+    ) -> None:
+        self._cluster = cluster
+        self._memory = memory
         self._want = want
         self._owner = owner
+        self._piece_size = piece_size
+        self._max_sources = max_sources
         self._digest = str(want.digest)
-        self._clock = node.clock
+        self._clock = memory.clock
         self.live = True
         self.sole = True
         self._progress: Progress | None = None
@@ -93,13 +107,13 @@ class Swarm:
         self._reports: list[tuple[str, str, str]] = []
         # Each holder's report as the plan sees it, by what it said (most say the
         # same from one list to the next).
-        self._seen: dict[tuple[str, str, str, bool], pieces.Holder] = {}
-        self._holders: tuple[pieces.Holder, ...] | None = None
+        self._seen: dict[tuple[str, str, str, bool], policy.Holder] = {}
+        self._holders: tuple[policy.Holder, ...] | None = None
         self._feeds: dict[str, HolderFeed] = {}
-        self._asked: dict[str, pieces.Request] = {}
+        self._asked: dict[str, policy.Request] = {}
         # Ranges asked of holders that were themselves still receiving them: not
         # reported as coming (see _coming).
-        self._tails: dict[str, pieces.Request] = {}
+        self._tails: dict[str, policy.Request] = {}
         self._avoid: dict[str, float] = {}
         self._sent: set[str] = set()
         self._failures = 0
@@ -159,7 +173,7 @@ class Swarm:
             # Not addressed by a digest: trusted only with the owner's signature.
             if not self._cluster.signed_answer(resp, [self._digest, digest]):
                 raise UpstreamUnavailable("a holder list without the owner's signature")
-            size, reports = read_answer(body)
+            size, reports = read_list(body)
         finally:
             resp.release()
         self._reports = reports
@@ -182,7 +196,7 @@ class Swarm:
                     for s in self._progress.coming()
                     if not any(t.start <= s.start < t.end for t in tails)
                 ),
-                self._node.piece_size,
+                self._piece_size,
             )
         )
 
@@ -220,10 +234,10 @@ class Swarm:
     def plan(self, size: int) -> list[tuple[Feed, Span]]:
         if not self.live or self._progress is None:
             return []
-        node = self._node
+        memory = self._memory
         now = self._clock()
         # Nothing to decide: every source taken, or nothing changed since the last look.
-        if len(self._asked) >= node.max_sources or (not self._changed and now < self._retry_at):
+        if len(self._asked) >= self._max_sources or (not self._changed and now < self._retry_at):
             return []
         self._changed = False
         have = merge((s.start, s.end) for s in self._progress.have())
@@ -231,35 +245,35 @@ class Swarm:
         self._watch(sum(e - s for s, e in have), now)
         if not self.live:
             return []
-        pauses = {**self._avoid, **node.busy}
+        pauses = {**self._avoid, **memory.busy}
         avoid = {n for n, until in pauses.items() if until > now}
         self._retry_at = min((pauses[n] for n in avoid), default=float("inf"))
-        asking = pieces.Asking(
+        asking = policy.Asking(
             me=self._cluster.self_url,
             size=size,
             holders=self._current(size),
-            have=whole_pieces(taken, size, node.piece_size),
+            have=whole_pieces(taken, size, self._piece_size),
             in_flight=tuple(self._asked.values()),
-            avoid=frozenset(avoid) | node.suspects.current(),
-            max_sources=node.max_sources,
-            piece_size=node.piece_size,
+            avoid=frozenset(avoid) | memory.suspects.current(),
+            max_sources=self._max_sources,
+            piece_size=self._piece_size,
         )
         out: list[tuple[Feed, Span]] = []
         whole = {h.node: h.have for h in asking.holders}
-        for request in pieces.plan(asking):
+        for request in policy.plan(asking):
             start, end = _first_gap(taken, request.start, request.end)
             if start >= end:
                 continue
-            asked = pieces.Request(request.node, request.piece, start, end)
+            asked = policy.Request(request.node, request.piece, start, end)
             self._asked[request.node] = asked
             if request.node != self._owner and request.piece not in whole[request.node]:
                 self._tails[request.node] = asked
             out.append((self._feed(request.node), Span(start, end)))
-        if not out and len(self._asked) < node.max_sources:
+        if not out and len(self._asked) < self._max_sources:
             self._wake.set()  # nothing to ask: hear from the owner sooner
         return out
 
-    def _current(self, size: int) -> tuple[pieces.Holder, ...]:
+    def _current(self, size: int) -> tuple[policy.Holder, ...]:
         """The holders as the plan sees them: healthy members only; once the owner is
         gone, only what each has (what was coming may have been coming from it)."""
         healthy = set(self._cluster.membership.peers())
@@ -290,14 +304,14 @@ class Swarm:
         elif self.sole and now - self._landed_at > STALLED * self._cluster.read_timeout:
             self._lose_owner("no byte landed for a long while")
 
-    def _holder(self, node: str, have: str, coming: str, size: int) -> pieces.Holder | None:
+    def _holder(self, node: str, have: str, coming: str, size: int) -> policy.Holder | None:
         try:
             report = Report.parse(node, have, coming, size)
         except ValueError as exc:
             log.info("holder %s of %s: a malformed report: %s", node, self._digest, exc)
             return None
         on_way = report.coming if self.sole else ()
-        return holder_of(node, report.have, on_way, size, self._node.piece_size)
+        return holder_of(node, report.have, on_way, size, self._piece_size)
 
     def _feed(self, node: str) -> HolderFeed:
         feed = self._feeds.get(node)
@@ -316,11 +330,11 @@ class Swarm:
         self._changed = True
         if error is None:
             self._sent.add(node)
-            self._node.admitted(node)
+            self._memory.admitted(node)
             return True
         if isinstance(error, Busy):
             self._cluster.stats.busy += 1
-            self._node.refused(node)
+            self._memory.refused(node)
             return True
         if isinstance(error, NotHeld):
             # What it reported coming did not come after all (its own lane was refused):
@@ -349,8 +363,7 @@ class Swarm:
             self._digest,
             ", ".join(sorted(self._sent)),
         )
-        self._node.suspects.add(self._sent - {self._owner})
-        self._node.owner_only.add([self._digest])
+        self._memory.failed(self._digest, self._sent - {self._owner})
         return True
 
     def _lose_owner(self, why: str) -> None:
