@@ -149,7 +149,7 @@ class Asker:
             "upstream": self._want.upstream.name,
             "repo": self._want.repo,
             "node": self._cluster.self_url,
-            "have": encode_spans((s.start, s.end) for s in self._progress.have()),
+            "have": encode_spans(self._progress.have()),
             "coming": encode_spans(self._coming()),
         }
         if self._size is not None:
@@ -182,23 +182,16 @@ class Asker:
         self._changed = True
         return size
 
-    def _coming(self) -> list[tuple[int, int]]:
+    def _coming(self) -> Spans:
         """What is on its way here and may be offered: what comes from the owner, or
         from a holder that had it whole. A range tailed from a holder still receiving
         it is offered once it landed: so tails are at most two deep, and two nodes
         never tail each other for the same bytes (a cycle would wait for nothing)."""
         assert self._progress is not None
         tails = list(self._tails.values())
-        return list(
-            ahead(
-                (
-                    (s.start, s.end)
-                    for s in self._progress.coming()
-                    if not any(t.start <= s.start < t.end for t in tails)
-                ),
-                self._piece_size,
-            )
-        )
+        coming = self._progress.coming()
+        offered = (s for s in coming if not any(t.start <= s.start < t.end for t in tails))
+        return ahead(offered, self._piece_size)
 
     async def _refresh(self) -> None:
         while self.sole:
@@ -240,9 +233,9 @@ class Asker:
         if len(self._asked) >= self._max_sources or (not self._changed and now < self._retry_at):
             return []
         self._changed = False
-        have = merge((s.start, s.end) for s in self._progress.have())
-        taken = merge((*have, *((s.start, s.end) for s in self._progress.asked())))
-        self._watch(sum(e - s for s, e in have), now)
+        have = merge(self._progress.have())
+        taken = merge((*have, *self._progress.asked()))
+        self._watch(sum(len(s) for s in have), now)
         if not self.live:
             return []
         pauses = {**self._avoid, **memory.busy}
@@ -261,14 +254,14 @@ class Asker:
         out: list[tuple[Feed, Span]] = []
         whole = {h.node: h.have for h in asking.holders}
         for request in policy.plan(asking):
-            start, end = _first_gap(taken, request.start, request.end)
-            if start >= end:
+            gap = _first_gap(taken, request.start, request.end)
+            if not len(gap):
                 continue
-            asked = policy.Request(request.node, request.piece, start, end)
+            asked = policy.Request(request.node, request.piece, gap.start, gap.end)
             self._asked[request.node] = asked
             if request.node != self._owner and request.piece not in whole[request.node]:
                 self._tails[request.node] = asked
-            out.append((self._feed(request.node), Span(start, end)))
+            out.append((self._feed(request.node), gap))
         if not out and len(self._asked) < self._max_sources:
             self._wake.set()  # nothing to ask: hear from the owner sooner
         return out
@@ -383,18 +376,18 @@ class Asker:
         self.live = False
 
 
-def _first_gap(taken: Spans, start: int, end: int) -> tuple[int, int]:
-    """The first bytes of ``start..end`` (exclusive) that ``taken`` lacks."""
+def _first_gap(taken: Spans, start: int, end: int) -> Span:
+    """The first bytes of ``start..end`` (exclusive) that ``taken`` lacks (empty: none)."""
     pos = start
-    for first, stop in taken:
-        if stop <= pos:
+    for span in taken:
+        if span.end <= pos:
             continue
-        if first > pos:
-            return pos, min(first, end)
-        pos = stop
+        if span.start > pos:
+            return Span(pos, min(span.start, end))
+        pos = span.end
         if pos >= end:
             break
-    return pos, end
+    return Span(pos, max(pos, end))
 
 
 def _why(exc: BaseException) -> str:

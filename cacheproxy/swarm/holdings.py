@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from ..blobs.fill import Fill
 from ..blobs.fillstate import FillState
 from ..blobs.inflight import Fills
+from ..blobs.segments import Span
 from ..blobs.service import BlobService
 from ..blobs.source import Want
 from ..errors import UpstreamUnavailable
@@ -67,8 +68,8 @@ class Holdings:
         self._links = links
         self.lists = lists or HolderLists()
         self.uploads = uploads or Uploads(small=piece_size // 4)
-        # What this node sends now, by digest: (to whom, start, end).
-        self._sending: dict[str, list[tuple[str, int, int]]] = {}
+        # What this node sends now, by digest: (to whom, which bytes).
+        self._sending: dict[str, list[tuple[str, Span]]] = {}
         # This node's own report per digest, for a moment (many askers ask at once).
         self._own: OrderedDict[str, tuple[Fill, float, Report]] = OrderedDict()
 
@@ -76,7 +77,7 @@ class Holdings:
         """This node's size and progress for ``want``; None when it has nothing."""
         size = self._store.size(want.digest)
         if size is not None:
-            return size, Report(self.node, ((0, size),))
+            return size, Report(self.node, (Span(0, size),))
         fill = self._fills.running(want)
         if fill is None or fill.state is FillState.FAILED:
             return None
@@ -85,9 +86,9 @@ class Holdings:
         cached = self._own.get(key)
         if cached is not None and cached[0] is fill and now - cached[1] < OWN_FOR:
             return fill.size, cached[2]
-        have = merge((s.start, s.end) for s in fill.extents.spans())
+        have = merge(fill.extents.spans())
         # What each lane brings next: a piece of the askers' size or so.
-        coming = ahead(((s.start, s.end) for s in fill.coming()), self.piece_size)
+        coming = ahead(fill.coming(), self.piece_size)
         report = Report(self.node, have, coming)
         report = Report(self.node, have, coming, report.texts())
         self._own[key] = (fill, now, report)
@@ -152,7 +153,7 @@ class Holdings:
         """This node sends bytes ``start..end`` (exclusive) of ``want`` to ``node``: as
         the owner it names them as coming there at once, before that node says so."""
         key = str(want.digest)
-        entry = (node, start, end)
+        entry = (node, Span(start, end))
         self._sending.setdefault(key, []).append(entry)
         try:
             yield
@@ -163,7 +164,7 @@ class Holdings:
                 del self._sending[key]
 
     def _with_sending(self, digest: str, report: Report) -> Report:
-        extra = [(s, e) for n, s, e in self._sending.get(digest, ()) if n == report.node]
+        extra = [span for n, span in self._sending.get(digest, ()) if n == report.node]
         if not extra:
             return report
         return Report(report.node, report.have, merge((*report.coming, *extra)))

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ..blobs.segments import Span
 from ..numbers import parse_digits
 from . import policy
 
@@ -34,7 +35,7 @@ REPORT_TTL = 120.0
 #: Bytes of a holder list answer at most (the asker reads no more).
 MAX_ANSWER = 64 * 1024
 
-Spans = tuple[tuple[int, int], ...]
+Spans = tuple[Span, ...]
 
 
 def list_key(upstream: str, digest: str) -> str:
@@ -43,20 +44,21 @@ def list_key(upstream: str, digest: str) -> str:
     return f"{upstream} {digest}"
 
 
-def merge(spans: Iterable[tuple[int, int]]) -> Spans:
+def merge(spans: Iterable[Span]) -> Spans:
     """The sorted union of ``spans`` (touching spans joined; empty ones dropped)."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(s for s in spans if s[1] > s[0]):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
+    out: list[Span] = []
+    for span in sorted((s for s in spans if s.end > s.start), key=lambda s: s.start):
+        if out and span.start <= out[-1].end:
+            if span.end > out[-1].end:
+                out[-1] = Span(out[-1].start, span.end)
         else:
-            out.append((start, end))
+            out.append(span)
     return tuple(out)
 
 
-def encode_spans(spans: Iterable[tuple[int, int]], limit: int = MAX_SPANS) -> str:
+def encode_spans(spans: Iterable[Span], limit: int = MAX_SPANS) -> str:
     """``start-end,...`` of the first ``limit`` spans of the union of ``spans``."""
-    return ",".join(f"{s}-{e}" for s, e in merge(spans)[:limit])
+    return ",".join(f"{s.start}-{s.end}" for s in merge(spans)[:limit])
 
 
 def parse_spans(text: str, size: int | None = None, limit: int = MAX_SPANS) -> Spans:
@@ -75,32 +77,33 @@ def parse_spans(text: str, size: int | None = None, limit: int = MAX_SPANS) -> S
             raise ValueError(f"not a span: {item[:40]!r}")
         if stop <= first or (size is not None and stop > size):
             raise ValueError(f"not a span of the blob: {item[:40]!r}")
-        spans.append((first, stop))
+        spans.append(Span(first, stop))
     return merge(spans)
 
 
-def ahead(spans: Iterable[tuple[int, int]], reach: int) -> Spans:
+def ahead(spans: Iterable[Span], reach: int) -> Spans:
     """The first ``reach`` bytes of each span: what a lane in flight brings next.
 
     A lane's later bytes come only after its earlier ones, so a peer tailing them
     would wait with nothing flowing; what a holder offers as coming is the next
     piece or so of each lane (the rest is offered once it is near).
     """
-    return merge((start, min(end, start + reach)) for start, end in spans)
+    return merge(Span(s.start, min(s.end, s.start + reach)) for s in spans)
 
 
 def covers(spans: Spans, start: int, end: int) -> bool:
     """Whether the merged ``spans`` hold every byte of ``start..end`` (exclusive)."""
-    i = bisect.bisect_right([s for s, _ in spans], start) - 1
-    return i >= 0 and end <= spans[i][1]
+    i = bisect.bisect_right([s.start for s in spans], start) - 1
+    return i >= 0 and end <= spans[i].end
 
 
 def whole_pieces(spans: Spans, size: int, piece_size: int) -> frozenset[int]:
     """The pieces every byte of which is in the merged ``spans``."""
     out: set[int] = set()
-    for start, end in spans:
-        first = -(-start // piece_size)
+    for span in spans:
+        first = -(-span.start // piece_size)
         # A short last piece counts when the span reaches the end of the blob.
+        end = span.end
         stop = policy.piece_count(size, piece_size) if end >= size else end // piece_size
         out.update(range(first, stop))
     return frozenset(out)

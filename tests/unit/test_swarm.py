@@ -136,7 +136,7 @@ def want(n: int = 0) -> Want:
 
 
 def whole(node: str) -> Report:
-    return Report(node, ((0, SIZE),))
+    return Report(node, (Span(0, SIZE),))
 
 
 @dataclass
@@ -237,7 +237,7 @@ async def test_a_holder_that_fails_a_piece_is_replaced_and_the_rest_asked_again(
 async def test_a_tail_of_a_tail_is_not_offered_on(rig: Rig) -> None:
     """Bytes asked of a holder still receiving them are reported once they landed:
     tails stay two deep, and two nodes never wait on each other for the same bytes."""
-    rig.cluster.holders = [Report(OWNER), Report("http://a:5000", (), ((0, MIB),))]
+    rig.cluster.holders = [Report(OWNER), Report("http://a:5000", (), (Span(0, MIB),))]
     progress = Progress()
     swarm = await rig.swarm(progress)
     ((feed, span),) = swarm.plan(SIZE)
@@ -251,8 +251,8 @@ async def test_a_tail_of_a_tail_is_not_offered_on(rig: Rig) -> None:
 
 async def test_the_owner_gone_leaves_what_holders_have_and_the_feed(rig: Rig) -> None:
     rig.cluster.holders = [
-        Report(OWNER, (), ((0, SIZE),)),
-        Report("http://a:5000", ((0, 2 * MIB),), ((2 * MIB, 3 * MIB),)),
+        Report(OWNER, (), (Span(0, SIZE),)),
+        Report("http://a:5000", (Span(0, 2 * MIB),), (Span(2 * MIB, 3 * MIB),)),
     ]
     swarm = await rig.swarm(Progress())
     for feed, _ in swarm.plan(SIZE):
@@ -323,7 +323,7 @@ async def test_a_holder_feed_reads_the_answer(
 async def test_an_owner_that_leaves_the_cluster_leaves_the_rest_to_the_feed(rig: Rig) -> None:
     """It still answers its lists, but it is no member now: waiting on it for pieces
     nobody else offers would wait for nothing."""
-    rig.cluster.holders = [Report(OWNER, (), ((0, SIZE),))]
+    rig.cluster.holders = [Report(OWNER, (), (Span(0, SIZE),))]
     swarm = await rig.swarm(Progress())
     rig.cluster.membership.healthy.discard(OWNER)
     assert swarm.plan(SIZE) == []
