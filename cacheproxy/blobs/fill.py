@@ -2,7 +2,7 @@
 
 A :class:`Fill` belongs to the registry of fills (``inflight.Fills``), never to a
 request: a client that goes away leaves it running, and the blob is still cached.
-Its bytes may come as ranges on several connections (``scheduler.Lanes``): each
+Its bytes may come as ranges on several connections (``lanes.Lanes``): each
 lands at its offset in the one temp file, and the digest is computed over the
 contiguous prefix as it grows (``landing.Landing``). Readers open the temp file
 themselves and send what is on disk with the kernel's sendfile, so N readers cost
@@ -33,7 +33,7 @@ from ..oci import Digest
 from ..store.files import BlobStore
 from .fillstate import FillOptions, FillState, FillStats
 from .landing import Landing
-from .scheduler import Lanes
+from .lanes import Lanes
 from .segments import Extents, RangeSupport, Span
 from .source import Feed, Swarmed
 

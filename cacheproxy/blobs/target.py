@@ -1,5 +1,5 @@
-"""What the lanes of a fill write into and count with: the fill as the scheduler
-(``scheduler.py``) sees it, and one request in flight."""
+"""What the lanes of a fill write into and count with: the fill as its lanes
+(``lanes.py``) see it, and one request in flight."""
 
 from __future__ import annotations
 
