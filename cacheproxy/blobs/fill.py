@@ -35,7 +35,7 @@ from .fillstate import FillOptions, FillState, FillStats
 from .landing import Landing
 from .lanes import Lanes
 from .segments import Extents, RangeSupport, Span
-from .source import Feed, Swarmed
+from .source import Feed
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +272,6 @@ class Fill:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         self._feed = feed
         self._task = asyncio.current_task()
-        # Cluster mode: the peers holding the blob may send it too (blobs/swarm.py).
-        swarm = feed.swarm if isinstance(feed, Swarmed) else None
         try:
             if self.preempted:
                 raise asyncio.CancelledError
@@ -286,15 +284,14 @@ class Fill:
                 self.ranges,
                 self.upstream,
                 options.resume_backoff,
-                swarm,
             )
             await lanes.run()
             try:
                 await self._verify(stats)
             except UpstreamBadContent:
-                # Pieces from several peers: the swarm's rule says who answers for it.
-                if swarm is None or not swarm.blame():
-                    feed.blame()
+                # Whoever sent the bytes answers for them (pieces from several peers:
+                # the swarm's rule).
+                lanes.blame()
                 raise
             if self.keep:
                 await self._landing.commit()
@@ -331,9 +328,9 @@ class Fill:
             if self.received_shared:
                 accounting.shared(self.upstream, self.repo, "get", 0, self.received_shared)
             self._wake_all()
-        if swarm is not None and self.state is FillState.DONE:
+        if self._lanes is not None and self.state is FillState.DONE:
             # Verified: this node now serves every piece of it (its readers have it).
-            await swarm.finish()
+            await self._lanes.verified()
 
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED

@@ -7,12 +7,14 @@ connections at once (RFC 9110 section 14). The first request asks for the first
 ``Content-Range``, so nothing waits for a HEAD; a blob no bigger is done in that
 one stream. Which range goes to which feed next is :func:`segments.plan`'s choice.
 
-In cluster mode the lanes may also come from a :class:`Swarm`: the peers holding
-the blob, each a feed of its own, asked for pieces by the swarm policy
-(``peers/pieces.py``). The swarm then decides for peer sources and the segment
-plan for the feeds given (the owner, then the upstream): those stay idle while
-the swarm is the sole planner, and take the ranges it leaves once the owner is
-gone. A peer's lane that fails is not resumed: its rest goes back to the plan.
+In cluster mode the lanes may also come from a :class:`Swarm`, which a feed brings
+(``source.Swarmed``): the peers holding the blob, each a feed of its own, asked for
+pieces by the swarm policy (``cacheproxy/swarm/``). The swarm then decides for peer
+sources and the segment plan for the feeds given (the owner, then the upstream):
+those stay idle while the swarm is the sole planner, and take the ranges it leaves
+once the owner is gone. A peer's lane that fails is not resumed: its rest goes back
+to the plan. The lanes own their swarm: they tell it where they stand with each
+plan they ask of it, and it never calls them.
 
 Robust by construction:
 
@@ -43,7 +45,7 @@ from ..errors import (
 )
 from .reading import BodyReader, drop, keep
 from .segments import Answer, RangeSupport, Span, chunk_size, plan, read_answer
-from .source import Feed, Swarm
+from .source import Feed, Progress, Swarm, Swarmed
 from .target import Counters, Lane, Target
 
 log = logging.getLogger(__name__)
@@ -72,10 +74,12 @@ class Lanes:
         ranges: RangeSupport,
         key: str = "",
         backoff: float = RESUME_BACKOFF,
-        swarm: Swarm | None = None,
     ) -> None:
         self._target = target
-        self._swarm = swarm
+        # Cluster mode: the peers holding the blob may send it too (the swarm the
+        # first feed brings, the peer link's).
+        first = feeds[0]
+        self._swarm: Swarm | None = first.swarm if isinstance(first, Swarmed) else None
         # Seconds before the first resume, doubling for each next one.
         self._backoff = backoff
         self._feeds = list(feeds)
@@ -108,10 +112,8 @@ class Lanes:
             if self._swarm is not None:
                 await self._swarm.close()
 
-    def have(self) -> list[Span]:
-        return self._target.extents.spans()
-
     def coming(self) -> list[Span]:
+        """The spans on their way: asked for, and their answers came."""
         size = self._target.size
         return [
             Span(lane.pos, lane.end if lane.end is not None else (size or lane.pos))
@@ -119,19 +121,31 @@ class Lanes:
             if lane.answered
         ]
 
-    def asked(self) -> list[Span]:
+    def blame(self) -> None:
+        """The blob failed verification: the swarm's rule says who answers for it when
+        its peers sent some of it, else the feed does."""
+        if self._swarm is None or not self._swarm.blame():
+            self._feeds[0].blame()
+
+    async def verified(self) -> None:
+        """The blob is verified here: its swarm tells the owner (this node serves it)."""
+        if self._swarm is not None:
+            await self._swarm.finish(Progress(self._target.extents.spans()))
+
+    def _progress(self) -> Progress:
         size = self._target.size
-        return [
+        asked = [
             Span(lane.pos, lane.end if lane.end is not None else (size or lane.pos))
             for lane in self._active.values()
         ]
+        return Progress(self._target.extents.spans(), self.coming(), asked)
 
     async def _join(self) -> bool:
         """Join the swarm, if any; True when it gave the blob's size."""
         swarm = self._swarm
         if swarm is None:
             return False
-        size = await swarm.start(self)
+        size = await swarm.start()
         if size is None:
             await swarm.close()
             self._swarm = None
@@ -240,7 +254,7 @@ class Lanes:
             return
         swarm = self._swarm
         if swarm is not None and swarm.live:
-            for source, span in swarm.plan(size):
+            for source, span in swarm.plan(size, self._progress()):
                 self._spawn(Lane(self._index(source), span.start, span.end))
             if swarm.sole:
                 return

@@ -102,7 +102,8 @@ class Asker:
         self._clock = memory.clock
         self.live = True
         self.sole = True
-        self._progress: Progress | None = None
+        # Where the lanes stood at their last plan: what the owner is told.
+        self._progress = Progress()
         self._size: int | None = None
         self._reports: list[tuple[str, str, str]] = []
         # Each holder's report as the plan sees it, by what it said (most say the
@@ -128,8 +129,7 @@ class Asker:
 
     # --- joining and reporting --------------------------------------------------------
 
-    async def start(self, progress: Progress) -> int | None:
-        self._progress = progress
+    async def start(self) -> int | None:
         try:
             size = await self._report()
         except REPORT_ERRORS as exc:
@@ -144,12 +144,11 @@ class Asker:
 
     async def _report(self) -> int | None:
         """Tell the owner how far this fill got; take the holders it names."""
-        assert self._progress is not None
         query = {
             "upstream": self._want.upstream.name,
             "repo": self._want.repo,
             "node": self._cluster.self_url,
-            "have": encode_spans(self._progress.have()),
+            "have": encode_spans(self._progress.have),
             "coming": encode_spans(self._coming()),
         }
         if self._size is not None:
@@ -187,9 +186,8 @@ class Asker:
         from a holder that had it whole. A range tailed from a holder still receiving
         it is offered once it landed: so tails are at most two deep, and two nodes
         never tail each other for the same bytes (a cycle would wait for nothing)."""
-        assert self._progress is not None
         tails = list(self._tails.values())
-        coming = self._progress.coming()
+        coming = self._progress.coming
         offered = (s for s in coming if not any(t.start <= s.start < t.end for t in tails))
         return ahead(offered, self._piece_size)
 
@@ -206,7 +204,8 @@ class Asker:
                 return
             await asyncio.sleep(EAGER)
 
-    async def finish(self) -> None:
+    async def finish(self, progress: Progress) -> None:
+        self._progress = progress
         if not self.sole:
             return
         try:
@@ -224,8 +223,9 @@ class Asker:
 
     # --- planning ---------------------------------------------------------------------
 
-    def plan(self, size: int) -> list[tuple[Feed, Span]]:
-        if not self.live or self._progress is None:
+    def plan(self, size: int, progress: Progress) -> list[tuple[Feed, Span]]:
+        self._progress = progress
+        if not self.live:
             return []
         memory = self._memory
         now = self._clock()
@@ -233,8 +233,8 @@ class Asker:
         if len(self._asked) >= self._max_sources or (not self._changed and now < self._retry_at):
             return []
         self._changed = False
-        have = merge(self._progress.have())
-        taken = merge((*have, *self._progress.asked()))
+        have = merge(progress.have)
+        taken = merge((*have, *progress.asked))
         self._watch(sum(len(s) for s in have), now)
         if not self.live:
             return []
