@@ -54,7 +54,7 @@ class FillLimits:
 
 
 @dataclass
-class GateStats:
+class FillGateStats:
     """What the gate did (for /metrics)."""
 
     #: Fills nobody read any more, cancelled to give their slot to a waiting request.
@@ -91,7 +91,7 @@ class FillGate:
         # Abandoned slots, oldest first (a dict: ordered, O(1) removal).
         self._abandoned: dict[Slot, None] = {}
         self._closed = False
-        self.stats = GateStats()
+        self.stats = FillGateStats()
 
     async def enter(self, client: str) -> Slot:
         """A slot for a fill ``client`` starts ("": a peer node); waits in turn for

@@ -64,9 +64,6 @@ class Fill:
         self.repo = repo
         self.options = options or FillOptions()
         self.ranges = ranges or RangeSupport()
-        # Bytes received from the upstream, and from the shared tier (the ledger's).
-        self.received = 0
-        self.received_shared = 0
         self.size: int | None = None
         self.state = FillState.STARTING
         self.error: RegistryError | None = None
@@ -300,7 +297,7 @@ class Fill:
             else:
                 log.info("served %s (%d bytes) without keeping it", self.digest, self.size)
             self.state = FillState.DONE
-            stats.completed += 1
+            stats.count_completed()
             self._drop_transient()
         except asyncio.CancelledError:
             if self.preempted:
@@ -316,21 +313,26 @@ class Fill:
             refused = isinstance(exc, REFUSALS) and self.state is FillState.STARTING
             self._fail(exc)
             if not refused:
-                stats.failed += 1
+                stats.count_failed()
         except Exception as exc:  # a bug or an OS error: no reader may hang on it
             log.exception("fill of %s failed", self.digest)
             self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))
-            stats.failed += 1
+            stats.count_failed()
         finally:
             await self._landing.close()
-            if self.received:
-                accounting.fetched(self.upstream, self.repo, "blob", self.received)
-            if self.received_shared:
-                accounting.shared(self.upstream, self.repo, "get", 0, self.received_shared)
+            if self._lanes is not None:
+                self._charge(self._lanes, accounting)
             self._wake_all()
         if self._lanes is not None and self.state is FillState.DONE:
             # Verified: this node now serves every piece of it (its readers have it).
             await self._lanes.verified()
+
+    def _charge(self, lanes: Lanes, accounting: Accounting) -> None:
+        """Tell the ledger what came in: the transfer is charged to the starter's pair."""
+        if lanes.received:
+            accounting.fetched(self.upstream, self.repo, "blob", lanes.received)
+        if lanes.received_shared:
+            accounting.shared(self.upstream, self.repo, "get", 0, lanes.received_shared)
 
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED
@@ -373,7 +375,7 @@ class Fill:
             raise UpstreamBadContent("upstream blob has the wrong length")
         actual = await self._landing.hexdigest()
         if actual != self.digest.hex:
-            stats.digest_mismatches += 1
+            stats.count_digest_mismatch()
             log.error(
                 "upstream sent wrong bytes for %s (got %s:%s); discarded",
                 self.digest,

@@ -222,7 +222,7 @@ class InFlight:
                 relayed = await self._next.open(want, first)
                 # Counted once the upstream answered with the blob: a refusal moves
                 # no counter a held digest's refusal would not.
-                fills.stats.streamed_through += 1
+                fills.stats.count_streamed_through()
                 log.warning("no room for a fill: streaming %s through uncached", want.digest)
                 return _Gated(relayed, fills.gate, slot)
             fill = fills.start(want, self._next.feed(want), slot)

@@ -68,13 +68,13 @@ class PeerFeed:
                 self._candidates.insert(0, self._current)
             else:
                 self._cluster.membership.mark_bad(self._current, "broke off a blob")
-                self._cluster.stats.failures += 1
+                self._cluster.stats.count_failure()
             self._current = self._last = None
         while self._candidates and not self._on_fallback:
             peer = self._candidates.pop(0)
             wanted = range_header(start, end)
             headers = {"Range": wanted} if wanted else {}
-            self._cluster.stats.blob_requests += 1
+            self._cluster.stats.count_blob_request()
             try:
                 resp = await self._cluster.get(peer, self._path, self._query, headers, blob=True)
             except UpstreamUnavailable:
@@ -94,7 +94,7 @@ class PeerFeed:
 
     def blame(self) -> None:
         if self._current is not None:
-            self._cluster.stats.bad_content += 1
+            self._cluster.stats.count_bad_content()
             self._cluster.membership.mark_bad(self._current, "sent bytes that failed verification")
             self._current = None
         else:

@@ -153,7 +153,7 @@ class Asker:
         }
         if self._size is not None:
             query["size"] = str(self._size)
-        self._cluster.stats.holder_lists += 1
+        self._cluster.stats.count_holder_list()
         # On the blob connections: a holder list may wait for the owner's fetch to
         # begin, and a manifest never waits behind it.
         resp = await self._cluster.get(
@@ -326,7 +326,7 @@ class Asker:
             self._memory.admitted(node)
             return True
         if isinstance(error, Busy):
-            self._cluster.stats.busy += 1
+            self._cluster.stats.count_busy()
             self._memory.refused(node)
             return True
         if isinstance(error, NotHeld):
@@ -336,7 +336,7 @@ class Asker:
             self._wake.set()
             return True
         self._sent.add(node)  # some of its bytes may have landed
-        self._cluster.stats.piece_failures += 1
+        self._cluster.stats.count_piece_failure()
         self._failures += 1
         self._avoid[node] = self._clock() + FAILED_PAUSE
         log.info("a piece of %s from %s failed: %s", self._digest, node, _why(error))
@@ -350,7 +350,7 @@ class Asker:
     def blame(self) -> bool:
         if not self._sent:
             return False
-        self._cluster.stats.swarm_mismatches += 1
+        self._cluster.stats.count_swarm_mismatch()
         log.warning(
             "%s from %s failed verification: they sit out, the owner sends it next",
             self._digest,
@@ -365,7 +365,7 @@ class Asker:
         self.sole = False
         self._holders = None
         self._changed = True
-        self._cluster.stats.swarm_fallbacks += 1
+        self._cluster.stats.count_swarm_fallback()
         log.info("owner %s of %s: %s; the rest from the feed", self._owner, self._digest, why)
         self._wake.set()
         if self._task is not None and self._task is not asyncio.current_task():

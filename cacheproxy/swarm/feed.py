@@ -39,7 +39,7 @@ class HolderFeed:
     async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         wanted = range_header(start, end)
         headers = {"Range": wanted} if wanted else {}
-        self._cluster.stats.piece_requests += 1
+        self._cluster.stats.count_piece_request()
         resp = await self._cluster.get(self.node, self._path, self._query, headers, blob=True)
         if resp.status in (200, 206):
             return resp
