@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..accounting import Accounting, Origin
@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..oci import Digest
 from ..store.files import BlobStore
-from .fillstate import FillOptions, FillState, FillStats
+from .fillstate import FillOptions, FillState, FillStats, Lease, Unleased
 from .landing import Landing
 from .lanes import Lanes
 from .segments import Extents, RangeSupport, Span
@@ -56,7 +56,9 @@ class Fill:
         repo: str = "",
         options: FillOptions | None = None,
         ranges: RangeSupport | None = None,
+        lease: Lease | None = None,
     ) -> None:
+        """``lease``: what the registry of fills grants it, told its size and readers."""
         self.digest = digest
         self.store = store
         # Who asked first: the ledger charges the transfer to this upstream and repo.
@@ -78,12 +80,7 @@ class Fill:
         #: larger than the cache may hold). The temp file goes when the last reader does.
         self.keep = True
         self._readers = 0
-        #: Called with the announced size as the first answer comes (the registry of
-        #: fills reserves disk for it, or decides the blob is not to be kept).
-        self.on_size: Callable[[int | None], None] | None = None
-        #: Called with True when the last reader of the running fill leaves, with
-        #: False when a reader comes (the gate: an abandoned fill may be preempted).
-        self.on_abandoned: Callable[[bool], None] | None = None
+        self._lease = lease if lease is not None else Unleased()
         #: Cancelled by :meth:`stop` (nobody read it, and its slot was needed).
         self.preempted = False
         self._task: asyncio.Task[None] | None = None
@@ -151,13 +148,14 @@ class Fill:
     def attach(self) -> None:
         """A reader will read this fill (until :meth:`detach`)."""
         self._readers += 1
-        if self._readers == 1 and self.on_abandoned is not None:
-            self.on_abandoned(False)
+        if self._readers == 1:
+            # The gate counts it again: a fill someone reads is not preempted.
+            self._lease.readers(abandoned=False)
 
     def detach(self) -> None:
         self._readers -= 1
-        if not self._readers and self.on_abandoned is not None and not self.ended:
-            self.on_abandoned(True)
+        if not self._readers and not self.ended:
+            self._lease.readers(abandoned=True)
         self._drop_transient()
 
     @property
@@ -350,8 +348,8 @@ class Fill:
         if limit and size is not None and size > limit:
             raise UpstreamBadContent(f"blob of {size} bytes is over max_blob_size ({limit})")
         self.size = size
-        if self.on_size is not None:
-            self.on_size(size)
+        # Larger than the cache may hold: served to its readers, never kept.
+        self.keep = self._lease.sized(size)
         self._landing.create()
         self.state = FillState.RUNNING
         self._wake_all()

@@ -1,9 +1,11 @@
-"""What a fill is told (its options), where it stands, and what it counts."""
+"""What a fill is told (its options), where it stands, what it counts, and what it
+holds while it runs (its lease)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from ..accounting import Origin
 
@@ -26,6 +28,28 @@ class FillOptions:
     segment_min_size: int = 8 * 1024 * 1024
     #: Seconds before a broken body is resumed the first time (doubling after).
     resume_backoff: float = 0.5
+
+
+class Lease(Protocol):
+    """What a running fill holds, as the registry of fills grants it (a slot at the
+    gate, disk for what it announced), and what the fill tells it."""
+
+    def sized(self, size: int | None) -> bool:
+        """The blob's announced size (None: not announced): disk is reserved for it.
+        False: it is too big to keep (served to its readers, never kept)."""
+
+    def readers(self, abandoned: bool) -> None:
+        """The last reader of the running fill left (True), or a reader came (False)."""
+
+
+class Unleased:
+    """The lease of a fill outside any registry (a test's): kept whatever its size."""
+
+    def sized(self, size: int | None) -> bool:
+        return True
+
+    def readers(self, abandoned: bool) -> None:
+        return None
 
 
 @dataclass
