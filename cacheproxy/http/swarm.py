@@ -31,7 +31,7 @@ from ..oci import Route, parse_digest
 from ..peers.cluster import Cluster
 from ..peers.signing import ANSWER_HEADER
 from ..ranges import parse_range
-from ..swarm.lists import Report, encode_list
+from ..swarm.lists import HolderReport, encode_list
 from ..upstream.client import Upstream
 from . import handlers
 from .keys import HOLDINGS, PEER_PIECES
@@ -99,7 +99,7 @@ async def holding(
     if size_text and size is None:
         raise BadRequest("size: expected a byte count")
     try:
-        report = Report.parse(node, query.get("have", ""), query.get("coming", ""), size)
+        report = HolderReport.parse(node, query.get("have", ""), query.get("coming", ""), size)
     except ValueError as exc:
         raise BadRequest(f"have/coming: {exc}") from None
     known, named = await holdings.holding(Want(up, repo, digest), report, size)

@@ -48,7 +48,7 @@ from . import policy
 from .feed import Busy, HolderFeed, NotHeld
 from .lists import (
     MAX_ANSWER,
-    Report,
+    HolderReport,
     Spans,
     ahead,
     encode_spans,
@@ -299,7 +299,7 @@ class Asker:
 
     def _holder(self, node: str, have: str, coming: str, size: int) -> policy.Holder | None:
         try:
-            report = Report.parse(node, have, coming, size)
+            report = HolderReport.parse(node, have, coming, size)
         except ValueError as exc:
             log.info("holder %s of %s: a malformed report: %s", node, self._digest, exc)
             return None

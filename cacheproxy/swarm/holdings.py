@@ -33,7 +33,7 @@ from ..errors import UpstreamUnavailable
 from ..links import Links
 from ..store.files import BlobStore
 from . import policy
-from .lists import HolderLists, Report, ahead, list_key, merge, named_to
+from .lists import HolderLists, HolderReport, ahead, list_key, merge, named_to
 
 #: Seconds this node's own progress on a blob is reused for the answers it gives,
 #: and the blobs it is kept for at most.
@@ -71,13 +71,13 @@ class Holdings:
         # What this node sends now, by digest: (to whom, which bytes).
         self._sending: dict[str, list[tuple[str, Span]]] = {}
         # This node's own report per digest, for a moment (many askers ask at once).
-        self._own: OrderedDict[str, tuple[Fill, float, Report]] = OrderedDict()
+        self._own: OrderedDict[str, tuple[Fill, float, HolderReport]] = OrderedDict()
 
-    def own(self, want: Want) -> tuple[int | None, Report] | None:
+    def own(self, want: Want) -> tuple[int | None, HolderReport] | None:
         """This node's size and progress for ``want``; None when it has nothing."""
         size = self._store.size(want.digest)
         if size is not None:
-            return size, Report(self.node, (Span(0, size),))
+            return size, HolderReport(self.node, (Span(0, size),))
         fill = self._fills.running(want)
         if fill is None or fill.state is FillState.FAILED:
             return None
@@ -89,8 +89,8 @@ class Holdings:
         have = merge(fill.extents.spans())
         # What each lane brings next: a piece of the askers' size or so.
         coming = ahead(fill.coming(), self.piece_size)
-        report = Report(self.node, have, coming)
-        report = Report(self.node, have, coming, report.texts())
+        report = HolderReport(self.node, have, coming)
+        report = HolderReport(self.node, have, coming, report.texts())
         self._own[key] = (fill, now, report)
         self._own.move_to_end(key)
         while len(self._own) > OWN_CACHED:
@@ -105,8 +105,8 @@ class Holdings:
         return fill is not None and fill.offers(start)
 
     async def holding(
-        self, want: Want, report: Report, size: int | None
-    ) -> tuple[int | None, list[Report]]:
+        self, want: Want, report: HolderReport, size: int | None
+    ) -> tuple[int | None, list[HolderReport]]:
         """Take ``report`` (its node's progress; ``size``: the blob's, if it knows it);
         the blob's size and the holders named to that node, this node first."""
         # A holder list tells the blob's size and who has it: only under the pair's
@@ -128,7 +128,7 @@ class Holdings:
         # Only a node the pair's rule let through is named to others.
         key = list_key(want.upstream.name, str(want.digest))
         self.lists.report(key, report)
-        known, mine = own if own is not None else (size, Report(self.node))
+        known, mine = own if own is not None else (size, HolderReport(self.node))
         named = named_to(self.lists.reports(key), report.node, mine)
         return known, [self._with_sending(str(want.digest), r) for r in named]
 
@@ -163,11 +163,11 @@ class Holdings:
             if not entries:
                 del self._sending[key]
 
-    def _with_sending(self, digest: str, report: Report) -> Report:
+    def _with_sending(self, digest: str, report: HolderReport) -> HolderReport:
         extra = [span for n, span in self._sending.get(digest, ()) if n == report.node]
         if not extra:
             return report
-        return Report(report.node, report.have, merge((*report.coming, *extra)))
+        return HolderReport(report.node, report.have, merge((*report.coming, *extra)))
 
 
 class Uploads:

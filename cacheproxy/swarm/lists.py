@@ -118,7 +118,7 @@ def holder_of(node: str, have: Spans, coming: Spans, size: int, piece_size: int)
 
 
 @dataclass(frozen=True)
-class Report:
+class HolderReport:
     """One holder's progress on one blob (``wire``: its spans as they came, so an
     owner passes a report on without encoding it again)."""
 
@@ -128,7 +128,7 @@ class Report:
     wire: tuple[str, str] | None = field(default=None, compare=False)
 
     @classmethod
-    def parse(cls, node: str, have: str, coming: str, size: int | None = None) -> Report:
+    def parse(cls, node: str, have: str, coming: str, size: int | None = None) -> HolderReport:
         """A report as it came on the wire; ValueError when its spans are malformed."""
         return cls(node, parse_spans(have, size), parse_spans(coming, size), (have, coming))
 
@@ -156,12 +156,12 @@ class HolderLists:
         self._per_digest = per_digest
         self._ttl = ttl
         self._clock = clock
-        self._lists: OrderedDict[str, OrderedDict[str, tuple[float, Report]]] = OrderedDict()
+        self._lists: OrderedDict[str, OrderedDict[str, tuple[float, HolderReport]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._lists)
 
-    def report(self, digest: str, report: Report) -> None:
+    def report(self, digest: str, report: HolderReport) -> None:
         """Keep ``report`` as its node's latest for ``digest``."""
         holders = self._lists.get(digest)
         if holders is None:
@@ -188,7 +188,7 @@ class HolderLists:
             if not holders:
                 del self._lists[digest]
 
-    def reports(self, digest: str) -> list[Report]:
+    def reports(self, digest: str) -> list[HolderReport]:
         """The live reports for ``digest``, the most recent first."""
         holders = self._lists.get(digest)
         if holders is None:
@@ -203,8 +203,11 @@ class HolderLists:
 
 
 def named_to(
-    reports: Sequence[Report], asker: str, owner: Report, limit: int = policy.HOLDERS_LISTED
-) -> list[Report]:
+    reports: Sequence[HolderReport],
+    asker: str,
+    owner: HolderReport,
+    limit: int = policy.HOLDERS_LISTED,
+) -> list[HolderReport]:
     """What the owner names to ``asker``: itself first, then a per-asker sample."""
     by_node = {r.node: r for r in reports if r.node != owner.node}
     by_node[owner.node] = owner
@@ -212,7 +215,7 @@ def named_to(
     return [by_node[h.node] for h in chosen]
 
 
-def encode_list(size: int | None, reports: Sequence[Report]) -> bytes:
+def encode_list(size: int | None, reports: Sequence[HolderReport]) -> bytes:
     """The owner's answer to a report: the blob's size and the holders it names."""
     holders = []
     for report in reports:
@@ -223,7 +226,7 @@ def encode_list(size: int | None, reports: Sequence[Report]) -> bytes:
 
 def read_list(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
     """The size and the holders of an owner's answer, as (node, have, coming) with the
-    spans as they came (:meth:`Report.parse` reads them); ValueError when malformed."""
+    spans as they came (:meth:`HolderReport.parse` reads them); ValueError when malformed."""
     if len(body) > MAX_ANSWER:
         raise ValueError("holder list too long")
     doc = json.loads(body)

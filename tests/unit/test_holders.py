@@ -16,7 +16,7 @@ from cacheproxy.swarm.holdings import SMALL_RANGE, Uploads
 from cacheproxy.swarm.lists import (
     MAX_SPANS,
     HolderLists,
-    Report,
+    HolderReport,
     ahead,
     covers,
     encode_list,
@@ -92,11 +92,11 @@ def test_whole_pieces_and_what_a_report_offers() -> None:
 def test_holder_lists_keep_the_latest_report_per_node_newest_first() -> None:
     clock = Clock()
     lists = HolderLists(clock=clock)
-    lists.report("d", Report("a", spans((0, 5))))
+    lists.report("d", HolderReport("a", spans((0, 5))))
     clock.now += 1
-    lists.report("d", Report("b"))
+    lists.report("d", HolderReport("b"))
     clock.now += 1
-    lists.report("d", Report("a", spans((0, 9))))
+    lists.report("d", HolderReport("a", spans((0, 9))))
     assert [(r.node, r.have) for r in lists.reports("d")] == [("a", spans((0, 9))), ("b", ())]
     lists.forget("d", "a")
     assert [r.node for r in lists.reports("d")] == ["b"]
@@ -107,20 +107,20 @@ def test_holder_lists_are_bounded_and_their_entries_expire() -> None:
     clock = Clock()
     lists = HolderLists(digests=3, per_digest=2, ttl=10.0, clock=clock)
     for n in range(5):
-        lists.report("d", Report(f"n{n}"))
+        lists.report("d", HolderReport(f"n{n}"))
     # The two most recent holders stay.
     assert [r.node for r in lists.reports("d")] == ["n4", "n3"]
     for d in range(5):
-        lists.report(f"x{d}", Report("n"))
+        lists.report(f"x{d}", HolderReport("n"))
     assert len(lists) == 3
     assert lists.reports("d") == [] and lists.reports("x0") == []
     clock.now += 11
-    lists.report("x4", Report("fresh"))
+    lists.report("x4", HolderReport("fresh"))
     assert [r.node for r in lists.reports("x4")] == ["fresh"]
     # Lists whose newest report expired go at the next report of any digest.
     assert len(lists) == 1 and lists.reports("x3") == []
     clock.now += 5
-    lists.report("y", Report("n"))
+    lists.report("y", HolderReport("n"))
     assert len(lists) == 2
     # An expired report goes when its list is read.
     clock.now += 6
@@ -128,20 +128,20 @@ def test_holder_lists_are_bounded_and_their_entries_expire() -> None:
 
 
 def test_the_owner_names_itself_first_and_never_the_asker() -> None:
-    reports = [Report(f"h{i}") for i in range(40)]
-    owner = Report("owner", spans((0, 100)))
+    reports = [HolderReport(f"h{i}") for i in range(40)]
+    owner = HolderReport("owner", spans((0, 100)))
     named = named_to(reports, "h7", owner, limit=16)
     assert named[0] is owner and len(named) == 16
     assert "h7" not in {r.node for r in named}
     # A stale report of the owner itself is replaced by its own progress.
-    again = named_to([*reports, Report("owner")], "h7", owner, limit=16)
+    again = named_to([*reports, HolderReport("owner")], "h7", owner, limit=16)
     assert again[0] is owner and [r.node for r in again].count("owner") == 1
 
 
 def test_an_answer_goes_on_the_wire_as_the_reports_came() -> None:
-    came = Report.parse("http://a:5000", "0-10,20-30", "10-20", size=100)
+    came = HolderReport.parse("http://a:5000", "0-10,20-30", "10-20", size=100)
     assert came.have == spans((0, 10), (20, 30)) and came.texts() == ("0-10,20-30", "10-20")
-    body = encode_list(100, [Report("http://o:5000", spans((0, 100))), came])
+    body = encode_list(100, [HolderReport("http://o:5000", spans((0, 100))), came])
     size, holders = read_list(body)
     assert size == 100
     assert holders == [("http://o:5000", "0-100", ""), ("http://a:5000", "0-10,20-30", "10-20")]

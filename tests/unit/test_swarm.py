@@ -19,7 +19,7 @@ from cacheproxy.oci import parse_digest
 from cacheproxy.peers.cluster import Cluster, PeerStats
 from cacheproxy.swarm.asker import MAX_FAILURES, Asker
 from cacheproxy.swarm.feed import Busy, HolderFeed, NotHeld
-from cacheproxy.swarm.lists import Report, encode_list
+from cacheproxy.swarm.lists import HolderReport, encode_list
 from cacheproxy.swarm.memory import BUSY_PAUSE
 from cacheproxy.swarm.node import SwarmNode
 
@@ -81,7 +81,7 @@ class FakeCluster:
     self_url = ME
     read_timeout = 5.0
 
-    def __init__(self, holders: list[Report], healthy: set[str]) -> None:
+    def __init__(self, holders: list[HolderReport], healthy: set[str]) -> None:
         self.holders = holders
         self.membership = Membership(healthy)
         self.stats = PeerStats()
@@ -122,8 +122,8 @@ def want(n: int = 0) -> Want:
     return Want(cast(Any, SimpleNamespace(name="registry.test")), "app", digest)
 
 
-def whole(node: str) -> Report:
-    return Report(node, (Span(0, SIZE),))
+def whole(node: str) -> HolderReport:
+    return HolderReport(node, (Span(0, SIZE),))
 
 
 @dataclass
@@ -147,7 +147,7 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    holders = [Report(OWNER), whole("http://a:5000"), whole("http://b:5000")]
+    holders = [HolderReport(OWNER), whole("http://a:5000"), whole("http://b:5000")]
     cluster = FakeCluster(holders, {OWNER, "http://a:5000", "http://b:5000", "http://c:5000"})
     clock = Clock()
     node = SwarmNode(cast(Cluster, cluster), piece_size=MIB, max_sources=3, clock=clock)
@@ -177,7 +177,7 @@ async def test_only_missing_bytes_are_asked_one_holder_each(rig: Rig) -> None:
 
 
 async def test_a_busy_holder_is_left_alone_by_every_fill_of_the_node(rig: Rig) -> None:
-    rig.cluster.holders = [Report(OWNER), whole("http://a:5000")]
+    rig.cluster.holders = [HolderReport(OWNER), whole("http://a:5000")]
     first = await rig.swarm()
     second = await rig.swarm(n=1)
     ((feed, _),) = first.plan(SIZE, NOTHING)
@@ -196,7 +196,12 @@ async def test_a_busy_holder_is_left_alone_by_every_fill_of_the_node(rig: Rig) -
 
 
 async def test_unhealthy_holders_and_this_node_are_never_asked(rig: Rig) -> None:
-    rig.cluster.holders = [Report(OWNER), whole("http://a:5000"), whole(ME), whole("http://x:1")]
+    rig.cluster.holders = [
+        HolderReport(OWNER),
+        whole("http://a:5000"),
+        whole(ME),
+        whole("http://x:1"),
+    ]
     rig.cluster.membership.healthy.discard("http://a:5000")
     swarm = await rig.swarm()
     assert swarm.plan(SIZE, NOTHING) == []  # a is avoided, x is no member, the owner has nothing
@@ -222,7 +227,7 @@ async def test_a_holder_that_fails_a_piece_is_replaced_and_the_rest_asked_again(
 async def test_a_tail_of_a_tail_is_not_offered_on(rig: Rig) -> None:
     """Bytes asked of a holder still receiving them are reported once they landed:
     tails stay two deep, and two nodes never wait on each other for the same bytes."""
-    rig.cluster.holders = [Report(OWNER), Report("http://a:5000", (), (Span(0, MIB),))]
+    rig.cluster.holders = [HolderReport(OWNER), HolderReport("http://a:5000", (), (Span(0, MIB),))]
     swarm = await rig.swarm()
     ((feed, span),) = swarm.plan(SIZE, NOTHING)
     assert (feed.node, span.start, span.end) == ("http://a:5000", 0, MIB)
@@ -236,8 +241,8 @@ async def test_a_tail_of_a_tail_is_not_offered_on(rig: Rig) -> None:
 
 async def test_the_owner_gone_leaves_what_holders_have_and_the_feed(rig: Rig) -> None:
     rig.cluster.holders = [
-        Report(OWNER, (), (Span(0, SIZE),)),
-        Report("http://a:5000", (Span(0, 2 * MIB),), (Span(2 * MIB, 3 * MIB),)),
+        HolderReport(OWNER, (), (Span(0, SIZE),)),
+        HolderReport("http://a:5000", (Span(0, 2 * MIB),), (Span(2 * MIB, 3 * MIB),)),
     ]
     swarm = await rig.swarm()
     for feed, _ in swarm.plan(SIZE, NOTHING):
@@ -308,7 +313,7 @@ async def test_a_holder_feed_reads_the_answer(
 async def test_an_owner_that_leaves_the_cluster_leaves_the_rest_to_the_feed(rig: Rig) -> None:
     """It still answers its lists, but it is no member now: waiting on it for pieces
     nobody else offers would wait for nothing."""
-    rig.cluster.holders = [Report(OWNER, (), (Span(0, SIZE),))]
+    rig.cluster.holders = [HolderReport(OWNER, (), (Span(0, SIZE),))]
     swarm = await rig.swarm()
     rig.cluster.membership.healthy.discard(OWNER)
     assert swarm.plan(SIZE, NOTHING) == []
@@ -316,7 +321,7 @@ async def test_an_owner_that_leaves_the_cluster_leaves_the_rest_to_the_feed(rig:
 
 
 async def test_no_byte_for_a_long_while_leaves_the_rest_to_the_feed(rig: Rig) -> None:
-    rig.cluster.holders = [Report(OWNER)]  # it answers, but never has anything
+    rig.cluster.holders = [HolderReport(OWNER)]  # it answers, but never has anything
     swarm = await rig.swarm()
     assert swarm.plan(SIZE, NOTHING) == [] and swarm.sole
     rig.clock.now += 4 * rig.cluster.read_timeout
