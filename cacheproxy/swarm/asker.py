@@ -8,7 +8,8 @@ with a Range), as the swarm policy plans (``policy.py``: rarest first, one
 request per holder). A holder sends what it has or is receiving, never fetching
 anything for it. The node reports again every :data:`REFRESH` seconds while it
 fills (sooner when the plan runs dry) and once more when the blob is verified. The
-fill's lanes (``blobs/lanes.py``) move the bytes; this module only decides.
+fill's lanes (``blobs/lanes.py``) move the bytes and tell it where they stand with
+each plan they ask of it (what the owner is told); this module only decides.
 
 Failure and trust:
 
