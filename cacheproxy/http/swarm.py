@@ -4,13 +4,13 @@
 this node holds of the blob, complete or still landing, sent as they land (no byte
 held back: the asker verifies the whole blob); 404 when the range's first byte is
 neither here nor on its way (no fetch ever starts for it); 429 "busy" with
-Retry-After when this node already sends ``policy.UPLOAD_SLOTS`` ranges
-(``cacheproxy/swarm/``). The links
-rule applies as on the blob path (the request's upstream and repository).
+Retry-After when this node already sends ``swarm.policy.UPLOAD_SLOTS`` ranges. The
+links rule applies as on the blob path (the request's upstream and repository).
+What the node holds and keeps is ``cacheproxy/swarm/holdings.py``'s.
 
 ``GET /_cacheproxy/peer/holding/<digest>?upstream=&repo=&node=&size=&have=&coming=``:
 a node tells the digest's owner how far it got (``have`` and ``coming`` are byte
-spans, ``lists.encode_spans``); the answer is the blob's size and the holders the
+spans, ``swarm.lists.encode_spans``); the answer is the blob's size and the holders the
 owner names to it, as JSON, signed over the request's signature, the digest and
 the body's sha256: a holder list is not addressed by a digest, so the asker trusts
 it only with the owner's signature. It carries node names and byte counts, no
