@@ -15,7 +15,7 @@ share ([shared]); in a cluster only a digest's owner asks it (the peer link asks
 the owner, whose own chain is the second line). "redirect" (shared.redirect)
 answers with a 307 to the bucket what the bucket holds. "pieces" answers a peer's
 request for a range of a blob this node holds or is filling (the swarm, with
-``peer_holders``: blobs/swarm.py asks, blobs/holdings.py answers).
+``peer_holders``: cacheproxy/swarm/, whose asker.py asks and holdings.py answers).
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ from .blobs.admission import DiskBudget, FillLimits
 from .blobs.chains import blob_chain, pieces_chain
 from .blobs.fill import Fill
 from .blobs.fillstate import FillOptions
-from .blobs.holdings import Holdings
 from .blobs.inflight import Fills
 from .blobs.service import BlobService
-from .blobs.swarming import SwarmNode
 from .config import Config, ConfigError
 from .layout import CacheLayout
 from .lifecycle.keeper import Keeper, Upkeep
@@ -57,6 +55,8 @@ from .store.index import Index
 from .store.lock import CacheLock
 from .store.readiness import Readiness
 from .store.usage import UsageLog
+from .swarm.holdings import Holdings
+from .swarm.node import SwarmNode
 from .upstream.egress import egress_deny
 from .upstream.pool import UpstreamPool
 
@@ -153,7 +153,7 @@ async def open_runtime(
         limit = parse_size(config.max_size, store.total_bytes()) if config.max_size else None
         budget = DiskBudget(limit, config.min_free, store.disk_space)
         limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
-        shared = writeback = None
+        shared = None
         if config.shared is not None and not config.offline:
             # Closed after the fills (which may be reading from it) have stopped.
             shared = SharedTier(
@@ -162,44 +162,26 @@ async def open_runtime(
                 signer=redirect_signer(config.shared, upstreams.aws),
             )
             stack.push_async_callback(shared.close)
+        links = Links(index, offline=config.offline, ttl=config.link_ttl)
+        await asyncio.to_thread(derive_links, store, index)
+        # Serving only: the uploads of what this node fetched (started last), the keeper.
+        writeback = WriteBack(shared, store, accounting) if shared is not None and serving else None
+        keeper = Keeper(_upkeep(config, limit), store, index, usage, budget) if serving else None
         fill_options = FillOptions(
             max_blob_size=parse_size(config.max_blob_size, 0),
             segment_min_size=parse_size(config.segment_min_size, 0),
         )
-        fills = Fills(store, accounting, fill_options, limits, budget)
+        after = _AfterFill(links, shared, writeback, keeper)
+        fills = Fills(store, accounting, fill_options, limits, budget, after)
         stack.push_async_callback(fills.close)
-        links = Links(index, offline=config.offline, ttl=config.link_ttl)
-        await asyncio.to_thread(derive_links, store, index)
-
-        async def link_fill(fill: Fill) -> None:
-            # Fetched under the starter's repository: that upstream vouched for it.
-            await links.add(fill.upstream, fill.repo, [str(fill.digest)])
-
-        fills.on_commit.append(link_fill)
-        if shared is not None:
-            tier = shared
-
-            async def checked(fill: Fill) -> None:
-                # Read whole from the bucket and verified: a redirect may send clients there.
-                if fill.origin == "shared":
-                    tier.checked(fill.digest)
-
-            fills.on_commit.append(checked)
-        fills.on_failure.append(
-            lambda fill: (
-                links.refuse(fill.upstream, fill.repo, str(fill.digest), fill.error)
-                if fill.error is not None
-                else None
-            )
-        )
         stack.push_async_callback(links.close)
 
         options = ManifestOptions(
             config.tag_ttl, config.max_stale, config.max_manifest_bytes, config.offline
         )
         bodies = ManifestBodies(store, index, accounting)
-        if shared is not None and serving:
-            writeback = _write_back(shared, store, accounting, fills, bodies)
+        if writeback is not None:
+            bodies.on_upstream.append(writeback.manifest)
             stack.push_async_callback(writeback.close)
         resolutions: Resolutions = SingleFlight()
         fetches: Fetches = SingleFlight()
@@ -297,42 +279,52 @@ async def open_runtime(
             swarms=swarms,
         )
         if serving:
-            keeper = Keeper(_upkeep(config, limit), store, index, usage, budget)
+            assert keeper is not None and ledger is not None
             stack.push_async_callback(keeper.close)
-
-            async def poke(fill: Fill) -> None:
-                keeper.poke()
-
-            fills.on_commit.append(poke)
             await keeper.start()
             runtime.keeper = keeper
             usage.start(index)
-            assert ledger is not None
             await ledger.start()
             if writeback is not None:
                 writeback.start()
         yield runtime
 
 
-def _write_back(
-    shared: SharedTier,
-    store: BlobStore,
-    accounting: Accounting,
-    fills: Fills,
-    bodies: ManifestBodies,
-) -> WriteBack:
-    """The uploads of what this node fetched from an upstream (started by the caller)."""
-    writeback = WriteBack(shared, store, accounting)
+class _AfterFill:
+    """What follows a fill's end here (``blobs.inflight.FillEvents``)."""
 
-    async def upload(fill: Fill) -> None:
-        # Only what came from an upstream: a peer's or the bucket's bytes are there
-        # already (or are the owner's to write); a blob not kept has no file.
-        if fill.origin == "upstream" and fill.keep:
-            writeback.blob(fill.digest, fill.upstream, fill.repo)
+    def __init__(
+        self,
+        links: Links,
+        shared: SharedTier | None,
+        writeback: WriteBack | None,
+        keeper: Keeper | None,
+    ) -> None:
+        self._links = links
+        self._shared = shared
+        self._writeback = writeback
+        self._keeper = keeper
 
-    fills.on_commit.append(upload)
-    bodies.on_upstream.append(writeback.manifest)
-    return writeback
+    async def committed(self, fill: Fill) -> None:
+        try:
+            # Fetched under the starter's repository: that upstream vouched for it.
+            await self._links.add(fill.upstream, fill.repo, [str(fill.digest)])
+        finally:
+            # The rest waits for nothing, and follows a link that could not be written too.
+            if self._shared is not None and fill.origin == "shared":
+                # Read whole from the bucket and verified: a redirect may send clients there.
+                self._shared.checked(fill.digest)
+            if self._writeback is not None and fill.origin == "upstream":
+                # Only what came from an upstream: a peer's or the bucket's bytes are
+                # there already (or are the owner's to write).
+                self._writeback.blob(fill.digest, fill.upstream, fill.repo)
+            if self._keeper is not None:
+                self._keeper.poke()  # a blob was added: the limit is checked soon
+
+    def failed(self, fill: Fill) -> None:
+        # The upstream's refusal of the pair is remembered for a while (links.py).
+        if fill.error is not None:
+            self._links.refuse(fill.upstream, fill.repo, str(fill.digest), fill.error)
 
 
 def _upkeep(config: Config, limit: int | None) -> Upkeep:

@@ -67,7 +67,7 @@ def curve(args: argparse.Namespace) -> str:
         f"upstream's egress {args.upstream_rate or args.rate}; one node alone: {alone:.2f} s.",
         f"- holders: pieces of {base.piece_size >> 20} MiB, up to {base.max_sources} sources "
         f"per node, {base.slots} uploads per node, {base.listed} holders named per asker "
-        "(`cacheproxy/peers/pieces.py`). owner-only: the whole blob from the owner.",
+        "(`cacheproxy/swarm/policy.py`). owner-only: the whole blob from the owner.",
         "",
         "| nodes | owner-only wall s | vs alone | busiest upload / image "
         "| holders wall s | vs alone | busiest upload / image |",

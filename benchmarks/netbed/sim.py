@@ -3,7 +3,7 @@
 The same link model as the bed: every node has an uplink and a downlink of one
 capacity, the upstream an egress capacity, and the flows on a link share it fairly
 (max-min fairness, computed by progressive filling). The same policy as the nodes:
-:mod:`cacheproxy.peers.pieces` (``plan``, ``admit``, ``listed``) decides which node
+:mod:`cacheproxy.swarm.policy` (``plan``, ``admit``, ``listed``) decides which node
 asks whom for which bytes; this module only moves the bytes.
 
 Policies modelled:
@@ -24,8 +24,8 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from cacheproxy.peers import pieces
 from cacheproxy.peers.ring import ranked
+from cacheproxy.swarm import policy as pieces
 
 from .fair import max_min
 

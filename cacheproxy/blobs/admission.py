@@ -54,7 +54,7 @@ class FillLimits:
 
 
 @dataclass
-class GateStats:
+class FillGateStats:
     """What the gate did (for /metrics)."""
 
     #: Fills nobody read any more, cancelled to give their slot to a waiting request.
@@ -91,7 +91,7 @@ class FillGate:
         # Abandoned slots, oldest first (a dict: ordered, O(1) removal).
         self._abandoned: dict[Slot, None] = {}
         self._closed = False
-        self.stats = GateStats()
+        self.stats = FillGateStats()
 
     async def enter(self, client: str) -> Slot:
         """A slot for a fill ``client`` starts ("": a peer node); waits in turn for
@@ -307,3 +307,18 @@ class DiskBudget:
     def keeps(self, size: int) -> bool:
         """Whether a blob of ``size`` bytes may be kept at all (not past the limit)."""
         return self.limit is None or size <= self.limit
+
+    def reserve(self, size: int) -> bool:
+        """A running fill announced ``size`` bytes: they count against the disk until
+        it ends, and against the limit if the blob may be kept (False: it may not)."""
+        self.outstanding += size
+        kept = self.keeps(size)
+        if kept:
+            self.reserved += size
+        return kept
+
+    def release(self, size: int, kept: bool) -> None:
+        """The fill that reserved ``size`` bytes (``kept``: as :meth:`reserve` said) ended."""
+        self.outstanding -= size
+        if kept:
+            self.reserved -= size

@@ -14,8 +14,7 @@ from .local import LocalStore, Nowhere
 from .peers import PeerSource
 from .redirect import Redirect
 from .shared import SharedSource
-from .source import BlobSource, Remote, Want
-from .swarming import SwarmNode
+from .source import BlobSource, Remote, Swarms, Want
 from .upstream import UpstreamSource
 from .vouched import Vouched
 
@@ -31,7 +30,7 @@ def blob_chain(
     links: Links | None = None,
     segments: int = 1,
     shared: SharedTier | None = None,
-    swarms: SwarmNode | None = None,
+    swarms: Swarms | None = None,
 ) -> BlobSource:
     """The chain of blob sources one kind of caller walks (see the module docstring).
 

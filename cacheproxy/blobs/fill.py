@@ -2,7 +2,7 @@
 
 A :class:`Fill` belongs to the registry of fills (``inflight.Fills``), never to a
 request: a client that goes away leaves it running, and the blob is still cached.
-Its bytes may come as ranges on several connections (``scheduler.Lanes``): each
+Its bytes may come as ranges on several connections (``lanes.Lanes``): each
 lands at its offset in the one temp file, and the digest is computed over the
 contiguous prefix as it grows (``landing.Landing``). Readers open the temp file
 themselves and send what is on disk with the kernel's sendfile, so N readers cost
@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..accounting import Accounting, Origin
@@ -31,11 +31,11 @@ from ..errors import (
 )
 from ..oci import Digest
 from ..store.files import BlobStore
-from .fillstate import FillOptions, FillState, FillStats
+from .fillstate import FillOptions, FillState, FillStats, Lease, Unleased
 from .landing import Landing
-from .scheduler import Lanes
+from .lanes import Lanes
 from .segments import Extents, RangeSupport, Span
-from .source import Feed, Swarmed
+from .source import Feed
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class Fill:
         repo: str = "",
         options: FillOptions | None = None,
         ranges: RangeSupport | None = None,
+        lease: Lease | None = None,
     ) -> None:
+        """``lease``: what the registry of fills grants it, told its size and readers."""
         self.digest = digest
         self.store = store
         # Who asked first: the ledger charges the transfer to this upstream and repo.
@@ -64,9 +66,6 @@ class Fill:
         self.repo = repo
         self.options = options or FillOptions()
         self.ranges = ranges or RangeSupport()
-        # Bytes received from the upstream, and from the shared tier (the ledger's).
-        self.received = 0
-        self.received_shared = 0
         self.size: int | None = None
         self.state = FillState.STARTING
         self.error: RegistryError | None = None
@@ -81,12 +80,7 @@ class Fill:
         #: larger than the cache may hold). The temp file goes when the last reader does.
         self.keep = True
         self._readers = 0
-        #: Called with the announced size as the first answer comes (the registry of
-        #: fills reserves disk for it, or decides the blob is not to be kept).
-        self.on_size: Callable[[int | None], None] | None = None
-        #: Called with True when the last reader of the running fill leaves, with
-        #: False when a reader comes (the gate: an abandoned fill may be preempted).
-        self.on_abandoned: Callable[[bool], None] | None = None
+        self._lease = lease if lease is not None else Unleased()
         #: Cancelled by :meth:`stop` (nobody read it, and its slot was needed).
         self.preempted = False
         self._task: asyncio.Task[None] | None = None
@@ -154,13 +148,14 @@ class Fill:
     def attach(self) -> None:
         """A reader will read this fill (until :meth:`detach`)."""
         self._readers += 1
-        if self._readers == 1 and self.on_abandoned is not None:
-            self.on_abandoned(False)
+        if self._readers == 1:
+            # The gate counts it again: a fill someone reads is not preempted.
+            self._lease.readers(abandoned=False)
 
     def detach(self) -> None:
         self._readers -= 1
-        if not self._readers and self.on_abandoned is not None and not self.ended:
-            self.on_abandoned(True)
+        if not self._readers and not self.ended:
+            self._lease.readers(abandoned=True)
         self._drop_transient()
 
     @property
@@ -272,8 +267,6 @@ class Fill:
         """Fetch, verify and commit the blob; never raises (readers see ``error``)."""
         self._feed = feed
         self._task = asyncio.current_task()
-        # Cluster mode: the peers holding the blob may send it too (blobs/swarm.py).
-        swarm = feed.swarm if isinstance(feed, Swarmed) else None
         try:
             if self.preempted:
                 raise asyncio.CancelledError
@@ -286,15 +279,14 @@ class Fill:
                 self.ranges,
                 self.upstream,
                 options.resume_backoff,
-                swarm,
             )
             await lanes.run()
             try:
                 await self._verify(stats)
             except UpstreamBadContent:
-                # Pieces from several peers: the swarm's rule says who answers for it.
-                if swarm is None or not swarm.blame():
-                    feed.blame()
+                # Whoever sent the bytes answers for them (pieces from several peers:
+                # the swarm's rule).
+                lanes.blame()
                 raise
             if self.keep:
                 await self._landing.commit()
@@ -303,7 +295,7 @@ class Fill:
             else:
                 log.info("served %s (%d bytes) without keeping it", self.digest, self.size)
             self.state = FillState.DONE
-            stats.completed += 1
+            stats.count_completed()
             self._drop_transient()
         except asyncio.CancelledError:
             if self.preempted:
@@ -319,21 +311,26 @@ class Fill:
             refused = isinstance(exc, REFUSALS) and self.state is FillState.STARTING
             self._fail(exc)
             if not refused:
-                stats.failed += 1
+                stats.count_failed()
         except Exception as exc:  # a bug or an OS error: no reader may hang on it
             log.exception("fill of %s failed", self.digest)
             self._fail(UpstreamUnavailable(f"blob fill failed: {type(exc).__name__}"))
-            stats.failed += 1
+            stats.count_failed()
         finally:
             await self._landing.close()
-            if self.received:
-                accounting.fetched(self.upstream, self.repo, "blob", self.received)
-            if self.received_shared:
-                accounting.shared(self.upstream, self.repo, "get", 0, self.received_shared)
+            if self._lanes is not None:
+                self._charge(self._lanes, accounting)
             self._wake_all()
-        if swarm is not None and self.state is FillState.DONE:
+        if self._lanes is not None and self.state is FillState.DONE:
             # Verified: this node now serves every piece of it (its readers have it).
-            await swarm.finish()
+            await self._lanes.verified()
+
+    def _charge(self, lanes: Lanes, accounting: Accounting) -> None:
+        """Tell the ledger what came in: the transfer is charged to the starter's pair."""
+        if lanes.received:
+            accounting.fetched(self.upstream, self.repo, "blob", lanes.received)
+        if lanes.received_shared:
+            accounting.shared(self.upstream, self.repo, "get", 0, lanes.received_shared)
 
     def _fail(self, exc: RegistryError) -> None:
         self.state = FillState.FAILED
@@ -351,8 +348,8 @@ class Fill:
         if limit and size is not None and size > limit:
             raise UpstreamBadContent(f"blob of {size} bytes is over max_blob_size ({limit})")
         self.size = size
-        if self.on_size is not None:
-            self.on_size(size)
+        # Larger than the cache may hold: served to its readers, never kept.
+        self.keep = self._lease.sized(size)
         self._landing.create()
         self.state = FillState.RUNNING
         self._wake_all()
@@ -376,7 +373,7 @@ class Fill:
             raise UpstreamBadContent("upstream blob has the wrong length")
         actual = await self._landing.hexdigest()
         if actual != self.digest.hex:
-            stats.digest_mismatches += 1
+            stats.count_digest_mismatch()
             log.error(
                 "upstream sent wrong bytes for %s (got %s:%s); discarded",
                 self.digest,

@@ -1,9 +1,13 @@
-"""What a fill is told (its options), where it stands, and what it counts."""
+"""What a fill is told (its options), where it stands, what it counts, and what it
+holds while it runs (its lease)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
+
+from ..accounting import Origin
 
 
 class FillState(Enum):
@@ -26,9 +30,31 @@ class FillOptions:
     resume_backoff: float = 0.5
 
 
+class Lease(Protocol):
+    """What a running fill holds, as the registry of fills grants it (a slot at the
+    gate, disk for what it announced), and what the fill tells it."""
+
+    def sized(self, size: int | None) -> bool:
+        """The blob's announced size (None: not announced): disk is reserved for it.
+        False: it is too big to keep (served to its readers, never kept)."""
+
+    def readers(self, abandoned: bool) -> None:
+        """The last reader of the running fill left (True), or a reader came (False)."""
+
+
+class Unleased:
+    """The lease of a fill outside any registry (a test's): kept whatever its size."""
+
+    def sized(self, size: int | None) -> bool:
+        return True
+
+    def readers(self, abandoned: bool) -> None:
+        return None
+
+
 @dataclass
 class FillStats:
-    """Counters the metrics and the tests read."""
+    """Counters the metrics and the tests read, moved by the methods below alone."""
 
     upstream_gets: int = 0
     peer_gets: int = 0
@@ -46,3 +72,42 @@ class FillStats:
     single_stream: int = 0
     # Misses streamed through uncached because the disk was nearly full.
     streamed_through: int = 0
+
+    def count_get(self, origin: Origin) -> None:
+        """A feed was asked for a range of a blob (by where it fetches from)."""
+        if origin == "peer":
+            self.peer_gets += 1
+        elif origin == "shared":
+            self.shared_gets += 1
+        else:
+            self.upstream_gets += 1
+
+    def count_bytes(self, origin: Origin, size: int) -> None:
+        """``size`` bytes of a blob arrived from a feed (by where it fetches from)."""
+        if origin == "peer":
+            self.peer_bytes += size
+        elif origin == "shared":
+            self.shared_bytes += size
+        else:
+            self.upstream_bytes += size
+
+    def count_segment(self) -> None:
+        self.segments += 1
+
+    def count_resumed(self) -> None:
+        self.resumed += 1
+
+    def count_single_stream(self) -> None:
+        self.single_stream += 1
+
+    def count_completed(self) -> None:
+        self.completed += 1
+
+    def count_failed(self) -> None:
+        self.failed += 1
+
+    def count_digest_mismatch(self) -> None:
+        self.digest_mismatches += 1
+
+    def count_streamed_through(self) -> None:
+        self.streamed_through += 1

@@ -5,6 +5,8 @@ disk is too full to cache a miss, this link steps aside and the next link stream
 the blob through uncached: the stream-through is just the rest of the chain. How
 many fills run and wait, and for whom, is the gate's (``admission.py``): a fill
 nobody reads any more gives its slot up to a request that would wait for one.
+What follows a fill's end elsewhere in the node (its digest linked, the keeper's
+look, an upload to the shared tier) hears of it through :class:`FillEvents`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from ..accounting import Accounting, NullAccounting, Origin
 from ..errors import BlobUnknown, RegistryError
@@ -29,6 +32,29 @@ from .segments import RangeSupport
 from .source import Body, Feed, Remote, Sink, Want
 
 log = logging.getLogger(__name__)
+
+# A fill in the registry: (digest, upstream, fed through peers).
+Key = tuple[str, str, bool]
+
+
+class FillEvents(Protocol):
+    """What the rest of the node hears of the fills (the composition root's)."""
+
+    async def committed(self, fill: Fill) -> None:
+        """``fill``'s blob is verified and kept in the store."""
+
+    def failed(self, fill: Fill) -> None:
+        """``fill`` ended with ``fill.error``."""
+
+
+class _Unheard:
+    """Nobody listens (a tool's fills, a test's)."""
+
+    async def committed(self, fill: Fill) -> None:
+        return None
+
+    def failed(self, fill: Fill) -> None:
+        return None
 
 
 class Fills:
@@ -46,6 +72,7 @@ class Fills:
         options: FillOptions | None = None,
         limits: FillLimits | None = None,
         budget: DiskBudget | None = None,
+        events: FillEvents | None = None,
     ) -> None:
         self.store = store
         self.options = options or FillOptions()
@@ -55,14 +82,10 @@ class Fills:
         self.stats = FillStats()
         self.gate = FillGate(limits or FillLimits())
         self.budget = budget or DiskBudget(None, (), lambda: DiskSpace(1, 1))
-        #: Called when a fill fails (the upstream's refusal of its pair is remembered).
-        self.on_failure: list[Callable[[Fill], None]] = []
-        #: Awaited after each blob is committed (it is linked; the keeper checks the limit).
-        self.on_commit: list[Callable[[Fill], Awaitable[None]]] = []
-        # (digest, upstream, fed through peers) -> the fill. Upstreams never share a
-        # fill: a slow or refusing registry named by one request must not hold up or
-        # fail another's.
-        self._fills: dict[tuple[str, str, bool], Fill] = {}
+        self._events: FillEvents = events if events is not None else _Unheard()
+        # Upstreams never share a fill: a slow or refusing registry named by one
+        # request must not hold up or fail another's.
+        self._fills: dict[Key, Fill] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def running(self, want: Want, peer_fed_too: bool = True) -> Fill | None:
@@ -90,80 +113,33 @@ class Fills:
         if self.store.exists(want.digest):
             return None
         key = (str(want.digest), want.upstream.name, feed.origin == "peer")
-        fill = Fill(
-            want.digest, self.store, want.upstream.name, want.repo, self.options, self.ranges
-        )
-        self._fills[key] = fill
+        lease = _Lease(self, want, key, slot)
+        self._fills[key] = lease.fill
         # The upstream stays open while its fill reads bodies from it.
         want.upstream.pins += 1
-        run = self._run(fill, feed, key, slot, want.upstream)
-        task = asyncio.create_task(run, name=f"fill {key[0]}")
+        task = asyncio.create_task(self._run(lease, feed, want.upstream), name=f"fill {key[0]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        fill.on_abandoned = self._watch(fill, key, slot)
-        return fill
+        return lease.fill
 
-    def _watch(self, fill: Fill, key: tuple[str, str, bool], slot: Slot) -> Callable[[bool], None]:
-        """What the fill's readers coming and going tell the gate."""
-
-        def preempt() -> None:
-            # Out of the registry first: nobody joins a fill that is going.
-            if self._fills.get(key) is fill:
-                del self._fills[key]
-            fill.stop()
-
-        # A fill fed by peers is preemptible too, and the first to go: its blob is
-        # still at the node feeding it (that node's fill goes on while others read
-        # it), so cancelling it costs no upstream transfer, only the cluster's.
-        cheap = key[2]
-
-        def readers(abandoned: bool) -> None:
-            if abandoned:
-                self.gate.abandon(slot, preempt, cheap)
-            else:
-                self.gate.rejoin(slot)
-
-        return readers
-
-    async def _run(
-        self, fill: Fill, feed: Feed, key: tuple[str, str, bool], slot: Slot, upstream: Upstream
-    ) -> None:
-        reserved = outstanding = 0
-
-        def reserve(size: int | None) -> None:
-            # What the fill announced counts against the disk, and (if it is to be
-            # kept) against the cache's limit, until it ends.
-            nonlocal reserved, outstanding
-            if not size:
-                return
-            outstanding = size
-            self.budget.outstanding += size
-            if not self.budget.keeps(size):
-                # Larger than the cache may hold: served to its readers, never kept.
-                fill.keep = False
-            else:
-                reserved = size
-                self.budget.reserved += reserved
-
-        fill.on_size = reserve
+    async def _run(self, lease: _Lease, feed: Feed, upstream: Upstream) -> None:
+        fill = lease.fill
         try:
             await fill.run(feed, self.stats, self.accounting)
         finally:
             upstream.pins -= 1
-            self.budget.reserved -= reserved
-            self.budget.outstanding -= outstanding
-            self.gate.leave(slot)
-            if self._fills.get(key) is fill:
-                del self._fills[key]
+            lease.end()
         if fill.error is not None:
-            for hook in self.on_failure:
-                hook(fill)
+            self._events.failed(fill)
         if fill.state is FillState.DONE and fill.keep:
-            for callback in self.on_commit:
-                try:
-                    await callback(fill)
-                except Exception:  # a hook must not leave the fill's task failing
-                    log.exception("after caching %s", fill.digest)
+            try:
+                await self._events.committed(fill)
+            except Exception:  # what follows must not leave the fill's task failing
+                log.exception("after caching %s", fill.digest)
+
+    def _forget(self, key: Key, fill: Fill) -> None:
+        if self._fills.get(key) is fill:
+            del self._fills[key]
 
     @property
     def active(self) -> int:
@@ -181,6 +157,52 @@ class Fills:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class _Lease:
+    """One running fill as the registry holds it (``fillstate.Lease``): its key, its
+    slot at the gate, the disk reserved for what it announced."""
+
+    def __init__(self, fills: Fills, want: Want, key: Key, slot: Slot) -> None:
+        self._fills = fills
+        self._key = key
+        self._slot = slot
+        self._reserved: tuple[int, bool] | None = None
+        up = want.upstream.name
+        self.fill = Fill(
+            want.digest, fills.store, up, want.repo, fills.options, fills.ranges, lease=self
+        )
+
+    def sized(self, size: int | None) -> bool:
+        if not size:
+            return True
+        # What the fill announced counts against the disk, and (if it is to be kept)
+        # against the cache's limit, until it ends.
+        kept = self._fills.budget.reserve(size)
+        self._reserved = (size, kept)
+        return kept
+
+    def readers(self, abandoned: bool) -> None:
+        gate = self._fills.gate
+        if not abandoned:
+            gate.rejoin(self._slot)
+            return
+        # A fill fed by peers is preemptible too, and the first to go: its blob is
+        # still at the node feeding it (that node's fill goes on while others read
+        # it), so cancelling it costs no upstream transfer, only the cluster's.
+        gate.abandon(self._slot, self._preempt, cheap=self._key[2])
+
+    def _preempt(self) -> None:
+        # Out of the registry first: nobody joins a fill that is going.
+        self._fills._forget(self._key, self.fill)
+        self.fill.stop()
+
+    def end(self) -> None:
+        """The fill ended: its disk and its slot go back, and it leaves the registry."""
+        if self._reserved is not None:
+            self._fills.budget.release(*self._reserved)
+        self._fills.gate.leave(self._slot)
+        self._fills._forget(self._key, self.fill)
 
 
 class InFlight:
@@ -222,7 +244,7 @@ class InFlight:
                 relayed = await self._next.open(want, first)
                 # Counted once the upstream answered with the blob: a refusal moves
                 # no counter a held digest's refusal would not.
-                fills.stats.streamed_through += 1
+                fills.stats.count_streamed_through()
                 log.warning("no room for a fill: streaming %s through uncached", want.digest)
                 return _Gated(relayed, fills.gate, slot)
             fill = fills.start(want, self._next.feed(want), slot)

@@ -3,9 +3,9 @@
 The owner answers from its own cache or its own fill (one upstream fetch, streamed
 to every waiter, remote peers included). A peer's own request walks the chain
 without this link, so requests never loop. With ``peer_holders`` a fill fed here
-also takes pieces from the other nodes that hold the blob or are filling it
-(``swarm.py``); the owner, then the next in rank, then the upstream stay its feed
-of last resort.
+also takes pieces from the other nodes that hold the blob or are filling it (its
+swarm, which this link is handed as :class:`source.Swarms`: ``cacheproxy/swarm/``);
+the owner, then the next in rank, then the upstream stay its feed of last resort.
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ from ..accounting import Origin
 from ..errors import UpstreamUnavailable
 from ..peers.cluster import Cluster
 from ..ranges import range_header
-from . import source
 from .relay import RelayBody
-from .source import Body, Feed, Remote, Want
-from .swarm import Swarm
-from .swarming import SwarmNode
+from .source import Body, Feed, Remote, Swarm, Swarms, Want
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +39,7 @@ class PeerFeed:
         candidates: list[str],
         fallback: Feed,
         want: Want,
-        swarm: source.Swarm | None = None,
+        swarm: Swarm | None = None,
     ) -> None:
         self.swarm = swarm
         self._cluster = cluster
@@ -71,13 +68,13 @@ class PeerFeed:
                 self._candidates.insert(0, self._current)
             else:
                 self._cluster.membership.mark_bad(self._current, "broke off a blob")
-                self._cluster.stats.failures += 1
+                self._cluster.stats.count_failure()
             self._current = self._last = None
         while self._candidates and not self._on_fallback:
             peer = self._candidates.pop(0)
             wanted = range_header(start, end)
             headers = {"Range": wanted} if wanted else {}
-            self._cluster.stats.blob_requests += 1
+            self._cluster.stats.count_blob_request()
             try:
                 resp = await self._cluster.get(peer, self._path, self._query, headers, blob=True)
             except UpstreamUnavailable:
@@ -97,7 +94,7 @@ class PeerFeed:
 
     def blame(self) -> None:
         if self._current is not None:
-            self._cluster.stats.bad_content += 1
+            self._cluster.stats.count_bad_content()
             self._cluster.membership.mark_bad(self._current, "sent bytes that failed verification")
             self._current = None
         else:
@@ -107,7 +104,7 @@ class PeerFeed:
 class PeerSource:
     """Feeds fills from the digest's owner (falling back to ``next``)."""
 
-    def __init__(self, cluster: Cluster, next: Remote, swarms: SwarmNode | None = None) -> None:
+    def __init__(self, cluster: Cluster, next: Remote, swarms: Swarms | None = None) -> None:
         self._cluster = cluster
         self._next = next
         self._swarms = swarms
@@ -117,9 +114,7 @@ class PeerSource:
         candidates = self._cluster.candidates(str(want.digest))
         if not candidates:
             return fallback
-        swarm = None
-        if self._swarms is not None and not self._swarms.alone(want):
-            swarm = Swarm(self._swarms, want, candidates[0])
+        swarm = self._swarms.join(want, candidates[0]) if self._swarms is not None else None
         return PeerFeed(self._cluster, candidates, fallback, want, swarm)
 
     async def open(self, want: Want, first: int = 0) -> Body:

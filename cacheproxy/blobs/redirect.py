@@ -76,7 +76,7 @@ class Redirect:
             except Exception as exc:  # botocore raises many kinds (no credentials, ...)
                 tier.fault("signing", type(exc).__name__)
             else:
-                tier.stats.redirects += 1
+                tier.stats.count_redirect()
                 # The client's GET of the bucket is billed to the bucket's owner.
                 self._accounting.shared(want.upstream.name, want.repo, "get", 1, size - first)
                 return RedirectBody(url, size)

@@ -73,7 +73,7 @@ class SharedFeed:
         if not self._on_fallback:
             if self._is_resume(start):
                 self._resumes += 1
-                self._tier.stats.resumed += 1
+                self._tier.stats.count_resumed()
                 if self._resumes > BUCKET_RESUMES:
                     self._tier.fault("broken-body", f"{self._want.digest} broke off again")
                     self._on_fallback = True
@@ -103,19 +103,19 @@ class SharedFeed:
         except S3Unavailable as exc:
             tier.fault(exc.kind, exc.detail)
             return None
-        tier.stats.gets += 1
+        tier.stats.count_get()
         self._accounting.shared(want.upstream.name, want.repo, "get", 1, 0)
         if resp.status in (200, 206):
             tier.worked()
             if not self._asked:
-                tier.stats.hits += 1
+                tier.stats.count_hit()
             self._asked.append((start, end))
             self._from_bucket = True
             self._etag = resp.headers.get("ETag", self._etag)
             return resp
         resp.release()
         if resp.status == 404:
-            tier.stats.misses += 1
+            tier.stats.count_miss()
             tier.missed(want.digest)
             return None
         # Anything else (a 416: an object shorter than the blob) is the bucket's fault,

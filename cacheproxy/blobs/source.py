@@ -14,6 +14,7 @@ bytes a fill downloads and checks before anything is kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -119,21 +120,21 @@ class Remote(BlobSource, Protocol):
         """A feed of the blob, falling back to the links after this one."""
 
 
-class Progress(Protocol):
-    """What a swarm reads of the fill it feeds."""
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a fill's lanes stand, as they tell their swarm."""
 
-    def have(self) -> list[Span]:
-        """The spans on disk."""
-
-    def coming(self) -> list[Span]:
-        """The spans on their way: asked for, and their answers came."""
-
-    def asked(self) -> list[Span]:
-        """The spans asked for and not landed yet (every lane in flight)."""
+    #: The spans on disk.
+    have: Sequence[Span] = ()
+    #: The spans on their way: asked for, and their answers came.
+    coming: Sequence[Span] = ()
+    #: The spans asked for and not landed yet (every lane in flight).
+    asked: Sequence[Span] = ()
 
 
 class Swarm(Protocol):
-    """The peers holding a blob, and the policy that picks what each sends."""
+    """The peers holding a blob, and the policy that picks what each sends: what the
+    lanes of a fill (``lanes.py``) ask of it and tell it. It never calls them."""
 
     @property
     def live(self) -> bool:
@@ -143,11 +144,13 @@ class Swarm(Protocol):
     def sole(self) -> bool:
         """It is the only planner: the feeds given stay idle (the owner is there)."""
 
-    async def start(self, progress: Progress) -> int | None:
-        """Join the blob's swarm; its size, or None: the feeds alone (as without it)."""
+    async def start(self) -> int | None:
+        """Join the blob's swarm (nothing is here yet); its size, or None: the feeds
+        alone (as without it)."""
 
-    def plan(self, size: int) -> list[tuple[Feed, Span]]:
-        """The next ranges to ask peers for."""
+    def plan(self, size: int, progress: Progress) -> list[tuple[Feed, Span]]:
+        """The next ranges to ask peers for, the lanes standing at ``progress`` (what
+        the swarm tells the blob's owner until the next plan)."""
 
     def ended(self, feed: Feed, error: BaseException | None) -> bool:
         """A lane on ``feed`` ended (``error`` None: completely); False when the feed
@@ -157,11 +160,20 @@ class Swarm(Protocol):
         """The blob failed verification: True when peers of the swarm sent some of
         it (the swarm decides who answers for it), False when the feeds alone did."""
 
-    async def finish(self) -> None:
-        """The blob is verified here: say so to the owner (this node serves it now)."""
+    async def finish(self, progress: Progress) -> None:
+        """The blob is verified here (``progress``: all of it on disk): say so to the
+        owner (this node serves it now)."""
 
     async def close(self) -> None:
         """Stop what runs in the background."""
+
+
+class Swarms(Protocol):
+    """This node's swarms (cluster mode with holders: ``cacheproxy/swarm/``)."""
+
+    def join(self, want: Want, owner: str) -> Swarm | None:
+        """The swarm a fill of ``want`` fed by peers joins (``owner``: the digest's
+        owner); None: the blob comes from the owner alone, as without holders."""
 
 
 @runtime_checkable

@@ -1,5 +1,5 @@
-"""What the lanes of a fill write into and count with: the fill as the scheduler
-(``scheduler.py``) sees it, and one request in flight."""
+"""What the lanes of a fill write into: the fill as its lanes (``lanes.py``) see it,
+and one request in flight."""
 
 from __future__ import annotations
 
@@ -8,16 +8,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..oci import Digest
-from .segments import Extents
+from .segments import Extents, Span
 
 
 class Target(Protocol):
-    """Where lanes put their bytes: the fill."""
+    """Where lanes put their bytes, and all they tell of them: the fill."""
 
-    digest: Digest
-    size: int | None
-    received: int
-    received_shared: int
+    @property
+    def digest(self) -> Digest:
+        """The blob's digest (what the lanes' log lines name)."""
+
+    @property
+    def size(self) -> int | None:
+        """The blob's size once a feed announced it."""
 
     @property
     def extents(self) -> Extents:
@@ -34,18 +37,6 @@ class Target(Protocol):
         """Positions readers wait at that nothing has landed at yet."""
 
 
-class Counters(Protocol):
-    upstream_gets: int
-    peer_gets: int
-    peer_bytes: int
-    upstream_bytes: int
-    shared_gets: int
-    shared_bytes: int
-    resumed: int
-    segments: int
-    single_stream: int
-
-
 @dataclass
 class Lane:
     """One request in flight: bytes ``pos`` up to ``end`` (exclusive; None: to the
@@ -56,3 +47,7 @@ class Lane:
     pos: int
     end: int | None
     answered: bool = False
+
+    def span(self, size: int | None) -> Span:
+        """The bytes it still brings (to the end of the blob when ``end`` is None)."""
+        return Span(self.pos, self.end if self.end is not None else (size or self.pos))

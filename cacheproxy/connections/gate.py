@@ -60,6 +60,18 @@ class GateStats:
     send_timeouts: int = 0
     header_timeouts: int = 0
 
+    def count_refused(self) -> None:
+        self.refused += 1
+
+    def count_shed(self) -> None:
+        self.shed += 1
+
+    def count_header_timeout(self) -> None:
+        self.header_timeouts += 1
+
+    def count_send_timeout(self) -> None:
+        self.send_timeouts += 1
+
 
 class Gate:
     """One listener's connections and their bounds."""
@@ -99,7 +111,7 @@ class Gate:
             self._idle[guard] = None
             return True
         if len(self._over) >= OVERFLOW:
-            self.stats.refused += 1
+            self.stats.count_refused()
             return False
         guard.over = True
         self._over.add(guard)
@@ -122,7 +134,7 @@ class Gate:
         for guard in list(itertools.islice(self._idle, SHED_SCAN)):
             if guard.idle():
                 self.gone(guard)
-                self.stats.shed += 1
+                self.stats.count_shed()
                 guard.shed()
                 return True
         return False
@@ -177,7 +189,7 @@ async def _refuse(request: web.Request, handler: Handler, gate: Gate) -> web.Str
     if request.path in OPEN_PATHS:
         response = await handler(request)
     else:
-        gate.stats.refused += 1
+        gate.stats.count_refused()
         log.warning(
             "the %s listener is at its bound of %d busy connections: answering 503",
             gate.name,

@@ -103,7 +103,7 @@ class Guard(asyncio.Protocol):
     def _head_expired(self) -> None:
         self._head = None
         if self.transport is not None and not self.transport.is_closing():
-            self.gate.stats.header_timeouts += 1
+            self.gate.stats.count_header_timeout()
             log.info("closing a connection that sent no complete request head in time")
             self.transport.close()
 
@@ -133,7 +133,7 @@ class Guard(asyncio.Protocol):
         self._watch = loop.call_later(self.gate.watch_every, self._check)
 
     def _stalled(self) -> None:
-        self.gate.stats.send_timeouts += 1
+        self.gate.stats.count_send_timeout()
         log.info(
             "closing a connection whose client took nothing for %.0f s (send_timeout)",
             self.gate.send_timeout,

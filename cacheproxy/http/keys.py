@@ -6,7 +6,6 @@ import asyncio
 
 from aiohttp import web
 
-from ..blobs.holdings import Holdings
 from ..blobs.inflight import Fills
 from ..blobs.service import BlobService
 from ..lifecycle.keeper import Keeper
@@ -18,6 +17,7 @@ from ..savings.service import Savings
 from ..shared.tier import SharedTier
 from ..shared.writeback import WriteBack
 from ..store.readiness import Readiness
+from ..swarm.holdings import Holdings
 from ..upstream.pool import UpstreamPool
 from .clientauth import ClientAuth
 

@@ -4,12 +4,13 @@
 this node holds of the blob, complete or still landing, sent as they land (no byte
 held back: the asker verifies the whole blob); 404 when the range's first byte is
 neither here nor on its way (no fetch ever starts for it); 429 "busy" with
-Retry-After when this node already sends ``pieces.UPLOAD_SLOTS`` ranges. The links
-rule applies as on the blob path (the request's upstream and repository).
+Retry-After when this node already sends ``swarm.policy.UPLOAD_SLOTS`` ranges. The
+links rule applies as on the blob path (the request's upstream and repository).
+What the node holds and keeps is ``cacheproxy/swarm/holdings.py``'s.
 
 ``GET /_cacheproxy/peer/holding/<digest>?upstream=&repo=&node=&size=&have=&coming=``:
 a node tells the digest's owner how far it got (``have`` and ``coming`` are byte
-spans, ``holders.encode_spans``); the answer is the blob's size and the holders the
+spans, ``swarm.lists.encode_spans``); the answer is the blob's size and the holders the
 owner names to it, as JSON, signed over the request's signature, the digest and
 the body's sha256: a holder list is not addressed by a digest, so the asker trusts
 it only with the owner's signature. It carries node names and byte counts, no
@@ -28,9 +29,9 @@ from ..errors import BadRequest, BlobUnknown, TooManyRequests
 from ..numbers import parse_digits
 from ..oci import Route, parse_digest
 from ..peers.cluster import Cluster
-from ..peers.holders import Report, encode_answer
 from ..peers.signing import ANSWER_HEADER
 from ..ranges import parse_range
+from ..swarm.lists import HolderReport, encode_list
 from ..upstream.client import Upstream
 from . import handlers
 from .keys import HOLDINGS, PEER_PIECES
@@ -98,11 +99,11 @@ async def holding(
     if size_text and size is None:
         raise BadRequest("size: expected a byte count")
     try:
-        report = Report.parse(node, query.get("have", ""), query.get("coming", ""), size)
+        report = HolderReport.parse(node, query.get("have", ""), query.get("coming", ""), size)
     except ValueError as exc:
         raise BadRequest(f"have/coming: {exc}") from None
     known, named = await holdings.holding(Want(up, repo, digest), report, size)
-    body = encode_answer(known, named)
+    body = encode_list(known, named)
     fields = [str(digest), hashlib.sha256(body).hexdigest()]
     headers = {ANSWER_HEADER: cluster.sign_answer(signature, fields)}
     return web.Response(body=body, content_type="application/json", headers=headers)

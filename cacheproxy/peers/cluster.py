@@ -39,11 +39,14 @@ CONTROL_CONNECTIONS = 16
 
 @dataclass
 class PeerStats:
+    """What this node asked of its peers and how it went (for /metrics and the
+    cluster view), moved by the methods below alone."""
+
     blob_requests: int = 0
     manifest_requests: int = 0
     failures: int = 0
     bad_content: int = 0
-    # The swarm (blobs/swarm.py): holder lists asked of owners, pieces asked of
+    # The swarm (cacheproxy/swarm/): holder lists asked of owners, pieces asked of
     # holders, "busy" answers got, pieces that failed, fills that fell back.
     holder_lists: int = 0
     piece_requests: int = 0
@@ -53,6 +56,39 @@ class PeerStats:
     swarm_mismatches: int = 0
     # Failures that were TLS's: a handshake or a certificate refused (in failures too).
     tls_failures: int = 0
+
+    def count_blob_request(self) -> None:
+        self.blob_requests += 1
+
+    def count_manifest_request(self) -> None:
+        self.manifest_requests += 1
+
+    def count_failure(self, tls: bool = False) -> None:
+        """A peer could not be reached, or broke off (``tls``: TLS refused it)."""
+        self.failures += 1
+        if tls:
+            self.tls_failures += 1
+
+    def count_bad_content(self) -> None:
+        self.bad_content += 1
+
+    def count_holder_list(self) -> None:
+        self.holder_lists += 1
+
+    def count_piece_request(self) -> None:
+        self.piece_requests += 1
+
+    def count_busy(self) -> None:
+        self.busy += 1
+
+    def count_piece_failure(self) -> None:
+        self.piece_failures += 1
+
+    def count_swarm_fallback(self) -> None:
+        self.swarm_fallbacks += 1
+
+    def count_swarm_mismatch(self) -> None:
+        self.swarm_mismatches += 1
 
 
 class Cluster:
@@ -123,7 +159,7 @@ class Cluster:
         secure = peer.startswith("https://")
         if self._tls is not None and not secure:
             # A member listed as http:// (a peers file, say) in a TLS cluster.
-            self.stats.failures += 1
+            self.stats.count_failure()
             self.membership.mark_bad(peer, "plain http in a cluster that talks TLS")
             raise UpstreamUnavailable(f"peer {peer} is not https")
         signed = {**headers, HEADER: sign(self.secret, "GET", path_qs, peer)}
@@ -134,9 +170,7 @@ class Cluster:
                 peer + path_qs, headers=signed, allow_redirects=False, server_hostname=name
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.stats.failures += 1
-            if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
-                self.stats.tls_failures += 1
+            self.stats.count_failure(tls=isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError))
             self.membership.mark_bad(peer, type(exc).__name__)
             raise UpstreamUnavailable(f"peer {peer} unreachable") from exc
 

@@ -80,7 +80,7 @@ async def sweep_uploads(
     except S3Unavailable as exc:
         tier.fault(exc.kind, f"sweeping abandoned uploads: {exc.detail}")
     finally:
-        tier.stats.aborted_uploads += aborted
+        tier.stats.count_aborted_uploads(aborted)
         if aborted:
             log.info("shared tier: aborted %d abandoned multipart uploads", aborted)
     return aborted

@@ -41,7 +41,8 @@ MISS_FRESH = 600.0
 
 @dataclass
 class SharedStats:
-    """Counters for /metrics and the tests."""
+    """Counters for /metrics and the tests, moved by the methods below (and the
+    tier's own) alone."""
 
     gets: int = 0
     heads: int = 0
@@ -59,6 +60,39 @@ class SharedStats:
     redirects: int = 0
     aborted_uploads: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+
+    def count_get(self) -> None:
+        self.gets += 1
+
+    def count_hit(self) -> None:
+        self.hits += 1
+
+    def count_miss(self) -> None:
+        self.misses += 1
+
+    def count_resumed(self) -> None:
+        self.resumed += 1
+
+    def count_redirect(self) -> None:
+        self.redirects += 1
+
+    def count_upload(self, requests: int, size: int) -> None:
+        """An object of ``size`` bytes was written, in ``requests`` PUTs and POSTs."""
+        self.uploads += 1
+        self.upload_requests += requests
+        self.upload_bytes += size
+
+    def count_already_there(self) -> None:
+        self.already_there += 1
+
+    def count_upload_failure(self) -> None:
+        self.upload_failures += 1
+
+    def count_upload_dropped(self) -> None:
+        self.uploads_dropped += 1
+
+    def count_aborted_uploads(self, aborted: int) -> None:
+        self.aborted_uploads += aborted
 
 
 class SharedTier:

@@ -102,13 +102,13 @@ class WriteBack:
             return False
         # Jobs waiting for a retry are off the queue: the bound is on everything pending.
         if len(self._pending) >= self._tier.settings.max_pending_uploads:
-            self._tier.stats.uploads_dropped += 1
+            self._tier.stats.count_upload_dropped()
             log.warning("shared tier: too many uploads pending, not writing %s", job.digest)
             return False
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self._tier.stats.uploads_dropped += 1
+            self._tier.stats.count_upload_dropped()
             log.warning("shared tier: upload queue full, not writing %s", job.digest)
             return False
         self._pending.add(key)
@@ -140,13 +140,13 @@ class WriteBack:
                 await self._upload(job)
             except S3Unavailable as exc:
                 self._tier.fault(exc.kind, f"writing {job.digest}: {exc.detail}")
-                self._tier.stats.upload_failures += 1
+                self._tier.stats.count_upload_failure()
                 done = not self._retry(job)
             except OSError as exc:
                 log.warning("shared tier: cannot read %s to write it: %s", job.digest, exc)
             except Exception:  # an answer no parser expected: the worker must live on
                 log.exception("shared tier: writing %s failed", job.digest)
-                self._tier.stats.upload_failures += 1
+                self._tier.stats.count_upload_failure()
             finally:
                 if done:
                     self._finish(job)
@@ -160,7 +160,7 @@ class WriteBack:
         """Try ``job`` again later; False when it has had its tries (dropped)."""
         job.attempts += 1
         if job.attempts >= ATTEMPTS:
-            self._tier.stats.uploads_dropped += 1
+            self._tier.stats.count_upload_dropped()
             log.warning("shared tier: giving up writing %s", job.digest)
             return False
         self._later(job, self._retry_delay * 2 ** (job.attempts - 1))
@@ -177,7 +177,7 @@ class WriteBack:
             try:
                 self._queue.put_nowait(job)
             except asyncio.QueueFull:
-                self._tier.stats.uploads_dropped += 1
+                self._tier.stats.count_upload_dropped()
                 self._finish(job)
 
         handle = loop.call_later(delay, again)
@@ -193,7 +193,7 @@ class WriteBack:
             async with self._slots:
                 found = await tier.s3.head(key)
             if found is not None:
-                tier.stats.already_there += 1
+                tier.stats.count_already_there()
                 tier.remember(job.digest, found.size)
                 return
         if job.body is not None:
@@ -216,10 +216,7 @@ class WriteBack:
             os.close(blob.fd)
 
     def _sent(self, job: Job, requests: int, size: int) -> None:
-        stats = self._tier.stats
-        stats.uploads += 1
-        stats.upload_requests += requests
-        stats.upload_bytes += size
+        self._tier.stats.count_upload(requests, size)
         self._tier.worked()
         self._tier.remember(job.digest, size)
         self._tier.checked(job.digest)

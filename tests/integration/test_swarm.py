@@ -20,10 +20,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from cacheproxy.blobs.segments import Span
 from cacheproxy.http.keys import CLUSTER, HOLDINGS
-from cacheproxy.peers.holders import list_key
 from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import ANSWER_HEADER, HEADER, sign, verify_answer
+from cacheproxy.swarm.lists import list_key
 from tests.integration.test_peers import SECRET, start_cluster
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
@@ -186,8 +187,8 @@ async def test_the_owner_brings_the_blob_in_once_and_signs_its_holder_list(
                 assert doc["holders"][0]["node"] == owner.url
             # The second list names the asker to no one but others: it is not in its own.
             assert asker not in {h["node"] for h in doc["holders"]}
-            listed = owner.app[HOLDINGS].registry.reports(list_key(forwarder.host, digest))
-            assert listed[0].have == ((0, 1000),)
+            listed = owner.app[HOLDINGS].lists.reports(list_key(forwarder.host, digest))
+            assert listed[0].have == (Span(0, 1000),)
             url, signed = signed_url(owner.url, "holding", digest, **query)
             async with http.get(url, headers={**signed, HEADER: "1.forged"}) as resp:
                 assert resp.status == 401

@@ -21,7 +21,6 @@ from cacheproxy.blobs.chains import blob_chain
 from cacheproxy.blobs.inflight import Fills
 from cacheproxy.blobs.peers import PeerSource
 from cacheproxy.blobs.source import BlobSource, Want
-from cacheproxy.blobs.swarming import SwarmNode
 from cacheproxy.blobs.upstream import UpstreamSource
 from cacheproxy.config import Config, SharedConfig, load_config
 from cacheproxy.layout import CacheLayout
@@ -33,6 +32,7 @@ from cacheproxy.shared.s3 import S3
 from cacheproxy.shared.tier import SharedTier
 from cacheproxy.store.files import BlobStore
 from cacheproxy.store.index import Index
+from cacheproxy.swarm.node import SwarmNode
 from cacheproxy.upstream.aws import AwsClients
 from cacheproxy.upstream.credentials import boto3_ecr_client
 from cacheproxy.upstream.pool import UpstreamPool

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from cacheproxy.numbers import is_digits, parse_digits
 from cacheproxy.oci import parse_accept
-from cacheproxy.peers.holders import parse_spans
 from cacheproxy.peers.signing import sign, verify
 from cacheproxy.ranges import parse_content_range, parse_content_span, parse_range
+from cacheproxy.swarm.lists import parse_spans
 from cacheproxy.upstream.limits import parse_rate_limit, parse_retry_after
 from cacheproxy.upstream.tokens import DEFAULT_EXPIRES_IN, _lifetime
 

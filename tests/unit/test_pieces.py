@@ -5,7 +5,8 @@ import collections
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheproxy.peers.pieces import (
+from cacheproxy.blobs.segments import Span
+from cacheproxy.swarm.policy import (
     Asking,
     Holder,
     Request,
@@ -28,10 +29,16 @@ def asking(holders: tuple[Holder, ...], **kw: object) -> Asking:
     return Asking(me="me", size=SIZE, holders=holders, piece_size=PIECE, **kw)
 
 
+def request(node: str, piece: int) -> Request:
+    """A request of ``node`` for the whole of ``piece``."""
+    bytes_of = span(piece, SIZE, PIECE)
+    return Request(node, piece, bytes_of.start, bytes_of.end)
+
+
 def test_pieces_and_spans() -> None:
     assert piece_count(SIZE, PIECE) == 11
-    assert span(0, SIZE, PIECE) == (0, MIB)
-    assert span(10, SIZE, PIECE) == (10 * MIB, SIZE)
+    assert span(0, SIZE, PIECE) == Span(0, MIB)
+    assert span(10, SIZE, PIECE) == Span(10 * MIB, SIZE)
     assert piece_count(0, PIECE) == 0
     assert pieces_below(3 * MIB + 5, SIZE, PIECE) == frozenset(range(3))
     assert pieces_below(SIZE, SIZE, PIECE) == ALL
@@ -44,13 +51,13 @@ def test_takes_from_several_holders_at_once_one_request_each() -> None:
     assert len({r.node for r in out}) == 4
     assert len({r.piece for r in out}) == 4
     for r in out:
-        assert (r.start, r.end) == span(r.piece, SIZE, PIECE)
+        assert Span(r.start, r.end) == span(r.piece, SIZE, PIECE)
 
 
 def test_never_asks_itself_an_avoided_holder_or_one_already_sending() -> None:
     holders = (Holder("me", have=ALL), Holder("a", have=ALL), Holder("b", have=ALL))
     holders += (Holder("c", have=ALL),)
-    flying = (Request("a", 0, *span(0, SIZE, PIECE)),)
+    flying = (request("a", 0),)
     out = plan(asking(holders, in_flight=flying, avoid=frozenset({"b"}), max_sources=4))
     assert [r.node for r in out] == ["c"]
     assert out[0].piece != 0
@@ -59,7 +66,7 @@ def test_never_asks_itself_an_avoided_holder_or_one_already_sending() -> None:
 def test_asks_nothing_when_done_full_or_nobody_offers() -> None:
     holder = (Holder("a", have=ALL),)
     assert plan(asking(holder, have=ALL)) == []
-    flying = tuple(Request(f"x{i}", i, *span(i, SIZE, PIECE)) for i in range(4))
+    flying = tuple(request(f"x{i}", i) for i in range(4))
     assert plan(asking(holder, in_flight=flying, max_sources=4)) == []
     assert plan(asking((Holder("a"),))) == []
     assert plan(asking((Holder("a", have=frozenset({0})),), have=frozenset({0}))) == []
@@ -73,7 +80,7 @@ def test_rarest_piece_first_then_one_the_holder_has_over_one_it_is_receiving() -
         Holder("c", have=common),
     )
     first = plan(asking(holders, max_sources=1))
-    assert first == [Request("a", 5, *span(5, SIZE, PIECE))]
+    assert first == [request("a", 5)]
     # Equally rare: the holder that has piece 3 beats the one still receiving piece 4.
     holders = (Holder("a", coming=frozenset({4})), Holder("b", have=frozenset({3})))
     assert [r.piece for r in plan(asking(holders, max_sources=1))] == [3]
@@ -155,9 +162,7 @@ def situations(draw: st.DrawFn) -> Asking:
     have = draw(st.frozensets(st.integers(0, count - 1), max_size=count))
     free = sorted(set(range(count)) - have)
     flying_pieces = draw(st.lists(st.sampled_from(free), unique=True, max_size=3)) if free else []
-    in_flight = tuple(
-        Request(f"h{i}", p, *span(p, SIZE, PIECE)) for i, p in enumerate(flying_pieces)
-    )
+    in_flight = tuple(request(f"h{i}", p) for i, p in enumerate(flying_pieces))
     avoid = frozenset(draw(st.lists(st.sampled_from([f"h{i}" for i in range(6)]), max_size=3)))
     return asking(
         holders,
@@ -181,7 +186,7 @@ def test_every_plan_keeps_the_rules(situation: Asking) -> None:
         assert r.node not in situation.avoid and r.node not in sending
         assert r.piece in offers[r.node]
         assert r.piece not in situation.have and r.piece not in flying
-        assert (r.start, r.end) == span(r.piece, SIZE, PIECE) and r.end <= SIZE
+        assert Span(r.start, r.end) == span(r.piece, SIZE, PIECE) and r.end <= SIZE
     # Nothing asked only when nothing askable is left (the plan never idles needlessly).
     usable = [
         h for h in situation.holders if h.node not in situation.avoid and h.node not in sending

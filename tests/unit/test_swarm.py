@@ -1,4 +1,4 @@
-"""The asker's side of the swarm (blobs/swarm.py, blobs/swarming.py) on a fake cluster:
+"""The asking side of the swarm (swarm/asker.py, swarm/feed.py, swarm/memory.py) on a fake cluster:
 which holder is asked for which bytes, and what busy, gone and wrong holders cost."""
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from typing import Any, cast
 import pytest
 
 from cacheproxy.blobs.segments import Span
-from cacheproxy.blobs.source import Want
-from cacheproxy.blobs.swarm import MAX_FAILURES, Swarm
-from cacheproxy.blobs.swarming import BUSY_PAUSE, Busy, HolderFeed, NotHeld, SwarmNode
+from cacheproxy.blobs.source import Progress, Want
 from cacheproxy.errors import UpstreamUnavailable
 from cacheproxy.oci import parse_digest
 from cacheproxy.peers.cluster import Cluster, PeerStats
-from cacheproxy.peers.holders import Report, encode_answer
+from cacheproxy.swarm.asker import MAX_FAILURES, Asker
+from cacheproxy.swarm.feed import Busy, HolderFeed, NotHeld
+from cacheproxy.swarm.lists import HolderReport, encode_list
+from cacheproxy.swarm.memory import BUSY_PAUSE
+from cacheproxy.swarm.node import SwarmNode
 
 MIB = 1 << 20
 SIZE = 10 * MIB
@@ -79,7 +81,7 @@ class FakeCluster:
     self_url = ME
     read_timeout = 5.0
 
-    def __init__(self, holders: list[Report], healthy: set[str]) -> None:
+    def __init__(self, holders: list[HolderReport], healthy: set[str]) -> None:
         self.holders = holders
         self.membership = Membership(healthy)
         self.stats = PeerStats()
@@ -101,7 +103,7 @@ class FakeCluster:
             self.membership.mark_bad(peer, "unreachable")
             raise UpstreamUnavailable(f"peer {peer} unreachable")
         if path.startswith("/holding/"):
-            return Response(200, encode_answer(SIZE, self.holders))
+            return Response(200, encode_list(SIZE, self.holders))
         return self.pieces(peer)
 
     def signed_answer(self, resp: Response, fields: list[str]) -> bool:
@@ -111,21 +113,8 @@ class FakeCluster:
         return [q for _, path, q in self.requests if path.startswith("/holding/")]
 
 
-@dataclass
-class Progress:
-    """What the fill's lanes hold: on disk, and asked for (answered or not)."""
-
-    on_disk: list[Span] = field(default_factory=list)
-    in_flight: list[Span] = field(default_factory=list)
-
-    def have(self) -> list[Span]:
-        return list(self.on_disk)
-
-    def coming(self) -> list[Span]:
-        return list(self.in_flight)
-
-    def asked(self) -> list[Span]:
-        return list(self.in_flight)
+#: Lanes with nothing on disk and nothing asked for.
+NOTHING = Progress()
 
 
 def want(n: int = 0) -> Want:
@@ -133,8 +122,8 @@ def want(n: int = 0) -> Want:
     return Want(cast(Any, SimpleNamespace(name="registry.test")), "app", digest)
 
 
-def whole(node: str) -> Report:
-    return Report(node, ((0, SIZE),))
+def whole(node: str) -> HolderReport:
+    return HolderReport(node, (Span(0, SIZE),))
 
 
 @dataclass
@@ -142,18 +131,23 @@ class Rig:
     cluster: FakeCluster
     node: SwarmNode
     clock: Clock
-    swarms: list[Swarm] = field(default_factory=list)
+    swarms: list[Asker] = field(default_factory=list)
 
-    async def swarm(self, progress: Progress, n: int = 0) -> Swarm:
-        swarm = Swarm(self.node, want(n), OWNER)
+    def join(self, n: int = 0) -> Asker:
+        swarm = self.node.join(want(n), OWNER)
+        assert swarm is not None
         self.swarms.append(swarm)
-        assert await swarm.start(progress) == SIZE
+        return swarm
+
+    async def swarm(self, n: int = 0) -> Asker:
+        swarm = self.join(n)
+        assert await swarm.start() == SIZE
         return swarm
 
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    holders = [Report(OWNER), whole("http://a:5000"), whole("http://b:5000")]
+    holders = [HolderReport(OWNER), whole("http://a:5000"), whole("http://b:5000")]
     cluster = FakeCluster(holders, {OWNER, "http://a:5000", "http://b:5000", "http://c:5000"})
     clock = Clock()
     node = SwarmNode(cast(Cluster, cluster), piece_size=MIB, max_sources=3, clock=clock)
@@ -169,60 +163,63 @@ def asked(plan: list[tuple[Any, Span]]) -> list[tuple[str, int, int]]:
 
 async def test_only_missing_bytes_are_asked_one_holder_each(rig: Rig) -> None:
     # Piece 1 is half here, pieces 2-6 and 8-9 are asked already: pieces 1 and 7 are left.
-    progress = Progress(
-        on_disk=[Span(0, MIB + MIB // 2)],
-        in_flight=[Span(2 * MIB, 7 * MIB), Span(8 * MIB, SIZE)],
-    )
-    swarm = await rig.swarm(progress)
-    plan = swarm.plan(SIZE)
+    flying = [Span(2 * MIB, 7 * MIB), Span(8 * MIB, SIZE)]
+    progress = Progress(have=[Span(0, MIB + MIB // 2)], coming=flying, asked=flying)
+    swarm = await rig.swarm()
+    plan = swarm.plan(SIZE, progress)
     spans = sorted((span.start, span.end) for _, span in plan)
     assert spans == [(MIB + MIB // 2, 2 * MIB), (7 * MIB, 8 * MIB)]
     nodes = [feed.node for feed, _ in plan]
     assert len(set(nodes)) == 2 and set(nodes) <= {"http://a:5000", "http://b:5000"}
     assert all(isinstance(feed, HolderFeed) for feed, _ in plan)
     # Nothing more to ask while those are on their way.
-    assert swarm.plan(SIZE) == []
+    assert swarm.plan(SIZE, progress) == []
 
 
 async def test_a_busy_holder_is_left_alone_by_every_fill_of_the_node(rig: Rig) -> None:
-    rig.cluster.holders = [Report(OWNER), whole("http://a:5000")]
-    first = await rig.swarm(Progress())
-    second = await rig.swarm(Progress(), n=1)
-    ((feed, _),) = first.plan(SIZE)
+    rig.cluster.holders = [HolderReport(OWNER), whole("http://a:5000")]
+    first = await rig.swarm()
+    second = await rig.swarm(n=1)
+    ((feed, _),) = first.plan(SIZE, NOTHING)
     assert first.ended(feed, Busy("http://a:5000"))
-    assert first.plan(SIZE) == [] and second.plan(SIZE) == []
+    assert first.plan(SIZE, NOTHING) == [] and second.plan(SIZE, NOTHING) == []
     rig.clock.now += BUSY_PAUSE * 1.01
-    assert [f.node for f, _ in second.plan(SIZE)] == ["http://a:5000"]
+    assert [f.node for f, _ in second.plan(SIZE, NOTHING)] == ["http://a:5000"]
     # Refused again: left alone twice as long.
-    ((feed, _),) = first.plan(SIZE)
+    ((feed, _),) = first.plan(SIZE, NOTHING)
     first.ended(feed, Busy("http://a:5000"))
     rig.clock.now += BUSY_PAUSE * 1.5
-    assert first.plan(SIZE) == []
+    assert first.plan(SIZE, NOTHING) == []
     rig.clock.now += BUSY_PAUSE
-    assert len(first.plan(SIZE)) == 1
+    assert len(first.plan(SIZE, NOTHING)) == 1
     assert rig.cluster.stats.busy == 2
 
 
 async def test_unhealthy_holders_and_this_node_are_never_asked(rig: Rig) -> None:
-    rig.cluster.holders = [Report(OWNER), whole("http://a:5000"), whole(ME), whole("http://x:1")]
+    rig.cluster.holders = [
+        HolderReport(OWNER),
+        whole("http://a:5000"),
+        whole(ME),
+        whole("http://x:1"),
+    ]
     rig.cluster.membership.healthy.discard("http://a:5000")
-    swarm = await rig.swarm(Progress())
-    assert swarm.plan(SIZE) == []  # a is avoided, x is no member, the owner has nothing
+    swarm = await rig.swarm()
+    assert swarm.plan(SIZE, NOTHING) == []  # a is avoided, x is no member, the owner has nothing
 
 
 async def test_a_holder_that_fails_a_piece_is_replaced_and_the_rest_asked_again(rig: Rig) -> None:
     rig.cluster.holders = [whole(OWNER), whole("http://a:5000")]
-    swarm = await rig.swarm(Progress())
-    plan = swarm.plan(SIZE)
+    swarm = await rig.swarm()
+    plan = swarm.plan(SIZE, NOTHING)
     by_node = {feed.node: (feed, span) for feed, span in plan}
     feed, _span = by_node["http://a:5000"]
     assert swarm.ended(feed, TimeoutError())
-    again = swarm.plan(SIZE)
+    again = swarm.plan(SIZE, NOTHING)
     # a sits out; the owner is busy with its own request, so nothing else to ask yet.
     assert again == []
     owner_feed, _ = by_node[OWNER]
     swarm.ended(owner_feed, None)
-    ((next_feed, _next_span),) = swarm.plan(SIZE)
+    ((next_feed, _next_span),) = swarm.plan(SIZE, NOTHING)
     assert next_feed.node == OWNER
     assert not swarm.ended(HolderFeed(cast(Cluster, rig.cluster), "http://a:5000", want()), None)
 
@@ -230,12 +227,12 @@ async def test_a_holder_that_fails_a_piece_is_replaced_and_the_rest_asked_again(
 async def test_a_tail_of_a_tail_is_not_offered_on(rig: Rig) -> None:
     """Bytes asked of a holder still receiving them are reported once they landed:
     tails stay two deep, and two nodes never wait on each other for the same bytes."""
-    rig.cluster.holders = [Report(OWNER), Report("http://a:5000", (), ((0, MIB),))]
-    progress = Progress()
-    swarm = await rig.swarm(progress)
-    ((feed, span),) = swarm.plan(SIZE)
+    rig.cluster.holders = [HolderReport(OWNER), HolderReport("http://a:5000", (), (Span(0, MIB),))]
+    swarm = await rig.swarm()
+    ((feed, span),) = swarm.plan(SIZE, NOTHING)
     assert (feed.node, span.start, span.end) == ("http://a:5000", 0, MIB)
-    progress.in_flight = [Span(0, MIB)]  # its answer came: the lane is on its way
+    # Its answer came: the lane is on its way, as the lanes tell at their next plan.
+    assert swarm.plan(SIZE, Progress(coming=[span], asked=[span])) == []
     async with asyncio.timeout(5):  # until the next report (every REFRESH seconds)
         while len(rig.cluster.reports()) < 2:
             await asyncio.sleep(0.01)
@@ -244,11 +241,11 @@ async def test_a_tail_of_a_tail_is_not_offered_on(rig: Rig) -> None:
 
 async def test_the_owner_gone_leaves_what_holders_have_and_the_feed(rig: Rig) -> None:
     rig.cluster.holders = [
-        Report(OWNER, (), ((0, SIZE),)),
-        Report("http://a:5000", ((0, 2 * MIB),), ((2 * MIB, 3 * MIB),)),
+        HolderReport(OWNER, (), (Span(0, SIZE),)),
+        HolderReport("http://a:5000", (Span(0, 2 * MIB),), (Span(2 * MIB, 3 * MIB),)),
     ]
-    swarm = await rig.swarm(Progress())
-    for feed, _ in swarm.plan(SIZE):
+    swarm = await rig.swarm()
+    for feed, _ in swarm.plan(SIZE, NOTHING):
         swarm.ended(feed, None)
     assert swarm.sole
     rig.cluster.down.add(OWNER)
@@ -258,7 +255,7 @@ async def test_the_owner_gone_leaves_what_holders_have_and_the_feed(rig: Rig) ->
     assert swarm.live and rig.cluster.stats.swarm_fallbacks == 1
     # What a holder has is still asked of it; what it had coming (maybe from the owner)
     # and the owner itself are not: the fill's feed takes the rest.
-    spans = asked(swarm.plan(SIZE))
+    spans = asked(swarm.plan(SIZE, NOTHING))
     assert spans and all(node == "http://a:5000" and end <= 2 * MIB for node, _, end in spans)
 
 
@@ -268,31 +265,31 @@ async def test_no_swarm_without_a_signed_list_from_the_owner(rig: Rig, fault: st
         rig.cluster.down.add(OWNER)
     else:
         rig.cluster.signed = False
-    swarm = Swarm(rig.node, want(), OWNER)
-    rig.swarms.append(swarm)
-    assert await swarm.start(Progress()) is None
-    assert not swarm.live and not swarm.sole and swarm.plan(SIZE) == []
+    swarm = rig.join()
+    assert await swarm.start() is None
+    assert not swarm.live and not swarm.sole and swarm.plan(SIZE, NOTHING) == []
 
 
 async def test_wrong_bytes_leave_the_senders_out_and_the_next_fill_to_the_owner(rig: Rig) -> None:
-    swarm = await rig.swarm(Progress())
+    swarm = await rig.swarm()
     assert not swarm.blame()  # nobody sent anything: the feed answers for it
-    for feed, _ in swarm.plan(SIZE):
+    for feed, _ in swarm.plan(SIZE, NOTHING):
         swarm.ended(feed, None)
     assert swarm.blame()
-    assert rig.node.alone(want(0)) and not rig.node.alone(want(1))
-    assert rig.node.suspects.current() == {"http://a:5000", "http://b:5000"}
-    later = await rig.swarm(Progress(), n=1)
-    assert later.plan(SIZE) == []  # the only holders with bytes are suspects
+    assert rig.node.join(want(0), OWNER) is None and rig.node.memory.alone(want(0))
+    assert not rig.node.memory.alone(want(1))
+    assert rig.node.memory.suspects.current() == {"http://a:5000", "http://b:5000"}
+    later = await rig.swarm(n=1)
+    assert later.plan(SIZE, NOTHING) == []  # the only holders with bytes are suspects
 
 
 async def test_too_many_failed_pieces_end_the_swarm(rig: Rig) -> None:
-    swarm = await rig.swarm(Progress())
+    swarm = await rig.swarm()
     feed = HolderFeed(cast(Cluster, rig.cluster), "http://a:5000", want())
     swarm._feeds["http://a:5000"] = feed  # as if it had been asked
     for _ in range(MAX_FAILURES + 1):
         swarm.ended(feed, ConnectionResetError())
-    assert not swarm.live and swarm.plan(SIZE) == []
+    assert not swarm.live and swarm.plan(SIZE, NOTHING) == []
 
 
 @pytest.mark.parametrize(
@@ -316,20 +313,20 @@ async def test_a_holder_feed_reads_the_answer(
 async def test_an_owner_that_leaves_the_cluster_leaves_the_rest_to_the_feed(rig: Rig) -> None:
     """It still answers its lists, but it is no member now: waiting on it for pieces
     nobody else offers would wait for nothing."""
-    rig.cluster.holders = [Report(OWNER, (), ((0, SIZE),))]
-    swarm = await rig.swarm(Progress())
+    rig.cluster.holders = [HolderReport(OWNER, (), (Span(0, SIZE),))]
+    swarm = await rig.swarm()
     rig.cluster.membership.healthy.discard(OWNER)
-    assert swarm.plan(SIZE) == []
+    assert swarm.plan(SIZE, NOTHING) == []
     assert swarm.live and not swarm.sole
 
 
 async def test_no_byte_for_a_long_while_leaves_the_rest_to_the_feed(rig: Rig) -> None:
-    rig.cluster.holders = [Report(OWNER)]  # it answers, but never has anything
-    swarm = await rig.swarm(Progress())
-    assert swarm.plan(SIZE) == [] and swarm.sole
+    rig.cluster.holders = [HolderReport(OWNER)]  # it answers, but never has anything
+    swarm = await rig.swarm()
+    assert swarm.plan(SIZE, NOTHING) == [] and swarm.sole
     rig.clock.now += 4 * rig.cluster.read_timeout
     async with asyncio.timeout(5):  # a fresh list (every REFRESH s) makes it look again
         while len(rig.cluster.reports()) < 2:
             await asyncio.sleep(0.01)
-    swarm.plan(SIZE)
+    swarm.plan(SIZE, NOTHING)
     assert swarm.live and not swarm.sole

@@ -7,12 +7,14 @@ connections at once (RFC 9110 section 14). The first request asks for the first
 ``Content-Range``, so nothing waits for a HEAD; a blob no bigger is done in that
 one stream. Which range goes to which feed next is :func:`segments.plan`'s choice.
 
-In cluster mode the lanes may also come from a :class:`Swarm`: the peers holding
-the blob, each a feed of its own, asked for pieces by the swarm policy
-(``peers/pieces.py``). The swarm then decides for peer sources and the segment
-plan for the feeds given (the owner, then the upstream): those stay idle while
-the swarm is the sole planner, and take the ranges it leaves once the owner is
-gone. A peer's lane that fails is not resumed: its rest goes back to the plan.
+In cluster mode the lanes may also come from a :class:`Swarm`, which a feed brings
+(``source.Swarmed``): the peers holding the blob, each a feed of its own, asked for
+pieces by the swarm policy (``cacheproxy/swarm/``). The swarm then decides for peer
+sources and the segment plan for the feeds given (the owner, then the upstream):
+those stay idle while the swarm is the sole planner, and take the ranges it leaves
+once the owner is gone. A peer's lane that fails is not resumed: its rest goes back
+to the plan. The lanes own their swarm: they tell it where they stand with each
+plan they ask of it, and it never calls them.
 
 Robust by construction:
 
@@ -41,10 +43,11 @@ from ..errors import (
     UpstreamBadContent,
     UpstreamUnavailable,
 )
+from .fillstate import FillStats
 from .reading import BodyReader, drop, keep
 from .segments import Answer, RangeSupport, Span, chunk_size, plan, read_answer
-from .source import Feed, Swarm
-from .target import Counters, Lane, Target
+from .source import Feed, Progress, Swarm, Swarmed
+from .target import Lane, Target
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +70,17 @@ class Lanes:
         self,
         target: Target,
         feeds: Sequence[Feed],
-        stats: Counters,
+        stats: FillStats,
         min_size: int,
         ranges: RangeSupport,
         key: str = "",
         backoff: float = RESUME_BACKOFF,
-        swarm: Swarm | None = None,
     ) -> None:
         self._target = target
-        self._swarm = swarm
+        # Cluster mode: the peers holding the blob may send it too (the swarm the
+        # first feed brings, the peer link's).
+        first = feeds[0]
+        self._swarm: Swarm | None = first.swarm if isinstance(first, Swarmed) else None
         # Seconds before the first resume, doubling for each next one.
         self._backoff = backoff
         self._feeds = list(feeds)
@@ -91,6 +96,9 @@ class Lanes:
         self._chunk = self._min_size
         self._attempts = 0
         self._active: dict[asyncio.Task[None], Lane] = {}
+        #: Bytes received from the upstream, and from the shared tier (the ledger's).
+        self.received = 0
+        self.received_shared = 0
 
     async def run(self) -> None:
         """Return once every byte of the blob is on disk; raise a RegistryError if not."""
@@ -108,38 +116,45 @@ class Lanes:
             if self._swarm is not None:
                 await self._swarm.close()
 
-    def have(self) -> list[Span]:
-        return self._target.extents.spans()
-
     def coming(self) -> list[Span]:
+        """The spans on their way: asked for, and their answers came."""
         size = self._target.size
-        return [
-            Span(lane.pos, lane.end if lane.end is not None else (size or lane.pos))
-            for lane in self._active.values()
-            if lane.answered
-        ]
+        return [lane.span(size) for lane in self._active.values() if lane.answered]
 
-    def asked(self) -> list[Span]:
-        size = self._target.size
-        return [
-            Span(lane.pos, lane.end if lane.end is not None else (size or lane.pos))
-            for lane in self._active.values()
-        ]
+    def blame(self) -> None:
+        """The blob failed verification: the swarm's rule says who answers for it when
+        its peers sent some of it, else the feed does."""
+        if self._swarm is None or not self._swarm.blame():
+            self._feeds[0].blame()
+
+    async def verified(self) -> None:
+        """The blob is verified here: its swarm tells the owner (this node serves it)."""
+        if self._swarm is not None:
+            await self._swarm.finish(Progress(self._target.extents.spans()))
+
+    def _progress(self) -> Progress:
+        asked = [lane.span(self._target.size) for lane in self._active.values()]
+        return Progress(self._target.extents.spans(), self.coming(), asked)
 
     async def _join(self) -> bool:
         """Join the swarm, if any; True when it gave the blob's size."""
         swarm = self._swarm
         if swarm is None:
             return False
-        size = await swarm.start(self)
+        size = await swarm.start()
         if size is None:
             await swarm.close()
             self._swarm = None
             return False
-        self._target.begin(size)
-        lanes = sum(self.lanes(i) for i in range(self._base))
-        self._chunk = chunk_size(size, lanes, self._min_size)
+        self._begin(size)
         return True
+
+    def _begin(self, size: int | None) -> None:
+        """The blob's size is known (if announced): how much each request asks for."""
+        self._target.begin(size)
+        if size is not None:
+            lanes = sum(self.lanes(i) for i in range(self._base))
+            self._chunk = chunk_size(size, lanes, self._min_size)
 
     def lanes(self, index: int) -> int:
         """How many ranges feed ``index`` carries at once now."""
@@ -175,13 +190,10 @@ class Lanes:
         elif ask is not None and answer.total is None:
             self._mishandled(0, "no length")
         try:
-            self._target.begin(answer.total)
+            self._begin(answer.total)
         except BaseException:
             resp.release()
             raise
-        if answer.total is not None:
-            lanes = sum(self.lanes(i) for i in range(self._base))
-            self._chunk = chunk_size(answer.total, lanes, self._min_size)
         self._spawn(Lane(0, 0, answer.end, answered=True), resp)
 
     async def _drive(self) -> None:
@@ -220,13 +232,9 @@ class Lanes:
         self._attempts += 1
         if self._attempts > RESUME_ATTEMPTS:
             raise UpstreamUnavailable("upstream broke off the blob") from exc
-        log.info(
-            "body of %s broke at %d (%s), resuming",
-            self._target.digest,
-            lane.pos,
-            type(exc).__name__,
-        )
-        self._stats.resumed += 1
+        why = type(exc).__name__
+        log.info("body of %s broke at %d (%s), resuming", self._target.digest, lane.pos, why)
+        self._stats.count_resumed()
         self._spawn(lane, delay=self._backoff * 2 ** (self._attempts - 1))
 
     def _plan(self) -> None:
@@ -240,7 +248,7 @@ class Lanes:
             return
         swarm = self._swarm
         if swarm is not None and swarm.live:
-            for source, span in swarm.plan(size):
+            for source, span in swarm.plan(size, self._progress()):
                 self._spawn(Lane(self._index(source), span.start, span.end))
             if swarm.sole:
                 return
@@ -267,7 +275,7 @@ class Lanes:
             pending=pending,
             hints=self._target.hints(),
         ):
-            self._stats.segments += 1
+            self._stats.count_segment()
             self._spawn(Lane(feed, span.start, span.end))
 
     def _index(self, feed: Feed) -> int:
@@ -315,68 +323,58 @@ class Lanes:
                 if lane.pos or ask is not None:
                     self._mishandled(lane.feed, "200 to a range")
         try:
-            await self._copy(lane, resp, skip)
+            body = BodyReader(resp)
+            try:
+                await self._land(lane, resp, body, skip)
+            finally:
+                body.close()
         finally:
             resp.release()
-
-    async def _copy(self, lane: Lane, resp: aiohttp.ClientResponse, skip: int) -> None:
-        body = BodyReader(resp)
-        try:
-            await self._land(lane, resp, body, skip)
-        finally:
-            body.close()
 
     async def _land(
         self, lane: Lane, resp: aiohttp.ClientResponse, body: BodyReader, skip: int
     ) -> None:
         origin = self._feeds[lane.feed].origin
-        while lane.end is None or lane.pos < lane.end:
-            parts = await body.next()
-            if not parts:
-                break
-            size = sum(len(p) for p in parts)
-            self._count(origin, size)
-            if skip:
-                cut = min(skip, size)
-                parts, skip, size = drop(parts, cut), skip - cut, size - cut
-                if not size:
-                    continue
-            over = lane.end is not None and lane.pos + size > lane.end
-            if lane.end is not None and over:
-                # Longer than asked (or announced): keep what was asked, drop the
-                # rest with the connection.
-                size = lane.end - lane.pos
-                parts = keep(parts, size)
-            await self._target.write_at(lane.pos, parts)
-            lane.pos += size
-            if over:
-                resp.close()
-                break
+        got = 0
+        try:
+            while lane.end is None or lane.pos < lane.end:
+                parts = await body.next()
+                if not parts:
+                    break
+                size = sum(len(p) for p in parts)
+                got += size
+                self._stats.count_bytes(origin, size)
+                if skip:
+                    cut = min(skip, size)
+                    parts, skip, size = drop(parts, cut), skip - cut, size - cut
+                    if not size:
+                        continue
+                over = lane.end is not None and lane.pos + size > lane.end
+                if lane.end is not None and over:
+                    # Longer than asked (or announced): keep what was asked, drop the
+                    # rest with the connection.
+                    size = lane.end - lane.pos
+                    parts = keep(parts, size)
+                await self._target.write_at(lane.pos, parts)
+                lane.pos += size
+                if over:
+                    resp.close()
+                    break
+        finally:
+            # The ledger charges upstream and bucket bytes (a peer's are the cluster's).
+            if origin == "shared":
+                self.received_shared += got
+            elif origin != "peer":
+                self.received += got
         if lane.end is None:
             self._eof = True
         elif lane.pos < lane.end:
             raise aiohttp.ClientPayloadError("body ended early")
 
-    def _count(self, origin: str, size: int) -> None:
-        """Bytes received, by origin: the ledger charges upstream and bucket bytes."""
-        if origin == "peer":
-            self._stats.peer_bytes += size
-        elif origin == "shared":
-            self._stats.shared_bytes += size
-            self._target.received_shared += size
-        else:
-            self._stats.upstream_bytes += size
-            self._target.received += size
-
     async def _open(self, index: int, start: int, end: int | None) -> aiohttp.ClientResponse:
         feed = self._feeds[index]
         resp = await feed.open(start, end)
-        if feed.origin == "peer":
-            self._stats.peer_gets += 1
-        elif feed.origin == "shared":
-            self._stats.shared_gets += 1
-        else:
-            self._stats.upstream_gets += 1
+        self._stats.count_get(feed.origin)
         return resp
 
     def _check(self, resp: aiohttp.ClientResponse, start: int, end: int | None) -> Answer:
@@ -393,7 +391,7 @@ class Lanes:
         """A feed answered a range wrongly: one stream from now on (remembered)."""
         if not self._single:
             self._single = True
-            self._stats.single_stream += 1
+            self._stats.count_single_stream()
             log.info("%s: %s; one stream", self._target.digest, how)
         if self._feeds[index].origin == "upstream":
             self._ranges.remember(self._key)

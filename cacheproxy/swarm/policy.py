@@ -1,6 +1,6 @@
 """Who sends which bytes of a blob inside a cluster: the swarm policy. Pure.
 
-The owner of a digest (rendezvous hashing, ``ring.py``) stays the only node that
+The owner of a digest (rendezvous hashing, ``peers/ring.py``) stays the only node that
 fetches it from outside the cluster. It also keeps the digest's holders: the nodes
 that have the blob or are filling it, with the pieces each has and the pieces each
 is receiving now. A node that needs the blob asks the owner for holders, then takes
@@ -36,6 +36,8 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from ..blobs.segments import Span
 
 #: Bytes per piece: one ranged GET. Big enough that a request's round trip is noise
 #: next to its transfer (4 MiB takes 84 ms at 400 Mbit/s), small enough that a
@@ -104,10 +106,10 @@ def piece_count(size: int, piece_size: int) -> int:
     return -(-size // piece_size)
 
 
-def span(piece: int, size: int, piece_size: int) -> tuple[int, int]:
-    """The byte range ``[start, end)`` of ``piece``."""
+def span(piece: int, size: int, piece_size: int) -> Span:
+    """The bytes of ``piece``."""
     start = piece * piece_size
-    return start, min(size, start + piece_size)
+    return Span(start, min(size, start + piece_size))
 
 
 def pieces_below(written: int, size: int, piece_size: int) -> frozenset[int]:
@@ -198,8 +200,8 @@ def plan(asking: Asking) -> list[Request]:
         if best is None:
             break
         _, _, holder, p = best
-        start, end = span(p, asking.size, asking.piece_size)
-        out.append(Request(holder.node, p, start, end))
+        piece = span(p, asking.size, asking.piece_size)
+        out.append(Request(holder.node, p, piece.start, piece.end))
         taken.add(p)
         usable = [u for u in usable if u[0] is not holder]
     return out

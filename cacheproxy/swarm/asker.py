@@ -1,19 +1,20 @@
-"""The asker's side of the swarm: one blob's pieces from several peers at once.
+"""One fill's side of its blob's swarm, the side that asks: pieces from several peers at once.
 
 A node that needs a blob it does not own joins the blob's swarm (cluster mode with
 ``peer_holders``): it tells the owner how far it got and learns the holders the
 owner names (``GET /_cacheproxy/peer/holding/<digest>``, signed both ways), then
 asks up to ``MAX_SOURCES`` of them at once for pieces (``GET .../pieces/<digest>``
-with a Range), as the swarm policy plans (``peers/pieces.py``: rarest first, one
+with a Range), as the swarm policy plans (``policy.py``: rarest first, one
 request per holder). A holder sends what it has or is receiving, never fetching
 anything for it. The node reports again every :data:`REFRESH` seconds while it
 fills (sooner when the plan runs dry) and once more when the blob is verified. The
-fill's lanes (``scheduler.py``) move the bytes; this module only decides.
+fill's lanes (``blobs/lanes.py``) move the bytes and tell it where they stand with
+each plan they ask of it (what the owner is told); this module only decides.
 
 Failure and trust:
 
 - "busy" (a holder at its upload bound): that holder is left alone for
-  :data:`BUSY_PAUSE` seconds and others are asked; it is not a failure.
+  ``memory.BUSY_PAUSE`` seconds and others are asked; it is not a failure.
 - a piece that fails (the holder is gone, its body breaks, nothing arrives within
   the peer read timeout, it no longer holds the blob, a wrong range): that holder
   is left alone for the rest of the fill and what did not land is planned again,
@@ -26,7 +27,7 @@ Failure and trust:
   no per-piece ones), and with several holders the one that sent the wrong bytes
   is unknown. The rule: the fill fails as any fill does (nothing kept, readers
   abort), every holder that sent some of it is left out of this node's swarms for
-  :data:`SUSPECT_SECONDS`, and this node's next fill of that digest comes from the
+  ``memory.SUSPECT_SECONDS``, and this node's next fill of that digest comes from the
   owner alone (the path without a swarm; a mismatch there blames the owner as it
   always has). A wrong byte costs a refetch, never a wrong blob.
 """
@@ -40,22 +41,24 @@ import logging
 
 import aiohttp
 
+from ..blobs.segments import Span
+from ..blobs.source import Feed, Progress, Want
 from ..errors import BlobUnknown, RegistryError, UpstreamUnavailable
-from ..peers import pieces
-from ..peers.holders import (
+from ..peers.cluster import Cluster
+from . import policy
+from .feed import Busy, HolderFeed, NotHeld
+from .lists import (
     MAX_ANSWER,
-    Report,
+    HolderReport,
     Spans,
     ahead,
     encode_spans,
     holder_of,
     merge,
-    read_answer,
+    read_list,
     whole_pieces,
 )
-from .segments import Span
-from .source import Feed, Progress, Want
-from .swarming import Busy, HolderFeed, NotHeld, SwarmNode
+from .memory import SwarmMemory
 
 log = logging.getLogger(__name__)
 
@@ -76,30 +79,43 @@ MAX_FAILURES = 16
 REPORT_ERRORS = (RegistryError, aiohttp.ClientError, TimeoutError, OSError, ValueError)
 
 
-class Swarm:
-    """One fill's swarm: the holders the owner names, and the pieces asked of them."""
+class Asker:
+    """One fill's swarm (``blobs.source.Swarm``): the holders the owner names, and the
+    pieces asked of them. ``memory``: what every swarm of this node shares."""
 
-    def __init__(self, node: SwarmNode, want: Want, owner: str) -> None:
-        self._node = node
-        self._cluster = node.cluster
+    def __init__(
+        self,
+        cluster: Cluster,
+        memory: SwarmMemory,
+        want: Want,
+        owner: str,
+        *,
+        piece_size: int = policy.PIECE_SIZE,
+        max_sources: int = policy.MAX_SOURCES,
+    ) -> None:
+        self._cluster = cluster
+        self._memory = memory
         self._want = want
         self._owner = owner
+        self._piece_size = piece_size
+        self._max_sources = max_sources
         self._digest = str(want.digest)
-        self._clock = node.clock
+        self._clock = memory.clock
         self.live = True
         self.sole = True
-        self._progress: Progress | None = None
+        # Where the lanes stood at their last plan: what the owner is told.
+        self._progress = Progress()
         self._size: int | None = None
         self._reports: list[tuple[str, str, str]] = []
         # Each holder's report as the plan sees it, by what it said (most say the
         # same from one list to the next).
-        self._seen: dict[tuple[str, str, str, bool], pieces.Holder] = {}
-        self._holders: tuple[pieces.Holder, ...] | None = None
+        self._seen: dict[tuple[str, str, str, bool], policy.Holder] = {}
+        self._holders: tuple[policy.Holder, ...] | None = None
         self._feeds: dict[str, HolderFeed] = {}
-        self._asked: dict[str, pieces.Request] = {}
+        self._asked: dict[str, policy.Request] = {}
         # Ranges asked of holders that were themselves still receiving them: not
         # reported as coming (see _coming).
-        self._tails: dict[str, pieces.Request] = {}
+        self._tails: dict[str, policy.Request] = {}
         self._avoid: dict[str, float] = {}
         self._sent: set[str] = set()
         self._failures = 0
@@ -114,8 +130,7 @@ class Swarm:
 
     # --- joining and reporting --------------------------------------------------------
 
-    async def start(self, progress: Progress) -> int | None:
-        self._progress = progress
+    async def start(self) -> int | None:
         try:
             size = await self._report()
         except REPORT_ERRORS as exc:
@@ -130,17 +145,16 @@ class Swarm:
 
     async def _report(self) -> int | None:
         """Tell the owner how far this fill got; take the holders it names."""
-        assert self._progress is not None
         query = {
             "upstream": self._want.upstream.name,
             "repo": self._want.repo,
             "node": self._cluster.self_url,
-            "have": encode_spans((s.start, s.end) for s in self._progress.have()),
+            "have": encode_spans(self._progress.have),
             "coming": encode_spans(self._coming()),
         }
         if self._size is not None:
             query["size"] = str(self._size)
-        self._cluster.stats.holder_lists += 1
+        self._cluster.stats.count_holder_list()
         # On the blob connections: a holder list may wait for the owner's fetch to
         # begin, and a manifest never waits behind it.
         resp = await self._cluster.get(
@@ -159,7 +173,7 @@ class Swarm:
             # Not addressed by a digest: trusted only with the owner's signature.
             if not self._cluster.signed_answer(resp, [self._digest, digest]):
                 raise UpstreamUnavailable("a holder list without the owner's signature")
-            size, reports = read_answer(body)
+            size, reports = read_list(body)
         finally:
             resp.release()
         self._reports = reports
@@ -168,23 +182,15 @@ class Swarm:
         self._changed = True
         return size
 
-    def _coming(self) -> list[tuple[int, int]]:
+    def _coming(self) -> Spans:
         """What is on its way here and may be offered: what comes from the owner, or
         from a holder that had it whole. A range tailed from a holder still receiving
         it is offered once it landed: so tails are at most two deep, and two nodes
         never tail each other for the same bytes (a cycle would wait for nothing)."""
-        assert self._progress is not None
         tails = list(self._tails.values())
-        return list(
-            ahead(
-                (
-                    (s.start, s.end)
-                    for s in self._progress.coming()
-                    if not any(t.start <= s.start < t.end for t in tails)
-                ),
-                self._node.piece_size,
-            )
-        )
+        coming = self._progress.coming
+        offered = (s for s in coming if not any(t.start <= s.start < t.end for t in tails))
+        return ahead(offered, self._piece_size)
 
     async def _refresh(self) -> None:
         while self.sole:
@@ -199,7 +205,8 @@ class Swarm:
                 return
             await asyncio.sleep(EAGER)
 
-    async def finish(self) -> None:
+    async def finish(self, progress: Progress) -> None:
+        self._progress = progress
         if not self.sole:
             return
         try:
@@ -217,49 +224,50 @@ class Swarm:
 
     # --- planning ---------------------------------------------------------------------
 
-    def plan(self, size: int) -> list[tuple[Feed, Span]]:
-        if not self.live or self._progress is None:
-            return []
-        node = self._node
-        now = self._clock()
-        # Nothing to decide: every source taken, or nothing changed since the last look.
-        if len(self._asked) >= node.max_sources or (not self._changed and now < self._retry_at):
-            return []
-        self._changed = False
-        have = merge((s.start, s.end) for s in self._progress.have())
-        taken = merge((*have, *((s.start, s.end) for s in self._progress.asked())))
-        self._watch(sum(e - s for s, e in have), now)
+    def plan(self, size: int, progress: Progress) -> list[tuple[Feed, Span]]:
+        self._progress = progress
         if not self.live:
             return []
-        pauses = {**self._avoid, **node.busy}
+        memory = self._memory
+        now = self._clock()
+        # Nothing to decide: every source taken, or nothing changed since the last look.
+        if len(self._asked) >= self._max_sources or (not self._changed and now < self._retry_at):
+            return []
+        self._changed = False
+        have = merge(progress.have)
+        taken = merge((*have, *progress.asked))
+        self._watch(sum(len(s) for s in have), now)
+        if not self.live:
+            return []
+        pauses = {**self._avoid, **memory.busy}
         avoid = {n for n, until in pauses.items() if until > now}
         self._retry_at = min((pauses[n] for n in avoid), default=float("inf"))
-        asking = pieces.Asking(
+        asking = policy.Asking(
             me=self._cluster.self_url,
             size=size,
             holders=self._current(size),
-            have=whole_pieces(taken, size, node.piece_size),
+            have=whole_pieces(taken, size, self._piece_size),
             in_flight=tuple(self._asked.values()),
-            avoid=frozenset(avoid) | node.suspects.current(),
-            max_sources=node.max_sources,
-            piece_size=node.piece_size,
+            avoid=frozenset(avoid) | memory.suspects.current(),
+            max_sources=self._max_sources,
+            piece_size=self._piece_size,
         )
         out: list[tuple[Feed, Span]] = []
         whole = {h.node: h.have for h in asking.holders}
-        for request in pieces.plan(asking):
-            start, end = _first_gap(taken, request.start, request.end)
-            if start >= end:
+        for request in policy.plan(asking):
+            gap = _first_gap(taken, request.start, request.end)
+            if not len(gap):
                 continue
-            asked = pieces.Request(request.node, request.piece, start, end)
+            asked = policy.Request(request.node, request.piece, gap.start, gap.end)
             self._asked[request.node] = asked
             if request.node != self._owner and request.piece not in whole[request.node]:
                 self._tails[request.node] = asked
-            out.append((self._feed(request.node), Span(start, end)))
-        if not out and len(self._asked) < node.max_sources:
+            out.append((self._feed(request.node), gap))
+        if not out and len(self._asked) < self._max_sources:
             self._wake.set()  # nothing to ask: hear from the owner sooner
         return out
 
-    def _current(self, size: int) -> tuple[pieces.Holder, ...]:
+    def _current(self, size: int) -> tuple[policy.Holder, ...]:
         """The holders as the plan sees them: healthy members only; once the owner is
         gone, only what each has (what was coming may have been coming from it)."""
         healthy = set(self._cluster.membership.peers())
@@ -290,14 +298,14 @@ class Swarm:
         elif self.sole and now - self._landed_at > STALLED * self._cluster.read_timeout:
             self._lose_owner("no byte landed for a long while")
 
-    def _holder(self, node: str, have: str, coming: str, size: int) -> pieces.Holder | None:
+    def _holder(self, node: str, have: str, coming: str, size: int) -> policy.Holder | None:
         try:
-            report = Report.parse(node, have, coming, size)
+            report = HolderReport.parse(node, have, coming, size)
         except ValueError as exc:
             log.info("holder %s of %s: a malformed report: %s", node, self._digest, exc)
             return None
         on_way = report.coming if self.sole else ()
-        return holder_of(node, report.have, on_way, size, self._node.piece_size)
+        return holder_of(node, report.have, on_way, size, self._piece_size)
 
     def _feed(self, node: str) -> HolderFeed:
         feed = self._feeds.get(node)
@@ -316,11 +324,11 @@ class Swarm:
         self._changed = True
         if error is None:
             self._sent.add(node)
-            self._node.admitted(node)
+            self._memory.admitted(node)
             return True
         if isinstance(error, Busy):
-            self._cluster.stats.busy += 1
-            self._node.refused(node)
+            self._cluster.stats.count_busy()
+            self._memory.refused(node)
             return True
         if isinstance(error, NotHeld):
             # What it reported coming did not come after all (its own lane was refused):
@@ -329,7 +337,7 @@ class Swarm:
             self._wake.set()
             return True
         self._sent.add(node)  # some of its bytes may have landed
-        self._cluster.stats.piece_failures += 1
+        self._cluster.stats.count_piece_failure()
         self._failures += 1
         self._avoid[node] = self._clock() + FAILED_PAUSE
         log.info("a piece of %s from %s failed: %s", self._digest, node, _why(error))
@@ -343,14 +351,13 @@ class Swarm:
     def blame(self) -> bool:
         if not self._sent:
             return False
-        self._cluster.stats.swarm_mismatches += 1
+        self._cluster.stats.count_swarm_mismatch()
         log.warning(
             "%s from %s failed verification: they sit out, the owner sends it next",
             self._digest,
             ", ".join(sorted(self._sent)),
         )
-        self._node.suspects.add(self._sent - {self._owner})
-        self._node.owner_only.add([self._digest])
+        self._memory.failed(self._digest, self._sent - {self._owner})
         return True
 
     def _lose_owner(self, why: str) -> None:
@@ -359,7 +366,7 @@ class Swarm:
         self.sole = False
         self._holders = None
         self._changed = True
-        self._cluster.stats.swarm_fallbacks += 1
+        self._cluster.stats.count_swarm_fallback()
         log.info("owner %s of %s: %s; the rest from the feed", self._owner, self._digest, why)
         self._wake.set()
         if self._task is not None and self._task is not asyncio.current_task():
@@ -370,18 +377,18 @@ class Swarm:
         self.live = False
 
 
-def _first_gap(taken: Spans, start: int, end: int) -> tuple[int, int]:
-    """The first bytes of ``start..end`` (exclusive) that ``taken`` lacks."""
+def _first_gap(taken: Spans, start: int, end: int) -> Span:
+    """The first bytes of ``start..end`` (exclusive) that ``taken`` lacks (empty: none)."""
     pos = start
-    for first, stop in taken:
-        if stop <= pos:
+    for span in taken:
+        if span.end <= pos:
             continue
-        if first > pos:
-            return pos, min(first, end)
-        pos = stop
+        if span.start > pos:
+            return Span(pos, min(span.start, end))
+        pos = span.end
         if pos >= end:
             break
-    return pos, end
+    return Span(pos, max(pos, end))
 
 
 def _why(exc: BaseException) -> str:

@@ -3,15 +3,12 @@
 A node filling a blob, or done with it, tells the digest's owner how far it got:
 the byte spans it has on disk and the spans on their way to it (being received
 now, so it can serve them by tailing its file). The owner keeps the latest report
-of each holder (:class:`Registry`: bounded in digests and in holders per digest,
+of each holder (:class:`HolderLists`: bounded in digests and in holders per digest,
 entries expire) and answers each report with the holders it names to that asker
-(``pieces.listed``). On the wire a list of spans is ``start-end,start-end`` (bytes,
+(``policy.listed``). On the wire a list of spans is ``start-end,start-end`` (bytes,
 end exclusive), at most :data:`MAX_SPANS` of them: a holder that has more says
 less than it has, which costs at most a request to someone else. The asker turns
 each report into the pieces of its own plan (:func:`holder_of`).
-
-Also here: :class:`Uploads`, the bound on how many peers a node uploads to at once
-(``pieces.admit``), whose refusal is the "busy" answer.
 """
 
 from __future__ import annotations
@@ -23,8 +20,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ..blobs.segments import Span
 from ..numbers import parse_digits
-from . import pieces
+from . import policy
 
 #: Spans a report carries at most, for what a node has and for what is coming.
 MAX_SPANS = 32
@@ -36,12 +34,8 @@ MAX_HOLDERS = 64
 REPORT_TTL = 120.0
 #: Bytes of a holder list answer at most (the asker reads no more).
 MAX_ANSWER = 64 * 1024
-#: A range this small is always admitted: it takes milliseconds, and a refusal
-#: would cost the asker a round trip more than the range itself. (A quarter of
-#: the piece size when that is less: whole pieces always take a slot.)
-SMALL_RANGE = 1 << 20
 
-Spans = tuple[tuple[int, int], ...]
+Spans = tuple[Span, ...]
 
 
 def list_key(upstream: str, digest: str) -> str:
@@ -50,20 +44,21 @@ def list_key(upstream: str, digest: str) -> str:
     return f"{upstream} {digest}"
 
 
-def merge(spans: Iterable[tuple[int, int]]) -> Spans:
+def merge(spans: Iterable[Span]) -> Spans:
     """The sorted union of ``spans`` (touching spans joined; empty ones dropped)."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(s for s in spans if s[1] > s[0]):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
+    out: list[Span] = []
+    for span in sorted((s for s in spans if s.end > s.start), key=lambda s: s.start):
+        if out and span.start <= out[-1].end:
+            if span.end > out[-1].end:
+                out[-1] = Span(out[-1].start, span.end)
         else:
-            out.append((start, end))
+            out.append(span)
     return tuple(out)
 
 
-def encode_spans(spans: Iterable[tuple[int, int]], limit: int = MAX_SPANS) -> str:
+def encode_spans(spans: Iterable[Span], limit: int = MAX_SPANS) -> str:
     """``start-end,...`` of the first ``limit`` spans of the union of ``spans``."""
-    return ",".join(f"{s}-{e}" for s, e in merge(spans)[:limit])
+    return ",".join(f"{s.start}-{s.end}" for s in merge(spans)[:limit])
 
 
 def parse_spans(text: str, size: int | None = None, limit: int = MAX_SPANS) -> Spans:
@@ -82,47 +77,48 @@ def parse_spans(text: str, size: int | None = None, limit: int = MAX_SPANS) -> S
             raise ValueError(f"not a span: {item[:40]!r}")
         if stop <= first or (size is not None and stop > size):
             raise ValueError(f"not a span of the blob: {item[:40]!r}")
-        spans.append((first, stop))
+        spans.append(Span(first, stop))
     return merge(spans)
 
 
-def ahead(spans: Iterable[tuple[int, int]], reach: int) -> Spans:
+def ahead(spans: Iterable[Span], reach: int) -> Spans:
     """The first ``reach`` bytes of each span: what a lane in flight brings next.
 
     A lane's later bytes come only after its earlier ones, so a peer tailing them
     would wait with nothing flowing; what a holder offers as coming is the next
     piece or so of each lane (the rest is offered once it is near).
     """
-    return merge((start, min(end, start + reach)) for start, end in spans)
+    return merge(Span(s.start, min(s.end, s.start + reach)) for s in spans)
 
 
 def covers(spans: Spans, start: int, end: int) -> bool:
     """Whether the merged ``spans`` hold every byte of ``start..end`` (exclusive)."""
-    i = bisect.bisect_right([s for s, _ in spans], start) - 1
-    return i >= 0 and end <= spans[i][1]
+    i = bisect.bisect_right([s.start for s in spans], start) - 1
+    return i >= 0 and end <= spans[i].end
 
 
 def whole_pieces(spans: Spans, size: int, piece_size: int) -> frozenset[int]:
     """The pieces every byte of which is in the merged ``spans``."""
     out: set[int] = set()
-    for start, end in spans:
-        first = -(-start // piece_size)
+    for span in spans:
+        first = -(-span.start // piece_size)
         # A short last piece counts when the span reaches the end of the blob.
-        stop = pieces.piece_count(size, piece_size) if end >= size else end // piece_size
+        end = span.end
+        stop = policy.piece_count(size, piece_size) if end >= size else end // piece_size
         out.update(range(first, stop))
     return frozenset(out)
 
 
-def holder_of(node: str, have: Spans, coming: Spans, size: int, piece_size: int) -> pieces.Holder:
+def holder_of(node: str, have: Spans, coming: Spans, size: int, piece_size: int) -> policy.Holder:
     """A report as the plan sees it: the pieces it has, and those it will have once
     what is coming lands (the rest of a piece it has partly on disk included)."""
     has = whole_pieces(have, size, piece_size)
     will = whole_pieces(merge((*have, *coming)), size, piece_size)
-    return pieces.Holder(node, has, will - has)
+    return policy.Holder(node, has, will - has)
 
 
 @dataclass(frozen=True)
-class Report:
+class HolderReport:
     """One holder's progress on one blob (``wire``: its spans as they came, so an
     owner passes a report on without encoding it again)."""
 
@@ -132,7 +128,7 @@ class Report:
     wire: tuple[str, str] | None = field(default=None, compare=False)
 
     @classmethod
-    def parse(cls, node: str, have: str, coming: str, size: int | None = None) -> Report:
+    def parse(cls, node: str, have: str, coming: str, size: int | None = None) -> HolderReport:
         """A report as it came on the wire; ValueError when its spans are malformed."""
         return cls(node, parse_spans(have, size), parse_spans(coming, size), (have, coming))
 
@@ -146,7 +142,7 @@ class Report:
         return size is not None and covers(self.have, 0, size)
 
 
-class Registry:
+class HolderLists:
     """The owner's holders per digest: bounded in both directions, entries expire."""
 
     def __init__(
@@ -160,12 +156,12 @@ class Registry:
         self._per_digest = per_digest
         self._ttl = ttl
         self._clock = clock
-        self._lists: OrderedDict[str, OrderedDict[str, tuple[float, Report]]] = OrderedDict()
+        self._lists: OrderedDict[str, OrderedDict[str, tuple[float, HolderReport]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._lists)
 
-    def report(self, digest: str, report: Report) -> None:
+    def report(self, digest: str, report: HolderReport) -> None:
         """Keep ``report`` as its node's latest for ``digest``."""
         holders = self._lists.get(digest)
         if holders is None:
@@ -192,7 +188,7 @@ class Registry:
             if not holders:
                 del self._lists[digest]
 
-    def reports(self, digest: str) -> list[Report]:
+    def reports(self, digest: str) -> list[HolderReport]:
         """The live reports for ``digest``, the most recent first."""
         holders = self._lists.get(digest)
         if holders is None:
@@ -206,17 +202,20 @@ class Registry:
         return [report for _, report in reversed(holders.values())]
 
 
-def listed(
-    reports: Sequence[Report], asker: str, owner: Report, limit: int = pieces.HOLDERS_LISTED
-) -> list[Report]:
+def named_to(
+    reports: Sequence[HolderReport],
+    asker: str,
+    owner: HolderReport,
+    limit: int = policy.HOLDERS_LISTED,
+) -> list[HolderReport]:
     """What the owner names to ``asker``: itself first, then a per-asker sample."""
     by_node = {r.node: r for r in reports if r.node != owner.node}
     by_node[owner.node] = owner
-    chosen = pieces.listed((pieces.Holder(n) for n in by_node), asker, owner.node, limit)
+    chosen = policy.listed((policy.Holder(n) for n in by_node), asker, owner.node, limit)
     return [by_node[h.node] for h in chosen]
 
 
-def encode_answer(size: int | None, reports: Sequence[Report]) -> bytes:
+def encode_list(size: int | None, reports: Sequence[HolderReport]) -> bytes:
     """The owner's answer to a report: the blob's size and the holders it names."""
     holders = []
     for report in reports:
@@ -225,9 +224,9 @@ def encode_answer(size: int | None, reports: Sequence[Report]) -> bytes:
     return json.dumps({"size": size, "holders": holders}, separators=(",", ":")).encode()
 
 
-def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
+def read_list(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
     """The size and the holders of an owner's answer, as (node, have, coming) with the
-    spans as they came (:meth:`Report.parse` reads them); ValueError when malformed."""
+    spans as they came (:meth:`HolderReport.parse` reads them); ValueError when malformed."""
     if len(body) > MAX_ANSWER:
         raise ValueError("holder list too long")
     doc = json.loads(body)
@@ -238,7 +237,7 @@ def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
     ):
         raise ValueError("not a holder list")
     out = []
-    for item in holders[: pieces.HOLDERS_LISTED * 2]:
+    for item in holders[: policy.HOLDERS_LISTED * 2]:
         if not isinstance(item, dict):
             raise ValueError("not a holder")
         node, have, coming = item.get("node"), item.get("have", ""), item.get("coming", "")
@@ -246,32 +245,3 @@ def read_answer(body: bytes) -> tuple[int | None, list[tuple[str, str, str]]]:
             raise ValueError("not a holder")
         out.append((node, have, coming))
     return size, out
-
-
-class Uploads:
-    """Ranges this node is sending to peers now, bounded by ``pieces.admit``."""
-
-    def __init__(self, slots: int | None = pieces.UPLOAD_SLOTS, small: int = SMALL_RANGE) -> None:
-        self.slots = slots
-        self.small = min(small, SMALL_RANGE)
-        self.serving = 0
-        #: Ranges refused with "busy", and ranges admitted (for /metrics).
-        self.refused = 0
-        self.admitted = 0
-
-    def take(self, length: int) -> bool:
-        """Take a slot for a range of ``length`` bytes, or refuse (False). A small
-        range takes none (see :data:`SMALL_RANGE`)."""
-        if length <= self.small:
-            return True
-        if not pieces.admit(self.serving, self.slots):
-            self.refused += 1
-            return False
-        self.serving += 1
-        self.admitted += 1
-        return True
-
-    def give(self, length: int) -> None:
-        """The range of ``length`` bytes that :meth:`take` admitted has ended."""
-        if length > self.small:
-            self.serving -= 1
