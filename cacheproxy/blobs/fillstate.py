@@ -41,6 +41,11 @@ class Lease(Protocol):
     def readers(self, abandoned: bool) -> None:
         """The last reader of the running fill left (True), or a reader came (False)."""
 
+    async def kept(self) -> None:
+        """The blob is verified and in the store, and no reader has its last byte yet:
+        what the node records of it (its link) is written before anyone may ask again
+        (a client that got the whole blob, a shutdown right after)."""
+
 
 class Unleased:
     """The lease of a fill outside any registry (a test's): kept whatever its size."""
@@ -49,6 +54,9 @@ class Unleased:
         return True
 
     def readers(self, abandoned: bool) -> None:
+        return None
+
+    async def kept(self) -> None:
         return None
 
 

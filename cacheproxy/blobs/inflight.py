@@ -41,7 +41,8 @@ class FillEvents(Protocol):
     """What the rest of the node hears of the fills (the composition root's)."""
 
     async def committed(self, fill: Fill) -> None:
-        """``fill``'s blob is verified and kept in the store."""
+        """``fill``'s blob is verified and kept in the store (before any of its readers
+        has the last byte: awaited)."""
 
     def failed(self, fill: Fill) -> None:
         """``fill`` ended with ``fill.error``."""
@@ -131,11 +132,6 @@ class Fills:
             lease.end()
         if fill.error is not None:
             self._events.failed(fill)
-        if fill.state is FillState.DONE and fill.keep:
-            try:
-                await self._events.committed(fill)
-            except Exception:  # what follows must not leave the fill's task failing
-                log.exception("after caching %s", fill.digest)
 
     def _forget(self, key: Key, fill: Fill) -> None:
         if self._fills.get(key) is fill:
@@ -191,6 +187,12 @@ class _Lease:
         # still at the node feeding it (that node's fill goes on while others read
         # it), so cancelling it costs no upstream transfer, only the cluster's.
         gate.abandon(self._slot, self._preempt, cheap=self._key[2])
+
+    async def kept(self) -> None:
+        try:
+            await self._fills._events.committed(self.fill)
+        except Exception:  # what follows must not fail the fill (the blob is kept)
+            log.exception("after caching %s", self.fill.digest)
 
     def _preempt(self) -> None:
         # Out of the registry first: nobody joins a fill that is going.

@@ -62,11 +62,11 @@ class BucketManifests:
         except S3Unavailable as exc:
             tier.fault(exc.kind, exc.detail)
             return None
-        tier.stats.gets += 1
+        tier.stats.count_get()
         self._accounting.shared(up.name, repo, "get", 1, 0)
         async with resp:
             if resp.status == 404:
-                tier.stats.misses += 1
+                tier.stats.count_miss()
                 tier.missed(digest)
                 return None
             if resp.status != 200:
@@ -85,7 +85,7 @@ class BucketManifests:
         except BadManifest:
             tier.bad_object(digest, etag)
             return None
-        tier.stats.hits += 1
+        tier.stats.count_hit()
         # The object's Content-Type is nobody's signature (whoever may write to the
         # bucket set it), and the index keeps the type for good: the bytes alone say.
         media_type = manifest_media_type(body, None)

@@ -45,7 +45,7 @@ class OwnerManifests:
     ) -> Found | None:
         """``peer``'s answer, verified, or None (the caller asks the next)."""
         cluster = self._cluster
-        cluster.stats.manifest_requests += 1
+        cluster.stats.count_manifest_request()
         try:
             resp = await cluster.get(
                 peer,
@@ -87,5 +87,5 @@ class OwnerManifests:
         return Found(digest, media_type, body, "peer")
 
     def _bad(self, peer: str, why: str) -> None:
-        self._cluster.stats.bad_content += 1
+        self._cluster.stats.count_bad_content()
         self._cluster.membership.mark_bad(peer, why)

@@ -134,6 +134,9 @@ class Forwarder:
         #: Requests being answered right now, and the most there ever were at once.
         self.in_flight = 0
         self.max_in_flight = 0
+        #: The same by method (a blob's GETs apart from the HEADs that confirm it).
+        self.in_flight_by_method: dict[str, int] = {}
+        self.max_in_flight_by_method: dict[str, int] = {}
         #: ``(method, path_qs, body bytes sent)`` for every response body forwarded.
         self.bodies: list[tuple[str, str, int]] = []
         self._faults: list[Fault] = []
@@ -265,10 +268,14 @@ class Forwarder:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        method = request.method
+        now = self.in_flight_by_method[method] = self.in_flight_by_method.get(method, 0) + 1
+        self.max_in_flight_by_method[method] = max(self.max_in_flight_by_method.get(method, 0), now)
         try:
             return await self._forward(request)
         finally:
             self.in_flight -= 1
+            self.in_flight_by_method[method] -= 1
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
