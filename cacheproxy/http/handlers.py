@@ -245,13 +245,14 @@ async def _send(
 ) -> web.StreamResponse:
     try:
         await body.send(ResponseSink(request, resp), start, end)
-    except ConnectionError:
-        pass  # the client went away; a fill goes on without it
     except RegistryError as err:
+        # Before ConnectionError: an UpstreamUnavailable is one too (errors.py).
         # Headers are gone: the only honest signal left is a broken connection.
         log.warning("aborting %s for a client: %s", digest, err.message)
         if request.transport is not None:
             request.transport.abort()
+    except ConnectionError:
+        pass  # the client went away; a fill goes on without it
     # aiohttp finishes a returned response (write_eof), quietly if the client is gone.
     return resp
 
