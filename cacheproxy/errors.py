@@ -17,9 +17,9 @@ Each is also the standard exception a caller would expect, as aiohttp's
 - unreachable, ConnectionError: UpstreamUnavailable, so CredentialsUnavailable and
   DestinationRefused too.
 - this proxy's own disk, OSError: CacheWriteFailed.
-- none: Unsupported and TooManyRequests (no standard exception means "not offered
-  here" or "later"; an asyncio or aiohttp one would make a caller catch what is not
-  its fault).
+- none: Unsupported, TooManyRequests and PreconditionFailed (no standard exception
+  means "not offered here", "later" or "not the version you named"; an asyncio or
+  aiohttp one would make a caller catch what is not its fault).
 
 PermissionError and ConnectionError are OSErrors. Every ``except`` (and
 ``contextlib.suppress``) of OSError, ConnectionError, ValueError or LookupError in
@@ -122,6 +122,12 @@ REFUSALS = (BlobUnknown, ManifestUnknown, Unauthorized, Denied)
 
 class RangeNotSatisfiable(RegistryError, ValueError):
     code, status, default_message = "RANGE_INVALID", 416, "requested range not satisfiable"
+
+
+class PreconditionFailed(RegistryError):
+    """If-Match named no entity tag the representation has (RFC 9110 section 13.1.1)."""
+
+    code, status, default_message = "PRECONDITION_FAILED", 412, "precondition failed"
 
 
 class TooManyRequests(RegistryError):

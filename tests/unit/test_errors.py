@@ -39,6 +39,7 @@ BASES: dict[type[RegistryError], type[Exception] | None] = {
     errors.NotFound: LookupError,
     errors.RangeNotSatisfiable: ValueError,
     errors.TooManyRequests: None,
+    errors.PreconditionFailed: None,
     errors.PayloadTooLarge: ValueError,
     errors.BadRequest: ValueError,
     errors.UpstreamUnavailable: ConnectionError,
