@@ -84,6 +84,7 @@ class Preconditions:
 
     @classmethod
     def of(cls, headers: MultiMapping[str]) -> Preconditions:
+        """The preconditions a request's header fields carry."""
         return cls(_field(headers, "If-Match"), _field(headers, "If-None-Match"))
 
     def __bool__(self) -> bool:

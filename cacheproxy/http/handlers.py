@@ -142,6 +142,7 @@ def _may_not_serve(conditions: Preconditions, reference: str) -> bool:
 
 
 def manifest_headers(answer: Manifest) -> dict[str, str]:
+    """The fields a manifest's 200 carries (of which a 304 keeps some)."""
     return {
         "Docker-Content-Digest": answer.digest,
         "ETag": str(digest_tag(answer.digest)),
