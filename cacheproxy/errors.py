@@ -3,6 +3,40 @@
 The codes and their statuses follow the OCI distribution spec, section
 "Error Codes"; ``UNAVAILABLE`` is distribution's own code for an upstream that
 cannot be reached.
+
+Each is also the standard exception a caller would expect, as aiohttp's
+``ClientOSError(ClientConnectionError, OSError)`` is an OSError:
+
+- not found, LookupError: NameUnknown, ManifestUnknown, BlobUnknown, NotFound.
+  LookupError, not KeyError: ``except KeyError`` guards dict and config look-ups
+  in the package, and must not start taking a registry's answer for a missing key.
+- bad input, ValueError: NameInvalid, DigestInvalid, ManifestInvalid, BadRequest,
+  PayloadTooLarge, RangeNotSatisfiable, and UpstreamBadContent (bytes that are
+  not what their digest or length says).
+- refused, PermissionError: Unauthorized, Denied.
+- unreachable, ConnectionError: UpstreamUnavailable, so CredentialsUnavailable and
+  DestinationRefused too.
+- this proxy's own disk, OSError: CacheWriteFailed.
+- none: Unsupported, TooManyRequests and PreconditionFailed (no standard exception
+  means "not offered here", "later" or "not the version you named"; an asyncio or
+  aiohttp one would make a caller catch what is not its fault).
+
+PermissionError and ConnectionError are OSErrors. Every ``except`` (and
+``contextlib.suppress``) of OSError, ConnectionError, ValueError or LookupError in
+the package was read for what its ``try`` can raise. Those guarding a file, a
+socket option, a parser (json, ipaddress, dates, spans) or an aiohttp session (whose
+resolver raises RefusedAddress, no domain error) see no domain error, before or now.
+Three see one, and keep their meaning:
+
+- ``http/handlers.py`` ``_send``: ConnectionError from the sink means the client went
+  away (the fill goes on without it); a body's own failure mid-send (now a
+  ConnectionError too, as UpstreamUnavailable) must still abort the connection, so
+  RegistryError is caught first.
+- ``commands/serve.py`` ``run``: an OSError at start is a port or the cache directory;
+  a domain error passes on to ``cli.main`` as before.
+- ``blobs/scheduler.py`` and ``blobs/fill.py`` test RegistryError before OSError (the
+  lanes' BROKEN), so an upstream that fails is not resumed as a broken body, and the
+  fill fails with the error it got.
 """
 
 from __future__ import annotations
@@ -37,35 +71,35 @@ class RegistryError(Exception):
         return {"errors": [entry]}
 
 
-class NameInvalid(RegistryError):
+class NameInvalid(RegistryError, ValueError):
     code, status, default_message = "NAME_INVALID", 400, "invalid repository name"
 
 
-class NameUnknown(RegistryError):
+class NameUnknown(RegistryError, LookupError):
     code, status, default_message = "NAME_UNKNOWN", 404, "repository name not known to registry"
 
 
-class DigestInvalid(RegistryError):
+class DigestInvalid(RegistryError, ValueError):
     code, status, default_message = "DIGEST_INVALID", 400, "provided digest did not match"
 
 
-class ManifestInvalid(RegistryError):
+class ManifestInvalid(RegistryError, ValueError):
     code, status, default_message = "MANIFEST_INVALID", 400, "manifest invalid"
 
 
-class ManifestUnknown(RegistryError):
+class ManifestUnknown(RegistryError, LookupError):
     code, status, default_message = "MANIFEST_UNKNOWN", 404, "manifest unknown"
 
 
-class BlobUnknown(RegistryError):
+class BlobUnknown(RegistryError, LookupError):
     code, status, default_message = "BLOB_UNKNOWN", 404, "blob unknown to registry"
 
 
-class Unauthorized(RegistryError):
+class Unauthorized(RegistryError, PermissionError):
     code, status, default_message = "UNAUTHORIZED", 401, "authentication required"
 
 
-class Denied(RegistryError):
+class Denied(RegistryError, PermissionError):
     code, status, default_message = "DENIED", 403, "requested access to the resource is denied"
 
 
@@ -73,7 +107,7 @@ class Unsupported(RegistryError):
     code, status, default_message = "UNSUPPORTED", 405, "the operation is unsupported"
 
 
-class NotFound(RegistryError):
+class NotFound(RegistryError, LookupError):
     """A path the API does not define (answered in the same JSON shape)."""
 
     code, status, default_message = "NOT_FOUND", 404, "no such endpoint"
@@ -86,23 +120,29 @@ class NotFound(RegistryError):
 REFUSALS = (BlobUnknown, ManifestUnknown, Unauthorized, Denied)
 
 
-class RangeNotSatisfiable(RegistryError):
+class RangeNotSatisfiable(RegistryError, ValueError):
     code, status, default_message = "RANGE_INVALID", 416, "requested range not satisfiable"
+
+
+class PreconditionFailed(RegistryError):
+    """If-Match named no entity tag the representation has (RFC 9110 section 13.1.1)."""
+
+    code, status, default_message = "PRECONDITION_FAILED", 412, "precondition failed"
 
 
 class TooManyRequests(RegistryError):
     code, status, default_message = "TOOMANYREQUESTS", 429, "too many requests"
 
 
-class PayloadTooLarge(RegistryError):
+class PayloadTooLarge(RegistryError, ValueError):
     code, status, default_message = "SIZE_INVALID", 413, "content exceeds the size limit"
 
 
-class BadRequest(RegistryError):
+class BadRequest(RegistryError, ValueError):
     code, status, default_message = "UNSUPPORTED", 400, "malformed request"
 
 
-class UpstreamUnavailable(RegistryError):
+class UpstreamUnavailable(RegistryError, ConnectionError):
     """The upstream could not be reached or answered with a server error."""
 
     code, status, default_message = "UNAVAILABLE", 503, "upstream registry unavailable"
@@ -123,13 +163,13 @@ class DestinationRefused(UpstreamUnavailable):
     status, default_message = 502, "upstream sent the proxy to an address it does not dial"
 
 
-class CacheWriteFailed(RegistryError):
+class CacheWriteFailed(RegistryError, OSError):
     """This proxy could not write a blob to its own disk (no source's fault)."""
 
     code, status, default_message = "UNAVAILABLE", 503, "the proxy could not write the blob"
 
 
-class UpstreamBadContent(RegistryError):
+class UpstreamBadContent(RegistryError, ValueError):
     """The upstream sent bytes that do not match their digest or length."""
 
     code, status, default_message = "UNAVAILABLE", 502, "upstream sent invalid content"

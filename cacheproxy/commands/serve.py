@@ -8,6 +8,7 @@ import logging
 from .. import server
 from ..app import build_app
 from ..config import Config, ConfigError
+from ..errors import RegistryError
 from ..store.lock import CacheBusy
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ def run(config: Config) -> None:
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(server.run(build_app(config), config))
+    except RegistryError:
+        # Before OSError: an UpstreamUnavailable is one too (errors.py); cli.main says it.
+        raise
     except OSError as exc:
         # A port in use, an unwritable cache directory: say so, no traceback.
         log.error("cannot serve on %s with cache %s: %s", config.listen, config.cache_dir, exc)

@@ -16,10 +16,11 @@ from aiohttp import web
 
 from ..blobs.service import BlobService, Delivery
 from ..blobs.source import Want
-from ..errors import NotFound, RegistryError, Unsupported
+from ..conditional import Outcome, Preconditions, digest_tag, range_applies
+from ..errors import DigestInvalid, NotFound, PreconditionFailed, RegistryError, Unsupported
 from ..fairness import client_address
 from ..manifests.listing import NextPage
-from ..manifests.service import ManifestService
+from ..manifests.service import Manifest, ManifestService
 from ..metrics import CONTENT_TYPE
 from ..oci import Route, parse_digest, parse_path, split_host, validate_name
 from ..ranges import ByteRange, content_range, parse_range
@@ -98,15 +99,29 @@ async def not_found(request: web.Request) -> web.StreamResponse:
 async def send_manifest(
     request: web.Request, manifests: ManifestService, up: Upstream, route: Route
 ) -> web.StreamResponse:
-    """A manifest by tag or digest (for a client, or for a peer node)."""
+    """A manifest by tag or digest (for a client, or for a peer node), under the
+    request's preconditions (RFC 9110 section 13)."""
     want_body = request.method == "GET"
     accept = request.headers.getall("Accept", [])
-    answer = await manifests.manifest(up, route.name, route.reference, accept, want_body)
-    headers = {
-        "Docker-Content-Digest": answer.digest,
-        "ETag": f'"{answer.digest}"',
-        "Content-Type": answer.media_type,
-    }
+    conditions = Preconditions.of(request.headers)
+
+    async def ask(body: bool) -> Manifest:
+        return await manifests.manifest(up, route.name, route.reference, accept, body)
+
+    if want_body and conditions and _may_not_serve(conditions, route.reference):
+        # Asked as a HEAD first: a 304 or 412 then brings no body from anywhere and
+        # is no pull in the ledger (which counts the bodies sent). Errors come first,
+        # as for the request without its conditions (section 13.2.1).
+        probe = await ask(False)
+        outcome = conditions.evaluate(digest_tag(probe.digest))
+        if outcome is not Outcome.SERVE:
+            return conditional_answer(outcome, manifest_headers(probe))
+    answer = await ask(want_body)
+    headers = manifest_headers(answer)
+    # The answer itself decides: a tag may have moved since the probe.
+    outcome = conditions.evaluate(digest_tag(answer.digest)) if conditions else Outcome.SERVE
+    if outcome is not Outcome.SERVE:
+        return conditional_answer(outcome, headers)
     if answer.body is None:
         # HEAD: the length of the body a GET would carry (RFC 9110 section 9.3.2).
         headers["Content-Length"] = str(answer.size)
@@ -114,10 +129,52 @@ async def send_manifest(
     return web.Response(status=200, body=answer.body, headers=headers)
 
 
+def _may_not_serve(conditions: Preconditions, reference: str) -> bool:
+    """Whether the conditions may answer 304 or 412: always for a tag (what it names
+    is known once resolved); for a digest, by the digest itself."""
+    if ":" not in reference:
+        return True
+    try:
+        digest = str(parse_digest(reference))
+    except DigestInvalid:
+        return True  # refused by the service, as without the conditions
+    return conditions.evaluate(digest_tag(digest)) is not Outcome.SERVE
+
+
+def manifest_headers(answer: Manifest) -> dict[str, str]:
+    """The fields a manifest's 200 carries (of which a 304 keeps some)."""
+    return {
+        "Docker-Content-Digest": answer.digest,
+        "ETag": str(digest_tag(answer.digest)),
+        "Content-Type": answer.media_type,
+    }
+
+
+# RFC 9110 section 15.4.5: a 304 carries those of these a 200 would (Date aiohttp
+# adds), and no other representation metadata. Docker-Content-Digest stays: it is
+# how a registry client is told the digest, and it says which one is unchanged.
+NOT_MODIFIED_FIELDS = (
+    "Docker-Content-Digest",
+    "ETag",
+    "Cache-Control",
+    "Content-Location",
+    "Expires",
+    "Vary",
+)
+
+
+def conditional_answer(outcome: Outcome, headers: dict[str, str]) -> web.StreamResponse:
+    """304 Not Modified, or raises 412 Precondition Failed (section 13.2.2)."""
+    if outcome is Outcome.FAILED:
+        raise PreconditionFailed("If-Match names no entity tag of this representation")
+    kept = {k: v for k, v in headers.items() if k in NOT_MODIFIED_FIELDS}
+    return web.Response(status=304, headers=kept)
+
+
 def blob_headers(digest: str) -> dict[str, str]:
     return {
         "Docker-Content-Digest": digest,
-        "ETag": f'"{digest}"',
+        "ETag": str(digest_tag(digest)),
         "Content-Type": "application/octet-stream",
         "Accept-Ranges": "bytes",
         # Content-addressed: the bytes behind a digest never change.
@@ -183,11 +240,13 @@ async def _send_blob(
 ) -> web.StreamResponse:
     digest = parse_digest(route.reference)
     want = Want(up, route.name, digest, requester)
-    if request.method == "HEAD":
-        headers = blob_headers(str(digest))
-        headers["Content-Length"] = str(await blobs.size(want))
-        return web.Response(status=200, headers=headers)
+    bodiless = await _bodiless(request, blobs, want)
+    if bodiless is not None:
+        return bodiless
     wanted = parse_range(request.headers.get("Range"))
+    if wanted is not None and not range_applies(request.headers, digest_tag(str(digest))):
+        # If-Range names another validator (section 13.1.5): the whole blob, 200.
+        wanted = None
     first = wanted.first if wanted is not None and wanted.first is not None else 0
     async with blobs.open(want, first) as body:
         if body.location is not None:
@@ -211,10 +270,32 @@ async def _send_blob(
         return await _send(request, resp, body, start, end, str(digest))
 
 
+async def _bodiless(
+    request: web.Request, blobs: BlobService, want: Want
+) -> web.StreamResponse | None:
+    """The answer to a HEAD, or to a GET its preconditions answer (304, 412); None
+    for a GET that sends the blob."""
+    headers = blob_headers(str(want.digest))
+    outcome = Preconditions.of(request.headers).evaluate(digest_tag(str(want.digest)))
+    if outcome is not Outcome.SERVE:
+        # The answer without the conditions comes first (RFC 9110 section 13.2.1):
+        # the links rule and the blob's existence, asked as a HEAD asks them. So a
+        # 304 starts no download, and a digest named under a repository that may not
+        # have it gets the same refusal as without the header.
+        await blobs.size(want)
+        return conditional_answer(outcome, headers)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(await blobs.size(want))
+        return web.Response(status=200, headers=headers)
+    return None
+
+
 async def _redirect(body: Delivery, wanted: ByteRange | None, digest: str) -> web.StreamResponse:
     """307 to the shared tier (redirect mode): the client fetches the bytes there,
     with its Range if it sent one (RFC 9110 section 15.4.8: the method and the
-    request are kept)."""
+    request are kept). An If-Range goes along too; the bucket's own ETag is not the
+    digest, so what the bucket makes of it is the bucket's (its answer, 206 or the
+    whole object, is one a client handles)."""
     assert body.location is not None
     _, start, end = _plan(wanted, await body.final_size())
     body.sent = end - start + 1
@@ -245,13 +326,14 @@ async def _send(
 ) -> web.StreamResponse:
     try:
         await body.send(ResponseSink(request, resp), start, end)
-    except ConnectionError:
-        pass  # the client went away; a fill goes on without it
     except RegistryError as err:
+        # Before ConnectionError: an UpstreamUnavailable is one too (errors.py).
         # Headers are gone: the only honest signal left is a broken connection.
         log.warning("aborting %s for a client: %s", digest, err.message)
         if request.transport is not None:
             request.transport.abort()
+    except ConnectionError:
+        pass  # the client went away; a fill goes on without it
     # aiohttp finishes a returned response (write_eof), quietly if the client is gone.
     return resp
 

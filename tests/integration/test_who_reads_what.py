@@ -18,7 +18,7 @@ import hashlib
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +100,11 @@ async def push_private(
     )
 
 
-async def answer(http: aiohttp.ClientSession, method: str, url: str) -> tuple[int, str]:
+async def answer(
+    http: aiohttp.ClientSession, method: str, url: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, str]:
     """(status, OCI error code or "") of one request."""
-    async with http.request(method, url, headers=ACCEPT) as resp:
+    async with http.request(method, url, headers={**ACCEPT, **(headers or {})}) as resp:
         body = await resp.read()
         if resp.status < 400:
             return resp.status, ""
@@ -170,6 +172,35 @@ async def test_private_digests_stay_private_under_other_repositories(
         result = await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{tmp_path / 'anon'}")
         assert result.returncode != 0
         assert not (tmp_path / "anon" / "manifest.json").exists()
+
+
+async def test_a_condition_never_turns_a_refusal_into_a_304(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    """If-None-Match naming a digest says the client holds it; under a repository
+    that may not have it, the answer is the refusal the request without the header
+    gets (RFC 9110 section 13.2.1), never a 304 or a 412; under its own, a 304."""
+    secret = await push_private(upstreams, f"team/cond-{uuid.uuid4().hex[:6]}")
+    public_repo = f"lib/app-{uuid.uuid4().hex[:6]}"
+    await push_image(upstreams.public.url, public_repo, "v1", layer_sizes=(2000,))
+    config = write_config(tmp_path, upstreams)
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        await alice_pulls(proxy.url, secret)
+        asked = [("manifests", secret.digest), *(("blobs", b.digest) for b in secret.blobs)]
+        for kind, digest in asked:
+            held = {"If-None-Match": f'"{digest}"'}
+            own = f"{proxy.url}/v2/{PRIVATE}/{secret.name}/{kind}/{digest}"
+            assert await answer(http, "GET", own, {**held, **basic(*ALICE)}) == (304, "")
+            other = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/{kind}/{digest}"
+            conditions = [held, {"If-None-Match": "*"}, {"If-Match": '"sha256:other"'}]
+            for method in ("GET", "HEAD"):
+                for condition in conditions:
+                    refused = await answer(http, method, other, condition)
+                    assert refused == await answer(http, method, other), (kind, condition)
+                    assert refused[0] == 404, (kind, method, condition)
 
 
 async def test_shared_layers_cost_one_head_and_own_pulls_cost_none(

@@ -311,6 +311,25 @@ async def test_resuming_is_bounded(start: Start, store: BlobStore) -> None:
     assert temp_files(store) == []
 
 
+async def test_a_body_failing_with_a_registry_error_fails_the_fill_unresumed(
+    start: Start, store: BlobStore
+) -> None:
+    """UpstreamUnavailable is a ConnectionError, so an OSError, like the breaks the
+    lanes resume: the lanes look for a RegistryError first, and the fill fails with
+    the error it got, as before."""
+    answer = live(len(DATA))
+    run = start(FakeFeed(answer))
+    await run.fill.started()
+    assert answer.content.queue is not None
+    await answer.content.queue.put(DATA[:1000])
+    down = UpstreamUnavailable("the upstream went away")
+    await answer.content.queue.put(down)
+    await run.task
+    assert run.fill.error is down
+    assert run.feed.offsets == [0] and run.stats.resumed == 0 and run.stats.failed == 1
+    assert temp_files(store) == []
+
+
 async def test_more_bytes_than_announced_fail_the_fill(start: Start, store: BlobStore) -> None:
     run = start(FakeFeed(whole(DATA, announced=len(DATA) - 10)))
     await run.task
