@@ -42,7 +42,7 @@ from .metrics import (
     SharedCollector,
 )
 from .peers.cluster import PREFIX as PEER_PREFIX
-from .runtime import open_runtime
+from .runtime.serving import ServingRuntime, open_serving
 from .savings.collector import SavingsCollector
 from .savings.prices import load_pricing
 from .savings.service import Savings
@@ -94,33 +94,9 @@ async def _close_client_auth(app: web.Application) -> None:
 def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pricing = await asyncio.to_thread(load_pricing, config.pricing_file)
-        async with open_runtime(config, serving=True, upstream_clock=upstream_clock) as rt:
-            assert rt.keeper is not None and rt.ledger is not None
-            app[BLOBS] = rt.clients.blobs
-            app[MANIFESTS] = rt.clients.manifests
-            app[TAG_LISTS] = rt.tag_lists
-            app[UPSTREAMS] = rt.upstreams
-            app[FILLS] = rt.fills
-            app[READINESS] = rt.readiness
-            app[KEEPER] = rt.keeper
-            if rt.cluster is not None and rt.peers is not None:
-                app[CLUSTER] = rt.cluster
-                app[PEER_BLOBS] = rt.peers.blobs
-                app[PEER_MANIFESTS] = rt.peers.manifests
-            if rt.holdings is not None and rt.pieces is not None:
-                app[HOLDINGS] = rt.holdings
-                app[PEER_PIECES] = rt.pieces
-            metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
-            metrics.registry.register(CacheCollector(rt.fills, rt.keeper, rt.cluster))
-            if CONNECTIONS in app:
-                metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
-            metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))
-            if rt.shared is not None and rt.writeback is not None:
-                app[SHARED] = rt.shared
-                app[WRITEBACK] = rt.writeback
-                metrics.registry.register(SharedCollector(rt.shared, rt.writeback))
-            savings = app[SAVINGS] = Savings(config, pricing, rt.ledger)
-            metrics.registry.register(SavingsCollector(rt.ledger, savings.price_of))
+        async with open_serving(config, upstream_clock=upstream_clock) as rt:
+            _share(app, rt)
+            _measure(app, rt, Savings(config, pricing, rt.ledger))
             log.info(
                 "cacheproxy starting on %s, cache %s, upstreams %s, presets %s, default %s%s",
                 config.listen,
@@ -135,3 +111,37 @@ def _runtime_ctx(config: Config, upstream_clock: Callable[[], float] | None):  #
             yield
 
     return ctx
+
+
+def _share(app: web.Application, rt: ServingRuntime) -> None:
+    """What the handlers reach, each under its own typed key."""
+    app[BLOBS] = rt.clients.blobs
+    app[MANIFESTS] = rt.clients.manifests
+    app[TAG_LISTS] = rt.tag_lists
+    app[UPSTREAMS] = rt.upstreams
+    app[FILLS] = rt.fills
+    app[READINESS] = rt.storage.readiness
+    app[KEEPER] = rt.keeper
+    if rt.cluster is not None:
+        app[CLUSTER] = rt.cluster.cluster
+        app[PEER_BLOBS] = rt.cluster.peers.blobs
+        app[PEER_MANIFESTS] = rt.cluster.peers.manifests
+        app[HOLDINGS] = rt.cluster.holdings
+        app[PEER_PIECES] = rt.cluster.pieces
+    if rt.shared is not None and rt.writeback is not None:
+        app[SHARED] = rt.shared
+        app[WRITEBACK] = rt.writeback
+
+
+def _measure(app: web.Application, rt: ServingRuntime, savings: Savings) -> None:
+    """/metrics: one registry of its own, a collector per part."""
+    metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
+    cluster = rt.cluster.cluster if rt.cluster is not None else None
+    metrics.registry.register(CacheCollector(rt.fills, rt.keeper, cluster))
+    if CONNECTIONS in app:
+        metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
+    metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))
+    if rt.shared is not None and rt.writeback is not None:
+        metrics.registry.register(SharedCollector(rt.shared, rt.writeback))
+    app[SAVINGS] = savings
+    metrics.registry.register(SavingsCollector(rt.ledger, savings.price_of))

@@ -1,5 +1,6 @@
 """The chains of blob sources, link by link, in the order a request walks them
-(the diagram is in ``cacheproxy/runtime.py``, which builds one of each kind)."""
+(the diagram is in ``cacheproxy/runtime/__init__.py``; runtime/services.py builds one
+of each kind)."""
 
 from __future__ import annotations
 

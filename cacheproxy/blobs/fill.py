@@ -289,11 +289,14 @@ class Fill:
                 lanes.blame()
                 raise
             if self.keep:
+                # Recorded (linked) before the store has it, and whole even if the fill
+                # is cancelled meanwhile (a shutdown): one index write.
+                await asyncio.shield(self._lease.vouched())
                 await self._landing.commit()
                 accounting.stored(self.upstream, self.repo, self.extents.prefix)
                 log.info("cached %s (%d bytes)", self.digest, self.extents.prefix)
-                # Recorded (linked) before any reader gets the last byte, and whole
-                # even if the fill is cancelled meanwhile (a shutdown): one index write.
+                # What follows it (uploads, the keeper) is told before any reader has
+                # the last byte.
                 await asyncio.shield(self._lease.kept())
             else:
                 log.info("served %s (%d bytes) without keeping it", self.digest, self.size)

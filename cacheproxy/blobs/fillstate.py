@@ -41,10 +41,14 @@ class Lease(Protocol):
     def readers(self, abandoned: bool) -> None:
         """The last reader of the running fill left (True), or a reader came (False)."""
 
+    async def vouched(self) -> None:
+        """The blob matched its digest and is about to go into the store: what the node
+        records of it (its link) is written first, so nobody finds it held and not
+        recorded (a peer asking for a piece at once, a client that got the whole blob,
+        a shutdown right after)."""
+
     async def kept(self) -> None:
-        """The blob is verified and in the store, and no reader has its last byte yet:
-        what the node records of it (its link) is written before anyone may ask again
-        (a client that got the whole blob, a shutdown right after)."""
+        """The blob is in the store, and no reader has its last byte yet."""
 
 
 class Unleased:
@@ -54,6 +58,9 @@ class Unleased:
         return True
 
     def readers(self, abandoned: bool) -> None:
+        return None
+
+    async def vouched(self) -> None:
         return None
 
     async def kept(self) -> None:

@@ -40,6 +40,10 @@ Key = tuple[str, str, bool]
 class FillEvents(Protocol):
     """What the rest of the node hears of the fills (the composition root's)."""
 
+    async def vouched(self, fill: Fill) -> None:
+        """``fill``'s blob matched its digest under its pair, and goes into the store
+        next (awaited first)."""
+
     async def committed(self, fill: Fill) -> None:
         """``fill``'s blob is verified and kept in the store (before any of its readers
         has the last byte: awaited)."""
@@ -50,6 +54,9 @@ class FillEvents(Protocol):
 
 class _Unheard:
     """Nobody listens (a tool's fills, a test's)."""
+
+    async def vouched(self, fill: Fill) -> None:
+        return None
 
     async def committed(self, fill: Fill) -> None:
         return None
@@ -187,6 +194,12 @@ class _Lease:
         # still at the node feeding it (that node's fill goes on while others read
         # it), so cancelling it costs no upstream transfer, only the cluster's.
         gate.abandon(self._slot, self._preempt, cheap=self._key[2])
+
+    async def vouched(self) -> None:
+        try:
+            await self._fills._events.vouched(self.fill)
+        except Exception:  # a link not written costs a confirmation later, not the blob
+            log.exception("recording %s", self.fill.digest)
 
     async def kept(self) -> None:
         try:

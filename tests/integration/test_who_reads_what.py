@@ -562,7 +562,9 @@ async def test_peers_on_a_listener_of_their_own(upstreams: Upstreams, tmp_path: 
             assert upstreams.public.count("GET", f"/blobs/{desc.digest}") == 1
         # And a pull's own blobs, named by the manifest it pulled, cost no confirmation
         # on either node (a hint spares the one asked before a peer: test_metrics).
-        assert upstreams.public.count("HEAD", "/blobs/") == 0
+        assert upstreams.public.count("HEAD", "/blobs/") == 0, [
+            r for r in upstreams.public.requests if r[0] == "HEAD"
+        ]
 
 
 async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(

@@ -25,11 +25,19 @@ from tests.unit.test_fill import DATA, FakeFeed, digest_of, whole
 
 
 class Heard:
-    """Every event the registry told, in order; ``broken``: committed raises."""
+    """Every event the registry told, in order, and whether the store held the blob
+    when it was told; ``broken``: committed raises."""
 
-    def __init__(self, broken: bool = False) -> None:
+    def __init__(self, store: BlobStore | None = None, broken: bool = False) -> None:
         self.events: list[tuple[str, Fill]] = []
         self.broken = broken
+        self.store = store
+        self.held_when_vouched: list[bool] = []
+
+    async def vouched(self, fill: Fill) -> None:
+        self.events.append(("vouched", fill))
+        if self.store is not None:
+            self.held_when_vouched.append(self.store.exists(fill.digest))
 
     async def committed(self, fill: Fill) -> None:
         self.events.append(("committed", fill))
@@ -62,17 +70,20 @@ async def run_fill(fills: Fills, feed: FakeFeed, data: bytes = DATA) -> Fill:
     return fill
 
 
-async def test_a_kept_blob_is_told_committed_once_and_a_failed_fill_failed(
+async def test_a_kept_blob_is_told_vouched_then_committed_and_a_failed_fill_failed(
     store: BlobStore,
 ) -> None:
-    heard = Heard()
+    heard = Heard(store)
     fills = Fills(store, events=heard)
     kept = await run_fill(fills, FakeFeed(whole(DATA)))
     assert kept.state is FillState.DONE and store.exists(kept.digest)
-    assert heard.events == [("committed", kept)]
+    # Vouched (its link written) before the store had it: nobody finds it held and
+    # not linked; then committed, once.
+    assert heard.events == [("vouched", kept), ("committed", kept)]
+    assert heard.held_when_vouched == [False]
     missing = await run_fill(fills, FakeFeed(BlobUnknown("not upstream either")), b"other")
     assert isinstance(missing.error, BlobUnknown)
-    assert heard.events == [("committed", kept), ("failed", missing)]
+    assert heard.events == [("vouched", kept), ("committed", kept), ("failed", missing)]
     assert fills.active == 0 and fills.gate.holding("") == 0
     await fills.close()
 
@@ -96,7 +107,7 @@ async def test_a_follow_up_that_fails_leaves_the_fill_done(
     fills = Fills(store, events=heard)
     fill = await run_fill(fills, FakeFeed(whole(DATA)))
     assert fill.state is FillState.DONE and store.read(fill.digest) == DATA
-    assert heard.events == [("committed", fill)]
+    assert heard.events == [("vouched", fill), ("committed", fill)]
     assert fills.active == 0
     # Logged with its traceback, and nothing else: the fill's task ended cleanly.
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -1,0 +1,131 @@
+"""The services one kind of caller gets (clients, or the cluster's other nodes): its
+chain of blob sources and its chain of manifest sources, each composed in the order
+a request walks it (``blobs/chains.py``, ``manifests/chains.py``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from ..accounting import Accounting, NullAccounting
+from ..blobs.chains import blob_chain
+from ..blobs.inflight import Fills
+from ..blobs.service import BlobService
+from ..blobs.source import BlobSource, Swarms
+from ..config import Config
+from ..links import Links
+from ..manifests.bodies import ManifestBodies
+from ..manifests.chains import manifest_chain
+from ..manifests.service import Fetches, ManifestService
+from ..manifests.tags import ManifestOptions, Resolutions, TagResolver, never
+from ..peers.cluster import Cluster
+from ..shared.tier import SharedTier
+from ..singleflight import SingleFlight
+from .storage import Storage
+
+
+@dataclass(frozen=True)
+class Callers:
+    """The services one kind of caller gets."""
+
+    blobs: BlobService
+    manifests: ManifestService
+
+
+class Services:
+    """Builds each kind of caller's services over one node's parts; the manifests'
+    single flights are shared by all of them (closed on exit of :func:`open_services`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        fills: Fills,
+        links: Links,
+        accounting: Accounting,
+        shared: SharedTier | None,
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._fills = fills
+        self._links = links
+        self._accounting = accounting
+        self._shared = shared
+        self.bodies = ManifestBodies(storage.store, storage.index, accounting)
+        self.options = ManifestOptions(
+            config.tag_ttl, config.max_stale, config.max_manifest_bytes, config.offline
+        )
+        self.resolutions: Resolutions = SingleFlight()
+        self.fetches: Fetches = SingleFlight()
+
+    def clients(self, cluster: Cluster | None, swarms: Swarms | None) -> Callers:
+        """A client's: the ledger counts it; in a cluster it asks the keys' owners."""
+        blobs = self._blobs(cluster=cluster, swarms=swarms)
+        return Callers(BlobService(blobs, self._storage.usage, self._accounting),
+                       self._manifests(cluster, self._accounting))  # fmt: skip
+
+    def peers(self) -> Callers:
+        """A peer node's: answered here, never forwarded, and not in the ledger."""
+        counted = NullAccounting()
+        blobs = self._blobs(for_peer=True)
+        return Callers(BlobService(blobs, self._storage.usage, counted),
+                       self._manifests(None, counted))  # fmt: skip
+
+    def _blobs(
+        self,
+        *,
+        cluster: Cluster | None = None,
+        swarms: Swarms | None = None,
+        for_peer: bool = False,
+    ) -> BlobSource:
+        config = self._config
+        return blob_chain(
+            self._storage.store,
+            self._fills,
+            self._fills.budget.admits_fill,
+            cluster=cluster,
+            for_peer=for_peer,
+            offline=config.offline,
+            links=self._links,
+            segments=config.upstream_segments,
+            shared=self._shared,
+            swarms=swarms,
+        )
+
+    def _manifests(self, owners: Cluster | None, counted: Accounting) -> ManifestService:
+        """``owners``: a client's request asks the keys' owners; a peer's never does."""
+        config, storage, links = self._config, self._storage, self._links
+        bucket = (self._shared, links, self._accounting) if self._shared is not None else None
+        chain = manifest_chain(
+            self.bodies,
+            config.max_manifest_bytes,
+            offline=config.offline,
+            cluster=owners,
+            shared=bucket,
+        )
+        asks = None if owners is None else owners.asks_another
+        tags = TagResolver(
+            storage.index, links, chain, self.options, self.resolutions, time.time, asks or never
+        )
+        return ManifestService(
+            tags, chain, self.bodies, links, self.options, self.fetches, storage.usage, counted,
+            asks,
+        )  # fmt: skip
+
+
+@asynccontextmanager
+async def open_services(
+    config: Config,
+    storage: Storage,
+    fills: Fills,
+    links: Links,
+    accounting: Accounting,
+    shared: SharedTier | None,
+) -> AsyncIterator[Services]:
+    services = Services(config, storage, fills, links, accounting, shared)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(services.fetches.close)
+        stack.push_async_callback(services.resolutions.close)
+        yield services
