@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ..networks import parse_entries
 from ..registries import ALL_PRESETS
 from ..sizes import parse_size
-from ..upstream.egress import parse_entries
 from .fields import ConfigError
 from .model import LOOPS, Config, split_listen
 from .upstreams import REGION_RE

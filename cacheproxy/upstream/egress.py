@@ -23,13 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..networks import IPAddress, IPNetwork, parse_entries
+
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-#: The entry of ``egress_deny`` that stands for the node's own interface addresses.
-NODE = "node"
 PROC_NET = Path("/proc/net")
 # /proc/net/fib_trie lists every local address, every service IP kube-proxy's IPVS
 # mode puts on the node included: a few MB on a big cluster; more is not one.
@@ -51,26 +48,6 @@ class EgressDeny:
 
     def __bool__(self) -> bool:
         return bool(self.networks or self.hosts)
-
-
-def parse_entries(entries: Sequence[str]) -> tuple[list[IPNetwork], bool]:
-    """(the CIDRs, whether ``node`` is listed) of ``egress_deny``; a bare address is a
-    /32 or /128. Raises ValueError naming an entry that is neither."""
-    networks: list[IPNetwork] = []
-    node = False
-    for entry in entries:
-        text = entry.strip()
-        if text.lower() == NODE:
-            node = True
-            continue
-        try:
-            # strict=False: "10.244.1.7/16" means its network, as ip route takes it.
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            raise ValueError(
-                f"egress_deny: {entry!r} is neither a CIDR (10.96.0.0/12) nor {NODE!r}"
-            ) from None
-    return networks, node
 
 
 def egress_deny(
