@@ -6,9 +6,10 @@
 #   -v ./cacheproxy.toml:/etc/cacheproxy/config.toml:ro -e CACHEPROXY_CONFIG=/etc/cacheproxy/config.toml
 # (name the file by CACHEPROXY_CONFIG rather than --config, so the HEALTHCHECK reads it too).
 
-# An exact release, the one the test suite runs on. A release pipeline pins the
-# digest too (python:3.11.7-slim-bookworm@sha256:...), resolved where it has the
-# registry at hand: a tag can be moved, a digest cannot.
+# A tag naming an exact Python release, the one the test suite runs on. A tag is not
+# an image: it is re-pushed (Debian updates, security rebuilds). The release pipeline
+# passes the digest (--build-arg PYTHON=python:3.11.7-slim-bookworm@sha256:...),
+# resolved where it has the registry at hand: a digest cannot be moved.
 ARG PYTHON=python:3.11.7-slim-bookworm
 
 # Build: a virtualenv with cacheproxy and its dependencies, copied whole into the

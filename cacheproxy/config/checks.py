@@ -61,6 +61,8 @@ def check(config: Config) -> None:
         raise ConfigError("max_fills, max_fills_per_client: at least 1; max_queued_fills: 0 up")
     if not 1 <= config.upstream_segments <= 64:
         raise ConfigError("upstream_segments: expected 1 to 64 connections per blob")
+    if min(config.ecr_new_registries_per_minute, config.ecr_registries_per_client) < 1:
+        raise ConfigError("ecr_new_registries_per_minute, ecr_registries_per_client: at least 1")
     for region in config.ecr_regions:
         if not REGION_RE.fullmatch(region):
             raise ConfigError(f"ecr_regions: not a region name: {region[:60]!r}")

@@ -104,7 +104,14 @@ class Config:
     upstream_retry_budget: float = setting(10.0, "seconds those retries may take in all")
     upstream_connections: int = setting(64, "concurrent connections to one upstream")
     max_dynamic_upstreams: int = setting(
-        32, "registries the ecr preset admits, kept at once (least recently used go first)"
+        32, "registries the ecr preset admits, kept at once (those not in use go first)"
+    )
+    # A client is its login, else its address (an IPv6 client its /64).
+    ecr_new_registries_per_minute: int = setting(
+        4, "new ecr preset registries one client may name a minute (beyond: TOOMANYREQUESTS)"
+    )
+    ecr_registries_per_client: int = setting(
+        4, "ecr preset registries one client holds that served no pull yet (its oldest goes)"
     )
     # A host naming another region is refused unbuilt.
     ecr_regions: tuple[str, ...] = setting(

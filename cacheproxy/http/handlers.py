@@ -55,9 +55,11 @@ def route_request(request: web.Request, route: Route) -> tuple[Route, Upstream]:
     ``registry-mirrors`` name no registry at all, which means the default upstream.
     """
     upstreams = request.app[UPSTREAMS]
+    # Who asks: bounds what a client can make the ecr preset build (pool.py).
+    client = requester_of(request)
     ns = request.query.get("ns")
     if ns is not None:
-        up = upstreams.get(ns)
+        up = upstreams.get(ns, client)
         echo = clean_host(ns)
         if echo is not None:
             # Echoed normalised, or not at all: a raw value could carry CR/LF.
@@ -65,7 +67,7 @@ def route_request(request: web.Request, route: Route) -> tuple[Route, Upstream]:
         name = validate_name(route.name)
     else:
         host, name = split_host(route.name)
-        up = upstreams.get(host)
+        up = upstreams.get(host, client)
     if up.name == DOCKER_HUB and "/" not in name:
         # Docker Hub's official images live under library/ (what docker pull does).
         name = f"library/{name}"

@@ -60,8 +60,11 @@ class NextPage:
         last = query.get("last")
         if last is None or len(last) > MAX_LAST:
             return None
-        n = query.get("n")
-        return self.link(last, n if n is not None and n.isdigit() and len(n) <= 6 else None)
+        # The upstream's n is relayed only as ASCII digits (RFC 5234 DIGIT), as a
+        # request's n is read: isdigit() is true of "\u00b2", which the client's next
+        # request would then carry, and be refused for (400).
+        n = parse_digits(query.get("n") or "", 6)
+        return self.link(last, str(n) if n is not None else None)
 
 
 class TagLister:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
+from ..numbers import parse_digits
 from ..oci import Digest
 
 BLOBS = "blobs"
@@ -78,8 +79,20 @@ def _time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def _size(text: str) -> int:
+    # ASCII digits only: int() would take " 7", "1_0" and other scripts' digits, and
+    # raise a bare ValueError on "\u00b2". A listing with a size that is not a number
+    # is not one to delete by.
+    size = parse_digits(text)
+    if size is None:
+        raise ValueError(f"an object's Size is not a number: {text[:20]!r}")
+    return size
+
+
 def parse_list(body: bytes) -> tuple[list[Listed], str | None]:
-    """A ListObjectsV2 answer: its objects and the token of the next page (None: last)."""
+    """A ListObjectsV2 answer: its objects and the token of the next page (None: last).
+
+    ValueError (ET.ParseError is a SyntaxError) when it is not one."""
     root = ET.fromstring(body)
     encoded = _text(root, "EncodingType") == "url"
     found = []
@@ -88,7 +101,7 @@ def parse_list(body: bytes) -> tuple[list[Listed], str | None]:
         found.append(
             Listed(
                 unquote(key) if encoded else key,
-                int(_text(item, "Size", "0")),
+                _size(_text(item, "Size", "0")),
                 _time(_text(item, "LastModified")),
             )
         )

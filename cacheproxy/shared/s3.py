@@ -345,7 +345,11 @@ class S3:
         if token:
             params["ContinuationToken"] = token
         async with await self.send("list_objects_v2", **params) as resp:
-            return parse_list(await _expect_ok(resp, "ListObjectsV2"))
+            body = await _expect_ok(resp, "ListObjectsV2")
+        try:
+            return parse_list(body)
+        except (ValueError, SyntaxError) as exc:  # ET.ParseError is a SyntaxError
+            raise S3Unavailable("bad-answer", f"ListObjectsV2: {exc}") from None
 
     async def list_uploads(
         self, prefix: str, after: tuple[str, str] | None = None

@@ -37,12 +37,24 @@ class AwsBusy(CredentialsUnavailable):
     default_message = "too many ECR token requests are waiting"
 
 
+class _Lane:
+    """One owner's calls: at most so many on the executor, the rest wait here."""
+
+    def __init__(self, calls: int) -> None:
+        self.gate = asyncio.Semaphore(calls)
+        #: Its calls in all, and those past the gate (on the executor).
+        self.users = 0
+        self.through = 0
+
+
 class AwsClients:
     """Shared ECR clients, and the executor their calls run on.
 
     ``max_clients``: clients kept (the oldest goes past it); ``max_waiting``: calls
     running or queued at once, beyond which a call raises AwsBusy (None: as many as
-    the callers, when they are few and fixed).
+    the callers, when they are few and fixed). ``per_owner``: calls one owner (a
+    client of the proxy) may have on the executor at once, the rest waiting their
+    turn in its own line, so that its slow calls never hold every thread.
     """
 
     def __init__(
@@ -52,10 +64,15 @@ class AwsClients:
         max_clients: int = MAX_CLIENTS,
         max_waiting: int | None = None,
         name: str = "aws",
+        per_owner: int | None = None,
     ) -> None:
         self._factory = factory
         self._max_clients = max_clients
         self._max_waiting = max_waiting
+        self._per_owner = per_owner
+        # Owners with calls running or waiting; a lane goes with its last call. Its
+        # calls are bounded by its callers' (one token call per registry at a time).
+        self._lanes: dict[str, _Lane] = {}
         self._clients: dict[tuple[str | None, str | None, str | None], Any] = {}
         self._lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -81,10 +98,36 @@ class AwsClients:
                 del self._clients[next(iter(self._clients))]
         return found
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """Run blocking AWS work on this executor (AwsBusy when too much waits)."""
-        if self._max_waiting is not None and self.waiting >= self._max_waiting:
+    @property
+    def queued(self) -> int:
+        """Calls waiting in their owners' lines, not yet on the executor."""
+        return sum(lane.users - lane.through for lane in self._lanes.values())
+
+    async def run(self, fn: Callable[[], T], owner: str | None = None) -> T:
+        """Run blocking AWS work on this executor (AwsBusy when too much waits, on
+        the executor and in the owners' lines together); ``owner``: whose line the
+        call waits in first (None: none)."""
+        if self._max_waiting is not None and self.waiting + self.queued >= self._max_waiting:
             raise AwsBusy(headers={"Retry-After": "1"})
+        if owner is None or self._per_owner is None:
+            return await self._run(fn)
+        lane = self._lanes.get(owner)
+        if lane is None:
+            lane = self._lanes[owner] = _Lane(self._per_owner)
+        lane.users += 1
+        try:
+            async with lane.gate:
+                lane.through += 1
+                try:
+                    return await self._run(fn)
+                finally:
+                    lane.through -= 1
+        finally:
+            lane.users -= 1
+            if not lane.users:
+                del self._lanes[owner]
+
+    async def _run(self, fn: Callable[[], T]) -> T:
         self.waiting += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)

@@ -87,6 +87,8 @@ class Upstream:
         self.credentials = credentials
         self.rate_limit: RateLimit | None = None
         self.requests_sent = 0
+        #: When (by ``clock``) a request last got a 2xx answer: the upstream is in use.
+        self.last_success: float | None = None
         self._clock = clock
         self.tokens = TokenCache(clock)
         self._challenge: Challenge | None = None
@@ -121,6 +123,10 @@ class Upstream:
                 limit=CONTROL_CONNECTIONS, ttl_dns_cache=60, ssl=ssl, resolver=self._resolver
             ),
         )
+
+    def served_within(self, seconds: float) -> bool:
+        """Whether a request to this upstream succeeded (2xx) in the last ``seconds``."""
+        return self.last_success is not None and self._clock() - self.last_success <= seconds
 
     async def retire(self, grace: float) -> None:
         """Take no new requests, let those in flight finish (up to ``grace`` seconds),
@@ -165,7 +171,10 @@ class Upstream:
         self._active += 1
         self._quiet.clear()
         try:
-            return await self._request(method, path, scope, headers, blob)
+            resp = await self._request(method, path, scope, headers, blob)
+            if 200 <= resp.status < 300:
+                self.last_success = self._clock()
+            return resp
         finally:
             self._active -= 1
             if not self._active:

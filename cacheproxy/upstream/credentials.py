@@ -224,8 +224,15 @@ class EcrCredentials:
         aws: AwsClients | None = None,
         clock: Callable[[], float] = time.time,
         client_factory: EcrClientFactory = boto3_ecr_client,
+        on_failure: Callable[[EcrCredentials], None] | None = None,
+        lane: Callable[[], str | None] | None = None,
     ) -> None:
+        """``on_failure``: told when ECR refused a token (not when the threads were
+        busy), so the owner can let a registry that does not answer go. ``lane``:
+        whose line on the AWS threads a token call waits in (``AwsClients.run``)."""
         self._config = config
+        self._on_failure = on_failure
+        self._lane = lane
         parsed = ecr_host(config.name)
         self._registry_id = parsed.account if parsed else None
         self._owns_aws = aws is None
@@ -237,6 +244,11 @@ class EcrCredentials:
         self.refresh_at = 0.0
         self._flight: SingleFlight[str, str] = SingleFlight()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        """The registry the tokens are for."""
+        return self._config.name
 
     @property
     def calls(self) -> int:
@@ -291,18 +303,18 @@ class EcrCredentials:
     async def _fetch(self) -> str:
         started = self._clock()
         try:
-            data = await self._aws.run(self._call)
+            data = await self._aws.run(self._call, self._lane() if self._lane else None)
         except AwsBusy:
             raise  # the threads are busy, not this registry at fault: nothing to remember
         except Exception as exc:  # botocore raises many kinds; none may escape raw
-            self._failed_until = self._clock() + ECR_FAILURE_MEMORY
+            self._failed()
             log.warning(
                 "ECR GetAuthorizationToken for %s failed: %s", self._config.name, type(exc).__name__
             )
             raise CredentialsUnavailable("cannot get an ECR authorization token") from exc
         token = data.get("authorizationToken")
         if not isinstance(token, str) or not token:
-            self._failed_until = self._clock() + ECR_FAILURE_MEMORY
+            self._failed()
             raise Unauthorized("ECR returned no authorization token")
         expires = data.get("expiresAt")
         if isinstance(expires, datetime.datetime):
@@ -325,6 +337,11 @@ class EcrCredentials:
         )
         return self._header
 
+    def _failed(self) -> None:
+        self._failed_until = self._clock() + ECR_FAILURE_MEMORY
+        if self._on_failure is not None:
+            self._on_failure(self)
+
     def _call(self) -> dict[str, Any]:
         client = self._aws.client(self._config)
         kwargs = {"registryIds": [self._registry_id]} if self._registry_id else {}
@@ -333,10 +350,16 @@ class EcrCredentials:
         return dict(entries[0])
 
 
-def credentials_for(config: UpstreamConfig, aws: AwsClients) -> Credentials | None:
-    """The credential source an upstream's config asks for, or None (anonymous)."""
+def credentials_for(
+    config: UpstreamConfig,
+    aws: AwsClients,
+    on_failure: Callable[[EcrCredentials], None] | None = None,
+    lane: Callable[[], str | None] | None = None,
+) -> Credentials | None:
+    """The credential source an upstream's config asks for, or None (anonymous);
+    ``on_failure`` and ``lane``: as for :class:`EcrCredentials`."""
     if config.ecr:
-        return EcrCredentials(config, aws)
+        return EcrCredentials(config, aws, on_failure=on_failure, lane=lane)
     login = static_login(config)
     if login is None:
         return None

@@ -12,7 +12,10 @@ from a shared one), and its calls take AWS threads. So:
 - the clients come from one boto3 session (the service model is loaded once), one
   per admitted region at most, and are kept;
 - their builds and calls run on threads of their own, with a bound on what waits:
-  a configured registry's token never queues behind a client's made-up registries.
+  a configured registry's token never queues behind a client's made-up registries;
+- one client's calls (those of the registries it brought in and nobody pulls from
+  yet) take one of those threads at a time, the rest waiting in its own line: its
+  slow made-up accounts never hold every thread another client's token needs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .aws import AwsClients, ClientFactory
 PRESET_THREADS = 2
 PRESET_WAITING = 64
 PRESET_CLIENTS = 64
+# The threads one client's token calls take at once (fewer than PRESET_THREADS).
+PRESET_CALLS_PER_CLIENT = 1
 # The partitions whose ECR hosts the preset's host pattern matches, by DNS suffix.
 PARTITIONS = {"amazonaws.com": ("aws", "aws-us-gov"), "amazonaws.com.cn": ("aws-cn",)}
 
@@ -103,6 +108,7 @@ class EcrPreset:
             max_clients=PRESET_CLIENTS,
             max_waiting=PRESET_WAITING,
             name="aws-preset",
+            per_owner=PRESET_CALLS_PER_CLIENT,
         )
 
     async def start(self) -> None:

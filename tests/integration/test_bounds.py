@@ -13,12 +13,14 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from cacheproxy.config import Config, UpstreamConfig
 from cacheproxy.upstream.credentials import EcrCredentials
 from tests.support.clients import run_process
 from tests.support.forwarder import Fault, Forwarder
@@ -87,6 +89,12 @@ async def fake_ecr(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeEcr]:
         yield ecr
 
 
+def from_address(address: str) -> aiohttp.ClientSession:
+    """A client session whose connections come from ``address`` (another client)."""
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
+
+
 def account(i: int) -> str:
     return f"{100000000000 + i}.dkr.ecr.us-west-2.amazonaws.com"
 
@@ -105,19 +113,23 @@ async def test_made_up_ecr_regions_never_hold_up_a_configured_registry(
         f'[[upstream]]\nname = "{configured}"\nurl = "{registry.url}"\necr = true\n'
     )
     regions = ["us-east-1", "us-east-2", "eu-central-1", "ap-south-1", "sa-east-1"]
+    # Two clients (one of the preset's AWS threads each), bounded per client no more
+    # than the preset is bounded in all: what is tried here is the preset's threads.
+    generous = {"ecr_new_registries_per_minute": 100, "ecr_registries_per_client": 100}
     async with (
-        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        running_proxy(None, tmp_path / "cache", config_file=config, **generous) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+        from_address("127.0.0.2") as other,
     ):
 
-        async def ask(host: str) -> tuple[int, str]:
+        async def ask(host: str, session: aiohttp.ClientSession = http) -> tuple[int, str]:
             url = f"{proxy.url}/v2/app/manifests/v1?ns={host}"
-            async with http.get(url, headers=ACCEPT) as resp:
+            async with session.get(url, headers=ACCEPT) as resp:
                 body = await resp.json(content_type=None)
                 return resp.status, body["errors"][0]["code"] if resp.status >= 400 else ""
 
         hosts = [f"{100000000000 + i}.dkr.ecr.{r}.amazonaws.com" for i, r in enumerate(regions * 6)]
-        pending = [asyncio.create_task(ask(host)) for host in hosts]
+        pending = [asyncio.create_task(ask(h, (http, other)[i % 2])) for i, h in enumerate(hosts)]
         async with asyncio.timeout(30):
             while fake_ecr.calls < 2:  # the preset's AWS threads are both stuck
                 await asyncio.sleep(0.02)
@@ -142,15 +154,22 @@ async def test_made_up_ecr_regions_never_hold_up_a_configured_registry(
 async def test_made_up_ecr_registries_are_bounded(fake_ecr: FakeEcr, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('presets = ["ecr"]\ndefault_upstream = "' + account(0) + '"\n')
-    settings = {"max_dynamic_upstreams": 8}
+    # Two clients, bounded per client no more than in all: what is tried here is the
+    # bound on the set, and the preset's threads (one each), whoever fills them.
+    settings = {
+        "max_dynamic_upstreams": 8,
+        "ecr_new_registries_per_minute": 1000,
+        "ecr_registries_per_client": 1000,
+    }
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config, **settings) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+        from_address("127.0.0.2") as other,
     ):
 
         async def ask(i: int) -> int:
             url = f"{proxy.url}/v2/app/manifests/v1?ns={account(i)}"
-            async with http.get(url, headers=ACCEPT) as resp:
+            async with (http, other)[i % 2].get(url, headers=ACCEPT) as resp:
                 return resp.status
 
         pending = [asyncio.create_task(ask(i)) for i in range(300)]
@@ -185,6 +204,87 @@ async def test_made_up_ecr_registries_are_bounded(fake_ecr: FakeEcr, tmp_path: P
             assert await ask(299) == 503
         assert fake_ecr.calls == calls
         assert len(proxy.upstreams.all()) <= 8
+
+
+async def test_a_stranger_naming_made_up_accounts_evicts_and_starves_no_one(
+    fake_ecr: FakeEcr, registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One address names 100 made-up accounts (in a real region) whose token calls hang,
+    while a neighbour pulls from a registry of the preset: the neighbour's registry
+    stays, its pulls and a new registry's token still work; the stranger is told
+    TOOMANYREQUESTS beyond its few a minute, and its failed registries go at once and
+    are answered from memory."""
+    used, later = account(1), account(2)  # the neighbour's (their tokens come at once)
+    fake_ecr.prompt |= {used[:12], later[:12]}
+    named = Config.upstream
+
+    def reachable(self: Config, name: str | None = None) -> UpstreamConfig:
+        # The two real ones stand in at the test's registry: no ECR name resolves here.
+        found = named(self, name)
+        return replace(found, url=registry.url) if found.name in (used, later) else found
+
+    monkeypatch.setattr(Config, "upstream", reachable)
+    repo = f"bounds/{uuid.uuid4().hex[:8]}"
+    image = await push_image(registry.url, repo, "v1", layer_sizes=(1000,))
+    config = tmp_path / "c.toml"
+    config.write_text(f'presets = ["ecr"]\ndefault_upstream = "{used}"\n')
+    settings = {"max_dynamic_upstreams": 8}
+    async with (
+        # The clock of the upstream clients and of the bounds: a minute never passes.
+        running_proxy(
+            None, tmp_path / "cache", config_file=config, upstream_clock=lambda: 1000.0, **settings
+        ) as proxy,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as neighbour,
+        from_address("127.0.0.2") as stranger,
+    ):
+
+        async def pull(host: str) -> int:
+            url = f"{proxy.url}/v2/{repo}/manifests/v1?ns={host}"
+            async with neighbour.get(url, headers=ACCEPT) as resp:
+                assert resp.status != 200 or await resp.read() == image.manifest
+                return resp.status
+
+        async def ask(i: int) -> tuple[int, str, str | None]:
+            url = f"{proxy.url}/v2/app/manifests/v1?ns={account(100 + i)}"
+            async with stranger.get(url, headers=ACCEPT) as resp:
+                code = (await resp.json(content_type=None))["errors"][0]["code"]
+                return resp.status, code, resp.headers.get("Retry-After")
+
+        assert await pull(used) == 200
+        kept = {up.name: up for up in proxy.upstreams.all()}[used]
+        preset = proxy.upstreams.preset
+        assert preset is not None
+        flood = [asyncio.create_task(ask(i)) for i in range(100)]
+        async with asyncio.timeout(30):
+            # Every request of the stranger's is answered or waits on an AWS call, and
+            # its first call is held at AWS.
+            while (
+                sum(t.done() for t in flood) + preset.aws.waiting + preset.aws.queued < 100
+                or fake_ecr.calls < 2
+            ):
+                await asyncio.sleep(0.02)
+        answered = [t.result() for t in flood if t.done()]
+        assert len(answered) == 96  # four a minute brought in; the rest refused at once
+        assert {(status, code) for status, code, _ in answered} == {(429, "TOOMANYREQUESTS")}
+        assert {retry for _, _, retry in answered} == {"60"}
+        assert kept in proxy.upstreams.all()  # not evicted, not rebuilt
+        async with asyncio.timeout(20):
+            assert await pull(used) == 200
+            calls = fake_ecr.calls
+            assert await pull(later) == 200  # a new registry's token: AWS still answers
+            assert fake_ecr.calls == calls + 1
+        fake_ecr.fail = True
+        fake_ecr.released.set()
+        held = await asyncio.gather(*(t for t in flood if not t.done()))
+        assert {status for status, _, _ in held} == {503}
+        left = {up.name for up in proxy.upstreams.all()}
+        assert left == {used, later}  # the failed ones went at once
+        calls = fake_ecr.calls
+        failed = next(i for i, t in enumerate(flood) if t.result()[0] == 503)
+        for _ in range(3):
+            assert (await ask(failed))[:2] == (503, "UNAVAILABLE")
+        assert fake_ecr.calls == calls  # remembered: no AWS call, no place in the set
+        assert await pull(used) == 200
 
 
 async def test_manifests_never_wait_behind_abandoned_fills(

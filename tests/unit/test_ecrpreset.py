@@ -93,3 +93,29 @@ async def test_calls_beyond_the_bound_are_refused_and_not_remembered_as_failures
     finally:
         stuck.set()
         aws.close()
+
+
+async def test_one_owners_slow_calls_never_hold_every_thread() -> None:
+    """With a line per owner, a client whose calls hang takes one thread at a time: a
+    call of another owner runs at once, and what waits in the lines counts against
+    the bound on waiting calls."""
+    stuck = threading.Event()
+    aws = AwsClients(lambda config: object(), threads=2, max_waiting=4, per_owner=1)
+    try:
+        held = [asyncio.create_task(aws.run(lambda: stuck.wait(30), "stranger")) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert (aws.waiting, aws.queued) == (1, 2)
+        async with asyncio.timeout(10):
+            assert await aws.run(lambda: "token", "neighbour") == "token"
+            assert await aws.run(lambda: "token") == "token"  # no owner: no line
+        held.append(asyncio.create_task(aws.run(lambda: stuck.wait(30), "stranger")))
+        await asyncio.sleep(0)
+        with pytest.raises(AwsBusy):  # one on the executor and three in line: the bound
+            await aws.run(lambda: None, "neighbour")
+        stuck.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*held)
+        assert (aws.waiting, aws.queued) == (0, 0)
+    finally:
+        stuck.set()
+        aws.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from cacheproxy.manifests.listing import NextPage
 
 
@@ -40,3 +42,15 @@ def test_what_a_link_carries_is_encoded() -> None:
     link = named.from_upstream('</v2/x/tags/list?last=a%3E%0D%0Ab>; rel="next"')
     assert link is not None
     assert "\r" not in link and "\n" not in link and link.count(">") == 1
+
+
+def test_an_upstreams_n_is_kept_only_as_ascii_digits() -> None:
+    """An upstream's ``n`` that is not ASCII digits is dropped from the next page's
+    link: ``"\\u00b2".isdigit()`` is true, and the client's next request would carry it
+    to this proxy, which refuses it (400)."""
+    named = NextPage("team/app")
+    for odd in ("\u00b2", "\u0663", "1_0", " 5", "+5", "-1", "5 ", "1234567", ""):
+        upstream = f'</v2/team/app/tags/list?last=b&n={quote(odd)}>; rel="next"'
+        assert named.from_upstream(upstream) == '</v2/team/app/tags/list?last=b>; rel="next"', odd
+    kept = named.from_upstream('</v2/team/app/tags/list?last=b&n=007>; rel="next"')
+    assert kept == '</v2/team/app/tags/list?last=b&n=7>; rel="next"'

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cacheproxy.commands.airgap.prefetch import _blobs_of
 from cacheproxy.numbers import is_digits, parse_digits
-from cacheproxy.oci import parse_accept
+from cacheproxy.oci import OCI_MANIFEST, parse_accept
 from cacheproxy.peers.signing import sign, verify
 from cacheproxy.ranges import parse_content_range, parse_content_span, parse_range
 from cacheproxy.swarm.lists import parse_spans
@@ -129,3 +132,18 @@ def test_accept_qvalues_are_ascii(q: str) -> None:
     assert found.q == 0.0
     (ok,) = parse_accept(["application/json;q=0.5"])
     assert ok.q == 0.5
+
+
+@pytest.mark.parametrize(
+    "size", [SUPERSCRIPT_TWO, ARABIC_THREE, "1_0", "7", 1.5, True, -1, 2**63, None]
+)
+def test_a_manifests_blob_sizes_are_json_integers(size: object) -> None:
+    # OCI image spec, "Descriptor": size is an int64; int() would take most of these.
+    layer = {"digest": "sha256:" + "ab" * 32, "size": size}
+    body = json.dumps({"config": {"digest": "sha256:" + "cd" * 32, "size": 2}, "layers": [layer]})
+    manifests = [("sha256:" + "ef" * 32, body.encode(), OCI_MANIFEST)]
+    with pytest.raises(ValueError, match="blob size"):
+        _blobs_of(manifests)
+    layer["size"] = 42
+    body = json.dumps({"config": {"digest": "sha256:" + "cd" * 32, "size": 2}, "layers": [layer]})
+    assert _blobs_of([("sha256:" + "ef" * 32, body.encode(), OCI_MANIFEST)])[layer["digest"]] == 42

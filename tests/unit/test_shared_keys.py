@@ -60,6 +60,21 @@ def test_a_listing_with_url_encoded_keys_and_a_next_page() -> None:
     assert token is None and len(last) == 1
 
 
+def test_a_listed_size_is_ascii_digits_or_the_listing_is_refused() -> None:
+    """``int()`` would read " 7", "1_0" and "\u0663" (ARABIC-INDIC THREE) as numbers and
+    raise a bare error on "\u00b2": a listing carrying any of them is not believed."""
+
+    def listing(size: str) -> bytes:
+        return f"""<ListBucketResult {NS}><IsTruncated>false</IsTruncated>
+<Contents><Key>p/blobs/sha256/ab</Key><LastModified>2026-11-30T21:25:38.000Z</LastModified>
+<Size>{size}</Size></Contents></ListBucketResult>""".encode()
+
+    assert parse_list(listing("42"))[0][0].size == 42
+    for odd in ("\u00b2", "\u0663", "1_0", " 7", "+7", "-1", "7.0", "", "1" * 20):
+        with pytest.raises(ValueError, match="Size is not a number"):
+            parse_list(listing(odd))
+
+
 def test_multipart_documents() -> None:
     uploads = f"""<ListMultipartUploadsResult {NS}><IsTruncated>true</IsTruncated>
 <NextKeyMarker>k2</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>

@@ -92,8 +92,18 @@ def _blobs_of(manifests: Iterable[tuple[str, bytes, str]]) -> dict[str, int]:
         doc = json.loads(body)
         for desc in [doc.get("config"), *doc.get("layers", [])]:
             if isinstance(desc, dict):
-                blobs[desc["digest"]] = int(desc.get("size", 0))
+                blobs[desc["digest"]] = _size_of(desc)
     return blobs
+
+
+def _size_of(desc: dict[str, object]) -> int:
+    """A descriptor's ``size``: a JSON integer, int64 (OCI image spec, "Descriptor").
+    ``int()`` would take a string ("1_0", "\u0663"), a float or true from the
+    upstream's manifest; none of them is a size."""
+    size = desc.get("size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63:
+        raise ValueError(f"the manifest names a blob size that is not one: {str(size)[:20]!r}")
+    return size
 
 
 @dataclass
