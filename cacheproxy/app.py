@@ -25,6 +25,7 @@ from .http.keys import (
     PEER_MANIFESTS,
     PEER_PIECES,
     READINESS,
+    REFERRERS,
     SAVINGS,
     SHARED,
     TAG_LISTS,
@@ -118,6 +119,7 @@ def _share(app: web.Application, rt: ServingRuntime) -> None:
     app[BLOBS] = rt.clients.blobs
     app[MANIFESTS] = rt.clients.manifests
     app[TAG_LISTS] = rt.tag_lists
+    app[REFERRERS] = rt.clients.referrers
     app[UPSTREAMS] = rt.upstreams
     app[FILLS] = rt.fills
     app[READINESS] = rt.storage.readiness

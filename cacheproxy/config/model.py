@@ -69,6 +69,9 @@ class Config:
     max_stale: float = setting(
         7 * 24 * 3600.0, "seconds past its freshness a tag may be served when upstream fails"
     )
+    referrers_ttl: float = setting(
+        60.0, "seconds a manifest's referrers list is served without asking upstream again"
+    )
     # A link is the upstream's word that a repository holds a digest (cacheproxy/links.py).
     link_ttl: float = setting(
         24 * 3600.0, "seconds a link serves before the upstream is asked again with a HEAD"

@@ -22,7 +22,7 @@ from ..fairness import client_address
 from ..manifests.listing import NextPage
 from ..manifests.service import Manifest, ManifestService
 from ..metrics import CONTENT_TYPE
-from ..oci import Route, parse_digest, parse_path, split_host, validate_name
+from ..oci import OCI_INDEX, Route, parse_digest, parse_path, split_host, validate_name
 from ..ranges import ByteRange, content_range, parse_range
 from ..registries import DOCKER_HUB, clean_host
 from ..upstream.client import Upstream
@@ -35,6 +35,7 @@ from .keys import (
     METRICS,
     NAMESPACE,
     READINESS,
+    REFERRERS,
     SUBJECT,
     TAG_LISTS,
     UPSTREAMS,
@@ -83,15 +84,19 @@ async def v2(request: web.Request) -> web.StreamResponse:
         raise Unsupported(f"{request.method} is not supported by a pull-through cache")
     if route.kind == "base":
         return web.json_response({})
-    if route.kind not in ("manifest", "blob", "tags"):
+    if route.kind not in ("manifest", "blob", "tags", "referrers"):
         raise NotFound(f"the {route.kind} endpoint is not offered by this proxy")
-    path_name = route.name  # as the request named it: the tag list's next page does too
+    path_name = route.name  # as the request named it: a next page's link does too
     route, up = route_request(request, route)
     if route.kind == "manifest":
         return await send_manifest(request, request.app[MANIFESTS], up, route)
     if route.kind == "blob":
         return await send_blob(request, request.app[BLOBS], up, route, requester_of(request))
-    return await tags(request, up, route, NextPage(path_name, request.query.get("ns")))
+    ns = request.query.get("ns")
+    if route.kind == "referrers":
+        named = NextPage(path_name, ns, f"referrers/{route.reference}")
+        return await referrers(request, up, route, named)
+    return await tags(request, up, route, NextPage(path_name, ns))
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
@@ -347,6 +352,24 @@ async def tags(
     page = await request.app[TAG_LISTS].page(up, route.name, dict(request.query), named)
     headers = {"Link": page.link} if page.link else {}
     return web.Response(body=page.body, content_type=page.content_type, headers=headers)
+
+
+async def referrers(
+    request: web.Request, up: Upstream, route: Route, named: NextPage
+) -> web.StreamResponse:
+    """A page of a manifest's referrers, as an image index (distribution-spec 1.1,
+    "Listing Referrers"); ``OCI-Filters-Applied`` says an artifactType filter was."""
+    subject = parse_digest(route.reference)
+    page = await request.app[REFERRERS].page(up, route.name, subject, request.query, named)
+    headers = {"Content-Type": OCI_INDEX}
+    if page.link:
+        headers["Link"] = page.link
+    if page.filtered:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(page.body))
+        return web.Response(status=200, headers=headers)
+    return web.Response(body=page.body, headers=headers)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from ..blobs.inflight import Fills
 from ..blobs.service import BlobService
 from ..lifecycle.keeper import Keeper
 from ..manifests.listing import TagLister
+from ..manifests.referrers import Referrers
 from ..manifests.service import ManifestService
 from ..metrics import Metrics
 from ..peers.cluster import Cluster
@@ -24,6 +25,7 @@ from .clientauth import ClientAuth
 BLOBS = web.AppKey("blobs", BlobService)
 MANIFESTS = web.AppKey("manifests", ManifestService)
 TAG_LISTS = web.AppKey("tag_lists", TagLister)
+REFERRERS = web.AppKey("referrers", Referrers)
 UPSTREAMS = web.AppKey("upstreams", UpstreamPool)
 # Downloads in flight (their counters feed /metrics).
 FILLS = web.AppKey("fills", Fills)

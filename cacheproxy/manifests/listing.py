@@ -4,6 +4,7 @@ ignores ``n`` and ``last`` (distribution 2.8 does)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -35,14 +36,17 @@ class NextPage:
 
     path_name: str
     ns: str | None = None
+    #: The endpoint under the repository: the tag list, or a manifest's referrers.
+    endpoint: str = "tags/list"
 
-    def link(self, last: str, n: str | None) -> str:
+    def link(self, last: str, n: str | None, extra: Mapping[str, str] | None = None) -> str:
         query = {"last": last}
         if n is not None:
             query["n"] = n
+        query.update(extra or {})
         if self.ns is not None:
             query["ns"] = self.ns
-        path = quote(f"/v2/{self.path_name}/tags/list", safe="/:[]")
+        path = quote(f"/v2/{self.path_name}/{self.endpoint}", safe="/:[]")
         return f'<{path}?{urlencode(query)}>; rel="next"'
 
     def from_upstream(self, link: str | None) -> str | None:

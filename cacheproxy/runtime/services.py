@@ -18,6 +18,7 @@ from ..config import Config
 from ..links import Links
 from ..manifests.bodies import ManifestBodies
 from ..manifests.chains import manifest_chain
+from ..manifests.referrers import Referrers, ReferrersOptions, Revalidations
 from ..manifests.service import Fetches, ManifestService
 from ..manifests.tags import ManifestOptions, Resolutions, TagResolver, never
 from ..peers.cluster import Cluster
@@ -32,6 +33,7 @@ class Callers:
 
     blobs: BlobService
     manifests: ManifestService
+    referrers: Referrers
 
 
 class Services:
@@ -59,19 +61,22 @@ class Services:
         )
         self.resolutions: Resolutions = SingleFlight()
         self.fetches: Fetches = SingleFlight()
+        self.revalidations: Revalidations = SingleFlight()
 
     def clients(self, cluster: Cluster | None, swarms: Swarms | None) -> Callers:
         """A client's: the ledger counts it; in a cluster it asks the keys' owners."""
         blobs = self._blobs(cluster=cluster, swarms=swarms)
-        return Callers(BlobService(blobs, self._storage.usage, self._accounting),
-                       self._manifests(cluster, self._accounting))  # fmt: skip
+        manifests = self._manifests(cluster, self._accounting)
+        return Callers(BlobService(blobs, self._storage.usage, self._accounting), manifests,
+                       self._referrers(manifests))  # fmt: skip
 
     def peers(self) -> Callers:
         """A peer node's: answered here, never forwarded, and not in the ledger."""
         counted = NullAccounting()
         blobs = self._blobs(for_peer=True)
-        return Callers(BlobService(blobs, self._storage.usage, counted),
-                       self._manifests(None, counted))  # fmt: skip
+        manifests = self._manifests(None, counted)
+        return Callers(BlobService(blobs, self._storage.usage, counted), manifests,
+                       self._referrers(manifests))  # fmt: skip
 
     def _blobs(
         self,
@@ -92,6 +97,15 @@ class Services:
             segments=config.upstream_segments,
             shared=self._shared,
             swarms=swarms,
+        )
+
+    def _referrers(self, manifests: ManifestService) -> Referrers:
+        config = self._config
+        options = ReferrersOptions(
+            config.referrers_ttl, config.max_stale, config.max_manifest_bytes, config.offline
+        )
+        return Referrers(
+            self._storage.index, manifests, self._links, options, self.revalidations, time.time
         )
 
     def _manifests(self, owners: Cluster | None, counted: Accounting) -> ManifestService:
@@ -128,4 +142,5 @@ async def open_services(
     async with AsyncExitStack() as stack:
         stack.push_async_callback(services.fetches.close)
         stack.push_async_callback(services.resolutions.close)
+        stack.push_async_callback(services.revalidations.close)
         yield services

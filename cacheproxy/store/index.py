@@ -13,6 +13,7 @@ Keys (NUL-separated strings):
   access   digest                             -> (last access, hits)
   link     digest                             -> (("upstream\0repository", linked at), ...)
                                                  that may be served it (cacheproxy/links.py)
+  referrers upstream, name, subject, filter   -> (descriptors as JSON, checked at)
 """
 
 from __future__ import annotations
@@ -312,6 +313,13 @@ class Index:
                 self._cache.delete(key)
                 dropped += 1
         return dropped
+
+    async def get_record(self, key: str) -> Any:
+        """A raw record (a referrers list, say), read in a thread."""
+        return await self._call(self._cache.get, key)
+
+    async def set_record(self, key: str, value: Any) -> None:
+        await self._call(self._cache.set, key, value)
 
     def get_sync(self, key: str) -> Any:
         """A raw record (blocking): for markers such as a layout version."""
