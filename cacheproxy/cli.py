@@ -104,12 +104,23 @@ def _own_arguments(command: str, p: argparse.ArgumentParser) -> None:
     elif command in ("prefetch", "export"):
         p.add_argument("images", nargs="*", help="[registry/]name[:tag|@digest]")
         p.add_argument("-f", "--file", type=Path, dest="image_file", help="one image a line")
+        _no_referrers(p)
         if command == "prefetch":
             p.add_argument("--platform", help="os/arch[/variant] of an index (default: all)")
         else:
             p.add_argument("-o", "--output", type=Path, required=True, help="bundle.tar")
     elif command == "import":
         p.add_argument("bundle", type=Path)
+        _no_referrers(p)
+
+
+def _no_referrers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-referrers",
+        action="store_false",
+        dest="referrers",
+        help="leave out each image's referrers and signatures (taken by default)",
+    )
 
 
 def load(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
@@ -174,12 +185,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from .commands import airgap
 
         if command == "prefetch":
-            return 1 if asyncio.run(airgap.prefetch(config, _images(args), args.platform)) else 0
+            failed = airgap.prefetch(config, _images(args), args.platform, referrers=args.referrers)
+            return 1 if asyncio.run(failed) else 0
         if command == "export":
-            count = asyncio.run(airgap.export(config, _images(args), args.output))
-            print(f"wrote {args.output}: {count} blobs")
+            written = airgap.export(config, _images(args), args.output, args.referrers)
+            print(f"wrote {args.output}: {asyncio.run(written)} blobs")
             return 0
-        result = airgap.import_bundle(config, args.bundle)
+        result = airgap.import_bundle(config, args.bundle, args.referrers)
         print(f"imported {result.blobs} blobs ({result.already} already cached)")
         for tag in result.tags:
             print(f"  {tag}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 
 from ..store.files import BlobStore
 from ..store.index import Index
@@ -23,10 +24,18 @@ class ImageRow:
     complete: bool  # every blob the tag reaches is cached
     last_pull: float
     pulls: int
+    #: What travels with it: the tags of its referrers (the tag schema's
+    #: ``sha256-<hex>``, cosign's ``.sig``, ``.att``, ``.sbom``) cached beside it.
+    referrers: list[str] = field(default_factory=list)
+
+
+# A tag that keeps what refers to a manifest, and the manifest's digest in it.
+_REFERRER_TAG = re.compile(r"(sha256|sha512)-([0-9a-f]{64,128})(\.sig|\.att|\.sbom)?")
 
 
 def inventory(store: BlobStore, index: Index) -> list[ImageRow]:
-    """Every cached tag with its digest, size, last pull and pull count (blocking)."""
+    """Every cached tag with its digest, size, last pull and pull count (blocking);
+    the tags of an image's referrers are listed under it, not beside it."""
     state = read_state(store, index)
     rows = []
     for tag in state.snapshot.tags:
@@ -45,7 +54,23 @@ def inventory(store: BlobStore, index: Index) -> list[ImageRow]:
             )
         )
     rows.sort(key=lambda r: (r.upstream, r.repository, r.tag))
-    return rows
+    return _under_subjects(rows)
+
+
+def _under_subjects(rows: list[ImageRow]) -> list[ImageRow]:
+    """Referrer tags moved under the row of the image they refer to (same upstream
+    and repository); one whose image is not a cached tag stays a row of its own."""
+    subjects = {(r.upstream, r.repository, r.digest): r for r in rows}
+    kept = []
+    for row in rows:
+        named = _REFERRER_TAG.fullmatch(row.tag)
+        subject = f"{named[1]}:{named[2]}" if named else None
+        owner = subjects.get((row.upstream, row.repository, subject or ""))
+        if owner is not None and owner is not row:
+            owner.referrers.append(row.tag)
+        else:
+            kept.append(row)
+    return kept
 
 
 def render(rows: list[ImageRow], as_json: bool) -> str:
@@ -60,6 +85,7 @@ def render(rows: list[ImageRow], as_json: bool) -> str:
             f"{r.upstream + '/' + r.repository:50} {r.tag:20} {r.digest[:19]:19} {size:>10}"
             f" {when:20} {r.pulls}"
         )
+        lines.extend(f"  referrers: {tag}" for tag in r.referrers)
     if any(not r.complete for r in rows):
         lines.append("* not every blob of this image is cached")
     return "\n".join(lines)

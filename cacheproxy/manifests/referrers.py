@@ -141,13 +141,19 @@ class Referrers:
             if every is not None and self._clock() - every.checked_at < self._options.ttl:
                 return _filtered(every, wanted)
         if self._options.offline:
-            # However old: nothing can be asked.
-            if kept is not None:
-                return kept
-            return _filtered(every, wanted) if every and wanted else Listing((), self._clock())
+            return await self._offline(up, repo, subject, wanted, kept or every)
         return await self._flights.run(
             key, lambda: self._revalidate(up, repo, subject, wanted, kept)
         )
+
+    async def _offline(
+        self, up: Upstream, repo: str, subject: Digest, wanted: str | None, kept: Listing | None
+    ) -> Listing:
+        """Offline nothing can be asked: the last list however old, else the tag
+        schema's index this node holds (an import's, say), else none."""
+        if kept is None:
+            kept = Listing(_merge(await self._from_tag(up, repo, subject), []), self._clock())
+        return _filtered(kept, wanted) if wanted and not kept.filtered else kept
 
     async def _revalidate(
         self, up: Upstream, repo: str, subject: Digest, wanted: str | None, kept: Listing | None

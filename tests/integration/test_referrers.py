@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.integration.test_who_reads_what import (
     upstreams,  # noqa: F401 (a fixture)
     write_config,
 )
+from tests.support.clients import run_process
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import (
     OCI_INDEX,
@@ -105,7 +107,7 @@ async def push_tag_schema(
     await push_manifest(url, repo, tag, index, OCI_INDEX, headers=headers)
 
 
-async def referrers(
+async def referrers_of(
     http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, object], dict[str, str]]:
     async with http.get(url, headers=headers or {}) as resp:
@@ -154,7 +156,7 @@ async def test_the_tag_schema_is_listed_filtered_and_paged(
             f"{proxy.url}/v2/{PUBLIC}/{image.name}/referrers/{image.digest}",
             f"{proxy.url}/v2/{image.name}/referrers/{image.digest}?ns={PUBLIC}",
         ):
-            status, doc, headers = await referrers(http, base)
+            status, doc, headers = await referrers_of(http, base)
             assert status == 200
             assert headers["Content-Type"].startswith(OCI_INDEX)
             assert doc["mediaType"] == OCI_INDEX and doc["schemaVersion"] == 2
@@ -162,20 +164,20 @@ async def test_the_tag_schema_is_listed_filtered_and_paged(
             assert "OCI-Filters-Applied" not in headers
             # Filtered here (the upstream has no API to filter): the header says so.
             join = "&" if "?" in base else "?"
-            status, doc, headers = await referrers(
+            status, doc, headers = await referrers_of(
                 http, f"{base}{join}artifactType={quote(SBOM, safe='')}"
             )
             assert digests_of(doc) == [sbom.digest]
             assert headers["OCI-Filters-Applied"] == "artifactType"
             # Paged: one at a time, the Link naming the registry as the request did.
-            status, doc, headers = await referrers(http, f"{base}{join}n=1")
+            status, doc, headers = await referrers_of(http, f"{base}{join}n=1")
             assert digests_of(doc) == [signature.digest]
             link = next_link(headers)
             assert link is not None
             target = urlsplit(link)
             assert not target.netloc, "the next page is on this proxy"
             assert (PUBLIC in target.path) or (f"ns={PUBLIC}" in target.query)
-            status, doc, headers = await referrers(http, f"{proxy.url}{link}")
+            status, doc, headers = await referrers_of(http, f"{proxy.url}{link}")
             assert digests_of(doc) == [sbom.digest]
             assert next_link(headers) is None
         # Each referrer and its blobs come through the verified path.
@@ -198,9 +200,9 @@ async def test_no_referrers_is_an_empty_index(
         aiohttp.ClientSession() as http,
     ):
         url = f"{proxy.url}/v2/{PUBLIC}/{repo}/referrers/{image.digest}"
-        status, doc, _ = await referrers(http, url)
+        status, doc, _ = await referrers_of(http, url)
         assert (status, doc["manifests"]) == (200, [])
-        status, doc, _ = await referrers(http, f"{url}?artifactType={quote(SBOM, safe='')}")
+        status, doc, _ = await referrers_of(http, f"{url}?artifactType={quote(SBOM, safe='')}")
         assert (status, doc["manifests"]) == (200, [])
 
 
@@ -217,16 +219,16 @@ async def test_kept_served_stale_and_offline(
         running_proxy(None, cache, config_file=config) as proxy,
         aiohttp.ClientSession() as http,
     ):
-        status, doc, _ = await referrers(http, proxy.url + path)
+        status, doc, _ = await referrers_of(http, proxy.url + path)
         assert digests_of(doc) == [a.digest for a in artifacts]
         # Within the window: kept, the upstream not asked.
         before = upstreams.public.count()
-        status, doc, _ = await referrers(http, proxy.url + path)
+        status, doc, _ = await referrers_of(http, proxy.url + path)
         assert upstreams.public.count() == before
         # Past it, with the upstream failing: the last list, stale.
         upstreams.public.set_fault(Fault(match="/", kind="status", status=503))
         await asyncio.sleep(0.3)
-        status, doc, _ = await referrers(http, proxy.url + path)
+        status, doc, _ = await referrers_of(http, proxy.url + path)
         assert (status, digests_of(doc)) == (200, [a.digest for a in artifacts])
         upstreams.public.clear_faults()
     async with (
@@ -234,9 +236,9 @@ async def test_kept_served_stale_and_offline(
         aiohttp.ClientSession() as http,
     ):
         before = upstreams.public.count()
-        status, doc, _ = await referrers(http, proxy.url + path)
+        status, doc, _ = await referrers_of(http, proxy.url + path)
         assert (status, digests_of(doc)) == (200, [a.digest for a in artifacts])
-        status, doc, _ = await referrers(
+        status, doc, _ = await referrers_of(
             http, f"{proxy.url}{path}?artifactType={quote(SBOM, safe='')}"
         )
         assert digests_of(doc) == [artifacts[1].digest]
@@ -261,11 +263,11 @@ async def test_a_client_who_may_not_pull_the_subject_gets_no_referrers(
             assert resp.status == 401
             assert b"manifests" not in await resp.read()
         alice = {"Authorization": "Basic YWxpY2U6YWxpY2UtcHJveHktcGFzc3dvcmQtMQ=="}
-        status, doc, _ = await referrers(http, url, alice)
+        status, doc, _ = await referrers_of(http, url, alice)
         assert (status, digests_of(doc)) == (200, [sbom.digest])
         # Under a public repository, the private subject's list is that repository's
         # own (empty): nothing of the private one is told.
-        status, doc, _ = await referrers(
+        status, doc, _ = await referrers_of(
             http, f"{proxy.url}/v2/{PUBLIC}/lib/other/referrers/{secret.digest}"
         )
         assert (status, doc["manifests"]) == (200, [])
@@ -315,19 +317,17 @@ async def test_an_upstream_with_the_api_is_read_page_by_page_and_merged(
         aiohttp.ClientSession() as http,
     ):
         url = f"{proxy.url}/v2/{PUBLIC}/{image.name}/referrers/{image.digest}"
-        status, doc, _ = await referrers(http, url)
+        status, doc, _ = await referrers_of(http, url)
         assert (status, digests_of(doc)) == (200, [signature.digest, extra, sbom.digest])
         assert wire.count("GET", path) == 2
     wire.clear_faults()
 
 
-async def test_cosigns_older_tag_scheme_works_as_tags(
-    upstreams: Upstreams,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    """cosign 2 keeps a signature under the tag ``sha256-<hex>.sig``: an ordinary tag."""
-    repo = f"lib/cosign2-{uuid.uuid4().hex[:6]}"
-    image = await push_image(upstreams.public.url, repo, "v1", layer_sizes=(2000,))
+async def push_cosign_signature(url: str, image: PushedImage) -> bytes:
+    """A signature as cosign 2 keeps it: a manifest under ``sha256-<hex>.sig`` whose
+    layer is a simple signing payload naming the image (the signature is not checked
+    here: what a verifier or the policy does)."""
+    repo = image.name
     payload = json.dumps(
         {
             "critical": {
@@ -338,8 +338,8 @@ async def test_cosigns_older_tag_scheme_works_as_tags(
             "optional": None,
         }
     ).encode()
-    layer = await push_blob(upstreams.public.url, repo, payload)
-    empty = await push_blob(upstreams.public.url, repo, b"{}")
+    layer = await push_blob(url, repo, payload)
+    empty = await push_blob(url, repo, b"{}")
     sig = json.dumps(
         {
             "schemaVersion": 2,
@@ -354,7 +354,19 @@ async def test_cosigns_older_tag_scheme_works_as_tags(
         }
     ).encode()  # fmt: skip
     tag = image.digest.replace(":", "-") + ".sig"
-    await push_manifest(upstreams.public.url, repo, tag, sig, OCI_MANIFEST)
+    await push_manifest(url, repo, tag, sig, OCI_MANIFEST)
+    return sig
+
+
+async def test_cosigns_older_tag_scheme_works_as_tags(
+    upstreams: Upstreams,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """cosign 2 keeps a signature under the tag ``sha256-<hex>.sig``: an ordinary tag."""
+    repo = f"lib/cosign2-{uuid.uuid4().hex[:6]}"
+    image = await push_image(upstreams.public.url, repo, "v1", layer_sizes=(2000,))
+    sig = await push_cosign_signature(upstreams.public.url, image)
+    tag = image.digest.replace(":", "-") + ".sig"
     config = write_config(tmp_path, upstreams)
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
@@ -363,5 +375,60 @@ async def test_cosigns_older_tag_scheme_works_as_tags(
         base = f"{proxy.url}/v2/{PUBLIC}/{repo}"
         async with http.get(f"{base}/manifests/{tag}", headers={"Accept": OCI_MANIFEST}) as resp:
             assert resp.status == 200 and await resp.read() == sig
-        async with http.get(f"{base}/blobs/{layer}") as resp:
-            assert await resp.read() == payload
+        for layer in json.loads(sig)["layers"]:
+            async with http.get(f"{base}/blobs/{layer['digest']}") as resp:
+                assert resp.status == 200
+
+
+async def cacheproxy_cli(*args: str) -> str:
+    result = await run_process(sys.executable, "-m", "cacheproxy", *args, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+@pytest.mark.parametrize("referrers", [True, False], ids=["with", "no-referrers"])
+async def test_the_air_gap_carries_referrers_and_signatures(
+    upstreams: Upstreams,  # noqa: F811
+    signed: tuple[PushedImage, list[Artifact]],
+    tmp_path: Path,
+    referrers: bool,
+) -> None:
+    """prefetch, export, import into an empty cache, offline: the referrers list (as
+    the referrers API and as the tag schema a verifier falls back to) and cosign's
+    ``.sig`` tag are there, and ``ls`` shows them under their image; with
+    ``--no-referrers`` none of them travel."""
+    image, artifacts = signed
+    sig = await push_cosign_signature(upstreams.public.url, image)
+    config = write_config(tmp_path, upstreams)
+    ref = f"{PUBLIC}/{image.name}:v1"
+    flags = [] if referrers else ["--no-referrers"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    base = ["--config", str(config)]
+    await cacheproxy_cli("prefetch", *base, "--cache-dir", str(first), *flags, ref)
+    bundle = tmp_path / "bundle.tar"
+    await cacheproxy_cli("export", *base, "--cache-dir", str(first), *flags, ref, "-o", str(bundle))
+    await cacheproxy_cli("import", *base, "--cache-dir", str(second), str(bundle))
+    listing = json.loads(await cacheproxy_cli("ls", *base, "--cache-dir", str(second), "--json"))
+    tags = {row["tag"]: row for row in listing}
+    assert set(tags) == {"v1"}, "the referrers' tags are listed under their image"
+    schema = image.digest.replace(":", "-")
+    assert sorted(tags["v1"]["referrers"]) == ([schema, f"{schema}.sig"] if referrers else [])
+    async with (
+        running_proxy(None, second, config_file=config, offline=True) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"{proxy.url}/v2/{PUBLIC}/{image.name}/referrers/{image.digest}"
+        status, doc, _ = await referrers_of(http, url)
+        assert status == 200
+        assert digests_of(doc) == ([a.digest for a in artifacts] if referrers else [])
+        manifests = f"{proxy.url}/v2/{PUBLIC}/{image.name}/manifests"
+        accept = {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"}
+        async with http.get(f"{manifests}/{schema}.sig", headers=accept) as resp:
+            assert resp.status == (200 if referrers else 404)
+            if referrers:
+                assert await resp.read() == sig
+        async with http.get(f"{manifests}/{schema}", headers=accept) as resp:
+            assert resp.status == (200 if referrers else 404)
+        for artifact in artifacts if referrers else []:
+            async with http.get(f"{manifests}/{artifact.digest}", headers=accept) as resp:
+                assert await resp.read() == artifact.manifest

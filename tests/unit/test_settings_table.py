@@ -122,9 +122,9 @@ KNOWN_FLAGS = {
     "gc": "--config --cache-dir --upstream --dry-run --shared",
     "ls": "--config --cache-dir --upstream --json",
     "verify": "--config --cache-dir --upstream",
-    "prefetch": "--config --cache-dir --upstream -f --file --platform",
-    "export": "--config --cache-dir --upstream -f --file -o --output",
-    "import": "--config --cache-dir --upstream",
+    "prefetch": "--config --cache-dir --upstream -f --file --no-referrers --platform",
+    "export": "--config --cache-dir --upstream -f --file --no-referrers -o --output",
+    "import": "--config --cache-dir --upstream --no-referrers",
 }
 # What each subcommand needs besides its flags to parse.
 POSITIONAL = {"client-config": ["docker"], "export": ["-o", "/b.tar"], "import": ["/b.tar"]}

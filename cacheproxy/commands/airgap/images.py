@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...errors import ManifestUnknown, RegistryError
 from ...oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
+    OCI_INDEX,
+    digest_of,
     parse_digest,
     split_host,
     validate_name,
@@ -17,6 +20,7 @@ from ...oci import (
 )
 from ...registries import DOCKER_HUB
 from ...runtime import Runtime
+from ...upstream.client import Upstream
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,63 @@ def _platform_ok(desc: dict[str, Any], platform: str | None) -> bool:
     wanted = platform.split("/")
     have = [plat.get("os", ""), plat.get("architecture", ""), plat.get("variant", "")]
     return all(w == h for w, h in zip(wanted, have, strict=False))
+
+
+# cosign's tags beside an image before OCI 1.1: a signature, an attestation, an SBOM.
+COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
+# Annotation of a bundle entry that travels with an image: the subject's digest.
+ANN_REFERRERS_OF = "io.cacheproxy.referrers-of"
+
+
+@dataclass(frozen=True)
+class Related:
+    """What travels with one manifest: ``tagged``, kept under ``tag`` (the referrers
+    tag schema's ``<alg>-<hex>``, or cosign's ``.sig``/``.att``/``.sbom``), and the
+    referrer manifests it lists. ``made_here``: ``tagged`` is this proxy's own index of
+    the referrers (the upstream's API, or its tag schema, merged), not a manifest of
+    the upstream's."""
+
+    subject: str
+    tag: str
+    tagged: tuple[str, bytes, str]
+    referrers: list[tuple[str, bytes, str]]
+    made_here: bool = False
+
+    def fetched(self) -> list[tuple[str, bytes, str]]:
+        """The upstream's manifests among them (whose blobs a prefetch brings in)."""
+        return self.referrers if self.made_here else [self.tagged, *self.referrers]
+
+
+async def related_manifests(rt: Runtime, up: Upstream, name: str, subject: str) -> list[Related]:
+    """The referrers of ``subject`` under (``up``, ``name``) (the API's and the tag
+    schema's, as the referrers service merges them) as one tag schema index of the
+    referrer manifests to be had, and cosign's older tags; what cannot be had (the
+    cache offline, a referrer the upstream lists and does not give) is left out."""
+    digest = parse_digest(subject)
+    manifests = rt.clients.manifests
+    found: list[Related] = []
+    listing = await rt.clients.referrers.listing(up, name, digest, None)
+    referrers: list[tuple[str, bytes, str]] = []
+    listed = []
+    for desc in listing.descriptors:
+        try:
+            got = await manifests.manifest(up, name, desc["digest"], list(MANIFEST_TYPES), True)
+        except RegistryError:
+            continue
+        assert got.body is not None
+        referrers.append((got.digest, got.body, got.media_type))
+        listed.append(desc)
+    schema_tag = f"{digest.algorithm}-{digest.hex}"
+    if referrers:
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed})
+        body = index.encode()
+        top = (str(digest_of(body)), body, OCI_INDEX)
+        found.append(Related(subject, schema_tag, top, referrers, made_here=True))
+    for tag in (schema_tag + suffix for suffix in COSIGN_SUFFIXES):
+        try:
+            got = await manifests.manifest(up, name, tag, list(MANIFEST_TYPES), True)
+        except ManifestUnknown:
+            continue
+        assert got.body is not None
+        found.append(Related(subject, tag, (got.digest, got.body, got.media_type), []))
+    return found

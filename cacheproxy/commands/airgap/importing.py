@@ -33,6 +33,7 @@ from ...runtime import open_runtime
 from ...store.files import BlobStore
 from ...store.index import Index, TagEntry, TagKey
 from .export import ANN_REPO, ANN_TAG, ANN_UPSTREAM
+from .images import ANN_REFERRERS_OF
 
 _BLOB_MEMBER = re.compile(r"(?:\./)?blobs/(sha256|sha512)/([a-f0-9]+)")
 
@@ -46,18 +47,21 @@ class ImportResult:
     tags: list[str] = field(default_factory=list)
 
 
-def import_bundle(config: Config, bundle: Path) -> ImportResult:
-    """Verify and load an OCI layout tar into the cache."""
+def import_bundle(config: Config, bundle: Path, referrers: bool = True) -> ImportResult:
+    """Verify and load an OCI layout tar into the cache (without what travels with its
+    images, referrers and signatures, unless ``referrers``)."""
 
     async def main() -> ImportResult:
         async with open_runtime(config) as rt:
             budget = rt.fills.budget
-            return await asyncio.to_thread(_import, rt.store, rt.index, bundle, budget)
+            return await asyncio.to_thread(_import, rt.store, rt.index, bundle, budget, referrers)
 
     return asyncio.run(main())
 
 
-def _import(store: BlobStore, index: Index, bundle: Path, budget: DiskBudget) -> ImportResult:
+def _import(
+    store: BlobStore, index: Index, bundle: Path, budget: DiskBudget, referrers: bool = True
+) -> ImportResult:
     """Verify and load an OCI layout tar (blocking), within the cache's limit and the
     disk's free space: what a member says it holds is checked before a byte of it is
     written (a sparse tar can announce gigabytes in a few kilobytes).
@@ -101,7 +105,7 @@ def _import(store: BlobStore, index: Index, bundle: Path, budget: DiskBudget) ->
             carried.add(str(digest))
     if layout is None:
         raise ValueError(f"{bundle} has no index.json: not an OCI image layout")
-    _load_tags(store, index, layout, result, carried)
+    _load_tags(store, index, layout, result, carried, referrers)
     return result
 
 
@@ -139,10 +143,13 @@ def _load_tags(
     layout: dict[str, Any],
     result: ImportResult,
     carried: set[str],
+    referrers: bool = True,
 ) -> None:
     now = time.time()
     pairs: dict[str, dict[str, float]] = {}
     for desc in layout.get("manifests", []):
+        if not referrers and ANN_REFERRERS_OF in (desc.get("annotations") or {}):
+            continue
         digest = parse_digest(desc["digest"])
         body = store.read(digest) if str(digest) in carried else None
         if body is None:

@@ -17,18 +17,23 @@ from ...config import Config
 from ...errors import RegistryError
 from ...oci import INDEX_TYPES, parse_digest
 from ...runtime import Runtime, open_runtime
-from .images import ImageRef, image_manifests, parse_ref
+from .images import ImageRef, image_manifests, parse_ref, related_manifests
 
 
 async def prefetch(
-    config: Config, images: Iterable[str], platform: str | None, concurrency: int = 4
+    config: Config,
+    images: Iterable[str],
+    platform: str | None,
+    concurrency: int = 4,
+    referrers: bool = True,
 ) -> int:
-    """Warm the cache with ``images``; returns how many failed."""
+    """Warm the cache with ``images`` (and, with ``referrers``, what travels with each
+    manifest of theirs: referrers, cosign's tags); returns how many failed."""
     refs = [parse_ref(i) for i in images]
     progress = PrefetchProgress()
     failures = 0
     async with open_runtime(config) as rt:
-        fetch = _Fetch(rt, asyncio.Semaphore(concurrency), progress)
+        fetch = _Fetch(rt, asyncio.Semaphore(concurrency), progress, referrers)
         ticker = asyncio.create_task(progress.ticker())
         try:
             for ref in refs:
@@ -48,12 +53,18 @@ class _Fetch:
     rt: Runtime
     gate: asyncio.Semaphore
     progress: PrefetchProgress
+    referrers: bool = True
 
     async def image(self, ref: ImageRef, platform: str | None) -> bool:
         """Every blob of ``ref`` (of ``platform``) cached; False, said why, if not."""
         out = self.progress.out
         try:
             manifests, name = await image_manifests(self.rt, ref, platform)
+            if self.referrers:
+                up = self.rt.upstreams.get(ref.host)
+                for digest, _, _ in list(manifests):
+                    for related in await related_manifests(self.rt, up, name, digest):
+                        manifests.extend(related.fetched())
             blobs = _blobs_of(manifests)
             self.progress.total += sum(blobs.values())
             await asyncio.gather(*(self.blob(ref.host, name, d, s) for d, s in blobs.items()))
