@@ -168,6 +168,15 @@ class FillGate:
         """Slots ``client`` holds that count against it."""
         return self._counted.get(client, 0)
 
+    def admits_at_once(self, client: str) -> bool:
+        """Whether a request of ``client`` would be given a slot now: neither refused
+        nor made to wait (for the links rule: under pressure, a digest this node does
+        not hold must not be told apart from one it holds, by a 429 or by a wait)."""
+        limits = self._limits
+        if client and self._outstanding(client) >= limits.per_client:
+            return False
+        return limits.running - self._held + len(self._abandoned) - len(self._queue) > 0
+
     # --- policy ------------------------------------------------------------------
 
     def _admit(self, client: str) -> None:

@@ -71,17 +71,21 @@ def blob_chain(
     if links is None:
         return chain
     # An unlinked pair is confirmed first, whether this node (or the cluster) holds
-    # the digest or not: the fetch that would otherwise follow asks a peer before the
-    # upstream, or waits for a fill slot (a client at its bound is told 429 for a
-    # digest not held, 404 for one held), so a refused pair must cost and answer the
-    # same (one HEAD) whatever is held (links.py). Not for a pull's own blobs, which
-    # the manifest it just pulled named (a hint: the serving node still applies the
-    # whole rule, and a registry refuses a manifest whose layers it lacks).
-    confirm_first = not for_peer
-    rule = links
+    # the digest or not, wherever the fetch that would otherwise follow tells the two
+    # apart: in a cluster it asks a peer before the upstream (and /metrics there
+    # would move), and under pressure it waits for a fill slot or is refused one (a
+    # client at its bound would be told 429 for a digest not held, 404 for one held).
+    # So a refused pair costs and answers the same (one HEAD) whatever is held
+    # (links.py). Otherwise the fetch itself asks the upstream under the pair, whose
+    # GET answers as a HEAD would. Never for a pull's own blobs, which the manifest it
+    # just pulled named (a hint: the serving node still applies the whole rule, and
+    # a registry refuses a manifest whose layers it lacks).
+    rule, gate = links, fills.gate
 
     def held(want: Want) -> bool:
-        if confirm_first and not rule.hinted(want.upstream.name, want.repo, str(want.digest)):
+        named = rule.hinted(want.upstream.name, want.repo, str(want.digest))
+        pressed = cluster is not None or not gate.admits_at_once(want.requester)
+        if not for_peer and not named and pressed:
             return True
         # A fill under the same pair is the fetch that vouches for it: not "held".
         return store.exists(want.digest) or fills.held_elsewhere(want)
