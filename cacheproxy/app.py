@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Config
 from .connections import CONNECTIONS, mark
-from .http import dashboard, handlers, peer
+from .http import admin, dashboard, handlers, peer
 from .http.clientauth import ClientAuth
 from .http.keys import (
     BLOBS,
@@ -41,6 +41,7 @@ from .metrics import (
     LoginCollector,
     Metrics,
     SharedCollector,
+    TagCollector,
 )
 from .peers.cluster import PREFIX as PEER_PREFIX
 from .runtime.serving import ServingRuntime, open_serving
@@ -82,6 +83,7 @@ def build_app(
     app.router.add_get("/dashboard/data", dashboard.data)
     app.router.add_get(PEER_PREFIX + "/{tail:.*}", peer.peer_request)
     app.router.add_get("/_cacheproxy/peers", peer.cluster_view)
+    app.router.add_post("/_cacheproxy/refresh", admin.refresh)
     app.router.add_route("*", "/v2", handlers.v2)
     app.router.add_route("*", "/v2/{tail:.*}", handlers.v2)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)
@@ -140,6 +142,7 @@ def _measure(app: web.Application, rt: ServingRuntime, savings: Savings) -> None
     metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
     cluster = rt.cluster.cluster if rt.cluster is not None else None
     metrics.registry.register(CacheCollector(rt.fills, rt.keeper, cluster))
+    metrics.registry.register(TagCollector(rt.tag_stats))
     if CONNECTIONS in app:
         metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
     metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))

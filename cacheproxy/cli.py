@@ -21,6 +21,7 @@ _COMMANDS = {
     "serve": "run the proxy",
     "report": "what the cache saved: bytes, pulls, dollars",
     "peers": "show a running node's cluster view",
+    "refresh": "have a running node ask the upstream what tags name now",
     "client-config": "node settings pointing a runtime at the proxy",
     "gc": "apply the lifecycle rules to the cache",
     "ls": "list cached repositories, tags, digests and sizes",
@@ -88,6 +89,9 @@ def _own_arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help="the node's URL (default: from the config's listen)")
         p.add_argument("--key", help="a digest or tag key: show who owns it")
         p.add_argument("--json", action="store_true", dest="as_json", help="print JSON")
+    elif command == "refresh":
+        p.add_argument("images", nargs="+", help="[registry/]name:tag")
+        p.add_argument("--url", help="the node's URL (default: from the config's listen)")
     elif command == "client-config":
         p.add_argument("runtime", choices=["containerd", "cri-o", "docker"])
         p.add_argument("--mirror", help="the proxy's URL from the node (default: local listen)")
@@ -195,6 +199,10 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         print(f"imported {result.blobs} blobs ({result.already} already cached)")
         for tag in result.tags:
             print(f"  {tag}")
+    elif command == "refresh":
+        from .commands import refresh
+
+        return refresh.run(config, args.url, list(args.images))
     elif command == "peers":
         from .commands import peers
 

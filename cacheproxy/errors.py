@@ -146,6 +146,8 @@ class UpstreamUnavailable(RegistryError, ConnectionError):
     """The upstream could not be reached or answered with a server error."""
 
     code, status, default_message = "UNAVAILABLE", 503, "upstream registry unavailable"
+    #: The upstream's own status when it answered (a 5xx); None: it was not reached.
+    answered: int | None = None
 
 
 class CredentialsUnavailable(UpstreamUnavailable):

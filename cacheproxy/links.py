@@ -93,8 +93,12 @@ class Links:
         clock: Callable[[], float] = time.monotonic,
         ttl: float = LINK_TTL,
         wall: Callable[[], float] = time.time,
+        tolerates: Callable[[str, str], frozenset[str]] | None = None,
     ) -> None:
         self._index = index
+        #: The refusals (404, 401, 403) an (upstream, repository)'s freshness rules
+        #: serve a cached tag stale on: a link made before keeps serving on them too.
+        self._tolerates = tolerates or (lambda upstream, repo: frozenset())
         self._offline = offline
         self._clock = clock
         self._ttl = ttl
@@ -183,9 +187,13 @@ class Links:
             raise unknown() if isinstance(refused, BlobUnknown | ManifestUnknown) else refused
         if not held:
             return False
+        kept_on: frozenset[str] = frozenset()
+        if linked_at is not None and linked_at != DERIVED:
+            kept_on = self._tolerates(up.name, repo)
         try:
             await self._confirmations.run(
-                (pair(up.name, repo), str(digest)), lambda: self.confirm(up, repo, digest, kind)
+                (pair(up.name, repo), str(digest)),
+                lambda: self.confirm(up, repo, digest, kind, kept_on),
             )
         except (UpstreamUnavailable, TooManyRequests):
             if linked_at is None or linked_at == DERIVED:
@@ -224,10 +232,19 @@ class Links:
         error = found[1]
         return type(error)(error.message, headers=error.headers)
 
-    async def confirm(self, up: Upstream, repo: str, digest: Digest, kind: Kind) -> None:
+    async def confirm(
+        self,
+        up: Upstream,
+        repo: str,
+        digest: Digest,
+        kind: Kind,
+        kept_on: frozenset[str] = frozenset(),
+    ) -> None:
         """Ask the upstream (HEAD, the proxy's credentials) whether ``repo`` has ``digest``:
         a yes is remembered as a link, a no raised (remembered for a while, and any old
-        link dropped) as the error the upstream's answer maps to."""
+        link dropped) as the error the upstream's answer maps to. ``kept_on``: refusals
+        ("404", "401", "403") that keep an old link instead (the operator's freshness
+        rules serve the repository's tags stale on them: its content goes with them)."""
         self.confirmations += 1
         path = f"/v2/{repo}/{'blobs' if kind == 'blob' else 'manifests'}/{digest}"
         headers = {"Accept": ", ".join(MANIFEST_TYPES)} if kind == "manifest" else {}
@@ -236,6 +253,8 @@ class Links:
             resp = await up.request("HEAD", path, scope=pull_scope(repo), headers=headers)
         except (Unauthorized, Denied) as exc:
             # The proxy's own credentials do not reach this repository.
+            if await self._kept(up.name, repo, str(digest), exc, kept_on):
+                return
             await self._refused_by_upstream(up.name, repo, str(digest), exc)
             raise
         except RegistryError as exc:
@@ -249,8 +268,26 @@ class Links:
         error = error_for_status(resp, unknown)
         resp.release()
         log.debug("%s %s: not under %s/%s (upstream: %d)", kind, digest, up.name, repo, status)
+        if await self._kept(up.name, repo, str(digest), error, kept_on):
+            return
         await self._refused_by_upstream(up.name, repo, str(digest), error)
         raise error
+
+    async def _kept(
+        self, upstream: str, repo: str, digest: str, error: RegistryError, kept_on: frozenset[str]
+    ) -> bool:
+        """Whether an old link outlives the upstream's refusal ``error`` (the freshness
+        rules say so): dated now, so it is not asked again at every request."""
+        reason = _REFUSAL_REASONS.get(type(error))
+        if reason is None or reason not in kept_on:
+            return False
+        log.warning(
+            "serving %s under %s/%s by an old link although the upstream refused it (%s):"
+            " the repository's freshness rules serve stale on %s",
+            digest, upstream, repo, error.message, reason,
+        )  # fmt: skip
+        await self.add(upstream, repo, [digest])
+        return True
 
     async def _refused_by_upstream(
         self, upstream: str, repo: str, digest: str, error: RegistryError
@@ -262,6 +299,13 @@ class Links:
             await self._index.drop_link(digest, pair(upstream, repo))
 
 
+# A refusal in the freshness rules' words (manifests/freshness.py: stale_on).
+_REFUSAL_REASONS: dict[type[RegistryError], str] = {
+    BlobUnknown: "404",
+    ManifestUnknown: "404",
+    Unauthorized: "401",
+    Denied: "403",
+}
 # The time a link derived from an older cache's tags is dated: long ago, so that
 # online it is confirmed at its first use, and never served on an upstream's failure.
 DERIVED = 0.0

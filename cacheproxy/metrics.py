@@ -14,8 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .blobs.inflight import Fills
+from .config.freshness import STALE_REASONS
 from .http.passwords import PasswordChecks
 from .lifecycle.keeper import Keeper
+from .manifests.tags import TagStats
 from .peers.cluster import Cluster
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
@@ -134,6 +136,25 @@ def _gate_metrics(fills: Fills) -> Iterator[Metric]:
     for reason, count in gate.stats.refused.items():
         refused.add_metric([reason], count)
     yield refused
+
+
+class TagCollector(Collector):
+    """``cacheproxy_tags_stale_total{reason}``: tags served although the upstream did
+    not confirm them, by the reason their freshness rule served them on."""
+
+    def __init__(self, stats: TagStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "cacheproxy_tags_stale",
+            "Tags served stale: the upstream did not confirm them (reason: 429, 5xx,"
+            " offline, 404, 401, 403)",
+            labels=["reason"],
+        )
+        for reason in STALE_REASONS:
+            family.add_metric([reason], self._stats.stale[reason])
+        yield family
 
 
 class CacheCollector(Collector):

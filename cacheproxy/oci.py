@@ -305,3 +305,31 @@ def references(body: bytes) -> list[str]:
             continue  # foreign: the registry need not hold it (image-spec, "urls")
         found.append(desc["digest"])
     return found
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image as an operator names it, ``[registry/]name[:tag|@digest]``, parsed."""
+
+    host: str | None
+    name: str
+    reference: str  # a tag or a digest
+    text: str
+
+
+def parse_ref(text: str) -> ImageRef:
+    """``[registry/]name[:tag|@digest]`` with Docker's rules (default tag latest)."""
+    raw = text.strip()
+    rest, at, digest = raw.partition("@")
+    host, path = split_host(rest)
+    name, colon, tag = path.rpartition(":")
+    if not colon or "/" in tag:
+        name, tag = path, "latest"
+    if at:
+        parse_digest(digest)
+        reference = digest
+    else:
+        validate_tag(tag)
+        reference = tag
+    validate_name(name)
+    return ImageRef(host, name, reference, raw)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .fields import COMMANDS, SERVE, Setting
-from .table import ACCESS, CONFIG_FILE, SETTINGS, SHARED, SHORTCUT, UPSTREAM
+from .table import ACCESS, CONFIG_FILE, FRESHNESS, SETTINGS, SHARED, SHORTCUT, UPSTREAM
 
 COMMAND = "python3 -m cacheproxy.config.docs > docs/configuration.md"
 
@@ -59,6 +59,14 @@ globs over client names (htpasswd user, token name, or `anonymous`) and over
 """
 
 
+_FRESHNESS = """## `[[freshness]]`: how fresh a tag must be
+
+Per (upstream, repository, tag), first match wins; a tag no rule matches, and a key
+a rule leaves out, takes `tag_ttl` and `max_stale`, stale on 429, 5xx and offline.
+Durations are seconds or `30s`, `5m`, `2h`, `7d`. Read from the file only.
+"""
+
+
 def render() -> str:
     """docs/configuration.md as the settings declare it."""
     top = (CONFIG_FILE, SHORTCUT, *SETTINGS)
@@ -72,6 +80,8 @@ def render() -> str:
         _table(("key", "default", "what it is"), map(_key_row, UPSTREAM)),
         _ACCESS,
         _table(("key", "default", "what it is"), map(_key_row, ACCESS)),
+        _FRESHNESS,
+        _table(("key", "default", "what it is"), map(_key_row, FRESHNESS)),
     ]
     return "\n".join(parts)
 

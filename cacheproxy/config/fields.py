@@ -26,7 +26,7 @@ SERVE = ("serve",)
 CACHE_COMMANDS = ("serve", "report", "gc", "ls", "verify", "prefetch", "export", "import")
 # The commands that reach upstreams (every one but peers, which asks a running node).
 UPSTREAM_COMMANDS = (*CACHE_COMMANDS, "client-config")
-COMMANDS = (*UPSTREAM_COMMANDS, "peers")
+COMMANDS = (*UPSTREAM_COMMANDS, "peers", "refresh")
 
 T = TypeVar("T")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .fields import COMMANDS, ENV_PREFIX, UPSTREAM_COMMANDS, Flag, Setting, settings_of
+from .freshness import FreshnessRule
 from .model import AccessRule, Config
 from .shared import SHARED
 from .upstreams import UpstreamConfig
@@ -40,11 +41,13 @@ BY_NAME = {s.name: s for s in SETTINGS}
 TABLES = tuple(dict.fromkeys(s.table for s in SETTINGS if s.table))
 UPSTREAM = settings_of(UpstreamConfig, table="upstream", env_prefix=None)
 ACCESS = settings_of(AccessRule, table="access", env_prefix=None)
+FRESHNESS = settings_of(FreshnessRule, table="freshness", env_prefix=None)
 
 __all__ = [
     "ACCESS",
     "BY_NAME",
     "CONFIG_FILE",
+    "FRESHNESS",
     "SETTINGS",
     "SHARED",
     "SHORTCUT",

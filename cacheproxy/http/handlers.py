@@ -149,12 +149,18 @@ def _may_not_serve(conditions: Preconditions, reference: str) -> bool:
 
 
 def manifest_headers(answer: Manifest) -> dict[str, str]:
-    """The fields a manifest's 200 carries (of which a 304 keeps some)."""
-    return {
+    """The fields a manifest's 200 carries (of which a 304 keeps some). A tag served
+    stale says so: RFC 9211's Cache-Status (why, in ``detail``) and the Warning of
+    RFC 7234 section 5.5.1 that older clients and log pipelines still read."""
+    headers = {
         "Docker-Content-Digest": answer.digest,
         "ETag": str(digest_tag(answer.digest)),
         "Content-Type": answer.media_type,
     }
+    if answer.stale is not None:
+        headers["Cache-Status"] = f'cacheproxy; hit; fwd=stale; detail="{answer.stale}"'
+        headers["Warning"] = '110 cacheproxy "Response is Stale"'
+    return headers
 
 
 # RFC 9110 section 15.4.5: a 304 carries those of these a 200 would (Date aiohttp

@@ -31,7 +31,7 @@ from ..listeners import is_loopback, local_port, peer_address
 from .clientauth import ANONYMOUS, CHALLENGE, ClientAuth
 
 # The operator's views (the dashboard has its own rule: clientauth.check_viewer).
-OPERATOR_PATHS = frozenset({"/metrics", "/_cacheproxy/peers"})
+OPERATOR_PATHS = frozenset({"/metrics", "/_cacheproxy/peers", "/_cacheproxy/refresh"})
 
 
 @dataclass(frozen=True, slots=True)

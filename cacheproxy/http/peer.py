@@ -6,7 +6,8 @@ from this node's peer-facing services: its cache, or its own upstream fill. A
 peer's request is never forwarded to another peer, which keeps requests from looping.
 A blob goes to a peer as it lands, its last byte not held back: the peer verifies
 the whole blob itself before it keeps or serves any of it. The swarm's endpoints,
-``pieces`` and ``holding``, are in swarm.py.
+``pieces`` and ``holding``, are in swarm.py. ``refresh/<tag>`` and ``forget/<tag>``
+are an operator's refresh as the cluster carries it (admin.py).
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
         return await swarm.pieces(request, up, repo, reference)
     if kind == "holding":
         return await swarm.holding(request, cluster, signature or "", up, repo, reference)
+    if kind in ("refresh", "forget"):
+        validate_tag(reference)
+        manifests = request.app[PEER_MANIFESTS]
+        if kind == "forget":
+            await manifests.forget(up, repo, reference)
+            return web.json_response({})
+        return web.json_response({"digest": await manifests.refresh(up, repo, reference)})
     if kind == "manifests":
         if ":" in reference:
             parse_digest(reference)

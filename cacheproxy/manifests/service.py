@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..accounting import Accounting, Origin
 from ..errors import ManifestUnknown, RegistryError
 from ..links import Links
-from ..oci import Digest, accepted_manifest_types, parse_digest
+from ..oci import MANIFEST_TYPES, Digest, accepted_manifest_types, parse_digest
 from ..singleflight import SingleFlight
 from ..store.index import TagKey
 from ..store.usage import UsageLog
@@ -34,6 +34,9 @@ class Manifest:
     body: bytes | None
     # "upstream", "shared" or "peer" when this request's own transfer brought the body.
     origin: Origin = "cache"
+    # Why a tag's answer is served stale (its rule's reason: 429, 5xx, offline, 404,
+    # 401, 403), or None: confirmed within its freshness.
+    stale: str | None = None
 
 
 # (digest, upstream, repository, asks another node) -> the manifest: one fetch of a
@@ -91,8 +94,25 @@ class ManifestService:
             self._accounting.served(up.name, name, "manifest", answer.origin, answer.size)
         return answer
 
+    async def refresh(self, up: Upstream, name: str, tag: str) -> str:
+        """Ask the upstream what ``tag`` names now, whatever its freshness or pin, for
+        every Accept class it is resolved for here (one ask each; any class when it is
+        not resolved at all); the digest the first names."""
+        keys = await self._tags.classes(up.name, name, tag)
+        digests = [
+            (await self._tags.refresh(up, key)).entry.digest
+            for key in keys or [TagKey(up.name, name, tag, MANIFEST_TYPES)]
+        ]
+        return digests[0]
+
+    async def forget(self, up: Upstream, name: str, tag: str) -> None:
+        """Drop what this node knows ``tag`` names (every Accept class): its next use
+        asks again (the owner, in a cluster, which has just refreshed it)."""
+        await self._tags.forget(up.name, name, tag)
+
     async def _by_tag(self, up: Upstream, key: TagKey, want_body: bool) -> Manifest:
-        entry, brought = await self._tags.entry(up, key, want_body)
+        resolution = await self._tags.entry(up, key, want_body)
+        entry, brought = resolution.entry, resolution.found
         body, origin = None, brought.origin if brought is not None else None
         if want_body:
             if brought is not None and str(brought.digest) == entry.digest:
@@ -102,7 +122,9 @@ class ManifestService:
             else:
                 found, fetched = await self._body(up, key.name, parse_digest(entry.digest))
                 body, origin = found.body, origin or fetched
-        return Manifest(entry.digest, entry.media_type, entry.size, body, origin or "cache")
+        return Manifest(
+            entry.digest, entry.media_type, entry.size, body, origin or "cache", resolution.stale
+        )
 
     async def _by_digest(
         self, up: Upstream, name: str, digest: Digest, admitted: tuple[str, ...], want_body: bool

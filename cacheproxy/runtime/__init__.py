@@ -34,6 +34,7 @@ from ..config import Config
 from ..layout import CacheLayout
 from ..links import Links
 from ..manifests.listing import TagLister
+from ..manifests.tags import TagStats
 from ..shared.tier import SharedTier
 from ..store.files import BlobStore
 from ..store.index import Index
@@ -56,6 +57,8 @@ class Runtime:
     fills: Fills
     clients: Callers
     tag_lists: TagLister
+    #: Tags served stale, by the reason, whoever asked.
+    tag_stats: TagStats
     #: The shared tier's bucket when ``[shared]`` names one.
     shared: SharedTier | None
 
@@ -93,4 +96,7 @@ async def open_runtime(config: Config, *, writes: bool = True) -> AsyncIterator[
         services = await enter(open_services(config, storage, fills, links, accounting, shared))
         clients = services.clients(None, None)
         tag_lists = TagLister(config.max_manifest_bytes)
-        yield Runtime(config, storage, upstreams, links, fills, clients, tag_lists, shared)
+        yield Runtime(
+            config, storage, upstreams, links, fills, clients, tag_lists, services.tag_stats,
+            shared,
+        )  # fmt: skip

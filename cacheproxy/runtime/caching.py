@@ -15,6 +15,7 @@ from ..blobs.inflight import Fills
 from ..config import Config
 from ..lifecycle.keeper import Keeper
 from ..links import Links, derive_links
+from ..manifests.freshness import FreshnessRules
 from ..shared.tier import SharedTier
 from ..shared.writeback import WriteBack
 from ..sizes import parse_size
@@ -28,6 +29,11 @@ def size_limit(config: Config, storage: Storage) -> int | None:
     return parse_size(config.max_size, storage.store.total_bytes())
 
 
+def freshness_rules(config: Config) -> FreshnessRules:
+    """The ``[[freshness]]`` rules, ``tag_ttl`` and ``max_stale`` their defaults."""
+    return FreshnessRules(config.freshness, config.tag_ttl, config.max_stale)
+
+
 def disk_budget(config: Config, storage: Storage) -> DiskBudget:
     """Disk for fills: ``min_free`` on the disk and the cache's limit."""
     return DiskBudget(size_limit(config, storage), config.min_free, storage.store.disk_space)
@@ -36,7 +42,10 @@ def disk_budget(config: Config, storage: Storage) -> DiskBudget:
 @asynccontextmanager
 async def open_links(config: Config, storage: Storage) -> AsyncIterator[Links]:
     """The links rule over the cache's index (an older cache's links derived once)."""
-    links = Links(storage.index, offline=config.offline, ttl=config.link_ttl)
+    rules = freshness_rules(config)
+    links = Links(
+        storage.index, offline=config.offline, ttl=config.link_ttl, tolerates=rules.tolerates
+    )
     await asyncio.to_thread(derive_links, storage.store, storage.index)
     try:
         yield links

@@ -20,10 +20,11 @@ from ..manifests.bodies import ManifestBodies
 from ..manifests.chains import manifest_chain
 from ..manifests.referrers import Referrers, ReferrersOptions, Revalidations
 from ..manifests.service import Fetches, ManifestService
-from ..manifests.tags import ManifestOptions, Resolutions, TagResolver, never
+from ..manifests.tags import ManifestOptions, Resolutions, TagResolver, TagStats, never
 from ..peers.cluster import Cluster
 from ..shared.tier import SharedTier
 from ..singleflight import SingleFlight
+from .caching import freshness_rules
 from .storage import Storage
 
 
@@ -62,6 +63,9 @@ class Services:
         self.resolutions: Resolutions = SingleFlight()
         self.fetches: Fetches = SingleFlight()
         self.revalidations: Revalidations = SingleFlight()
+        self.rules = freshness_rules(config)
+        #: Tags served stale, by reason, whoever asked (/metrics).
+        self.tag_stats = TagStats()
 
     def clients(self, cluster: Cluster | None, swarms: Swarms | None) -> Callers:
         """A client's: the ledger counts it; in a cluster it asks the keys' owners."""
@@ -121,7 +125,15 @@ class Services:
         )
         asks = None if owners is None else owners.asks_another
         tags = TagResolver(
-            storage.index, links, chain, self.options, self.resolutions, time.time, asks or never
+            storage.index,
+            links,
+            chain,
+            self.options,
+            self.resolutions,
+            time.time,
+            asks or never,
+            self.rules,
+            self.tag_stats,
         )
         return ManifestService(
             tags, chain, self.bodies, links, self.options, self.fetches, storage.usage, counted,

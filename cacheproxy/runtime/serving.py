@@ -93,7 +93,8 @@ async def open_serving(
             part = cluster_parts(config, cluster, swarms, storage, fills, links, services)
         runtime = ServingRuntime(
             config, storage, upstreams, links, fills, services.clients(cluster, swarms),
-            TagLister(config.max_manifest_bytes), shared, ledger, keeper, writeback, part,
+            TagLister(config.max_manifest_bytes), services.tag_stats, shared, ledger, keeper,
+            writeback, part,
         )  # fmt: skip
         await _start(runtime)
         yield runtime

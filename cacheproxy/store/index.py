@@ -214,6 +214,19 @@ class Index:
             tags.append(TagRecord(upstream, name, tag, entry, last, count))
         return Snapshot(tags, types, access)
 
+    async def tag_keys(self, upstream: str, name: str, tag: str) -> list[TagKey]:
+        """The Accept classes the tag is resolved for here."""
+        keys: list[TagKey] = await self._call(self._tag_keys, upstream, name, tag)
+        return keys
+
+    def _tag_keys(self, upstream: str, name: str, tag: str) -> list[TagKey]:
+        prefix = "tag\0" + "\0".join((upstream, name, tag)) + "\0"
+        return [
+            TagKey(upstream, name, tag, tuple(raw[len(prefix) :].split(",")))
+            for raw in list(self._cache.iterkeys())
+            if isinstance(raw, str) and raw.startswith(prefix)
+        ]
+
     def forget_tag(self, upstream: str, name: str, tag: str) -> None:
         """Remove a tag for every Accept class (blocking)."""
         self._tags.clear()

@@ -380,6 +380,10 @@ def error_for_status(resp: aiohttp.ClientResponse, not_found: type[RegistryError
         if "Retry-After" in resp.headers:
             headers["Retry-After"] = resp.headers["Retry-After"]
         return TooManyRequests("upstream rate limit reached", headers=headers)
-    if status >= 500:
-        return UpstreamUnavailable(f"upstream answered {status}")
-    return UpstreamUnavailable(f"upstream answered unexpected status {status}")
+    err = UpstreamUnavailable(
+        f"upstream answered {status}"
+        if status >= 500
+        else f"upstream answered unexpected status {status}"
+    )
+    err.answered = status
+    return err

@@ -118,6 +118,7 @@ KNOWN_FLAGS = {
     " --no-peer-holders --peer-secret-file",
     "report": "--config --cache-dir --upstream --pricing-file --since --until --top --json --csv",
     "peers": "--config --url --key --json",
+    "refresh": "--config --url",
     "client-config": "--config --upstream --mirror --out",
     "gc": "--config --cache-dir --upstream --dry-run --shared",
     "ls": "--config --cache-dir --upstream --json",
@@ -127,7 +128,12 @@ KNOWN_FLAGS = {
     "import": "--config --cache-dir --upstream --no-referrers",
 }
 # What each subcommand needs besides its flags to parse.
-POSITIONAL = {"client-config": ["docker"], "export": ["-o", "/b.tar"], "import": ["/b.tar"]}
+POSITIONAL = {
+    "client-config": ["docker"],
+    "export": ["-o", "/b.tar"],
+    "import": ["/b.tar"],
+    "refresh": ["docker.io/library/alpine:3"],
+}
 
 
 def sample(s: Setting) -> Any:

@@ -12,8 +12,9 @@ export.py     the cache's images as an OCI image layout tar
 importing.py  such a tar verified and loaded into the cache
 """
 
+from ...oci import ImageRef, parse_ref
 from .export import export
-from .images import ImageRef, parse_ref, read_list
+from .images import read_list
 from .importing import ImportResult, import_bundle
 from .prefetch import prefetch
 

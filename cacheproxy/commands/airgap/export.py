@@ -15,10 +15,10 @@ from typing import Any
 
 from ...config import Config
 from ...errors import RegistryError
-from ...oci import OCI_INDEX, parse_digest, references
+from ...oci import OCI_INDEX, parse_digest, parse_ref, references
 from ...runtime import Runtime, open_runtime
 from ...store.files import BlobStore
-from .images import ANN_REFERRERS_OF, image_manifests, parse_ref, related_manifests
+from .images import ANN_REFERRERS_OF, image_manifests, related_manifests
 
 REF_NAME = "org.opencontainers.image.ref.name"
 ANN_UPSTREAM = "io.cacheproxy.upstream"

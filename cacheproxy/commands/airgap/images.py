@@ -1,4 +1,4 @@
-"""An image as the air-gap commands name it, and the manifests it stands for."""
+"""The manifests an image stands for, and what travels with them."""
 
 from __future__ import annotations
 
@@ -12,43 +12,13 @@ from ...oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     OCI_INDEX,
+    ImageRef,
     digest_of,
     parse_digest,
-    split_host,
-    validate_name,
-    validate_tag,
 )
 from ...registries import DOCKER_HUB
 from ...runtime import Runtime
 from ...upstream.client import Upstream
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """``[registry/]name[:tag|@digest]`` as given, parsed."""
-
-    host: str | None
-    name: str
-    reference: str  # a tag or a digest
-    text: str
-
-
-def parse_ref(text: str) -> ImageRef:
-    """``[registry/]name[:tag|@digest]`` with Docker's rules (default tag latest)."""
-    raw = text.strip()
-    rest, at, digest = raw.partition("@")
-    host, path = split_host(rest)
-    name, colon, tag = path.rpartition(":")
-    if not colon or "/" in tag:
-        name, tag = path, "latest"
-    if at:
-        parse_digest(digest)
-        reference = digest
-    else:
-        validate_tag(tag)
-        reference = tag
-    validate_name(name)
-    return ImageRef(host, name, reference, raw)
 
 
 def read_list(path: Path) -> list[str]:

@@ -15,9 +15,9 @@ from typing import IO
 from ...blobs.source import Want
 from ...config import Config
 from ...errors import RegistryError
-from ...oci import INDEX_TYPES, parse_digest
+from ...oci import INDEX_TYPES, ImageRef, parse_digest, parse_ref
 from ...runtime import Runtime, open_runtime
-from .images import ImageRef, image_manifests, parse_ref, related_manifests
+from .images import image_manifests, related_manifests
 
 
 async def prefetch(
