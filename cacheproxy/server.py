@@ -100,6 +100,12 @@ async def start(app: web.Application, config: Config) -> Listener:
         keepalive_timeout=config.keepalive_timeout,
         shutdown_timeout=config.shutdown_timeout,
         handle_signals=False,
+        # A request whose body is not read by the time it is answered (an error, or
+        # any request: the proxy reads no body) closes its connection at once.
+        # aiohttp's default reads such a body on for 10 s after the answer, when the
+        # connection is neither idle nor in a request: a stranger sending bodies
+        # that never end would hold connections no bound could take back.
+        lingering_time=0,
     )
     await runner.setup()
     context = peer_context = None

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import TooManyRequests
-from ..http.keys import CONNECTION_GONE
+from ..http.keys import CLOSE_CONNECTION, CONNECTION_GONE
 from ..http.middleware import OPEN_PATHS, error_response
 from .guard import Guard
 
@@ -158,19 +158,26 @@ def guard_of(request: web.BaseRequest) -> Guard | None:
 
 @web.middleware
 async def mark(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tells each connection's guard when its request runs in the app, and answers
-    the connections admitted beyond the bound."""
+    """Tells each connection's guard when its request runs in the app, answers the
+    connections admitted beyond the bound, and closes the connection after an
+    answer that asks for it (``CLOSE_CONNECTION``)."""
     guard = guard_of(request)
     if guard is None:
-        return await handler(request)
-    if guard.over:
+        response = await handler(request)
+    elif guard.over:
         return await _refuse(request, handler, guard.gate)
-    guard.started(asyncio.current_task())
-    request[CONNECTION_GONE] = guard.gone
-    try:
-        return await handler(request)
-    finally:
-        guard.finished()
+    else:
+        guard.started(asyncio.current_task())
+        request[CONNECTION_GONE] = guard.gone
+        try:
+            response = await handler(request)
+        finally:
+            guard.finished()
+    if request.get(CLOSE_CONNECTION):
+        # Connection: close, and aiohttp closes once the answer is written (RFC 9112
+        # section 9.6); with no body lingering (server.py), at once.
+        response.force_close()
+    return response
 
 
 async def _refuse(request: web.Request, handler: Handler, gate: Gate) -> web.StreamResponse:

@@ -188,6 +188,39 @@ async def test_the_peer_listener_has_a_bound_of_its_own(
             _close(opened)
 
 
+async def test_an_answer_sent_without_reading_the_body_closes_the_connection(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """Requests whose chunked bodies never end, answered without being read (the
+    proxy reads no body): aiohttp would read each body on for 10 s after the answer,
+    the connection neither idle (sheddable) nor in a request, so a client could hold
+    every slot by sending bodies alone. Each connection closes after its answer
+    instead, and a new connection from the same address, at the bound, is served."""
+    bound = 4
+    opened: list[Stream] = []
+    async with running_proxy(forwarder.url, tmp_path / "c", max_connections=bound) as proxy:
+        try:
+            for _ in range(bound):
+                opened.append(await _open(proxy.host))
+                opened[-1][1].write(
+                    b"GET /v2/ HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"1\r\na\r\n"
+                )
+                await opened[-1][1].drain()
+            for stream in opened:
+                assert (await _answer(stream))[0] == 200
+            late = await _open(proxy.host)
+            opened.append(late)
+            await _ask(late, "/v2/")
+            status, _, body = await _answer(late)
+            assert status == 200, body
+            for stream in opened[:bound]:
+                assert await _closed(stream)
+            assert proxy.app[CONNECTIONS].gates["client"].stats.refused == 0
+        finally:
+            _close(opened)
+
+
 # --- descriptors ----------------------------------------------------------------------------
 
 

@@ -12,12 +12,19 @@ import asyncio
 import base64
 import re
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
 
+from cacheproxy.connections import CONNECTIONS
 from cacheproxy.http.keys import CLIENT_AUTH
 from cacheproxy.http.passwords import bcrypt_check
+from tests.integration.test_peers import SECRET
+from tests.integration.test_swarm import signed_url
+from tests.support.forwarder import Forwarder
+from tests.support.images import push_blob
+from tests.support.ports import free_port
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, write_htpasswd
 
@@ -42,6 +49,74 @@ async def status_of(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 
 
 STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+# --- connections --------------------------------------------------------------------
+
+
+async def test_a_stranger_without_the_secret_does_not_hold_the_peer_listener(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """Attack: the peer listener is on the node's address, which every pod reaches.
+    A stranger without the cluster secret opens ``max_peer_connections``
+    connections and sends on each a request whose chunked body never ends. The
+    401 is answered at once, but aiohttp then reads the body on for its lingering
+    time (10 s), and meanwhile the connection is neither idle (the request was
+    read) nor in a request: it cannot be shed. Opened again every few seconds, they
+    keep every peer slot, and the cluster's real peers are answered 503 (each node
+    then fetches from the upstream itself). The same works on the client listener
+    without any blob (see the connection test above).
+
+    Expected: a request the proxy answers without reading its body closes its
+    connection (no lingering), or unsigned requests hold no peer slot; a real
+    peer's signed request is served."""
+    secret_file = tmp_path / "peer-secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    name = f"peers/{uuid.uuid4().hex[:8]}"
+    data = uuid.uuid4().bytes * 1000
+    digest = await push_blob(forwarder.url, name, data)
+    peer_port = free_port()
+    self_url = f"http://127.0.0.1:{peer_port}"
+    settings = {
+        "peers": (self_url,),
+        "self_url": self_url,
+        "peer_secret_file": secret_file,
+        "peer_listen": f"127.0.0.1:{peer_port}",
+        "max_peer_connections": 4,
+    }
+    strangers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    async with running_proxy(forwarder.url, tmp_path / "c", **settings) as proxy:
+        try:
+            for _ in range(4):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", peer_port, local_addr=("127.0.0.2", 0)
+                )
+                writer.write(
+                    f"GET /_cacheproxy/peer/blobs/{digest}?repo={name} HTTP/1.1\r\n"
+                    "Host: node\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n".encode()
+                )
+                await writer.drain()
+                strangers.append((reader, writer))
+            # Each answered 401 and closed at once, its body not read on: the
+            # stranger holds no peer slot.
+            async with asyncio.timeout(20):
+                for reader, _ in strangers:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 401"), head
+                    assert b"\r\nconnection: close\r\n" in head.lower(), head
+                    await reader.read()  # to the end: the proxy closed it
+            assert proxy.app[CONNECTIONS].gates["peer"].open == 0
+            url, signed = signed_url(self_url, "blobs", digest, upstream=forwarder.host, repo=name)
+            async with (
+                session_from("127.0.0.3") as peer,
+                asyncio.timeout(20),
+                peer.get(url, headers=signed) as resp,
+            ):
+                status = resp.status
+        finally:
+            for _, writer in strangers:
+                writer.close()
+    assert status == 200, f"a real peer was answered {status}"
 
 
 # --- password checks ----------------------------------------------------------------
