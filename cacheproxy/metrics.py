@@ -276,6 +276,11 @@ class ConnectionsCollector(Collector):
         counters = [
             ("refused", "Connections answered 503 (or reset) with every connection busy"),
             ("shed", "Idle connections closed to make room for a new one"),
+            (
+                "displaced",
+                "Connections closed at the bound for one from an address holding less"
+                " than its share",
+            ),
             ("send_timeouts", "Connections closed: the client took nothing for send_timeout"),
             ("header_timeouts", "Connections closed without a complete request head in time"),
         ]

@@ -1,13 +1,16 @@
 """Each listener's connections: how many are open, the bound on them, the idle ones
-closed first at the bound, and the answer beyond it.
+closed first at the bound, each address's share, and the answer beyond it.
 
 At the bound a new connection takes the place of the connection that has waited
 longest for a request (new or kept alive), so transfers in progress keep going.
-When every connection is busy, the new one is still read: its request is answered
-503 ``TOOMANYREQUESTS`` with ``Retry-After`` and the connection closed (a probe,
-``/healthz`` or ``/readyz``, is answered as usual, so the kubelet does not restart a
-node that is only busy). Only beyond ``OVERFLOW`` such connections at once is a
-connection reset unread.
+When every connection is busy, a connection from an address holding less than its
+share of the bound takes a place of the address holding the most (see shares.py):
+that address's idle connection if it has one, else its newest busy one, whose
+request is cut. Otherwise the new connection is still read: its request is
+answered 503 ``TOOMANYREQUESTS`` with ``Retry-After`` and the connection closed (a
+probe, ``/healthz`` or ``/readyz``, is answered as usual, so the kubelet does not
+restart a node that is only busy). Only beyond ``OVERFLOW`` such connections at
+once is a connection reset unread.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..errors import TooManyRequests
 from ..http.keys import CLOSE_CONNECTION, CONNECTION_GONE
 from ..http.middleware import OPEN_PATHS, error_response
 from .guard import Guard
+from .shares import Shares
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class GateStats:
 
     refused: int = 0
     shed: int = 0
+    # Busy connections closed for a newcomer's share of the bound.
+    displaced: int = 0
     send_timeouts: int = 0
     header_timeouts: int = 0
 
@@ -76,6 +82,8 @@ class Gate:
         self._over: set[Guard] = set()
         # Served connections waiting for a request, longest waiting first.
         self._idle: OrderedDict[Guard, None] = OrderedDict()
+        # The served connections, by address.
+        self._shares: Shares[Guard] = Shares()
 
     @property
     def open(self) -> int:
@@ -94,9 +102,10 @@ class Gate:
     def admit(self, guard: Guard) -> bool:
         """Count a new connection in (``guard.over`` set if beyond the bound); False
         when there is no room even to answer it."""
-        if len(self._served) < self.bound or self._shed_one():
+        if len(self._served) < self.bound or self._shed_one() or self._take_share(guard):
             self._served.add(guard)
             self._idle[guard] = None
+            self._shares.add(guard.address, guard)
             return True
         if len(self._over) >= OVERFLOW:
             self.stats.refused += 1
@@ -117,6 +126,7 @@ class Gate:
         self._served.discard(guard)
         self._over.discard(guard)
         self._idle.pop(guard, None)
+        self._shares.remove(guard.address, guard)
 
     def _shed_one(self) -> bool:
         for guard in list(itertools.islice(self._idle, SHED_SCAN)):
@@ -126,6 +136,35 @@ class Gate:
                 guard.shed()
                 return True
         return False
+
+    def _take_share(self, guard: Guard) -> bool:
+        """Every connection busy: close one of the address holding the most, if the
+        newcomer's address holds less than its share (shares.py). Its idle one if it
+        has one; else its newest busy one, whose request is cut. Cutting a transfer
+        is acceptable here: that address holds more than its share of a bound every
+        client needs, and left alone it would hold all of it (a slow reader, a join
+        of one slow fill, a body that never ends); its oldest transfers, begun while
+        there was room, go on."""
+        rival = self._shares.rival(guard.address, self.bound)
+        if rival is None:
+            return False
+        victim = next((g for g in self._shares.items(rival) if g.idle()), None)
+        if victim is None:
+            victim = self._shares.newest(rival)
+        assert victim is not None
+        log.info(
+            "the %s listener is at its bound: closing a connection of %s (of %d) for one"
+            " of %s (of %d)",
+            self.name,
+            rival,
+            self._shares.count(rival),
+            guard.address,
+            self._shares.count(guard.address),
+        )
+        self.gone(victim)
+        self.stats.displaced += 1
+        victim.cut()
+        return True
 
 
 class Connections:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+from ..fairness import client_address
 from . import tcpinfo
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class Guard(asyncio.Protocol):
         # The task running the request in the app, while it does.
         self.task: asyncio.Task[Any] | None = None
         self.transport: asyncio.Transport | None = None
+        # Whose share of the listener it counts in (fairness.client_address).
+        self.address = ""
         self._made = False
         self._made_at = 0.0
         # A request was answered on it: it is a kept-alive connection when idle.
@@ -87,6 +90,15 @@ class Guard(asyncio.Protocol):
         client must expect that of an idle connection (RFC 9112 section 9.3.1) and
         retries its request on a new one."""
         self.inner.force_close()
+
+    def cut(self) -> None:
+        """Close the connection now, idle or not, for a newcomer's share (gate.py):
+        an idle one as a keep-alive timeout would; else with a reset, its request
+        ended."""
+        if self.idle():
+            self.shed()
+        else:
+            self._reset()
 
     # -- the head deadline ------------------------------------------------------------
 
@@ -138,6 +150,9 @@ class Guard(asyncio.Protocol):
             "closing a connection whose client took nothing for %.0f s (send_timeout)",
             self.gate.send_timeout,
         )
+        self._reset()
+
+    def _reset(self) -> None:
         # The request's task first: a loop.sendfile in progress waits on the socket
         # itself and would never wake once it is closed. Its cancellation unregisters
         # the socket in callbacks already scheduled, before the abort below.
@@ -156,6 +171,7 @@ class Guard(asyncio.Protocol):
         # A stream transport, though not always an asyncio.Transport subclass:
         # uvloop's TCPTransport only behaves like one.
         self.transport = cast(asyncio.Transport, transport)
+        self.address = client_address(_host(transport.get_extra_info("peername")))
         if not self.gate.admit(self):
             # Beyond the bound, and beyond the connections held to be answered: no
             # room left to read a request, only to reset.
@@ -201,3 +217,10 @@ class Guard(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._made:
             self.inner.resume_writing()
+
+
+def _host(peername: Any) -> str | None:
+    """The address of a socket's peer name ((host, port[, flow, scope]) for IP)."""
+    if isinstance(peername, tuple | list) and peername:
+        return str(peername[0])
+    return peername if isinstance(peername, str) else None

@@ -22,7 +22,7 @@ from cacheproxy.http.keys import CLIENT_AUTH
 from cacheproxy.http.passwords import bcrypt_check
 from tests.integration.test_peers import SECRET
 from tests.integration.test_swarm import signed_url
-from tests.support.forwarder import Forwarder
+from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob
 from tests.support.ports import free_port
 from tests.support.proxy import running_proxy
@@ -52,6 +52,43 @@ STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 
 
 # --- connections --------------------------------------------------------------------
+
+
+async def test_one_stranger_cannot_hold_every_connection_of_the_listener(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """Attack: one stranger (one address) opens ``max_connections`` connections and
+    keeps each busy: here each waits for the next bytes of one blob whose upstream
+    stalls (one fill, joined by all: no fill slot is spent; a slow reader of a
+    cached blob that takes a few bytes every ``send_timeout`` does as well). At the
+    bound nothing is idle to shed, so every other client, on any address, is
+    answered 503 TOOMANYREQUESTS until the stranger lets go.
+
+    Expected: a client's share of the connections (by address, as for fill slots and
+    password checks), so another address is still served at the bound."""
+    name = f"conn/{uuid.uuid4().hex[:8]}"
+    digest = await push_blob(forwarder.url, name, uuid.uuid4().bytes * 65_536)
+    stall = forwarder.set_fault(Fault(match=digest.split(":")[1], kind="stall", offset=65536))
+    bound = 4
+    kept: list[aiohttp.ClientResponse] = []
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=bound)
+    try:
+        async with (
+            running_proxy(forwarder.url, tmp_path / "c", max_connections=bound) as proxy,
+            aiohttp.ClientSession(connector=connector) as stranger,
+        ):
+            for _ in range(bound):
+                resp = await stranger.get(f"{proxy.url}/v2/{name}/blobs/{digest}")
+                assert resp.status == 200
+                kept.append(resp)
+            async with session_from("127.0.0.3") as user, asyncio.timeout(20):
+                status = (await status_of(user, f"{proxy.url}/v2/"))[0]
+            for resp in kept:
+                resp.close()
+        assert status == 200, f"another address was answered {status} at the bound"
+    finally:
+        stall.release()
+        forwarder.clear_faults()
 
 
 async def test_a_stranger_without_the_secret_does_not_hold_the_peer_listener(
