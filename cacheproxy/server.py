@@ -56,9 +56,12 @@ async def _reload_certs(context: ssl.SSLContext, cert: Path, key: Path, interval
 class Listener:
     """The app served on the configured address; ``close`` shuts it down gracefully."""
 
-    def __init__(self, runner: web.AppRunner, servers: list[asyncio.Server]) -> None:
+    def __init__(
+        self, runner: web.AppRunner, servers: list[asyncio.Server], connections: Connections
+    ) -> None:
         self._runner = runner
         self._servers = servers
+        self._connections = connections
         self._reloaders: list[asyncio.Task[None]] = []
 
     def reload(self, context: ssl.SSLContext, cert: Path, key: Path, interval: float) -> None:
@@ -73,6 +76,7 @@ class Listener:
         for task in self._reloaders:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._connections.close()
         await self._runner.shutdown()
         await self._runner.cleanup()
 
@@ -124,7 +128,7 @@ async def start(app: web.Application, config: Config) -> Listener:
     except BaseException:
         await runner.cleanup()
         raise
-    listener = Listener(runner, servers)
+    listener = Listener(runner, servers, connections)
     if context is not None and config.tls_cert is not None and config.tls_key is not None:
         listener.reload(context, config.tls_cert, config.tls_key, config.tls_reload)
     if peer_context is not context and config.peer_tls_cert and config.peer_tls_key:
@@ -169,19 +173,11 @@ async def _listen(
     servers: list[asyncio.Server] = []
     try:
         for name, host, port, bound, tls in addresses:
-            gate = Gate(name, bound, config.client_header_timeout, config.send_timeout)
+            # Plain TCP: the guards run the TLS handshakes (connections/guard.py), so
+            # that a socket counts against the bound from its accept.
+            gate = Gate(name, bound, config.client_header_timeout, config.send_timeout, tls)
             factory = connections.factory(gate, lambda: protocol_errors_as_oci(protocols()))
-            servers.append(
-                await loop.create_server(
-                    factory,
-                    host,
-                    port,
-                    ssl=tls,
-                    backlog=BACKLOG,
-                    # A TLS handshake is bounded like a request head (asyncio: 60 s).
-                    ssl_handshake_timeout=config.client_header_timeout if tls else None,
-                )
-            )
+            servers.append(await loop.create_server(factory, host, port, backlog=BACKLOG))
     except BaseException:
         for server in servers:
             server.close()

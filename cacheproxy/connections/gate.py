@@ -11,6 +11,12 @@ answered 503 ``TOOMANYREQUESTS`` with ``Retry-After`` and the connection closed 
 probe, ``/healthz`` or ``/readyz``, is answered as usual, so the kubelet does not
 restart a node that is only busy). Only beyond ``OVERFLOW`` such connections at
 once is a connection reset unread.
+
+On a TLS listener the handshake is the guard's own, so a socket counts from its
+accept: handshakes in progress and busy connections together stay within the
+bound plus ``HANDSHAKES``; beyond, a socket is reset at once (or, from an address
+holding less than its share of the handshakes, takes the place of the newest
+handshake of the address holding the most).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +51,13 @@ SHED_SCAN = 16
 # Seconds a refused client is told to wait: idle connections go at once, so at the
 # bound every slot is a transfer in progress.
 RETRY_AFTER = "2"
+# TLS handshakes a listener holds beyond its bound (less its busy connections): at
+# the bound a new connection can still finish its handshake, to take an idle
+# connection's place, its address's share, or its 503. A handshake holds one
+# descriptor (an idle connection one too: the second is a busy one's blob), so the
+# listener's sockets fit in two per connection of the bound plus these, which
+# budget.HEADROOM covers.
+HANDSHAKES = 16
 
 
 class ConnectionsFull(TooManyRequests):
@@ -61,7 +75,7 @@ class GateStats:
 
     refused: int = 0
     shed: int = 0
-    # Busy connections closed for a newcomer's share of the bound.
+    # Connections (and handshakes) closed for a newcomer's share of the bound.
     displaced: int = 0
     send_timeouts: int = 0
     header_timeouts: int = 0
@@ -70,11 +84,20 @@ class GateStats:
 class Gate:
     """One listener's connections and their bounds."""
 
-    def __init__(self, name: str, bound: int, header_timeout: float, send_timeout: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        bound: int,
+        header_timeout: float,
+        send_timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.name = name
         self.bound = bound
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
+        # The listener's TLS (its handshakes run in the guards), or None.
+        self.tls = tls
         # A stall is seen between send_timeout and 1.25 times it after the last byte.
         self.watch_every = send_timeout / 4
         self.stats = GateStats()
@@ -82,8 +105,9 @@ class Gate:
         self._over: set[Guard] = set()
         # Served connections waiting for a request, longest waiting first.
         self._idle: OrderedDict[Guard, None] = OrderedDict()
-        # The served connections, by address.
+        # The served connections by address, and the TLS handshakes in progress.
         self._shares: Shares[Guard] = Shares()
+        self._handshakes: Shares[Guard] = Shares()
 
     @property
     def open(self) -> int:
@@ -93,6 +117,15 @@ class Gate:
     def waiting(self) -> int:
         """Served connections waiting for a request (new, or kept alive)."""
         return len(self._idle)
+
+    @property
+    def handshaking(self) -> int:
+        """TLS handshakes in progress."""
+        return self._handshakes.total
+
+    def handshakes(self) -> list[Guard]:
+        """The guards whose TLS handshake is in progress."""
+        return self._handshakes.all()
 
     def head_timeout(self, guard: Guard) -> float:
         if guard.over:
@@ -114,6 +147,20 @@ class Gate:
         self._over.add(guard)
         return True
 
+    def handshake(self, guard: Guard) -> bool:
+        """Count a TLS handshake in; False when there is no room for it (the socket
+        is then reset unread)."""
+        room = self.bound + HANDSHAKES - (len(self._served) - len(self._idle))
+        if self._handshakes.total < room or self._take_handshake(guard, room):
+            self._handshakes.add(guard.address, guard)
+            return True
+        self.stats.refused += 1
+        return False
+
+    def handshake_done(self, guard: Guard) -> None:
+        """The handshake ended, whichever way (the guard is admitted next, or gone)."""
+        self._handshakes.remove(guard.address, guard)
+
     def busy(self, guard: Guard) -> None:
         self._idle.pop(guard, None)
 
@@ -127,6 +174,7 @@ class Gate:
         self._over.discard(guard)
         self._idle.pop(guard, None)
         self._shares.remove(guard.address, guard)
+        self._handshakes.remove(guard.address, guard)
 
     def _shed_one(self) -> bool:
         for guard in list(itertools.islice(self._idle, SHED_SCAN)):
@@ -166,6 +214,18 @@ class Gate:
         victim.cut()
         return True
 
+    def _take_handshake(self, guard: Guard, room: int) -> bool:
+        """No room for a handshake: the newest of the address holding the most goes,
+        if the newcomer's holds less than its share of them."""
+        rival = self._handshakes.rival(guard.address, room)
+        victim = self._handshakes.newest(rival) if rival is not None else None
+        if victim is None:
+            return False
+        self.gone(victim)
+        self.stats.displaced += 1
+        victim.cut()
+        return True
+
 
 class Connections:
     """The gates of the listeners (client, peer)."""
@@ -182,6 +242,12 @@ class Connections:
             return Guard(gate, make())
 
         return build
+
+    async def close(self) -> None:
+        """End the TLS handshakes in progress (the listeners are closed: nothing
+        else would, before their timeout)."""
+        guards = [guard for gate in self.gates.values() for guard in gate.handshakes()]
+        await asyncio.gather(*(guard.abandon() for guard in guards))
 
 
 CONNECTIONS = web.AppKey("connections", Connections)

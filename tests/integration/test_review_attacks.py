@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import socket
+import ssl
 import time
 import uuid
 from pathlib import Path
@@ -25,8 +27,10 @@ from tests.integration.test_swarm import signed_url
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob
 from tests.support.ports import free_port
+from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, write_htpasswd
+from tests.support.tls import self_signed
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -154,6 +158,55 @@ async def test_a_stranger_without_the_secret_does_not_hold_the_peer_listener(
             for _, writer in strangers:
                 writer.close()
     assert status == 200, f"a real peer was answered {status}"
+
+
+async def test_tls_handshakes_that_never_finish_do_not_take_the_caches_descriptors(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Attack: with TLS on the listener, a stranger opens connections and never sends
+    a ClientHello. Handshakes count against no bound until complete (README:
+    "they count against a bound only once complete"), only ``client_header_timeout``
+    (30 s) ends each, so a few hundred of them at once take every descriptor the
+    budget kept for fills, the index and the upstreams: a client already connected
+    then cannot get an uncached blob (no temp file, no upstream socket).
+
+    Expected ("descriptors budgeted so the cache keeps working at the limit"):
+    handshakes in progress are bounded too (counted with the connections, or a
+    bound of their own), and the connected client's pull succeeds."""
+    cert, key = self_signed(tmp_path, "127.0.0.1")
+    context = ssl.create_default_context(cafile=str(cert))
+    conf = tmp_path / "cacheproxy.toml"
+    conf.write_text(
+        "max_fills = 2\nupstream_segments = 1\nsend_timeout = 3.0\n"
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+    )
+    name = f"tls/{uuid.uuid4().hex[:8]}"
+    data = uuid.uuid4().bytes * 65_536
+    digest = await push_blob(registry.url, name, data)
+    args = ("--config", str(conf), "--upstream", registry.url, "--cache-dir", str(tmp_path / "c"))
+    log = tmp_path / "serve.log"
+    silent: list[socket.socket] = []
+    connector = aiohttp.TCPConnector(ssl=context, limit=1)
+    async with (
+        serve_process(*args, log=log, tls=context, nofile=(372, 372)) as (_, url),
+        aiohttp.ClientSession(connector=connector) as http,
+    ):
+        # The client's connection, made before the stranger comes.
+        async with http.get(url + "/v2/") as resp:
+            assert resp.status == 200
+        address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        try:
+            for _ in range(400):
+                silent.append(socket.create_connection(address, timeout=5))
+            await asyncio.sleep(1.0)  # the server accepts what it can
+            async with asyncio.timeout(20), http.get(f"{url}/v2/{name}/blobs/{digest}") as resp:
+                status = resp.status
+                got = await resp.read() if status == 200 else b""
+        finally:
+            for sock in silent:
+                sock.close()
+    assert status == 200, f"answered {status}: {log.read_text()[-600:]}"
+    assert got == data
 
 
 # --- password checks ----------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Each address's share of a listener's connections (Gate, shares.py): nothing is
 capped while there is room; at the bound, with every connection busy, an address
-holding less than its share takes a place of the address holding the most."""
+holding less than its share takes a place of the address holding the most; TLS
+handshakes count from the accept, within the bound plus HANDSHAKES."""
 
 from __future__ import annotations
 
+import ssl
 from typing import cast
 
-from cacheproxy.connections.gate import Gate
+from cacheproxy.connections.gate import HANDSHAKES, Gate
 from cacheproxy.connections.guard import Guard
 from cacheproxy.connections.shares import Shares
 
@@ -33,8 +35,9 @@ class FakeGuard:
         self.closed = "shed" if self.idle() else "cut"
 
 
-def _gate(bound: int) -> Gate:
-    return Gate("client", bound=bound, header_timeout=30.0, send_timeout=30.0)
+def _gate(bound: int, tls: bool = False) -> Gate:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) if tls else None
+    return Gate("client", bound=bound, header_timeout=30.0, send_timeout=30.0, tls=context)
 
 
 def _admit(gate: Gate, guard: FakeGuard) -> bool:
@@ -86,6 +89,26 @@ def test_the_address_holding_the_most_gives_an_idle_connection_first() -> None:
     gate.busy(cast(Guard, fresh))  # out of the gate's idle scan
     assert _admit(gate, FakeGuard(USER))
     assert (fresh.closed, newest.closed, [g.closed for g in busy]) == ("shed", "", ["", ""])
+
+
+def test_handshakes_count_within_the_bound_plus_a_few_and_are_shared() -> None:
+    gate = _gate(bound=4, tls=True)
+    busy = [_busy(gate, FakeGuard(RUNTIME)) for _ in range(2)]
+    room = 4 + HANDSHAKES - len(busy)
+    silent = [FakeGuard(STRANGER) for _ in range(room)]
+    assert all(gate.handshake(cast(Guard, g)) for g in silent)
+    assert gate.handshaking == room
+    # No room: the stranger's next is refused (reset unread)...
+    assert not gate.handshake(cast(Guard, FakeGuard(STRANGER)))
+    assert gate.stats.refused == 1
+    # ...but another address takes the place of the stranger's newest handshake.
+    user = FakeGuard(USER)
+    assert gate.handshake(cast(Guard, user))
+    assert silent[-1].closed == "cut" and not any(g.closed for g in silent[:-1])
+    assert gate.handshaking == room and gate.stats.displaced == 1
+    # A handshake done is counted no more; it is admitted as a connection.
+    gate.handshake_done(cast(Guard, user))
+    assert gate.handshaking == room - 1 and _admit(gate, user)
 
 
 def test_shares_name_a_rival_only_for_an_address_under_its_share() -> None:
