@@ -3,14 +3,14 @@ closed first at the bound, each address's share, and the answer beyond it.
 
 At the bound a new connection takes the place of the connection that has waited
 longest for a request (new or kept alive), so transfers in progress keep going.
-When every connection is busy, a connection from an address holding less than its
-share of the bound takes a place of the address holding the most (see shares.py):
-that address's idle connection if it has one, else its newest busy one, whose
-request is cut. Otherwise the new connection is still read: its request is
-answered 503 ``TOOMANYREQUESTS`` with ``Retry-After`` and the connection closed (a
-probe, ``/healthz`` or ``/readyz``, is answered as usual, so the kubelet does not
-restart a node that is only busy). Only beyond ``OVERFLOW`` such connections at
-once is a connection reset unread.
+When every connection is busy, the new one is still read. Its request, from an
+address holding less than its share of the bound, takes a place of the address
+holding the most (see shares.py): that address's idle connection if it has one,
+else its newest busy one, whose request is cut. Otherwise it is answered 503
+``TOOMANYREQUESTS`` with ``Retry-After`` and the connection closed (a probe,
+``/healthz`` or ``/readyz``, is answered as usual, so the kubelet does not restart a
+node that is only busy, and takes no place). Only beyond ``OVERFLOW`` such
+connections at once is a connection reset unread.
 
 On a TLS listener the handshake is the guard's own, so a socket counts from its
 accept: handshakes in progress and busy connections together stay within the
@@ -135,10 +135,8 @@ class Gate:
     def admit(self, guard: Guard) -> bool:
         """Count a new connection in (``guard.over`` set if beyond the bound); False
         when there is no room even to answer it."""
-        if len(self._served) < self.bound or self._shed_one() or self._take_share(guard):
-            self._served.add(guard)
-            self._idle[guard] = None
-            self._shares.add(guard.address, guard)
+        if len(self._served) < self.bound or self._shed_one():
+            self._serve(guard)
             return True
         if len(self._over) >= OVERFLOW:
             self.stats.refused += 1
@@ -146,6 +144,23 @@ class Gate:
         guard.over = True
         self._over.add(guard)
         return True
+
+    def promote(self, guard: Guard) -> bool:
+        """A request came on a connection admitted beyond the bound: served after
+        all if there is room now, an idle connection to shed, or its address's share
+        to take; False: it is answered 503. Shares are taken for a request only, so
+        a connection that sends none, or a probe, cuts nobody's transfer."""
+        if not (len(self._served) < self.bound or self._shed_one() or self._take_share(guard)):
+            return False
+        self._over.discard(guard)
+        guard.over = False
+        self._serve(guard)
+        return True
+
+    def _serve(self, guard: Guard) -> None:
+        self._served.add(guard)
+        self._idle[guard] = None
+        self._shares.add(guard.address, guard)
 
     def handshake(self, guard: Guard) -> bool:
         """Count a TLS handshake in; False when there is no room for it (the socket
@@ -187,7 +202,7 @@ class Gate:
 
     def _take_share(self, guard: Guard) -> bool:
         """Every connection busy: close one of the address holding the most, if the
-        newcomer's address holds less than its share (shares.py). Its idle one if it
+        asker's address holds less than its share (shares.py). Its idle one if it
         has one; else its newest busy one, whose request is cut. Cutting a transfer
         is acceptable here: that address holds more than its share of a bound every
         client needs, and left alone it would hold all of it (a slow reader, a join
@@ -269,7 +284,7 @@ async def mark(request: web.Request, handler: Handler) -> web.StreamResponse:
     guard = guard_of(request)
     if guard is None:
         response = await handler(request)
-    elif guard.over:
+    elif guard.over and (request.path in OPEN_PATHS or not guard.gate.promote(guard)):
         return await _refuse(request, handler, guard.gate)
     else:
         guard.started(asyncio.current_task())

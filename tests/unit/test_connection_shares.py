@@ -44,9 +44,15 @@ def _admit(gate: Gate, guard: FakeGuard) -> bool:
     return gate.admit(cast(Guard, guard))
 
 
+def _ask(gate: Gate, guard: FakeGuard) -> bool:
+    """A request on a new connection: served (True), or answered 503 (False)."""
+    assert _admit(gate, guard)
+    return not guard.over or gate.promote(cast(Guard, guard))
+
+
 def _busy(gate: Gate, guard: FakeGuard) -> FakeGuard:
-    """Admitted, and in a request (no longer waiting for one)."""
-    assert _admit(gate, guard) and not guard.over
+    """Served, and in a request (no longer waiting for one)."""
+    assert _ask(gate, guard) and not guard.over
     gate.busy(cast(Guard, guard))
     return guard
 
@@ -55,25 +61,28 @@ def test_one_address_is_never_capped_while_there_is_room() -> None:
     gate = _gate(bound=300)
     runtime = [_busy(gate, FakeGuard(RUNTIME)) for _ in range(300)]
     assert gate.open == 300 and not any(g.closed for g in runtime)
-    # At the bound its own next connection takes nothing of its own: answered 503.
+    # At the bound its own next request takes nothing of its own: answered 503.
     late = FakeGuard(RUNTIME)
-    assert _admit(gate, late) and late.over
+    assert not _ask(gate, late) and late.over
     assert gate.stats.displaced == 0
 
 
 def test_at_the_bound_a_newcomer_under_its_share_takes_the_newest_of_the_most() -> None:
     gate = _gate(bound=4)
     stranger = [_busy(gate, FakeGuard(STRANGER)) for _ in range(4)]
-    first = _busy(gate, FakeGuard(USER))
-    # The stranger's newest busy connection is cut; its older transfers go on.
+    # A new connection takes nothing before its request comes (a probe never does).
+    first = FakeGuard(USER)
+    assert _admit(gate, first) and first.over
+    assert not any(g.closed for g in stranger)
+    # Its request: the stranger's newest busy connection is cut; its older go on.
+    assert gate.promote(cast(Guard, first)) and not first.over
     assert [g.closed for g in stranger] == ["", "", "", "cut"]
     # Two addresses: a share of 2 each. The user's second takes one more...
     second = _busy(gate, FakeGuard(USER))
     assert [g.closed for g in stranger] == ["", "", "cut", "cut"]
     # ...and no third: at its share, it is answered 503 like the stranger's next.
-    third, again = FakeGuard(USER), FakeGuard(STRANGER)
-    assert _admit(gate, third) and third.over
-    assert _admit(gate, again) and again.over
+    assert not _ask(gate, FakeGuard(USER))
+    assert not _ask(gate, FakeGuard(STRANGER))
     assert gate.stats.displaced == 2 and not first.closed and not second.closed
 
 
@@ -87,7 +96,7 @@ def test_the_address_holding_the_most_gives_an_idle_connection_first() -> None:
     newest = _busy(gate, FakeGuard(STRANGER))
     fresh.waiting = True
     gate.busy(cast(Guard, fresh))  # out of the gate's idle scan
-    assert _admit(gate, FakeGuard(USER))
+    assert _ask(gate, FakeGuard(USER))
     assert (fresh.closed, newest.closed, [g.closed for g in busy]) == ("shed", "", ["", ""])
 
 
