@@ -171,6 +171,14 @@ class CacheWriteFailed(RegistryError, OSError):
     code, status, default_message = "UNAVAILABLE", 503, "the proxy could not write the blob"
 
 
+class FilesExhausted(RegistryError, OSError):
+    """The process has no file descriptor free (EMFILE, ENFILE) to open a blob or a
+    connection for this request: a moment's shortage of its own, answered as a
+    write to a full disk is (503: retry later), not as a fault of the proxy."""
+
+    code, status, default_message = "UNAVAILABLE", 503, "the proxy has no file free now"
+
+
 class UpstreamBadContent(RegistryError, ValueError):
     """The upstream sent bytes that do not match their digest or length."""
 

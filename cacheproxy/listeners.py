@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from .config import Config
 from .errors import NotFound
+from .http.keys import CLOSE_CONNECTION
 from .peers.cluster import PREFIX as PEER_PREFIX
 
 # What the peer listener answers: the signed peer path, and the kubelet's probes.
@@ -99,6 +100,8 @@ def guard(config: Config) -> Middleware:
             on_peer = port == peer_port
             peer_path = request.path.startswith(PEER_PREFIX + "/")
             if on_peer and not request.path.startswith(PEER_LISTENER_PATHS):
+                # Nothing a peer asks: closed after the answer, as an unsigned request.
+                request[CLOSE_CONNECTION] = True
                 raise NotFound("the peer listener serves only the peer path")
             if not on_peer and peer_path:
                 raise NotFound("peers are served on the peer listener")

@@ -287,16 +287,32 @@ class ConnectionsCollector(Collector):
         bound = GaugeMetricFamily(
             "cacheproxy_connections_max", "The bound on open connections", labels=["listener"]
         )
+        handshakes = GaugeMetricFamily(
+            "cacheproxy_connections_handshaking",
+            "Sockets accepted whose TLS handshake is in progress",
+            labels=["listener"],
+        )
         for gate in gates:
             opened.add_metric([gate.name], gate.open)
             waiting.add_metric([gate.name], gate.waiting)
             bound.add_metric([gate.name], gate.bound)
+            handshakes.add_metric([gate.name], gate.handshaking)
         yield opened
         yield waiting
         yield bound
+        yield handshakes
         counters = [
-            ("refused", "Connections answered 503 (or reset) with every connection busy"),
+            (
+                "refused",
+                "Connections answered 503 (or reset, a TLS handshake too) with every"
+                " connection busy",
+            ),
             ("shed", "Idle connections closed to make room for a new one"),
+            (
+                "displaced",
+                "Connections and TLS handshakes closed at the bound for one from an"
+                " address holding less than its share",
+            ),
             ("send_timeouts", "Connections closed: the client took nothing for send_timeout"),
             ("header_timeouts", "Connections closed without a complete request head in time"),
         ]

@@ -56,9 +56,12 @@ async def _reload_certs(context: ssl.SSLContext, cert: Path, key: Path, interval
 class Listener:
     """The app served on the configured address; ``close`` shuts it down gracefully."""
 
-    def __init__(self, runner: web.AppRunner, servers: list[asyncio.Server]) -> None:
+    def __init__(
+        self, runner: web.AppRunner, servers: list[asyncio.Server], connections: Connections
+    ) -> None:
         self._runner = runner
         self._servers = servers
+        self._connections = connections
         self._reloaders: list[asyncio.Task[None]] = []
 
     def reload(self, context: ssl.SSLContext, cert: Path, key: Path, interval: float) -> None:
@@ -73,6 +76,7 @@ class Listener:
         for task in self._reloaders:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._connections.close()
         await self._runner.shutdown()
         await self._runner.cleanup()
 
@@ -100,6 +104,12 @@ async def start(app: web.Application, config: Config) -> Listener:
         keepalive_timeout=config.keepalive_timeout,
         shutdown_timeout=config.shutdown_timeout,
         handle_signals=False,
+        # A request whose body is not read by the time it is answered (an error, or
+        # any request: the proxy reads no body) closes its connection at once.
+        # aiohttp's default reads such a body on for 10 s after the answer, when the
+        # connection is neither idle nor in a request: a stranger sending bodies
+        # that never end would hold connections no bound could take back.
+        lingering_time=0,
     )
     await runner.setup()
     context = peer_context = None
@@ -118,7 +128,7 @@ async def start(app: web.Application, config: Config) -> Listener:
     except BaseException:
         await runner.cleanup()
         raise
-    listener = Listener(runner, servers)
+    listener = Listener(runner, servers, connections)
     if context is not None and config.tls_cert is not None and config.tls_key is not None:
         listener.reload(context, config.tls_cert, config.tls_key, config.tls_reload)
     if peer_context is not context and config.peer_tls_cert and config.peer_tls_key:
@@ -163,19 +173,11 @@ async def _listen(
     servers: list[asyncio.Server] = []
     try:
         for name, host, port, bound, tls in addresses:
-            gate = Gate(name, bound, config.client_header_timeout, config.send_timeout)
+            # Plain TCP: the guards run the TLS handshakes (connections/guard.py), so
+            # that a socket counts against the bound from its accept.
+            gate = Gate(name, bound, config.client_header_timeout, config.send_timeout, tls)
             factory = connections.factory(gate, lambda: protocol_errors_as_oci(protocols()))
-            servers.append(
-                await loop.create_server(
-                    factory,
-                    host,
-                    port,
-                    ssl=tls,
-                    backlog=BACKLOG,
-                    # A TLS handshake is bounded like a request head (asyncio: 60 s).
-                    ssl_handshake_timeout=config.client_header_timeout if tls else None,
-                )
-            )
+            servers.append(await loop.create_server(factory, host, port, backlog=BACKLOG))
     except BaseException:
         for server in servers:
             server.close()

@@ -8,8 +8,9 @@ up to ``upstream_segments`` connections; each upstream has connections of its ow
 for manifests and tokens; SQLite (the index, the ledger) holds a database, its
 ``-wal`` and ``-shm`` per worker thread; peers, the shared tier and the connections
 beyond a bound being answered have theirs; and a headroom covers the listeners,
-the loop, logs, certificates and TLS handshakes in progress. A connection costs
-two: its socket, and the blob file (or fill) it is sent.
+the loop, logs, certificates and the TLS handshakes a listener lets in beyond its
+bound (gate.HANDSHAKES: a handshake, like an idle connection, holds one). A
+connection costs two: its socket, and the blob file (or fill) it is sent.
 """
 
 from __future__ import annotations

@@ -52,3 +52,6 @@ NAMESPACE = web.RequestKey("namespace", str)
 SUBJECT = web.RequestKey("subject", str)
 # Done when the request's connection is lost (see connections.guard.Guard.gone).
 CONNECTION_GONE = web.RequestKey("connection_gone", asyncio.Future[None])
+# The answer closes its connection (a peer request without a valid signature: a
+# stranger gets no kept-alive connection to hold; connections.gate.mark).
+CLOSE_CONNECTION = web.RequestKey("close_connection", bool)

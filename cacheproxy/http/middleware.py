@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 
@@ -11,7 +12,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from ..errors import BadRequest, NotFound, RegistryError, Unsupported
+from ..errors import BadRequest, FilesExhausted, NotFound, RegistryError, Unsupported
 from ..fairness import client_address
 from .keys import CLIENT_AUTH, NAMESPACE, SUBJECT
 from .operator import OPERATOR, OPERATOR_PATHS
@@ -19,6 +20,10 @@ from .operator import OPERATOR, OPERATOR_PATHS
 log = logging.getLogger(__name__)
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+# Out of file descriptors (the process's limit, the system's): the request could not
+# open what it needed, and a moment later it can.
+NO_FILES = (errno.EMFILE, errno.ENFILE)
+RETRY_AFTER = {"Retry-After": "1"}
 
 
 def error_response(err: RegistryError, head: bool = False) -> web.Response:
@@ -53,6 +58,12 @@ async def oci_errors(request: web.Request, handler: Handler) -> web.StreamRespon
             other.code = "UNSUPPORTED" if exc.status < 500 else "UNKNOWN"
             return error_response(other, head)
         raise
+    except OSError as exc:
+        if exc.errno not in NO_FILES:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return error_response(RegistryError("internal error"), head)
+        log.warning("no file descriptor free answering %s: %s", request.path[:200], exc.strerror)
+        return error_response(FilesExhausted(headers=RETRY_AFTER), head)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
         return error_response(RegistryError("internal error"), head)

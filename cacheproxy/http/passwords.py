@@ -6,12 +6,16 @@ small executor of their own: a burst of bad logins must not take the default
 thread pool that index reads, readiness probes and file work share. At most
 ``max_pending`` checks run or wait, and one client (its address: nothing else is
 known of it before its password is checked) at most ``per_client`` of them; past
-either, a login is answered at once with TOOMANYREQUESTS (429, ``Retry-After``):
-a client with good credentials is told to retry, not that its password is wrong
-(which a 401 would say). Checks waiting for a thread are served by client in
-turn, not first come, so a stranger's many wrong guesses make a real user's login
-wait behind one of them, not all. Clients already verified never wait here
-(``clientauth``).
+its share, a login is answered at once with TOOMANYREQUESTS (429,
+``Retry-After``): a client with good credentials is told to retry, not that its
+password is wrong (which a 401 would say). With every check taken, a login from a
+client holding fewer takes the place of the newest waiting check of the client
+holding the most, if that one holds more than the newcomer would, plus one (that
+check is answered 429 instead), as the fill queue does: a few strangers each at
+their share cannot keep a new client out. Checks waiting for a thread are served
+by client in turn, not first come, so a stranger's many wrong guesses make a real
+user's login wait behind one of them, not all. Clients already verified never wait
+here (``clientauth``).
 
 A user name the htpasswd file does not hold is checked against a dummy hash of
 the same cost, so a wrong password takes as long for an unknown user as for a
@@ -76,6 +80,10 @@ def dummy_for(hashes: list[bytes]) -> bytes:
     return dummy_hash(max(costs, default=DEFAULT_COST))
 
 
+class _Displaced(TooManyRequests):
+    """A waiting check whose place went to another client's (already released)."""
+
+
 class PasswordChecks:
     """Runs checks on an owned executor: ``workers`` at once, ``max_pending``
     running or waiting, ``per_client`` of them for one client, served in turn."""
@@ -102,8 +110,9 @@ class PasswordChecks:
         self._busy = 0
         self._on_threads: dict[str, int] = {}
         self._turns: FairQueue[asyncio.Future[None]] = FairQueue(dead=lambda f: f.done())
-        #: Logins answered TOOMANYREQUESTS: every check was taken, or the client's share.
-        self.refused = {"full": 0, "per_client": 0}
+        #: Logins answered TOOMANYREQUESTS: every check was taken, the client's share
+        #: was, or (``fair_share``) a waiting check gave its place to another client's.
+        self.refused = {"full": 0, "per_client": 0, "fair_share": 0}
 
     @property
     def pending(self) -> int:
@@ -117,7 +126,7 @@ class PasswordChecks:
     async def check(self, password: bytes, hashed: bytes, client: str = "") -> bool:
         """Whether ``password`` matches ``hashed``; TOOMANYREQUESTS when all checks,
         or ``client``'s share of them, are taken."""
-        if self._pending >= self.max_pending:
+        if self._pending >= self.max_pending and not self._displace(client):
             self._refuse("full", "too many logins are being checked; retry")
         if self.pending_for(client) >= self.per_client:
             self._refuse("per_client", "too many logins from this address at once; retry")
@@ -125,6 +134,8 @@ class PasswordChecks:
         self._count(self._by_client, client, 1)
         try:
             await self._turn(client)
+        except _Displaced:
+            raise  # its place was released as it was given away
         except BaseException:
             self._release(client)
             raise
@@ -158,6 +169,24 @@ class PasswordChecks:
             else:
                 self._turns.remove(client, waiter)
             raise
+
+    def _displace(self, client: str) -> bool:
+        """Every check taken: give ``client`` the place of the newest waiting check
+        of the client holding the most, if that one holds more than ``client`` would,
+        plus one (a check on a thread runs to its end: only waiting ones give way)."""
+        mine = self.pending_for(client) + 1
+        rival, most = None, mine
+        for other in self._turns.clients():
+            if other != client and self.pending_for(other) > most:
+                rival, most = other, self.pending_for(other)
+        waiter = self._turns.take_newest(rival) if rival is not None else None
+        if rival is None or waiter is None:
+            return False
+        self._release(rival)
+        self.refused["fair_share"] += 1
+        message = "too many logins are being checked, many from this address; retry"
+        waiter.set_exception(_Displaced(message, headers={"Retry-After": RETRY_AFTER}))
+        return True
 
     def _finished(self, client: str, work: asyncio.Future[bool] | None = None) -> None:
         if work is not None and not work.cancelled():

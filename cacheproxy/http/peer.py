@@ -23,7 +23,7 @@ from ..peers.cluster import PREFIX
 from ..peers.ring import ranked
 from ..peers.signing import ANSWER_HEADER, HEADER
 from . import handlers, swarm
-from .keys import CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
+from .keys import CLOSE_CONNECTION, CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
 
 
 def manifest_answer(
@@ -46,10 +46,14 @@ def canonical(request: web.Request) -> str:
 
 async def peer_request(request: web.Request) -> web.StreamResponse:
     cluster = request.app.get(CLUSTER)
-    if cluster is None:
-        raise NotFound("peer mode is off on this node")
     signature = request.headers.get(HEADER)
-    if not cluster.verify_request(request.method, canonical(request), signature):
+    if cluster is None or not cluster.verify_request(request.method, canonical(request), signature):
+        # Not a peer of this node: the answer closes the connection, so that a
+        # stranger, who reaches the peer listener from any pod, holds none of its
+        # connections (kept alive, or reading on a body).
+        request[CLOSE_CONNECTION] = True
+        if cluster is None:
+            raise NotFound("peer mode is off on this node")
         raise Unauthorized("peer requests must be signed with the cluster secret, for this node")
     kind, _, reference = request.path[len(PREFIX) + 1 :].partition("/")
     repo = validate_name(request.query.get("repo", ""))

@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import CacheWriteFailed
 from ..layout import CacheLayout
 from ..oci import Digest
 from ..sizes import DiskSpace
@@ -85,16 +86,24 @@ class BlobStore:
         """Create a fresh temp file for a fill; returns its path and a read-write fd
         (a fill hashes back what landed out of order)."""
         path = self.tmp_dir / f"{digest.algorithm}-{digest.hex}.{secrets.token_hex(6)}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            # No inode left, no descriptor free: this proxy's own shortage, answered
+            # as a write to a full disk is (503), never a traceback.
+            raise CacheWriteFailed(f"creating the blob's file failed: {exc.strerror}") from exc
         return path, fd
 
     def commit(self, tmp_path: Path, fd: int, digest: Digest) -> Path:
         """Make a verified temp file durable and move it into place (blocking)."""
-        os.fsync(fd)
         final = self.path(digest)
-        make_dirs(final.parent)
-        os.replace(tmp_path, final)
-        _fsync_dir(final.parent)
+        try:
+            os.fsync(fd)
+            make_dirs(final.parent)
+            os.replace(tmp_path, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise CacheWriteFailed(f"storing the blob failed: {exc.strerror}") from exc
         return final
 
     def put(self, digest: Digest, data: bytes) -> Path:

@@ -188,6 +188,80 @@ async def test_the_peer_listener_has_a_bound_of_its_own(
             _close(opened)
 
 
+async def test_at_the_bound_another_address_takes_its_share_when_its_request_comes(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """One address holds every connection busy (each waits for a blob whose upstream
+    stalls). A probe from another address is answered and cuts nothing; that
+    address's request takes the place of the newest busy connection, whose client
+    sees its connection cut; the others' transfers go on to their end."""
+    name = unique("connections/share")
+    data = random_bytes(MIB, name)
+    digest = await push_blob(forwarder.url, name, data)
+    path = f"/v2/{name}/blobs/{digest}"
+    stall = forwarder.set_fault(Fault(match=digest, kind="stall", offset=0, methods={"GET"}))
+    bound = 4
+    opened: list[Stream] = []
+    async with running_proxy(forwarder.url, tmp_path / "c", max_connections=bound) as proxy:
+        gate = proxy.app[CONNECTIONS].gates["client"]
+        try:
+            for _ in range(bound):
+                opened.append(await _open(proxy.host))
+                await _ask(opened[-1], path)
+            await until(lambda: gate.open == bound and gate.waiting == 0, 10, "all busy")
+            local = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+            async with aiohttp.ClientSession(connector=local) as other:
+                async with other.get(proxy.url + "/readyz") as resp:
+                    assert resp.status == 200
+                assert gate.stats.displaced == 0
+                async with other.get(proxy.url + "/v2/") as resp:
+                    assert resp.status == 200
+            assert gate.stats.displaced == 1
+            with pytest.raises(ConnectionResetError):  # cut with a reset
+                async with asyncio.timeout(10):
+                    await opened[-1][0].read()
+            stall.release()
+            for stream in opened[:-1]:
+                status, _, body = await _answer(stream)
+                assert status == 200 and body == data
+        finally:
+            stall.release()
+            _close(opened)
+
+
+async def test_an_answer_sent_without_reading_the_body_closes_the_connection(
+    forwarder: Forwarder, tmp_path: Path
+) -> None:
+    """Requests whose chunked bodies never end, answered without being read (the
+    proxy reads no body): aiohttp would read each body on for 10 s after the answer,
+    the connection neither idle (sheddable) nor in a request, so a client could hold
+    every slot by sending bodies alone. Each connection closes after its answer
+    instead, and a new connection from the same address, at the bound, is served."""
+    bound = 4
+    opened: list[Stream] = []
+    async with running_proxy(forwarder.url, tmp_path / "c", max_connections=bound) as proxy:
+        try:
+            for _ in range(bound):
+                opened.append(await _open(proxy.host))
+                opened[-1][1].write(
+                    b"GET /v2/ HTTP/1.1\r\nHost: proxy\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"1\r\na\r\n"
+                )
+                await opened[-1][1].drain()
+            for stream in opened:
+                assert (await _answer(stream))[0] == 200
+            late = await _open(proxy.host)
+            opened.append(late)
+            await _ask(late, "/v2/")
+            status, _, body = await _answer(late)
+            assert status == 200, body
+            for stream in opened[:bound]:
+                assert await _closed(stream)
+            assert proxy.app[CONNECTIONS].gates["client"].stats.refused == 0
+        finally:
+            _close(opened)
+
+
 # --- descriptors ----------------------------------------------------------------------------
 
 

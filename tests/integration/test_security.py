@@ -358,7 +358,8 @@ async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
 ) -> None:
     """bcrypt runs on its own small executor; past the bound a login waits for
     nothing (429 with Retry-After), and /readyz never waits behind bcrypt. (One
-    address holds a share of the checks: the burst comes from four.)"""
+    address holds a share of the checks: the burst comes from four, and the next
+    login from one of them: a new address would take a place of theirs.)"""
     htpasswd = tmp_path / "htpasswd"
     htpasswd_of(htpasswd, {"ci": "ci-password-1"}, rounds=4)
     config = tmp_path / "c.toml"
@@ -391,7 +392,8 @@ async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
                 while passwords.pending < passwords.max_pending:
                     await asyncio.sleep(0.01)
             # Full: the next login is answered at once, while every check is stuck.
-            async with aiohttp.ClientSession() as http, asyncio.timeout(5):
+            connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+            async with aiohttp.ClientSession(connector=connector) as http, asyncio.timeout(5):
                 async with http.get(f"{proxy.url}/v2/", headers=basic("ci", "x")) as resp:
                     assert resp.status == 429
                     assert resp.headers["Retry-After"] == "1"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cacheproxy.errors import CacheWriteFailed
 from cacheproxy.layout import CacheLayout
 from cacheproxy.oci import Digest, parse_digest
 from cacheproxy.store.files import BlobStore
@@ -134,3 +135,24 @@ def test_discard_is_quiet_about_a_file_already_gone(store: BlobStore) -> None:
     store.discard(path)
     store.discard(path)
     assert not path.exists()
+
+
+def test_a_file_that_cannot_be_made_is_a_failed_write_not_an_os_error(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """No inode, no descriptor, no directory: the proxy's own shortage, answered as a
+    full disk is (CacheWriteFailed: 503 UNAVAILABLE), never a traceback's OSError."""
+    digest = digest_of(DATA)
+    tmp, fd = write_temp(store, digest, DATA)
+    try:
+        # A file where the blob's directory goes: its commit cannot move it in.
+        (store.blobs_dir / "sha256").write_bytes(b"")
+        with pytest.raises(CacheWriteFailed, match="storing the blob failed"):
+            store.commit(tmp, fd, digest)
+    finally:
+        os.close(fd)
+    # A file where the temp directory was: no temp file can be made.
+    store.tmp_dir.rename(tmp_path / "elsewhere")
+    store.tmp_dir.write_bytes(b"")
+    with pytest.raises(CacheWriteFailed, match="creating the blob's file failed"):
+        store.new_temp(digest)

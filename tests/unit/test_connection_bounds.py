@@ -102,6 +102,7 @@ class FakeGuard:
     """What a Gate asks of a connection's guard."""
 
     def __init__(self, idle: bool = True) -> None:
+        self.address = "127.0.0.1"
         self.over = False
         self.waiting = idle
         self.was_shed = False

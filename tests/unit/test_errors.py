@@ -46,6 +46,7 @@ BASES: dict[type[RegistryError], type[Exception] | None] = {
     errors.CredentialsUnavailable: ConnectionError,
     errors.DestinationRefused: ConnectionError,
     errors.CacheWriteFailed: OSError,
+    errors.FilesExhausted: OSError,
     errors.UpstreamBadContent: ValueError,
 }
 STANDARD = (ValueError, LookupError, OSError)

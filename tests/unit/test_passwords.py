@@ -66,7 +66,7 @@ async def test_one_address_gets_a_share_of_the_checks_not_all(
     with pytest.raises(TooManyRequests) as caught:
         await checks.check(b"guess-3", b"h", "10.0.0.66")
     assert caught.value.headers == {"Retry-After": "1"}
-    assert checks.refused == {"full": 0, "per_client": 1}
+    assert checks.refused == {"full": 0, "per_client": 1, "fair_share": 0}
     # The user's check is admitted, and is next on the thread: behind the one
     # stranger's check running, not behind the two waiting.
     user = asyncio.create_task(checks.check(b"right", b"h", "10.0.0.7"))
@@ -78,17 +78,48 @@ async def test_one_address_gets_a_share_of_the_checks_not_all(
     assert checks.pending == 0 and checks.pending_for("10.0.0.66") == 0
 
 
-async def test_all_checks_taken_is_answered_at_once(
+async def test_all_checks_taken_evenly_is_answered_at_once(
     held: tuple[PasswordChecks, HeldChecker],
 ) -> None:
+    """Nobody holds more than a newcomer would, plus one: nothing to take."""
     checks, checker = held
-    many = [asyncio.create_task(checks.check(b"x", b"h", f"10.0.0.{i // 3}")) for i in range(8)]
+    many = [asyncio.create_task(checks.check(b"x", b"h", f"10.0.0.{i}")) for i in range(8)]
     await until(lambda: checks.pending == 8, "eight checks")
     with pytest.raises(TooManyRequests):
         await checks.check(b"right", b"h", "10.0.0.99")
-    assert checks.refused["full"] == 1
+    assert checks.refused == {"full": 1, "per_client": 0, "fair_share": 0}
     checker.go.set()
     await asyncio.gather(*many)
+
+
+async def test_a_new_address_takes_the_newest_waiting_place_of_the_address_holding_most(
+    held: tuple[PasswordChecks, HeldChecker],
+) -> None:
+    """Every check taken by three strangers at their share (3, 3, 2): a new address
+    takes the place of the newest waiting check of one holding 3 (answered 429), and
+    waits its turn behind at most one check of each stranger; a stranger asking
+    again finds nothing it may take."""
+    checks, checker = held
+    strangers = [f"10.0.0.{i // 3}" for i in range(8)]
+    many = [
+        asyncio.create_task(checks.check(b"guess-%d" % i, b"h", a)) for i, a in enumerate(strangers)
+    ]
+    await until(lambda: checks.pending == 8, "eight checks")
+    user = asyncio.create_task(checks.check(b"right", b"h", "10.0.0.99"))
+    await until(lambda: checks.pending_for("10.0.0.99") == 1, "the user's check admitted")
+    assert checks.pending == 8 and checks.pending_for("10.0.0.0") == 2
+    with pytest.raises(TooManyRequests) as caught:
+        await many[2]  # 10.0.0.0's newest, waiting
+    assert caught.value.headers == {"Retry-After": "1"}
+    with pytest.raises(TooManyRequests):
+        await checks.check(b"guess-9", b"h", "10.0.0.2")
+    assert checks.refused == {"full": 1, "per_client": 0, "fair_share": 1}
+    checker.go.set()
+    assert await user
+    # Behind the check that was running and one waiting check of each stranger.
+    assert checker.started.index(b"right") == 1 + 3
+    await asyncio.gather(*many, return_exceptions=True)
+    assert checks.pending == 0
 
 
 async def test_a_check_that_gives_up_waiting_frees_its_place(
