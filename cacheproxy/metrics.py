@@ -7,7 +7,6 @@ serving path does no metrics work beyond the counters it already keeps.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from .blobs.inflight import Fills
 from .config.freshness import STALE_REASONS
+from .connections import Connections
 from .http.passwords import PasswordChecks
 from .lifecycle.keeper import Keeper
 from .manifests.tags import TagStats
@@ -22,10 +22,6 @@ from .peers.cluster import Cluster
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
 from .upstream.pool import UpstreamPool
-
-if TYPE_CHECKING:
-    # Only a type here: connections/ imports the HTTP layer, which imports this module.
-    from .connections import Connections
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

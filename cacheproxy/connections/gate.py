@@ -34,8 +34,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import TooManyRequests
-from ..http.keys import CLOSE_CONNECTION, CONNECTION_GONE
-from ..http.middleware import OPEN_PATHS, error_response
+from ..wire import CLOSE_CONNECTION, CONNECTION_GONE, OPEN_PATHS, error_response
 from .guard import Guard
 from .shares import Shares
 

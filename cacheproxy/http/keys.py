@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from ..blobs.inflight import Fills
@@ -20,6 +18,7 @@ from ..shared.writeback import WriteBack
 from ..store.readiness import Readiness
 from ..swarm.holdings import Holdings
 from ..upstream.pool import UpstreamPool
+from ..wire import CLOSE_CONNECTION, CONNECTION_GONE
 from .clientauth import ClientAuth
 
 BLOBS = web.AppKey("blobs", BlobService)
@@ -50,8 +49,5 @@ WRITEBACK = web.AppKey("writeback", WriteBack)
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
 SUBJECT = web.RequestKey("subject", str)
-# Done when the request's connection is lost (see connections.guard.Guard.gone).
-CONNECTION_GONE = web.RequestKey("connection_gone", asyncio.Future[None])
-# The answer closes its connection (a peer request without a valid signature: a
-# stranger gets no kept-alive connection to hold; connections.gate.mark).
-CLOSE_CONNECTION = web.RequestKey("close_connection", bool)
+# Keys about the request's connection, shared with connections/ (see wire.py).
+__all__ = ["CLOSE_CONNECTION", "CONNECTION_GONE"]

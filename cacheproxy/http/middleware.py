@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import logging
 
 from aiohttp import web
@@ -14,6 +13,7 @@ from aiohttp.web_request import BaseRequest
 
 from ..errors import BadRequest, FilesExhausted, NotFound, RegistryError, Unsupported
 from ..fairness import client_address
+from ..wire import OPEN_PATHS, error_response
 from .keys import CLIENT_AUTH, NAMESPACE, SUBJECT
 from .operator import OPERATOR, OPERATOR_PATHS
 
@@ -24,20 +24,6 @@ API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 # open what it needed, and a moment later it can.
 NO_FILES = (errno.EMFILE, errno.ENFILE)
 RETRY_AFTER = {"Retry-After": "1"}
-
-
-def error_response(err: RegistryError, head: bool = False) -> web.Response:
-    """The spec's ``{"errors": [...]}`` body with the error's status and headers."""
-    body = json.dumps(err.to_json()).encode()
-    headers = dict(err.headers)
-    if head:
-        headers["Content-Length"] = str(len(body))
-    return web.Response(
-        status=err.status,
-        body=None if head else body,
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 @web.middleware
@@ -127,7 +113,6 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
 # cluster view (/_cacheproxy/peers) have a rule of their own (http/operator.py),
 # whatever anonymous pulls are allowed: they name upstreams, ECR account IDs and
 # members. Everything else needs a login when anonymous access is off.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 PEER_PATHS = "/_cacheproxy/peer/"
 
 
