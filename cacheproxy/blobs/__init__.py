@@ -18,7 +18,8 @@ relay.py     a body streamed through uncached, verified as it passes
 
 The fill machinery (one download into the cache, fed by the links after the fills):
 
-admission.py the gate's fill slots, shared fairly between clients; the disk budget
+admission.py the gate's fill slots, shared fairly between clients
+disk.py      the disk budget: min_free, and the cache's limit counting running fills
 fill.py      one download, verified before anything is kept; its readers' side
 fillstate.py its options, state, counters, and the lease it holds while it runs
 fillbody.py  a reader of a fill: tailing the temp file as it lands

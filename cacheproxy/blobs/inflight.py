@@ -23,7 +23,8 @@ from ..errors import BlobUnknown, RegistryError
 from ..sizes import DiskSpace
 from ..store.files import BlobStore
 from ..upstream.client import Upstream
-from .admission import DiskBudget, FillGate, FillLimits, Slot
+from .admission import FillGate, FillLimits, Slot
+from .disk import DiskBudget
 from .fill import Fill
 from .fillbody import FillBody
 from .fillstate import FillOptions, FillState, FillStats
@@ -93,7 +94,7 @@ class Fills:
         self._events: FillEvents = events if events is not None else _Unheard()
         # Upstreams never share a fill: a slow or refusing registry named by one
         # request must not hold up or fail another's.
-        self._fills: dict[Key, Fill] = {}
+        self._fills: dict[Key, _Lease] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def running(self, want: Want, peer_fed_too: bool = True) -> Fill | None:
@@ -102,14 +103,24 @@ class Fills:
         key, upstream = str(want.digest), want.upstream.name
         direct = self._fills.get((key, upstream, False))
         if direct is not None or not peer_fed_too:
-            return direct
-        return self._fills.get((key, upstream, True))
+            return direct.fill if direct is not None else None
+        fed = self._fills.get((key, upstream, True))
+        return fed.fill if fed is not None else None
+
+    def named(self, want: Want) -> None:
+        """A peer named ``want``'s digest (a holder list, a piece request): it reads
+        the running fill piece by piece, nobody reading it in between, so the fill
+        keeps its slot for the gate's grace from now (it is not abandoned)."""
+        for peer_fed in (False, True):
+            lease = self._fills.get((str(want.digest), want.upstream.name, peer_fed))
+            if lease is not None:
+                lease.named()
 
     def held_elsewhere(self, want: Want) -> bool:
         """Whether a fill of ``want``'s digest runs under another (upstream, repository)."""
         pair = (want.upstream.name, want.repo)
         digest = str(want.digest)
-        return any(k[0] == digest and f.pair != pair for k, f in self._fills.items())
+        return any(k[0] == digest and v.fill.pair != pair for k, v in self._fills.items())
 
     def start(self, want: Want, feed: Feed, slot: Slot) -> Fill | None:
         """A new fill of ``want`` fed by ``feed``; None when the blob is complete.
@@ -122,7 +133,7 @@ class Fills:
             return None
         key = (str(want.digest), want.upstream.name, feed.origin == "peer")
         lease = _Lease(self, want, key, slot)
-        self._fills[key] = lease.fill
+        self._fills[key] = lease
         # The upstream stays open while its fill reads bodies from it.
         want.upstream.pins += 1
         task = asyncio.create_task(self._run(lease, feed, want.upstream), name=f"fill {key[0]}")
@@ -140,8 +151,8 @@ class Fills:
         if fill.error is not None:
             self._events.failed(fill)
 
-    def _forget(self, key: Key, fill: Fill) -> None:
-        if self._fills.get(key) is fill:
+    def _forget(self, key: Key, lease: _Lease) -> None:
+        if self._fills.get(key) is lease:
             del self._fills[key]
 
     @property
@@ -149,7 +160,8 @@ class Fills:
         return len(self._fills)
 
     def temp_paths(self) -> list[Path]:
-        return [f.tmp_path for f in self._fills.values() if f.tmp_path is not None]
+        paths = (lease.fill.tmp_path for lease in self._fills.values())
+        return [path for path in paths if path is not None]
 
     async def close(self) -> None:
         """Cancel every fill (shutdown); their temp files are removed. The slots they
@@ -201,6 +213,9 @@ class _Lease:
         except Exception:  # a link not written costs a confirmation later, not the blob
             log.exception("recording %s", self.fill.digest)
 
+    def named(self) -> None:
+        self._fills.gate.named(self._slot)
+
     async def kept(self) -> None:
         try:
             await self._fills._events.committed(self.fill)
@@ -209,7 +224,7 @@ class _Lease:
 
     def _preempt(self) -> None:
         # Out of the registry first: nobody joins a fill that is going.
-        self._fills._forget(self._key, self.fill)
+        self._fills._forget(self._key, self)
         self.fill.stop()
 
     def end(self) -> None:
@@ -217,7 +232,7 @@ class _Lease:
         if self._reserved is not None:
             self._fills.budget.release(*self._reserved)
         self._fills.gate.leave(self._slot)
-        self._fills._forget(self._key, self.fill)
+        self._fills._forget(self._key, self)
 
 
 class InFlight:

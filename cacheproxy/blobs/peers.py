@@ -45,7 +45,8 @@ class PeerFeed:
         self._cluster = cluster
         self._candidates = list(candidates)
         self._fallback = fallback
-        self._query = {"upstream": want.upstream.name, "repo": want.repo}
+        # ``node``: who asks, under the signature (the owner bounds each node's fills).
+        self._query = {"upstream": want.upstream.name, "repo": want.repo, "node": cluster.self_url}
         self._path = f"/blobs/{want.digest}"
         self._current: str | None = None
         self._last: aiohttp.ClientResponse | None = None

@@ -29,7 +29,8 @@ from .segments import Span
 @dataclass(frozen=True, slots=True)
 class Want:
     """A digest asked for under an upstream's repository (by ``requester``: a client's
-    name or address, which bounds what one client may start; "" for a peer node)."""
+    name or address, or a peer node's name, which bounds what each may start; "" for
+    the node's own work, a prefetch)."""
 
     upstream: Upstream
     repo: str

@@ -124,12 +124,12 @@ class Config:
         shown="every region the installed botocore knows for ECR",
     )
     # The slots are shared fairly between clients (blobs/admission.py).
-    max_fills: int = setting(128, "blob downloads running at once")
+    max_fills: int = setting(128, "blob downloads running at once (an eighth kept for newcomers)")
     max_queued_fills: int = setting(
         512, "blob downloads waiting for a slot (beyond: TOOMANYREQUESTS)"
     )
     max_fills_per_client: int = setting(
-        32, "blob downloads running or waiting for one client (a login, or an address)"
+        32, "blob downloads running or waiting for one client (a login, an address, a peer node)"
     )
     # Object stores and CDNs throttle each connection; see benchmarks/segments.py.
     upstream_segments: int = setting(

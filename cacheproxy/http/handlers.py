@@ -204,10 +204,23 @@ def requester_of(request: web.Request) -> str:
     return f"address {client_address(request.remote)}"
 
 
+#: Characters of a peer node's name kept for its share (a node's URL is far shorter).
+MAX_PEER_NAME = 512
+
+
+def peer_requester_of(request: web.Request) -> str:
+    """Who starts the downloads a peer node's request needs: that node, by the URL it
+    names itself with in the query (``node``, covered by the request's signature),
+    else its address (a node that does not say). Each node is bounded like a client:
+    strangers asking through several nodes cannot take every slot of a blob's owner."""
+    node = request.query.get("node", "")[:MAX_PEER_NAME]
+    return f"peer {node or client_address(request.remote)}"
+
+
 async def send_blob(
     request: web.Request, blobs: BlobService, up: Upstream, route: Route, requester: str = ""
 ) -> web.StreamResponse:
-    """A blob, with ranges (for a client; for a peer node, ``requester`` is "").
+    """A blob, with ranges, for ``requester`` (a client, or a peer node).
 
     Given up as soon as the caller's connection is lost, wherever it waits (for a
     fill slot, for a fill's next bytes): a caller that hung up then holds no slot,

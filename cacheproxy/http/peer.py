@@ -61,7 +61,8 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
     if kind == "blobs":
         parse_digest(reference)
         route = Route("blob", repo, reference)
-        return await handlers.send_blob(request, request.app[PEER_BLOBS], up, route)
+        requester = handlers.peer_requester_of(request)
+        return await handlers.send_blob(request, request.app[PEER_BLOBS], up, route, requester)
     if kind == "pieces":
         return await swarm.pieces(request, up, repo, reference)
     if kind == "holding":

@@ -54,6 +54,8 @@ async def pieces(
     first = wanted.first if wanted is not None and wanted.first is not None else 0
     # The pair's rule before anything tells what is here (held, busy or not).
     await holdings.vouch(want)
+    # A swarm reads a fill here piece by piece: asking keeps it from being abandoned.
+    holdings.asked(want)
     if not holdings.offers(want, first):
         raise BlobUnknown("this node neither holds nor is receiving that range")
     length = (
@@ -102,7 +104,9 @@ async def holding(
         report = HolderReport.parse(node, query.get("have", ""), query.get("coming", ""), size)
     except ValueError as exc:
         raise BadRequest(f"have/coming: {exc}") from None
-    known, named = await holdings.holding(Want(up, repo, digest), report, size)
+    # The fill it may start here is that node's, bounded like a client's.
+    want = Want(up, repo, digest, handlers.peer_requester_of(request))
+    known, named = await holdings.holding(want, report, size)
     body = encode_list(known, named)
     fields = [str(digest), hashlib.sha256(body).hexdigest()]
     headers = {ANSWER_HEADER: cluster.sign_answer(signature, fields)}

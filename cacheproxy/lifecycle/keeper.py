@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ..blobs.admission import DiskBudget
+from ..blobs.disk import DiskBudget
 from ..store.files import BlobStore
 from ..store.index import Index
 from ..store.usage import UsageLog

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..accounting import Accounting
-from ..blobs.admission import DiskBudget, FillLimits
+from ..blobs.admission import FillLimits
+from ..blobs.disk import DiskBudget
 from ..blobs.fill import Fill
 from ..blobs.fillstate import FillOptions
 from ..blobs.inflight import Fills

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from ..blobs.admission import DiskBudget
+from ..blobs.disk import DiskBudget
 from ..config import Config
 from ..lifecycle.keeper import Keeper, Upkeep
 from ..lifecycle.plan import Rules

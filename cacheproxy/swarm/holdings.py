@@ -97,6 +97,11 @@ class Holdings:
             self._own.popitem(last=False)
         return fill.size, report
 
+    def asked(self, want: Want) -> None:
+        """A peer asked for ``want`` (a holder list, a piece): a fill of it here keeps
+        its slot for the gate's grace from now, as if a reader had just left."""
+        self._fills.named(want)
+
     def offers(self, want: Want, start: int) -> bool:
         """Whether byte ``start`` of the blob is here or on its way."""
         if self._store.exists(want.digest):
@@ -125,7 +130,9 @@ class Holdings:
         elif not confirmed and (own is None or own[0] is None):
             # Nothing fetched under the pair, nothing held: the upstream confirms it.
             await self._links.vouch(want.upstream, want.repo, want.digest, "blob", True)
-        # Only a node the pair's rule let through is named to others.
+        # Only a node the pair's rule let through is named to others; its fill here
+        # (read piece by piece, nobody reading it in between) keeps its slot.
+        self.asked(want)
         key = list_key(want.upstream.name, str(want.digest))
         self.lists.report(key, report)
         known, mine = own if own is not None else (size, HolderReport(self.node))

@@ -602,16 +602,20 @@ async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
     stall = upstreams.public.set_fault(
         Fault(match=other.layers[0].digest, kind="stall", offset=1000)
     )
+    # The holder is a client of its own: one that runs the only slot while another
+    # waits may not ask for more (its share shrinks).
+    elsewhere = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config, max_fills=1) as proxy,
         aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=elsewhere) as other_client,
     ):
         manifest = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/manifests/lax"
         async with http.get(manifest, headers=ACCEPT) as resp:
             assert resp.status == 200, await resp.text()
         base = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs"
         # The one slot is taken by a stalled fill.
-        holder = asyncio.create_task(http.get(f"{base}/{other.layers[0].digest}"))
+        holder = asyncio.create_task(other_client.get(f"{base}/{other.layers[0].digest}"))
         async with asyncio.timeout(20):
             while proxy.fills.active < 1:
                 await asyncio.sleep(0.01)

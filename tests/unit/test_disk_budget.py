@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheproxy.blobs.admission import DiskBudget
+from cacheproxy.blobs.disk import DiskBudget
 from cacheproxy.config import Config, ConfigError, load_config
 from cacheproxy.sizes import DiskSpace, largest_size
 

@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from cacheproxy.blobs.admission import DiskBudget
+from cacheproxy.blobs.disk import DiskBudget
 from cacheproxy.blobs.fill import Fill
 from cacheproxy.blobs.fillstate import FillState
 from cacheproxy.blobs.inflight import Fills

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ...blobs.admission import DiskBudget
+from ...blobs.disk import DiskBudget
 from ...config import Config
 from ...links import reach_sync
 from ...oci import (
