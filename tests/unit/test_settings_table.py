@@ -119,6 +119,7 @@ KNOWN_FLAGS = {
     "report": "--config --cache-dir --upstream --pricing-file --since --until --top --json --csv",
     "peers": "--config --url --key --json",
     "client-config": "--config --upstream --mirror --out",
+    "node": "--config --upstream --runtime --root --mirror --dry-run --with --binary --skip",
     "gc": "--config --cache-dir --upstream --dry-run --shared",
     "ls": "--config --cache-dir --upstream --json",
     "verify": "--config --cache-dir --upstream",
@@ -127,7 +128,12 @@ KNOWN_FLAGS = {
     "import": "--config --cache-dir --upstream",
 }
 # What each subcommand needs besides its flags to parse.
-POSITIONAL = {"client-config": ["docker"], "export": ["-o", "/b.tar"], "import": ["/b.tar"]}
+POSITIONAL = {
+    "client-config": ["docker"],
+    "node": ["check", "--runtime", "containerd"],
+    "export": ["-o", "/b.tar"],
+    "import": ["/b.tar"],
+}
 
 
 def sample(s: Setting) -> Any:
