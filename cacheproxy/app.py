@@ -46,6 +46,7 @@ from .runtime.serving import ServingRuntime, open_serving
 from .savings.collector import SavingsCollector
 from .savings.prices import load_pricing
 from .savings.service import Savings
+from .telemetry import TelemetryCollector
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def _measure(app: web.Application, rt: ServingRuntime, savings: Savings) -> None
     metrics = app[METRICS] = Metrics(rt.fills, rt.upstreams)
     cluster = rt.cluster.cluster if rt.cluster is not None else None
     metrics.registry.register(CacheCollector(rt.fills, rt.keeper, cluster))
+    metrics.registry.register(TelemetryCollector(rt.keeper, rt.upstreams))
     if CONNECTIONS in app:
         metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
     metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))

@@ -19,6 +19,7 @@ from .lifecycle.keeper import Keeper
 from .peers.cluster import Cluster
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
+from .telemetry import FirstByte
 from .upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
@@ -314,6 +315,7 @@ class Metrics:
     def __init__(self, fills: Fills, upstreams: UpstreamPool) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProxyCollector(fills, upstreams))
+        self.first_byte = FirstByte(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
+from ..accounting import Kind, Origin
 from ..blobs.service import BlobService, Delivery
 from ..blobs.source import Want
 from ..conditional import Outcome, Preconditions, digest_tag, range_applies
@@ -35,6 +37,7 @@ from .keys import (
     METRICS,
     NAMESPACE,
     READINESS,
+    STARTED,
     SUBJECT,
     TAG_LISTS,
     UPSTREAMS,
@@ -75,7 +78,15 @@ def route_request(request: web.Request, route: Route) -> tuple[Route, Upstream]:
     return Route(route.kind, name, route.reference), up
 
 
+def first_byte(request: web.Request, kind: Kind, source: Origin) -> None:
+    """A client's answer is about to send its first byte (peers' are not timed)."""
+    started = request.get(STARTED)
+    if started is not None:
+        request.app[METRICS].first_byte.observe(kind, source, time.monotonic() - started)
+
+
 async def v2(request: web.Request) -> web.StreamResponse:
+    request[STARTED] = time.monotonic()
     route = parse_path(request.path)
     if request.method not in READ_METHODS or route.kind == "upload":
         raise Unsupported(f"{request.method} is not supported by a pull-through cache")
@@ -126,6 +137,7 @@ async def send_manifest(
         # HEAD: the length of the body a GET would carry (RFC 9110 section 9.3.2).
         headers["Content-Length"] = str(answer.size)
         return web.Response(status=200, headers=headers)
+    first_byte(request, "manifest", answer.origin)
     return web.Response(status=200, body=answer.body, headers=headers)
 
 
@@ -258,6 +270,7 @@ async def _send_blob(
                 resp = web.StreamResponse(status=200, headers=blob_headers(str(digest)))
                 resp.enable_chunked_encoding()
                 await resp.prepare(request)
+                first_byte(request, "blob", body.origin)
                 return await _send(request, resp, body, 0, None, str(digest))
             # Ranges need the length: wait for the whole blob.
             size = await body.final_size()
@@ -267,6 +280,7 @@ async def _send_blob(
             resp.headers["Content-Range"] = content_range(start, end, size)
         resp.content_length = end - start + 1
         await resp.prepare(request)
+        first_byte(request, "blob", body.origin)
         return await _send(request, resp, body, start, end, str(digest))
 
 

@@ -48,5 +48,7 @@ WRITEBACK = web.AppKey("writeback", WriteBack)
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
 SUBJECT = web.RequestKey("subject", str)
+# When a client's registry request came in (the first-byte histogram's start).
+STARTED = web.RequestKey("started", float)
 # Done when the request's connection is lost (see connections.guard.Guard.gone).
 CONNECTION_GONE = web.RequestKey("connection_gone", asyncio.Future[None])
