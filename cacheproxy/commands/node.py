@@ -63,6 +63,7 @@ def run(
 
 
 def check(node: Node, parts: Sequence[Wiring], skip: set[str]) -> int:
+    """Print every check's line (but those skipped); 1 if any failed."""
     results = [c for part in parts for c in part.checks(node)]
     results.append(mirror_check(node.mirror))
     failed = 0
@@ -75,6 +76,7 @@ def check(node: Node, parts: Sequence[Wiring], skip: set[str]) -> int:
 
 
 def install(node: Node, parts: Sequence[Wiring], dry_run: bool) -> int:
+    """Merge and write every part's files (or print the diff), then what to do next."""
     # Every file is built before any is written: a file that cannot be merged
     # stops the install with nothing changed.
     plans = []
@@ -96,6 +98,7 @@ def install(node: Node, parts: Sequence[Wiring], dry_run: bool) -> int:
 
 
 def uninstall(node: Node, parts: Sequence[Wiring]) -> int:
+    """Undo what install wrote in every part's directories."""
     for part in parts:
         for directory in part.directories(node):
             said = Installed(directory, part.name).remove()
