@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import sys
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -466,42 +465,3 @@ def test_node_files_from_the_configmap_config(
     assert all(
         doc["host"] == {mirror: {"capabilities": ["pull", "resolve"]}} for doc in hosts.values()
     )
-
-
-def test_node_init_containers_wire_a_node_from_the_configmap_config(
-    manifests: dict[tuple[str, str], dict[str, Any]],
-    pod_config: Config,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """The DaemonSet's node-check and node-install, as the pod runs them (its args,
-    its environment, the ConfigMap's config), on a scratch node."""
-    daemonset = only(manifests, "DaemonSet")
-    inits = {c["name"]: c for c in daemonset["spec"]["template"]["spec"]["initContainers"]}
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(only(manifests, "ConfigMap")["data"]["config.toml"])
-    root = tmp_path / "host"
-    (root / "etc" / "containerd").mkdir(parents=True)
-    (root / "etc" / "containerd" / "config.toml").write_text(
-        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
-        'config_path = "/etc/containerd/certs.d"\n'
-    )
-
-    def run(container: dict[str, Any], *more: str) -> int:
-        for item in container["env"]:
-            value = str(config_file) if item["name"] == "CACHEPROXY_CONFIG" else item["value"]
-            monkeypatch.setenv(item["name"], value)
-        args = [str(root) if a == "/host" else a for a in container["args"]]
-        return cli.main([*args, *more])
-
-    binary = shutil.which("containerd")
-    assert binary is not None
-    assert run(inits["node-check"], "--binary", binary) == 0, capsys.readouterr().out
-    assert run(inits["node-install"]) == 0
-    certs = root / "etc" / "containerd" / "certs.d"
-    hosts = {p.parent.name: tomllib.loads(p.read_text()) for p in certs.glob("*/hosts.toml")}
-    ecr = next(u.name for u in pod_config.upstreams if u.ecr)
-    assert set(hosts) == {*pod_config.presets, ecr, "_default"}
-    mirror = f"http://127.0.0.1:{pod_config.port}"
-    assert all(list(doc["host"]) == [mirror] for doc in hosts.values())
