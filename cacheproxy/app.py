@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Config
 from .connections import CONNECTIONS, mark
-from .http import admin, dashboard, handlers, peer
+from .http import admin, dashboard, handlers, peer, probes
 from .http.clientauth import ClientAuth
 from .http.keys import (
     BLOBS,
@@ -48,6 +48,7 @@ from .runtime.serving import ServingRuntime, open_serving
 from .savings.collector import SavingsCollector
 from .savings.prices import load_pricing
 from .savings.service import Savings
+from .telemetry import TelemetryCollector
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ def build_app(
     app[OPERATOR] = OperatorAccess.from_config(config)
     app.on_cleanup.append(_close_client_auth)
     app.cleanup_ctx.append(_runtime_ctx(config, upstream_clock))
-    app.router.add_get("/metrics", handlers.metrics)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", probes.metrics)
+    app.router.add_get("/healthz", probes.healthz)
+    app.router.add_get("/readyz", probes.readyz)
     app.router.add_get("/dashboard", dashboard.page)
     app.router.add_get("/dashboard/data", dashboard.data)
     app.router.add_get(PEER_PREFIX + "/{tail:.*}", peer.peer_request)
@@ -143,6 +144,7 @@ def _measure(app: web.Application, rt: ServingRuntime, savings: Savings) -> None
     cluster = rt.cluster.cluster if rt.cluster is not None else None
     metrics.registry.register(CacheCollector(rt.fills, rt.keeper, cluster))
     metrics.registry.register(TagCollector(rt.tag_stats))
+    metrics.registry.register(TelemetryCollector(rt.keeper, rt.upstreams))
     if CONNECTIONS in app:
         metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
     metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))

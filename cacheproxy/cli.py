@@ -23,6 +23,7 @@ _COMMANDS = {
     "peers": "show a running node's cluster view",
     "refresh": "have a running node ask the upstream what tags name now",
     "client-config": "node settings pointing a runtime at the proxy",
+    "node": "check, install or uninstall the runtime's mirror settings on this node",
     "gc": "apply the lifecycle rules to the cache",
     "ls": "list cached repositories, tags, digests and sizes",
     "verify": "hash every cached blob; remove any that is wrong",
@@ -96,6 +97,8 @@ def _own_arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("runtime", choices=["containerd", "cri-o", "docker"])
         p.add_argument("--mirror", help="the proxy's URL from the node (default: local listen)")
         p.add_argument("--out", type=Path, help="write the files under this directory")
+    elif command == "node":
+        _node_arguments(p)
     elif command == "gc":
         p.add_argument("--dry-run", action="store_true", dest="dry_run", help="only print the plan")
         p.add_argument(
@@ -124,6 +127,29 @@ def _no_referrers(p: argparse.ArgumentParser) -> None:
         action="store_false",
         dest="referrers",
         help="leave out each image's referrers and signatures (taken by default)",
+    )
+
+
+def _node_arguments(p: argparse.ArgumentParser) -> None:
+    from .commands.node import ACTIONS
+    from .node import RUNTIMES, SNAPSHOTTERS
+
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("--runtime", required=True, choices=list(RUNTIMES))
+    p.add_argument(
+        "--root", type=Path, default=Path("/"), help="the host's / (an init container's mount)"
+    )
+    p.add_argument("--mirror", help="the proxy's URL from the node (default: local listen)")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run", help="print the diff")
+    p.add_argument(
+        "--with",
+        dest="with_",
+        default="",
+        help=f"also the snapshotters' own mirror sections: {','.join(SNAPSHOTTERS)}",
+    )
+    p.add_argument("--binary", type=Path, help="the runtime's binary (default: looked for)")
+    p.add_argument(
+        "--skip", action="append", default=[], help="a check not to run (repeatable): mirror"
     )
 
 
@@ -211,4 +237,18 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         from .commands import client_config
 
         return client_config.run(config, args.runtime, args.mirror, args.out)
+    elif command == "node":
+        from .commands import node
+
+        return node.run(
+            config,
+            args.action,
+            args.runtime,
+            args.root,
+            args.mirror,
+            dry_run=args.dry_run,
+            with_=[w for w in args.with_.split(",") if w],
+            binary=args.binary,
+            skip=args.skip,
+        )
     return 0

@@ -21,6 +21,7 @@ from .manifests.tags import TagStats
 from .peers.cluster import Cluster
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
+from .telemetry import FirstByte
 from .upstream.pool import UpstreamPool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -347,6 +348,7 @@ class Metrics:
     def __init__(self, fills: Fills, upstreams: UpstreamPool) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProxyCollector(fills, upstreams))
+        self.first_byte = FirstByte(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,6 +32,9 @@ class UpstreamFeed:
         self._want = want
         self.lanes = lanes
         self._storage: str | None = None
+        # Once the upstream answered, the transfer is running: later ranges (a
+        # resume, another segment) keep the retries; the first one fails fast.
+        self._running = False
 
     async def open(self, start: int, end: int | None = None) -> aiohttp.ClientResponse:
         want = self._want
@@ -47,8 +50,10 @@ class UpstreamFeed:
             scope=pull_scope(want.repo),
             headers=headers,
             blob=True,
+            running=self._running,
         )
         if resp.status in (200, 206):
+            self._running = True
             if resp.url.origin() != URL(want.upstream.url).origin():
                 # Redirected elsewhere: the signed URL serves the other ranges.
                 self._storage = str(resp.url)

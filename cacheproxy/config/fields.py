@@ -25,7 +25,7 @@ SERVE = ("serve",)
 # The commands that open the cache directory.
 CACHE_COMMANDS = ("serve", "report", "gc", "ls", "verify", "prefetch", "export", "import")
 # The commands that reach upstreams (every one but peers, which asks a running node).
-UPSTREAM_COMMANDS = (*CACHE_COMMANDS, "client-config")
+UPSTREAM_COMMANDS = (*CACHE_COMMANDS, "client-config", "node")
 COMMANDS = (*UPSTREAM_COMMANDS, "peers", "refresh")
 
 T = TypeVar("T")

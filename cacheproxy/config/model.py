@@ -106,6 +106,12 @@ class Config:
     max_blob_size: str = setting("64GiB", 'the largest blob a fill takes ("0": no limit)')
     upstream_retries: int = setting(3, "retries of an upstream 5xx, 429 or connection failure")
     upstream_retry_budget: float = setting(10.0, "seconds those retries may take in all")
+    # A request that starts a transfer (a manifest, a blob nobody is fetching) and
+    # cannot connect is answered UNAVAILABLE then, unretried, and the node's runtime
+    # moves on to the registry; a transfer already running keeps upstream_retries.
+    upstream_fail_fast: float = setting(
+        2.0, "seconds a new request may take to connect to an upstream (0: retry as the rest)"
+    )
     upstream_connections: int = setting(64, "concurrent connections to one upstream")
     max_dynamic_upstreams: int = setting(
         32, "registries the ecr preset admits, kept at once (those not in use go first)"

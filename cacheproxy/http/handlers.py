@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
+from ..accounting import Kind, Origin
 from ..blobs.service import BlobService, Delivery
 from ..blobs.source import Want
 from ..conditional import Outcome, Preconditions, digest_tag, range_applies
@@ -21,11 +23,11 @@ from ..errors import DigestInvalid, NotFound, PreconditionFailed, RegistryError,
 from ..fairness import client_address
 from ..manifests.listing import NextPage
 from ..manifests.service import Manifest, ManifestService
-from ..metrics import CONTENT_TYPE
-from ..oci import OCI_INDEX, Route, parse_digest, parse_path, split_host, validate_name
+from ..oci import Route, parse_digest, parse_path, split_host, validate_name
 from ..ranges import ByteRange, content_range, parse_range
 from ..registries import DOCKER_HUB, clean_host
 from ..upstream.client import Upstream
+from . import lists
 from .clientauth import ANONYMOUS
 from .keys import (
     BLOBS,
@@ -34,10 +36,8 @@ from .keys import (
     MANIFESTS,
     METRICS,
     NAMESPACE,
-    READINESS,
-    REFERRERS,
+    STARTED,
     SUBJECT,
-    TAG_LISTS,
     UPSTREAMS,
 )
 from .sink import ResponseSink
@@ -78,7 +78,15 @@ def route_request(request: web.Request, route: Route) -> tuple[Route, Upstream]:
     return Route(route.kind, name, route.reference), up
 
 
+def first_byte(request: web.Request, kind: Kind, source: Origin) -> None:
+    """A client's answer is about to send its first byte (peers' are not timed)."""
+    started = request.get(STARTED)
+    if started is not None:
+        request.app[METRICS].first_byte.observe(kind, source, time.monotonic() - started)
+
+
 async def v2(request: web.Request) -> web.StreamResponse:
+    request[STARTED] = time.monotonic()
     route = parse_path(request.path)
     if request.method not in READ_METHODS or route.kind == "upload":
         raise Unsupported(f"{request.method} is not supported by a pull-through cache")
@@ -95,8 +103,8 @@ async def v2(request: web.Request) -> web.StreamResponse:
     ns = request.query.get("ns")
     if route.kind == "referrers":
         named = NextPage(path_name, ns, f"referrers/{route.reference}")
-        return await referrers(request, up, route, named)
-    return await tags(request, up, route, NextPage(path_name, ns))
+        return await lists.referrers(request, up, route, named)
+    return await lists.tags(request, up, route, NextPage(path_name, ns))
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
@@ -133,6 +141,7 @@ async def send_manifest(
         # HEAD: the length of the body a GET would carry (RFC 9110 section 9.3.2).
         headers["Content-Length"] = str(answer.size)
         return web.Response(status=200, headers=headers)
+    first_byte(request, "manifest", answer.origin)
     return web.Response(status=200, body=answer.body, headers=headers)
 
 
@@ -284,6 +293,7 @@ async def _send_blob(
                 resp = web.StreamResponse(status=200, headers=blob_headers(str(digest)))
                 resp.enable_chunked_encoding()
                 await resp.prepare(request)
+                first_byte(request, "blob", body.origin)
                 return await _send(request, resp, body, 0, None, str(digest))
             # Ranges need the length: wait for the whole blob.
             size = await body.final_size()
@@ -293,6 +303,7 @@ async def _send_blob(
             resp.headers["Content-Range"] = content_range(start, end, size)
         resp.content_length = end - start + 1
         await resp.prepare(request)
+        first_byte(request, "blob", body.origin)
         return await _send(request, resp, body, start, end, str(digest))
 
 
@@ -362,48 +373,3 @@ async def _send(
         pass  # the client went away; a fill goes on without it
     # aiohttp finishes a returned response (write_eof), quietly if the client is gone.
     return resp
-
-
-async def tags(
-    request: web.Request, up: Upstream, route: Route, named: NextPage
-) -> web.StreamResponse:
-    """A page of tags; its ``Link`` names the registry as the request did (``named``)."""
-    page = await request.app[TAG_LISTS].page(up, route.name, dict(request.query), named)
-    headers = {"Link": page.link} if page.link else {}
-    return web.Response(body=page.body, content_type=page.content_type, headers=headers)
-
-
-async def referrers(
-    request: web.Request, up: Upstream, route: Route, named: NextPage
-) -> web.StreamResponse:
-    """A page of a manifest's referrers, as an image index (distribution-spec 1.1,
-    "Listing Referrers"); ``OCI-Filters-Applied`` says an artifactType filter was."""
-    subject = parse_digest(route.reference)
-    page = await request.app[REFERRERS].page(up, route.name, subject, request.query, named)
-    headers = {"Content-Type": OCI_INDEX}
-    if page.link:
-        headers["Link"] = page.link
-    if page.filtered:
-        headers["OCI-Filters-Applied"] = "artifactType"
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(len(page.body))
-        return web.Response(status=200, headers=headers)
-    return web.Response(body=page.body, headers=headers)
-
-
-async def metrics(request: web.Request) -> web.StreamResponse:
-    body = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-async def healthz(request: web.Request) -> web.StreamResponse:
-    """The process is alive and its loop answers."""
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready to serve: the cache directory is writable and the index answers."""
-    problems = await request.app[READINESS].problems()
-    if problems:
-        return web.json_response({"status": "unready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready"})

@@ -49,5 +49,7 @@ WRITEBACK = web.AppKey("writeback", WriteBack)
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
 SUBJECT = web.RequestKey("subject", str)
+# When a client's registry request came in (the first-byte histogram's start).
+STARTED = web.RequestKey("started", float)
 # Keys about the request's connection, shared with connections/ (see wire.py).
-__all__ = ["CLOSE_CONNECTION", "CONNECTION_GONE"]
+__all__ = ["CLOSE_CONNECTION", "CONNECTION_GONE", "STARTED"]

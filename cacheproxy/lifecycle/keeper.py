@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..blobs.disk import DiskBudget
+from ..sizes import DiskSpace
 from ..store.files import BlobStore
 from ..store.index import Index
 from ..store.usage import UsageLog
@@ -64,10 +65,24 @@ class Keeper:
         self._tasks: list[asyncio.Task[None]] = []
         self.evicted_blobs = 0
         self.evicted_bytes = 0
+        #: What the last eviction check saw (for /metrics): the disk, and the bytes
+        #: the cache held (known only where a size limit makes it count them).
+        self.last_space: DiskSpace | None = None
+        self.cache_bytes: int | None = None
         self.lock = asyncio.Lock()
+
+    @property
+    def limit(self) -> int | None:
+        """The bytes the cache may hold (max_size), None without a limit."""
+        return self._upkeep.limit
+
+    def min_free(self, total: int) -> int:
+        """The bytes min_free keeps free on a disk of ``total`` bytes."""
+        return self._budget.min_free(total)
 
     async def start(self) -> None:
         await asyncio.to_thread(reconcile, self._store, self._index)
+        self.last_space = await asyncio.to_thread(self._budget.space)
         # Always: min_free is kept whether the cache has a size limit or not.
         self._tasks.append(asyncio.create_task(self._evict_loop(), name="eviction"))
         rules = self._upkeep.rules
@@ -96,13 +111,14 @@ class Keeper:
         async with self.lock:
             # Read under the lock: a run that waited for another must see the space
             # that run freed, or both would evict for the same shortfall.
-            space = await asyncio.to_thread(self._budget.space)
+            space = self.last_space = await asyncio.to_thread(self._budget.space)
             short = self._budget.shortfall(space)
             if limit is None and not short:
                 return {}
             await self._usage.flush(self._index)
             state = await asyncio.to_thread(read_state, self._store, self._index)
-            room, target = self._room(sum(state.sizes.values()), short, space.total)
+            self.cache_bytes = sum(state.sizes.values())
+            room, target = self._room(self.cache_bytes, short, space.total)
             victims = plan_eviction(
                 state.snapshot,
                 state.sizes,
@@ -118,6 +134,7 @@ class Keeper:
             victims = {d: s for d, s in victims.items() if not self._usage.in_use.get(d)}
             if victims:
                 await asyncio.to_thread(delete, self._store, self._index, Plan(content=victims))
+                self.cache_bytes -= sum(victims.values())
                 self.evicted_blobs += len(victims)
                 self.evicted_bytes += sum(victims.values())
                 log.info(

@@ -22,14 +22,11 @@ from multidict import CIMultiDict
 from ..config import UpstreamConfig
 from ..errors import (
     CredentialsUnavailable,
-    Denied,
     DestinationRefused,
-    RegistryError,
-    TooManyRequests,
     Unauthorized,
-    UpstreamBadContent,
     UpstreamUnavailable,
 )
+from .answers import error_for_status, pull_scope, read_bounded, says_expired
 from .credentials import Credentials
 from .destinations import Destinations, GuardedResolver, RefusedAddress, same_origin
 from .egress import EgressDeny
@@ -49,6 +46,13 @@ USER_AGENT = "cacheproxy/0.1"
 class Timeouts:
     connect: float
     read: float
+    #: Seconds a request with no transfer running may spend reaching the upstream:
+    #: one connect, not retried (0: connect failures are retried like the rest).
+    fail_fast: float = 0.0
+
+
+class ConnectFailed(UpstreamUnavailable):
+    """No connection could be made: refused, no route, no such name, timed out."""
 
 
 class Upstream:
@@ -89,6 +93,9 @@ class Upstream:
         self.requests_sent = 0
         #: When (by ``clock``) a request last got a 2xx answer: the upstream is in use.
         self.last_success: float | None = None
+        #: Requests that found no connection, and answers that were 5xx.
+        self.unreachable = 0
+        self.server_errors = 0
         self._clock = clock
         self.tokens = TokenCache(clock)
         self._challenge: Challenge | None = None
@@ -102,6 +109,14 @@ class Upstream:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
+        # A node's runtime asks its registry itself only once the proxy answered:
+        # a request that starts nothing yet fails within fail_fast (spegel #551).
+        self._fresh: aiohttp.ClientTimeout | None = None
+        if timeouts.fail_fast > 0:
+            connect = min(timeouts.connect, timeouts.fail_fast)
+            self._fresh = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect, sock_read=timeouts.read
+            )
         self._blob_session = aiohttp.ClientSession(
             timeout=timeout,
             # Blobs are stored and verified byte for byte: never decode them.
@@ -153,10 +168,13 @@ class Upstream:
         scope: str,
         headers: Mapping[str, str] | None = None,
         blob: bool = False,
+        running: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send a request with auth, following redirects; the caller releases the response.
 
-        ``blob``: a blob body, on the connections kept for blobs.
+        ``blob``: a blob body, on the connections kept for blobs. ``running``: the
+        request continues a transfer already under way (a resume, another range);
+        any other request that cannot connect fails at once, within ``fail_fast``.
 
         Raises UpstreamUnavailable when the upstream cannot be reached and
         Unauthorized when it refuses the credentials; any other status is returned.
@@ -171,7 +189,7 @@ class Upstream:
         self._active += 1
         self._quiet.clear()
         try:
-            resp = await self._request(method, path, scope, headers, blob)
+            resp = await self._request(method, path, scope, headers, blob, running)
             if 200 <= resp.status < 300:
                 self.last_success = self._clock()
             return resp
@@ -181,22 +199,35 @@ class Upstream:
                 self._quiet.set()
 
     async def _request(
-        self, method: str, path: str, scope: str, headers: Mapping[str, str] | None, blob: bool
+        self,
+        method: str,
+        path: str,
+        scope: str,
+        headers: Mapping[str, str] | None,
+        blob: bool,
+        running: bool,
     ) -> aiohttp.ClientResponse:
         deadline = self._clock() + self._retry.budget
+        fresh = None if running else self._fresh
         attempt = 0
         while True:
             try:
                 async with self._slots if blob else self._control_slots:
                     session = self._blob_session if blob else self._session
-                    resp = await self._authorized(session, method, path, scope, headers)
+                    resp = await self._authorized(session, method, path, scope, headers, fresh)
             except (CredentialsUnavailable, DestinationRefused):
                 raise
+            except ConnectFailed:
+                delay = self._retry.delay(attempt, None)
+                if fresh or attempt >= self._retry.attempts or self._clock() + delay > deadline:
+                    raise
             except UpstreamUnavailable:
                 delay = self._retry.delay(attempt, None)
                 if attempt >= self._retry.attempts or self._clock() + delay > deadline:
                     raise
             else:
+                if resp.status >= 500:
+                    self.server_errors += 1
                 if resp.status not in RETRY_STATUSES:
                     return resp
                 delay = self._retry.delay(attempt, resp.headers.get("Retry-After"))
@@ -231,15 +262,17 @@ class Upstream:
         path: str,
         scope: str,
         headers: Mapping[str, str] | None,
+        fresh: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
         base_headers = CIMultiDict(headers or {})
         for _attempt in range(3):
             auth, sent_token, sent_basic = await self._auth_header(scope)
-            resp = await self._send(session, method, self.url + path, base_headers, auth)
+            url = self.url + path
+            resp = await self._send(session, method, url, base_headers, auth, fresh)
             limit = parse_rate_limit(resp.headers, self._clock())
             if limit is not None:
                 self.rate_limit = limit
-            if resp.status == 403 and sent_basic is not None and await _says_expired(resp):
+            if resp.status == 403 and sent_basic is not None and await says_expired(resp):
                 # ECR: "Your authorization token has expired".
                 resp.release()
                 assert self.credentials is not None
@@ -297,6 +330,7 @@ class Upstream:
         url: str,
         headers: CIMultiDict[str],
         auth: str | None,
+        fresh: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
         first = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -308,9 +342,14 @@ class Upstream:
                 send_headers["Authorization"] = auth
             self.requests_sent += 1
             try:
-                resp = await session.request(
-                    method, url, headers=send_headers, allow_redirects=False
-                )
+                if fresh is None:
+                    resp = await session.request(
+                        method, url, headers=send_headers, allow_redirects=False
+                    )
+                else:
+                    resp = await session.request(
+                        method, url, headers=send_headers, allow_redirects=False, timeout=fresh
+                    )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 if isinstance(exc, RefusedAddress) or isinstance(
                     getattr(exc, "os_error", None), RefusedAddress
@@ -318,6 +357,9 @@ class Upstream:
                     # The resolver refused every address of a name (logged there).
                     raise DestinationRefused() from exc
                 log.warning("upstream %s unreachable: %s", self.name, type(exc).__name__)
+                self.unreachable += 1
+                if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+                    raise ConnectFailed(f"upstream {self.name} unreachable") from exc
                 raise UpstreamUnavailable(f"upstream {self.name} unreachable") from exc
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
@@ -332,58 +374,11 @@ class Upstream:
         raise UpstreamUnavailable("upstream redirected too many times")
 
 
-def pull_scope(repo: str) -> str:
-    """The token scope for pulling from ``repo`` (distribution's token spec)."""
-    return f"repository:{repo}:pull"
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """A small body (a manifest, a tag list) read whole, at most ``limit`` bytes.
-
-    Raises UpstreamBadContent past the limit and UpstreamUnavailable on a break.
-    """
-    if resp.content_length is not None and resp.content_length > limit:
-        raise UpstreamBadContent("upstream answer exceeds the size limit")
-    try:
-        body = await resp.content.read(limit + 1)
-        while len(body) <= limit:
-            more = await resp.content.read(limit + 1 - len(body))
-            if not more:
-                break
-            body += more
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise UpstreamUnavailable("upstream broke off its answer") from exc
-    if len(body) > limit:
-        raise UpstreamBadContent("upstream answer exceeds the size limit")
-    return body
-
-
-async def _says_expired(resp: aiohttp.ClientResponse) -> bool:
-    try:
-        body = await resp.content.read(4096)
-    except (aiohttp.ClientError, TimeoutError):
-        return False
-    return b"expired" in body.lower()
-
-
-def error_for_status(resp: aiohttp.ClientResponse, not_found: type[RegistryError]) -> RegistryError:
-    """The OCI error a client should see for an upstream's non-success status."""
-    status = resp.status
-    if status == 404:
-        return not_found()
-    if status == 401:
-        return Unauthorized("upstream refused access")
-    if status == 403:
-        return Denied("upstream denied access")
-    if status == 429:
-        headers = {}
-        if "Retry-After" in resp.headers:
-            headers["Retry-After"] = resp.headers["Retry-After"]
-        return TooManyRequests("upstream rate limit reached", headers=headers)
-    err = UpstreamUnavailable(
-        f"upstream answered {status}"
-        if status >= 500
-        else f"upstream answered unexpected status {status}"
-    )
-    err.answered = status
-    return err
+__all__ = [
+    "ConnectFailed",
+    "Timeouts",
+    "Upstream",
+    "error_for_status",
+    "pull_scope",
+    "read_bounded",
+]

@@ -77,7 +77,9 @@ class UpstreamPool:
             if ECR_PRESET in config.presets
             else None
         )
-        self._timeouts = Timeouts(config.connect_timeout, config.read_timeout)
+        self._timeouts = Timeouts(
+            config.connect_timeout, config.read_timeout, config.upstream_fail_fast
+        )
         self._clock = clock
         self._fixed: dict[str, Upstream] = {}
         # The preset's registries, least recently used first, and who brought each in.

@@ -317,9 +317,14 @@ def test_daemonset_ports_and_network_agree_with_the_config(
     # Clients on the node's loopback only; peers and probes on the node's IP.
     assert pod_config.host == "127.0.0.1"
     assert pod_config.peer_listen == f"{NODE_IP}:{pod_config.peer_port}"
-    (port,) = container["ports"]
-    assert port["containerPort"] == pod_config.peer_port
-    assert port.get("hostPort", port["containerPort"]) == port["containerPort"]
+    ports = {p["name"]: p for p in container["ports"]}
+    assert set(ports) == {"peer", "metrics"}
+    assert ports["peer"]["containerPort"] == pod_config.peer_port
+    # Prometheus scrapes the metrics listener on the node's IP (the client
+    # listener answers /metrics on loopback only).
+    assert pod_config.metrics_listen == f"{NODE_IP}:{ports['metrics']['containerPort']}"
+    for port in ports.values():
+        assert port.get("hostPort", port["containerPort"]) == port["containerPort"]
     # It holds logins, so the same config on a network-wide listener is refused.
     assert exposure_problem(pod_config) is None
     wide = replace(pod_config, listen=f"0.0.0.0:{pod_config.port}")
@@ -353,7 +358,7 @@ def test_daemonset_cache_volume_user_and_shutdown(
     security = spec["securityContext"]
     assert security["runAsNonRoot"] is True
     assert (security["runAsUser"], security["runAsGroup"]) == (int(uid), int(gid))
-    (init,) = spec["initContainers"]
+    (init,) = [c for c in spec["initContainers"] if c["name"] == "cache-owner"]
     assert init["command"] == ["chown", f"{uid}:{gid}", str(pod_config.cache_dir)]
     assert init["volumeMounts"] == [
         {"name": volume["name"], "mountPath": str(pod_config.cache_dir)}

@@ -53,7 +53,7 @@ def scrape(proxies: list[RunningProxy]) -> Lines:
 def moved(before: Lines, after: Lines) -> Lines:
     """The series a request moved, and by how much (new series count from zero)."""
     keys = set(before) | set(after)
-    changed = [k for k in keys if after.get(k) != before.get(k)]
+    changed = [k for k in keys if after.get(k, 0.0) != before.get(k, 0.0)]
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in changed}
 
 

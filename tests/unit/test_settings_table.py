@@ -120,6 +120,7 @@ KNOWN_FLAGS = {
     "peers": "--config --url --key --json",
     "refresh": "--config --url",
     "client-config": "--config --upstream --mirror --out",
+    "node": "--config --upstream --runtime --root --mirror --dry-run --with --binary --skip",
     "gc": "--config --cache-dir --upstream --dry-run --shared",
     "ls": "--config --cache-dir --upstream --json",
     "verify": "--config --cache-dir --upstream",
@@ -130,6 +131,7 @@ KNOWN_FLAGS = {
 # What each subcommand needs besides its flags to parse.
 POSITIONAL = {
     "client-config": ["docker"],
+    "node": ["check", "--runtime", "containerd"],
     "export": ["-o", "/b.tar"],
     "import": ["/b.tar"],
     "refresh": ["docker.io/library/alpine:3"],
