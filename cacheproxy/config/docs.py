@@ -35,27 +35,34 @@ setting says so, a share of the disk (`80%`). Times are in seconds.
 A setting of the `[auth]`, `[metrics]` and `[lifecycle]` tables is written in its
 table (`[metrics]` then `listen = ...`); its environment name keeps the prefix
 (`CACHEPROXY_METRICS_LISTEN`).
+
+What the settings do together is in the topic's own page: upstreams and logins in
+[upstreams.md](upstreams.md), peers in [cluster.md](cluster.md), the shared tier in
+[shared.md](shared.md), access, TLS and every bound in [security.md](security.md),
+prices in [savings.md](savings.md), the cache's lifecycle and tag freshness in
+[operations.md](operations.md).
 """
 
 _SHARED = """## `[shared]`: the shared tier
 
 An S3 bucket (or an S3-compatible store) that many proxies read blobs and manifests
 from by digest. On when the file has a `[shared]` table or the environment sets
-`CACHEPROXY_SHARED_BUCKET`.
+`CACHEPROXY_SHARED_BUCKET`. How it works: [shared.md](shared.md).
 """
 
 _UPSTREAM = """## `[[upstream]]`: one registry each
 
 Read from the file only (`--upstream URL` stands for one table with just a url; a
 login written into that URL becomes the table's username and password). Without
-any, the presets serve.
+any, the presets serve. Examples, logins and ECR: [upstreams.md](upstreams.md).
 """
 
 _ACCESS = """## `[[access]]`: who may pull what
 
 For the clients matching `subjects`, `deny` beats `allow`. Patterns are fnmatch
 globs over client names (htpasswd user, token name, or `anonymous`) and over
-`upstream/repository`. Read from the file only.
+`upstream/repository`. Read from the file only. With `[auth]`:
+[security.md](security.md#client-logins-and-rules).
 """
 
 
@@ -63,7 +70,9 @@ _FRESHNESS = """## `[[freshness]]`: how fresh a tag must be
 
 Per (upstream, repository, tag), first match wins; a tag no rule matches, and a key
 a rule leaves out, takes `tag_ttl` and `max_stale`, stale on 429, 5xx and offline.
-Durations are seconds or `30s`, `5m`, `2h`, `7d`. Read from the file only.
+Durations are seconds or `30s`, `5m`, `2h`, `7d`. Read from the file only. What a
+stale tag looks like, and refresh on demand:
+[operations.md](operations.md#tag-freshness-how-fresh-what-survives-a-404-and-refresh-on-demand).
 """
 
 

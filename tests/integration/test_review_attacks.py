@@ -1,6 +1,6 @@
 """Attacks from outside that still get through: each test is one, replayed against
-real proxies and the real registry, and asserts the answer the README's "Access
-control, TLS and limits" section promises (so each fails while the gap is open).
+real proxies and the real registry, and asserts the answer docs/security.md ("Access
+control, TLS and limits") promises (so each fails while the gap is open).
 
 Each stranger is a loopback address of its own (the proxy believes no
 X-Forwarded-For).
