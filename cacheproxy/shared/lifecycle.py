@@ -2,7 +2,7 @@
 multipart uploads that were started and never finished.
 
 Expiry goes by each object's last write (``LastModified``), as a bucket lifecycle
-rule does (README, "Shared tier"), so the proxy and the rule agree. It walks the
+rule does (docs/shared.md), so the proxy and the rule agree. It walks the
 listing a page at a time, so memory stays bounded whatever the bucket holds.
 """
 
