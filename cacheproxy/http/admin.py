@@ -16,9 +16,9 @@ import logging
 from aiohttp import web
 
 from ..errors import BadRequest, RegistryError
+from ..manifests.images import repository
 from ..oci import parse_ref
 from ..peers.cluster import Cluster
-from ..registries import DOCKER_HUB
 from ..store.index import TagKey
 from ..upstream.client import Upstream
 from .keys import CLUSTER, MANIFESTS, UPSTREAMS
@@ -51,7 +51,7 @@ async def _refresh_one(request: web.Request, text: str) -> dict[str, str]:
         if ":" in ref.reference:
             raise BadRequest("a digest names the same content forever: nothing to refresh")
         up = request.app[UPSTREAMS].get(ref.host)
-        name = f"library/{ref.name}" if up.name == DOCKER_HUB and "/" not in ref.name else ref.name
+        name = repository(up, ref.name)
         digest = await _refreshed(request, up, name, ref.reference)
     except (RegistryError, KeyError) as exc:
         message = exc.message if isinstance(exc, RegistryError) else "not an upstream here"

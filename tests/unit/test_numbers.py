@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheproxy.commands.airgap.prefetch import _blobs_of
+from cacheproxy.manifests.images import blobs_of
 from cacheproxy.numbers import is_digits, parse_digits
 from cacheproxy.oci import OCI_MANIFEST, parse_accept
 from cacheproxy.peers.signing import sign, verify
@@ -143,7 +143,7 @@ def test_a_manifests_blob_sizes_are_json_integers(size: object) -> None:
     body = json.dumps({"config": {"digest": "sha256:" + "cd" * 32, "size": 2}, "layers": [layer]})
     manifests = [("sha256:" + "ef" * 32, body.encode(), OCI_MANIFEST)]
     with pytest.raises(ValueError, match="blob size"):
-        _blobs_of(manifests)
+        blobs_of(manifests)
     layer["size"] = 42
     body = json.dumps({"config": {"digest": "sha256:" + "cd" * 32, "size": 2}, "layers": [layer]})
-    assert _blobs_of([("sha256:" + "ef" * 32, body.encode(), OCI_MANIFEST)])[layer["digest"]] == 42
+    assert blobs_of([("sha256:" + "ef" * 32, body.encode(), OCI_MANIFEST)])[layer["digest"]] == 42

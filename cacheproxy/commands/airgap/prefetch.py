@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -15,7 +14,8 @@ from typing import IO
 from ...blobs.source import Want
 from ...config import Config
 from ...errors import RegistryError
-from ...oci import INDEX_TYPES, ImageRef, parse_digest, parse_ref
+from ...manifests.images import blobs_of
+from ...oci import ImageRef, parse_digest, parse_ref
 from ...runtime import Runtime, open_runtime
 from .images import image_manifests, related_manifests
 
@@ -65,7 +65,7 @@ class _Fetch:
                 for digest, _, _ in list(manifests):
                     for related in await related_manifests(self.rt, up, name, digest):
                         manifests.extend(related.fetched())
-            blobs = _blobs_of(manifests)
+            blobs = blobs_of(manifests)
             self.progress.total += sum(blobs.values())
             await asyncio.gather(*(self.blob(ref.host, name, d, s) for d, s in blobs.items()))
             print(f"\r{ref.text}: {len(blobs)} blobs cached" + " " * 30, file=out)
@@ -92,29 +92,6 @@ class _Fetch:
             if not rt.store.exists(want.digest):
                 raise RegistryError(f"{digest} was not cached: the disk is nearly full")
             progress.blob_done(digest, size)
-
-
-def _blobs_of(manifests: Iterable[tuple[str, bytes, str]]) -> dict[str, int]:
-    """The config and layers (digest: size) the image manifests among ``manifests`` name."""
-    blobs: dict[str, int] = {}
-    for _, body, media_type in manifests:
-        if media_type in INDEX_TYPES:
-            continue
-        doc = json.loads(body)
-        for desc in [doc.get("config"), *doc.get("layers", [])]:
-            if isinstance(desc, dict):
-                blobs[desc["digest"]] = _size_of(desc)
-    return blobs
-
-
-def _size_of(desc: dict[str, object]) -> int:
-    """A descriptor's ``size``: a JSON integer, int64 (OCI image spec, "Descriptor").
-    ``int()`` would take a string ("1_0", "\u0663"), a float or true from the
-    upstream's manifest; none of them is a size."""
-    size = desc.get("size", 0)
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63:
-        raise ValueError(f"the manifest names a blob size that is not one: {str(size)[:20]!r}")
-    return size
 
 
 @dataclass
