@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Config
 from .connections import CONNECTIONS, mark
-from .http import admin, dashboard, handlers, peer, probes
+from .http import admin, dashboard, handlers, peer, preheat, probes
 from .http.clientauth import ClientAuth
 from .http.keys import (
     BLOBS,
@@ -28,6 +28,7 @@ from .http.keys import (
     REFERRERS,
     SAVINGS,
     SHARED,
+    STORE,
     TAG_LISTS,
     UPSTREAMS,
     WRITEBACK,
@@ -85,6 +86,7 @@ def build_app(
     app.router.add_get(PEER_PREFIX + "/{tail:.*}", peer.peer_request)
     app.router.add_get("/_cacheproxy/peers", peer.cluster_view)
     app.router.add_post("/_cacheproxy/refresh", admin.refresh)
+    app.router.add_post("/_cacheproxy/preheat", preheat.preheat)
     app.router.add_route("*", "/v2", handlers.v2)
     app.router.add_route("*", "/v2/{tail:.*}", handlers.v2)
     app.router.add_route("*", "/{tail:.*}", handlers.not_found)
@@ -127,6 +129,7 @@ def _share(app: web.Application, rt: ServingRuntime) -> None:
     app[FILLS] = rt.fills
     app[READINESS] = rt.storage.readiness
     app[KEEPER] = rt.keeper
+    app[STORE] = rt.storage.store
     if rt.cluster is not None:
         app[CLUSTER] = rt.cluster.cluster
         app[PEER_BLOBS] = rt.cluster.peers.blobs

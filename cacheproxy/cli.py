@@ -114,6 +114,15 @@ def _own_arguments(command: str, p: argparse.ArgumentParser) -> None:
         _no_referrers(p)
         if command == "prefetch":
             p.add_argument("--platform", help="os/arch[/variant] of an index (default: all)")
+            p.add_argument(
+                "--cluster",
+                action="store_true",
+                help="on a running cluster: each blob onto its owner and --copies more nodes",
+            )
+            p.add_argument(
+                "--copies", type=int, default=2, help="nodes besides the owner (--cluster)"
+            )
+            p.add_argument("--url", help="the node's URL (--cluster; default: from listen)")
         else:
             p.add_argument("-o", "--output", type=Path, required=True, help="bundle.tar")
     elif command == "import":
@@ -214,6 +223,12 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     elif command in ("prefetch", "export", "import"):
         from .commands import airgap
 
+        if command == "prefetch" and args.cluster:
+            from .commands import preheat
+
+            return preheat.run(
+                config, args.url, _images(args), args.copies, args.platform, args.referrers
+            )
         if command == "prefetch":
             failed = airgap.prefetch(config, _images(args), args.platform, referrers=args.referrers)
             return 1 if asyncio.run(failed) else 0

@@ -15,6 +15,7 @@ from ..peers.cluster import Cluster
 from ..savings.service import Savings
 from ..shared.tier import SharedTier
 from ..shared.writeback import WriteBack
+from ..store.files import BlobStore
 from ..store.readiness import Readiness
 from ..swarm.holdings import Holdings
 from ..upstream.pool import UpstreamPool
@@ -37,6 +38,8 @@ CLUSTER = web.AppKey("cluster", Cluster)
 HOLDINGS = web.AppKey("holdings", Holdings)
 PEER_PIECES = web.AppKey("peer_pieces", BlobService)
 KEEPER = web.AppKey("keeper", Keeper)
+# The blobs on this node's disk (what a preheat checks it kept).
+STORE = web.AppKey("store", BlobStore)
 READINESS = web.AppKey("readiness", Readiness)
 METRICS = web.AppKey("metrics", Metrics)
 CLIENT_AUTH = web.AppKey("client_auth", ClientAuth)

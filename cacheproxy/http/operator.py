@@ -31,7 +31,9 @@ from ..listeners import is_loopback, local_port, peer_address
 from .clientauth import ANONYMOUS, CHALLENGE, ClientAuth
 
 # The operator's views (the dashboard has its own rule: clientauth.check_viewer).
-OPERATOR_PATHS = frozenset({"/metrics", "/_cacheproxy/peers", "/_cacheproxy/refresh"})
+OPERATOR_PATHS = frozenset(
+    {"/metrics", "/_cacheproxy/peers", "/_cacheproxy/refresh", "/_cacheproxy/preheat"}
+)
 
 
 @dataclass(frozen=True, slots=True)

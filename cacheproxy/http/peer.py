@@ -7,7 +7,8 @@ peer's request is never forwarded to another peer, which keeps requests from loo
 A blob goes to a peer as it lands, its last byte not held back: the peer verifies
 the whole blob itself before it keeps or serves any of it. The swarm's endpoints,
 ``pieces`` and ``holding``, are in swarm.py. ``refresh/<tag>`` and ``forget/<tag>``
-are an operator's refresh as the cluster carries it (admin.py).
+are an operator's refresh as the cluster carries it (admin.py), ``preheat/<digest>``
+its preheat (preheat.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..oci import Route, parse_digest, validate_name, validate_tag
 from ..peers.cluster import PREFIX
 from ..peers.ring import ranked
 from ..peers.signing import ANSWER_HEADER, HEADER
-from . import handlers, swarm
+from . import handlers, preheat, swarm
 from .keys import CLOSE_CONNECTION, CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
 
 
@@ -65,6 +66,9 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
         return await handlers.send_blob(request, request.app[PEER_BLOBS], up, route, requester)
     if kind == "pieces":
         return await swarm.pieces(request, up, repo, reference)
+    if kind == "preheat":
+        parse_digest(reference)
+        return await preheat.preheat_here(request, up, repo, reference)
     if kind == "holding":
         return await swarm.holding(request, cluster, signature or "", up, repo, reference)
     if kind in ("refresh", "forget"):

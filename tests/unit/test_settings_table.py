@@ -124,7 +124,8 @@ KNOWN_FLAGS = {
     "gc": "--config --cache-dir --upstream --dry-run --shared",
     "ls": "--config --cache-dir --upstream --json",
     "verify": "--config --cache-dir --upstream",
-    "prefetch": "--config --cache-dir --upstream -f --file --no-referrers --platform",
+    "prefetch": "--config --cache-dir --upstream -f --file --no-referrers --platform"
+    " --cluster --copies --url",
     "export": "--config --cache-dir --upstream -f --file --no-referrers -o --output",
     "import": "--config --cache-dir --upstream --no-referrers",
 }
