@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .fields import COMMANDS, SERVE, Setting
-from .table import ACCESS, CONFIG_FILE, SETTINGS, SHARED, SHORTCUT, UPSTREAM
+from .table import ACCESS, CONFIG_FILE, POLICY, SETTINGS, SHARED, SHORTCUT, UPSTREAM
 
 COMMAND = "python3 -m cacheproxy.config.docs > docs/configuration.md"
 
@@ -58,6 +58,15 @@ globs over client names (htpasswd user, token name, or `anonymous`) and over
 `upstream/repository`. Read from the file only.
 """
 
+_POLICY = """## `[[policy]]`: signatures required
+
+A manifest served under a repository one of `repositories` matches (globs over
+`upstream/repository`, as for `[[access]]`) needs a cosign signature, by one of
+`keys`, whose payload names its digest (README, "Signature policy"). Every policy
+that matches holds. Read from the file only; the key files are read at the start
+and again when they change (checked every few seconds).
+"""
+
 
 def render() -> str:
     """docs/configuration.md as the settings declare it."""
@@ -72,6 +81,8 @@ def render() -> str:
         _table(("key", "default", "what it is"), map(_key_row, UPSTREAM)),
         _ACCESS,
         _table(("key", "default", "what it is"), map(_key_row, ACCESS)),
+        _POLICY,
+        _table(("key", "default", "what it is"), map(_key_row, POLICY)),
     ]
     return "\n".join(parts)
 

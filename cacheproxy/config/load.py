@@ -18,6 +18,7 @@ from typing import Any
 from .checks import check
 from .fields import ConfigError, Setting, coerce
 from .model import AccessRule, Config
+from .policy import PolicyRule, policies_from_toml
 from .shared import shared_from
 from .table import ACCESS, BY_NAME, CONFIG_FILE, SETTINGS, SHARED, SHORTCUT, TABLES
 from .upstreams import UpstreamConfig, password_from_env, upstream_from_url, upstreams_from_toml
@@ -31,6 +32,7 @@ class _Raw:
     shared: dict[str, Any] = field(default_factory=dict)
     upstreams: list[UpstreamConfig] | None = None
     access: tuple[AccessRule, ...] | None = None
+    policies: tuple[PolicyRule, ...] | None = None
 
 
 def load_config(
@@ -69,6 +71,8 @@ def _typed(raw: _Raw, env: Mapping[str, str]) -> Config:
     typed = {key: coerce(key, value, BY_NAME[key].kind) for key, value in raw.values.items()}
     if raw.access is not None:
         typed["access"] = raw.access
+    if raw.policies is not None:
+        typed["policies"] = raw.policies
     if raw.upstreams is not None:
         typed["upstreams"] = tuple(password_from_env(up, env) for up in raw.upstreams)
     if raw.shared:
@@ -95,6 +99,7 @@ def _from_file(path: Path) -> _Raw:
     raw = _Raw(
         upstreams=upstreams_from_toml(doc.pop("upstream", None)),
         access=_access_from_toml(doc.pop("access", None)),
+        policies=policies_from_toml(doc.pop("policy", None)),
     )
     tabled: dict[str, Any] = {}
     for table in TABLES:

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..numbers import parse_digits
 from ..registries import DOCKER_HUB, PUBLIC_PRESETS, ecr_host, normalize_host
 from .fields import CACHE_COMMANDS, ConfigError, about, setting
+from .policy import PolicyRule
 from .shared import SharedConfig
 from .upstreams import UpstreamConfig
 
@@ -206,6 +207,10 @@ class Config:
     )
     access: tuple[AccessRule, ...] = field(
         default=(), metadata=about("who may pull what: [[access]] rules", tables=True)
+    )
+    # The signature policy (cacheproxy/policy/).
+    policies: tuple[PolicyRule, ...] = field(
+        default=(), metadata=about("signatures required: [[policy]] tables", tables=True)
     )
     tls_cert: Path | None = setting(None, "the client listener's certificate, re-read on change")
     tls_key: Path | None = setting(None, "its private key")

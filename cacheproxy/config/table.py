@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .fields import COMMANDS, ENV_PREFIX, UPSTREAM_COMMANDS, Flag, Setting, settings_of
 from .model import AccessRule, Config
+from .policy import POLICY
 from .shared import SHARED
 from .upstreams import UpstreamConfig
 
@@ -45,6 +46,7 @@ __all__ = [
     "ACCESS",
     "BY_NAME",
     "CONFIG_FILE",
+    "POLICY",
     "SETTINGS",
     "SHARED",
     "SHORTCUT",
