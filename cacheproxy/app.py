@@ -40,6 +40,7 @@ from .metrics import (
     ConnectionsCollector,
     LoginCollector,
     Metrics,
+    PolicyCollector,
     SharedCollector,
 )
 from .peers.cluster import PREFIX as PEER_PREFIX
@@ -143,6 +144,8 @@ def _measure(app: web.Application, rt: ServingRuntime, savings: Savings) -> None
     if CONNECTIONS in app:
         metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
     metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))
+    if rt.clients.policy is not None:
+        metrics.registry.register(PolicyCollector(rt.clients.policy))
     if rt.shared is not None and rt.writeback is not None:
         metrics.registry.register(SharedCollector(rt.shared, rt.writeback))
     app[SAVINGS] = savings
