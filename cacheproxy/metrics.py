@@ -321,7 +321,7 @@ class PolicyCollector(Collector):
             "cacheproxy_policy_checks",
             "Manifest requests a signature policy checked: verified, refused (enforce),"
             " warned (warn), audited (audit: unsigned), deferred (an index left to its"
-            " platforms)",
+            " platforms), material (a signature, attestation or SBOM, served unsigned)",
             labels=["policy", "outcome"],
         )
         for label, counts in self._policies.stats.items():

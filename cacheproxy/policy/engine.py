@@ -44,6 +44,7 @@ from ..store.index import Index
 from ..upstream.client import Upstream
 from .cosign import PublicKey, check_bundle, check_simple_signing
 from .keys import Keyring
+from .material import is_material
 from .records import BlobMarks, Verdicts
 from .signatures import Candidate, SignatureFinder
 
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 V = TypeVar("V")
 
-OUTCOMES = ("verified", "refused", "warned", "audited", "deferred")
+OUTCOMES = ("verified", "refused", "warned", "audited", "deferred", "material")
 MISSING = "no cosign signature by a configured key"
 # Seconds before the marks of a (scope, manifest) already written are written again
 # (after an eviction dropped them, say).
@@ -102,6 +103,8 @@ class Policies:
         self._matches: OrderedDict[str, tuple[Rule, ...]] = OrderedDict()
         self._unsigned: OrderedDict[tuple[str, str, frozenset[str]], float] = OrderedDict()
         self._marked: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
+        # Digest -> whether it is verification material (material.py): immutable.
+        self._material: OrderedDict[str, bool] = OrderedDict()
         self._refreshing = False
         #: policy label -> outcome -> manifest requests (/metrics).
         self.stats: dict[str, Counter[str]] = {r.label: Counter() for r in self._rules}
@@ -118,7 +121,13 @@ class Policies:
         if not rules:
             return
         await self._fresh_keys()
-        signed = await self._signed(up, repo, digest, media_type, body, rules)
+        known = await self._verdicts.get(digest)
+        unmet = any(not set(r.keyring.keys) & known.keys() for r in rules)
+        if unmet and await self._is_material(up, repo, digest, media_type, body):
+            for rule in rules:
+                self.stats[rule.label]["material"] += 1
+            return
+        signed = await self._signed(up, repo, digest, body, rules, known)
         denial: Denied | None = None
         for rule in rules:
             ids = set(rule.keyring.keys)
@@ -190,13 +199,22 @@ class Policies:
             self._unsigned.clear()
             self._marked.clear()
 
+    async def _is_material(
+        self, up: Upstream, repo: str, digest: str, media_type: str, body: bytes | None
+    ) -> bool:
+        found = self._material.get(digest)
+        if found is None:
+            body = body if body is not None else await self._body(up, repo, digest)
+            found = is_material(media_type, body)
+            _remember(self._material, digest, found)
+        return found
+
     async def _signed(
-        self, up: Upstream, repo: str, digest: str, media_type: str, body: bytes | None,
-        rules: tuple[Rule, ...],
+        self, up: Upstream, repo: str, digest: str, body: bytes | None,
+        rules: tuple[Rule, ...], known: Mapping[str, str],
     ) -> Mapping[str, str]:  # fmt: skip
         """The keys known to have signed ``digest`` (key id -> what it rests on),
         looked up when a policy asked for is not satisfied yet."""
-        known = await self._verdicts.get(digest)
         wanted = frozenset().union(*(r.keyring.keys for r in rules))
         unmet = [r for r in rules if not set(r.keyring.keys) & known.keys()]
         if not unmet:

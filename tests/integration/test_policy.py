@@ -169,6 +169,40 @@ async def test_enforce_serves_signed_images_and_refuses_the_rest_on_first_pull(
         assert counted["warned"] == counted["audited"] == 0
 
 
+async def test_a_verifier_behind_the_mirror_finds_the_signatures(
+    upstreams: Upstreams,  # noqa: F811
+    world: World,
+    tmp_path: Path,
+) -> None:
+    """Under enforce, the signatures themselves (no one signs a signature) are served:
+    cosign 2's .sig tag and payload, cosign 3's referrers list, its tag-schema index,
+    the referrer and its bundle."""
+    config = policy_config(tmp_path, upstreams, [world.keys["a"]])
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        for image in (world.cosign2, world.other_key):
+            base = f"{proxy.url}/v2/{PUBLIC}/{image.name}"
+            sig = image.digest.replace(":", "-") + ".sig"
+            async with http.get(f"{base}/manifests/{sig}", headers=ACCEPT) as resp:
+                assert resp.status == 200
+                manifest = json.loads(await resp.read())
+            for layer in manifest["layers"]:
+                assert (await error_of(http, "GET", f"{base}/blobs/{layer['digest']}"))[0] == 200
+        base = f"{proxy.url}/v2/{PUBLIC}/{world.cosign3.name}"
+        async with http.get(f"{base}/referrers/{world.cosign3.digest}") as resp:
+            listed = [d["digest"] for d in json.loads(await resp.read())["manifests"]]
+        assert len(listed) == 1
+        schema = world.cosign3.digest.replace(":", "-")
+        assert (await error_of(http, "GET", f"{base}/manifests/{schema}"))[0] == 200
+        async with http.get(f"{base}/manifests/{listed[0]}", headers=ACCEPT) as resp:
+            assert resp.status == 200
+            bundle = json.loads(await resp.read())["layers"][0]
+        assert (await error_of(http, "GET", f"{base}/blobs/{bundle['digest']}"))[0] == 200
+        assert (await checks(http, proxy))["material"] >= 4
+
+
 async def test_signature_lookups_are_not_pulls_in_the_ledger(
     upstreams: Upstreams,  # noqa: F811
     world: World,

@@ -17,6 +17,7 @@ from cacheproxy.config import ConfigError, PolicyRule, load_config
 from cacheproxy.policy import cosign
 from cacheproxy.policy.engine import verify_all
 from cacheproxy.policy.keys import RECHECK, Keyring
+from cacheproxy.policy.material import is_material
 from cacheproxy.policy.records import BlobMarks, Verdicts
 from cacheproxy.policy.signatures import Candidate
 from cacheproxy.store.index import Index
@@ -152,3 +153,26 @@ def test_verify_all_names_each_key_by_the_signature_it_rests_on() -> None:
         keys,
     )
     assert found == {cosign.key_id(b.public_key()): "sha256:sig-b"}
+
+
+def _manifest(*layer_types: str) -> bytes:
+    layers = [{"mediaType": t, "digest": "sha256:" + "0" * 64, "size": 1} for t in layer_types]
+    return json.dumps({"schemaVersion": 2, "layers": layers}).encode()
+
+
+def test_verification_material_is_what_no_runtime_runs() -> None:
+    image = "application/vnd.oci.image.manifest.v1+json"
+    index = "application/vnd.oci.image.index.v1+json"
+    assert is_material(image, _manifest(cosign.SIMPLE_SIGNING, cosign.SIMPLE_SIGNING))
+    assert is_material(image, _manifest(cosign.BUNDLE_TYPE))
+    assert is_material(image, _manifest("application/spdx+json"))
+    tar = "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert not is_material(image, _manifest(tar))
+    assert not is_material(image, _manifest(cosign.SIMPLE_SIGNING, tar))
+    assert not is_material(image, _manifest("application/x-unknown"))
+    assert not is_material(image, _manifest())
+    referrers = {"manifests": [{"artifactType": cosign.BUNDLE_TYPE, "digest": "d"}]}
+    assert is_material(index, json.dumps(referrers).encode())
+    platforms = {"manifests": [{"platform": {"os": "linux"}, "digest": "d"}]}
+    assert not is_material(index, json.dumps(platforms).encode())
+    assert not is_material(index, b"not json")
