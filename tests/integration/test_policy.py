@@ -26,6 +26,7 @@ from tests.integration.test_referrers import (
     push_artifact,
     push_tag_schema,
 )
+from tests.integration.test_runtimes import containerd  # noqa: F401 (a fixture)
 from tests.integration.test_who_reads_what import (
     ACCEPT,
     PUBLIC,
@@ -33,9 +34,10 @@ from tests.integration.test_who_reads_what import (
     upstreams,  # noqa: F401 (a fixture)
     write_config,
 )
-from tests.support.clients import skopeo
+from tests.support.clients import run_process, skopeo
 from tests.support.images import PushedImage, push_image, push_index
 from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.runtimes import Containerd
 from tests.support.signing import BUNDLE, cosign3_bundle, new_key, sign_cosign2, write_public
 
 MISSING = "no cosign signature by a configured key"
@@ -201,6 +203,45 @@ async def test_a_verifier_behind_the_mirror_finds_the_signatures(
             bundle = json.loads(await resp.read())["layers"][0]
         assert (await error_of(http, "GET", f"{base}/blobs/{bundle['digest']}"))[0] == 200
         assert (await checks(http, proxy))["material"] >= 4
+
+
+async def test_containerd_pulls_a_signed_image_and_is_refused_the_rest(
+    upstreams: Upstreams,  # noqa: F811
+    world: World,
+    containerd: Containerd,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The real containerd, the proxy its only way to the registry (hosts.toml's
+    server is a closed port, so no fallback can hide a refusal or a bypass)."""
+    config = policy_config(tmp_path, upstreams, [world.keys["a"]])
+    async with (
+        running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
+        aiohttp.ClientSession() as http,
+    ):
+        hosts = tmp_path / "certs.d"
+        (hosts / PUBLIC).mkdir(parents=True)
+        (hosts / PUBLIC / "hosts.toml").write_text(
+            'server = "http://127.0.0.1:9"\n'
+            f'[host."{proxy.url}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+
+        async def pull(image: PushedImage) -> tuple[int, str]:
+            ref = f"{PUBLIC}/{image.name}:v1"
+            argv = ["images", "pull", "--snapshotter", "native", "--hosts-dir", str(hosts), ref]
+            result = await run_process(*containerd.ctr(*argv), timeout=60)
+            return result.returncode, result.stderr
+
+        for image in world.signed():
+            code, stderr = await pull(image)
+            assert code == 0, stderr
+        for image in world.refused():
+            code, stderr = await pull(image)
+            assert code != 0, stderr
+        listing = await run_process(*containerd.ctr("images", "ls", "--quiet"), timeout=30)
+        pulled_refs = set(listing.check().stdout.decode().split())
+        assert pulled_refs == {f"{PUBLIC}/{i.name}:v1" for i in world.signed()}
+        counted = await checks(http, proxy)
+        assert counted["verified"] >= 2 and counted["refused"] >= 2
 
 
 async def test_signature_lookups_are_not_pulls_in_the_ledger(
