@@ -41,6 +41,7 @@ from .metrics import (
     ConnectionsCollector,
     LoginCollector,
     Metrics,
+    PolicyCollector,
     SharedCollector,
     TagCollector,
 )
@@ -151,6 +152,8 @@ def _measure(app: web.Application, rt: ServingRuntime, savings: Savings) -> None
     if CONNECTIONS in app:
         metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
     metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))
+    if rt.clients.policy is not None:
+        metrics.registry.register(PolicyCollector(rt.clients.policy))
     if rt.shared is not None and rt.writeback is not None:
         metrics.registry.register(SharedCollector(rt.shared, rt.writeback))
     app[SAVINGS] = savings

@@ -19,6 +19,7 @@ from .http.passwords import PasswordChecks
 from .lifecycle.keeper import Keeper
 from .manifests.tags import TagStats
 from .peers.cluster import Cluster
+from .policy.engine import OUTCOMES, Policies
 from .shared.tier import SharedTier
 from .shared.writeback import WriteBack
 from .telemetry import FirstByte
@@ -340,6 +341,27 @@ class LoginCollector(Collector):
         for reason, count in self._passwords.refused.items():
             refused.add_metric([reason], count)
         yield refused
+
+
+class PolicyCollector(Collector):
+    """``cacheproxy_policy_checks``: manifest requests each [[policy]] checked, by what
+    it decided (label ``policy``: its name, else its position; a bounded set)."""
+
+    def __init__(self, policies: Policies) -> None:
+        self._policies = policies
+
+    def collect(self) -> Iterator[Metric]:
+        checks = CounterMetricFamily(
+            "cacheproxy_policy_checks",
+            "Manifest requests a signature policy checked: verified, refused (enforce),"
+            " warned (warn), audited (audit: unsigned), deferred (an index left to its"
+            " platforms), material (a signature, attestation or SBOM, served unsigned)",
+            labels=["policy", "outcome"],
+        )
+        for label, counts in self._policies.stats.items():
+            for outcome in OUTCOMES:
+                checks.add_metric([label, outcome], counts[outcome])
+        yield checks
 
 
 class Metrics:

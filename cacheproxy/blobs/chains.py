@@ -32,6 +32,7 @@ def blob_chain(
     segments: int = 1,
     shared: SharedTier | None = None,
     swarms: Swarms | None = None,
+    redirect: bool = True,
 ) -> BlobSource:
     """The chain of blob sources one kind of caller walks (see the module docstring).
 
@@ -45,7 +46,8 @@ def blob_chain(
     ``shared``: the bucket between peers and the upstream (it needs ``links``: the
     bucket's copy is served under a repository only by the links rule).
     ``swarms``: a fill fed by peers takes pieces from every node holding the blob
-    (the owner's list), not from the owner alone.
+    (the owner's list), not from the owner alone. ``redirect``: False for a chain
+    whose bytes this node reads itself (the signature policy's), never a 307.
     """
     chain: BlobSource
     if offline:
@@ -64,7 +66,7 @@ def blob_chain(
         chain = LocalStore(
             store, InFlight(fills, remote, room, join_peer_fed=not for_peer, hold=not for_peer)
         )
-        if shared is not None and shared.settings.redirect and not for_peer:
+        if shared is not None and shared.settings.redirect and redirect and not for_peer:
             assert links is not None
             # After the links rule (the Vouched link wraps it below), never before.
             chain = Redirect(shared, links, chain, fills.accounting)

@@ -3,11 +3,13 @@ every answer (what is being read, when it was last used, what the ledger counts)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from ..accounting import Accounting, Origin
+from ..oci import Digest
 from ..store.usage import UsageLog
+from ..upstream.client import Upstream
 from .redirect import RedirectBody
 from .source import BlobSource, Body, Sink, Want
 
@@ -50,16 +52,30 @@ class _Counted:
         self._delivery.sent += count
 
 
+# (upstream, repository, digest) -> raises to refuse the blob there before anything
+# is fetched or sent (the signature policy, cacheproxy/policy/).
+BlobCheck = Callable[[Upstream, str, Digest], Awaitable[None]]
+
+
 class BlobService:
     """The chain for clients (or for peers), and what every answer is counted as."""
 
-    def __init__(self, chain: BlobSource, usage: UsageLog, accounting: Accounting) -> None:
+    def __init__(
+        self,
+        chain: BlobSource,
+        usage: UsageLog,
+        accounting: Accounting,
+        check: BlobCheck | None = None,
+    ) -> None:
         self._chain = chain
         self._usage = usage
         self._accounting = accounting
+        self._check = check
 
     async def size(self, want: Want) -> int:
         """The blob's size for HEAD, without starting a download."""
+        if self._check is not None:
+            await self._check(want.upstream, want.repo, want.digest)
         return await self._chain.size(want)
 
     @asynccontextmanager
@@ -69,6 +85,8 @@ class BlobService:
         While it is open the blob is in use (eviction never removes it); when it
         closes, what was sent is recorded under the origin the body reports.
         """
+        if self._check is not None:
+            await self._check(want.upstream, want.repo, want.digest)
         body = await self._chain.open(want, first)
         key = str(want.digest)
         delivery = Delivery(body)

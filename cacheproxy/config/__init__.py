@@ -5,6 +5,7 @@ from ..registries import DOCKER_HUB
 from .fields import ENV_PREFIX, ConfigError
 from .load import load_config
 from .model import AccessRule, Config, default_cache_dir, split_listen
+from .policy import PolicyRule
 from .shared import SharedConfig
 from .upstreams import NETWORK_PATHS, UpstreamConfig, upstream_from_url
 
@@ -15,6 +16,7 @@ __all__ = [
     "AccessRule",
     "Config",
     "ConfigError",
+    "PolicyRule",
     "SharedConfig",
     "UpstreamConfig",
     "default_cache_dir",

@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .fields import COMMANDS, SERVE, Setting
-from .table import ACCESS, CONFIG_FILE, FRESHNESS, SETTINGS, SHARED, SHORTCUT, UPSTREAM
+from .table import (
+    ACCESS,
+    CONFIG_FILE,
+    FRESHNESS,
+    POLICY,
+    SETTINGS,
+    SHARED,
+    SHORTCUT,
+    UPSTREAM,
+)
 
 COMMAND = "python3 -m cacheproxy.config.docs > docs/configuration.md"
 
@@ -75,6 +84,15 @@ stale tag looks like, and refresh on demand:
 [operations.md](operations.md#tag-freshness-how-fresh-what-survives-a-404-and-refresh-on-demand).
 """
 
+_POLICY = """## `[[policy]]`: signatures required
+
+A manifest served under a repository one of `repositories` matches (globs over
+`upstream/repository`, as for `[[access]]`) needs a cosign signature, by one of
+`keys`, whose payload names its digest ([policy.md](policy.md)). Every policy
+that matches holds. Read from the file only; the key files are read at the start
+and again when they change (checked every few seconds).
+"""
+
 
 def render() -> str:
     """docs/configuration.md as the settings declare it."""
@@ -91,6 +109,8 @@ def render() -> str:
         _table(("key", "default", "what it is"), map(_key_row, ACCESS)),
         _FRESHNESS,
         _table(("key", "default", "what it is"), map(_key_row, FRESHNESS)),
+        _POLICY,
+        _table(("key", "default", "what it is"), map(_key_row, POLICY)),
     ]
     return "\n".join(parts)
 

@@ -19,6 +19,7 @@ from .checks import check
 from .fields import ConfigError, Setting, coerce
 from .freshness import FreshnessRule, rules_from_toml
 from .model import AccessRule, Config
+from .policy import PolicyRule, policies_from_toml
 from .shared import shared_from
 from .table import ACCESS, BY_NAME, CONFIG_FILE, SETTINGS, SHARED, SHORTCUT, TABLES
 from .upstreams import UpstreamConfig, password_from_env, upstream_from_url, upstreams_from_toml
@@ -33,6 +34,7 @@ class _Raw:
     upstreams: list[UpstreamConfig] | None = None
     access: tuple[AccessRule, ...] | None = None
     freshness: tuple[FreshnessRule, ...] | None = None
+    policies: tuple[PolicyRule, ...] | None = None
 
 
 def load_config(
@@ -73,6 +75,8 @@ def _typed(raw: _Raw, env: Mapping[str, str]) -> Config:
         typed["access"] = raw.access
     if raw.freshness is not None:
         typed["freshness"] = raw.freshness
+    if raw.policies is not None:
+        typed["policies"] = raw.policies
     if raw.upstreams is not None:
         typed["upstreams"] = tuple(password_from_env(up, env) for up in raw.upstreams)
     if raw.shared:
@@ -100,6 +104,7 @@ def _from_file(path: Path) -> _Raw:
         upstreams=upstreams_from_toml(doc.pop("upstream", None)),
         access=_access_from_toml(doc.pop("access", None)),
         freshness=rules_from_toml(doc.pop("freshness", None)),
+        policies=policies_from_toml(doc.pop("policy", None)),
     )
     tabled: dict[str, Any] = {}
     for table in TABLES:

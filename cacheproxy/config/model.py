@@ -18,6 +18,7 @@ from ..numbers import parse_digits
 from ..registries import DOCKER_HUB, PUBLIC_PRESETS, ecr_host, normalize_host
 from .fields import CACHE_COMMANDS, ConfigError, about, setting
 from .freshness import FreshnessRule
+from .policy import PolicyRule
 from .shared import SharedConfig
 from .upstreams import UpstreamConfig
 
@@ -216,6 +217,10 @@ class Config:
     )
     freshness: tuple[FreshnessRule, ...] = field(
         default=(), metadata=about("how fresh tags must be: [[freshness]] rules", tables=True)
+    )
+    # The signature policy (cacheproxy/policy/).
+    policies: tuple[PolicyRule, ...] = field(
+        default=(), metadata=about("signatures required: [[policy]] tables", tables=True)
     )
     tls_cert: Path | None = setting(None, "the client listener's certificate, re-read on change")
     tls_key: Path | None = setting(None, "its private key")

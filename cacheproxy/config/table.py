@@ -11,6 +11,7 @@ from pathlib import Path
 from .fields import COMMANDS, ENV_PREFIX, UPSTREAM_COMMANDS, Flag, Setting, settings_of
 from .freshness import FreshnessRule
 from .model import AccessRule, Config
+from .policy import POLICY
 from .shared import SHARED
 from .upstreams import UpstreamConfig
 
@@ -48,6 +49,7 @@ __all__ = [
     "BY_NAME",
     "CONFIG_FILE",
     "FRESHNESS",
+    "POLICY",
     "SETTINGS",
     "SHARED",
     "SHORTCUT",

@@ -8,7 +8,7 @@ every answer (last use, the ledger). What a tag names comes from the tag resolve
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..accounting import Accounting, Origin
@@ -44,6 +44,9 @@ class Manifest:
 # never joins a fetch the upstream answered for this one; the flag, as for tags
 # (tags.Resolutions), keeps a peer's request out of a fetch that asks a peer.
 Fetches = SingleFlight[tuple[str, str, str, bool], Found]
+# (upstream, repository, digest, media type, body or None) -> raises to refuse the
+# answer before it is served or counted (the signature policy, cacheproxy/policy/).
+ManifestCheck = Callable[[Upstream, str, str, str, bytes | None], Awaitable[None]]
 
 
 class ManifestService:
@@ -60,6 +63,7 @@ class ManifestService:
         usage: UsageLog,
         accounting: Accounting,
         asks: Callable[[str], bool] | None = None,
+        check: ManifestCheck | None = None,
     ) -> None:
         self._tags = tags
         self._chain = chain
@@ -72,13 +76,15 @@ class ManifestService:
         #: Cluster mode, a client's caller: whether a key's fetch would ask its owner.
         self._cluster = asks is not None
         self._asks = asks or never
+        self._check = check
 
     async def manifest(
         self, up: Upstream, name: str, reference: str, accept: list[str], want_body: bool
     ) -> Manifest:
         """The manifest ``reference`` (a tag or a digest) names, if the Accept admits it.
 
-        A GET's answer is counted (last use, the ledger) under its origin.
+        A GET's answer is counted (last use, the ledger) under its origin, once the
+        check (if any) let it be served.
         """
         admitted = accepted_manifest_types(accept)
         if not admitted:
@@ -87,8 +93,10 @@ class ManifestService:
             answer = await self._by_digest(up, name, parse_digest(reference), admitted, want_body)
         else:
             answer = await self._by_tag(up, TagKey(up.name, name, reference, admitted), want_body)
-            if answer.body is not None:
-                self._usage.tag(up.name, name, reference)
+        if self._check is not None:
+            await self._check(up, name, answer.digest, answer.media_type, answer.body)
+        if answer.body is not None and ":" not in reference:
+            self._usage.tag(up.name, name, reference)
         if answer.body is not None:
             self._usage.blob(answer.digest)
             self._accounting.served(up.name, name, "manifest", answer.origin, answer.size)

@@ -19,9 +19,11 @@ from ..links import Links
 from ..manifests.bodies import ManifestBodies
 from ..manifests.chains import manifest_chain
 from ..manifests.referrers import Referrers, ReferrersOptions, Revalidations
-from ..manifests.service import Fetches, ManifestService
+from ..manifests.service import Fetches, ManifestCheck, ManifestService
 from ..manifests.tags import ManifestOptions, Resolutions, TagResolver, TagStats, never
 from ..peers.cluster import Cluster
+from ..policy.engine import Policies
+from ..policy.signatures import SignatureFinder
 from ..shared.tier import SharedTier
 from ..singleflight import SingleFlight
 from .caching import freshness_rules
@@ -35,6 +37,8 @@ class Callers:
     blobs: BlobService
     manifests: ManifestService
     referrers: Referrers
+    #: The signature policy these callers are held to ([[policy]]), if any.
+    policy: Policies | None = None
 
 
 class Services:
@@ -66,13 +70,40 @@ class Services:
         self.rules = freshness_rules(config)
         #: Tags served stale, by reason, whoever asked (/metrics).
         self.tag_stats = TagStats()
+        #: The signature policies built (closed on exit of :func:`open_services`).
+        self.policies: list[Policies] = []
 
-    def clients(self, cluster: Cluster | None, swarms: Swarms | None) -> Callers:
-        """A client's: the ledger counts it; in a cluster it asks the keys' owners."""
+    def clients(
+        self, cluster: Cluster | None, swarms: Swarms | None, *, policed: bool = False
+    ) -> Callers:
+        """A client's: the ledger counts it; in a cluster it asks the keys' owners.
+        ``policed``: held to the [[policy]] tables (a server's clients; a command's
+        own reads, an operator's prefetch or export, are not)."""
+        policy = self._policy(cluster, swarms) if policed and self._config.policies else None
         blobs = self._blobs(cluster=cluster, swarms=swarms)
-        manifests = self._manifests(cluster, self._accounting)
-        return Callers(BlobService(blobs, self._storage.usage, self._accounting), manifests,
-                       self._referrers(manifests))  # fmt: skip
+        usage, counted = self._storage.usage, self._accounting
+        check = policy.check_manifest if policy is not None else None
+        manifests = self._manifests(cluster, counted, check)
+        blob_check = policy.check_blob if policy is not None else None
+        return Callers(BlobService(blobs, usage, counted, blob_check), manifests,
+                       self._referrers(manifests), policy)  # fmt: skip
+
+    def _policy(self, cluster: Cluster | None, swarms: Swarms | None) -> Policies:
+        """The policy, and what it reads signatures through: services like a client's
+        (asking the cluster, under the links rule) that count nothing in the ledger
+        and are not policed themselves (raises ConfigError for a key it cannot read)."""
+        uncounted = NullAccounting()
+        lookups = self._manifests(cluster, uncounted)
+        chain = self._blobs(cluster=cluster, swarms=swarms, redirect=False)
+        finder = SignatureFinder(
+            lookups, self._referrers(lookups), BlobService(chain, self._storage.usage, uncounted)
+        )
+        config = self._config
+        policy = Policies(
+            config.policies, self._storage.index, finder, lookups, config.referrers_ttl
+        )
+        self.policies.append(policy)
+        return policy
 
     def peers(self) -> Callers:
         """A peer node's: answered here, never forwarded, and not in the ledger."""
@@ -88,6 +119,7 @@ class Services:
         cluster: Cluster | None = None,
         swarms: Swarms | None = None,
         for_peer: bool = False,
+        redirect: bool = True,
     ) -> BlobSource:
         config = self._config
         return blob_chain(
@@ -101,6 +133,7 @@ class Services:
             segments=config.upstream_segments,
             shared=self._shared,
             swarms=swarms,
+            redirect=redirect,
         )
 
     def _referrers(self, manifests: ManifestService) -> Referrers:
@@ -112,7 +145,9 @@ class Services:
             self._storage.index, manifests, self._links, options, self.revalidations, time.time
         )
 
-    def _manifests(self, owners: Cluster | None, counted: Accounting) -> ManifestService:
+    def _manifests(
+        self, owners: Cluster | None, counted: Accounting, check: ManifestCheck | None = None
+    ) -> ManifestService:
         """``owners``: a client's request asks the keys' owners; a peer's never does."""
         config, storage, links = self._config, self._storage, self._links
         bucket = (self._shared, links, self._accounting) if self._shared is not None else None
@@ -137,7 +172,7 @@ class Services:
         )
         return ManifestService(
             tags, chain, self.bodies, links, self.options, self.fetches, storage.usage, counted,
-            asks,
+            asks, check,
         )  # fmt: skip
 
 
@@ -155,4 +190,10 @@ async def open_services(
         stack.push_async_callback(services.fetches.close)
         stack.push_async_callback(services.resolutions.close)
         stack.push_async_callback(services.revalidations.close)
+        stack.push_async_callback(_close_policies, services)
         yield services
+
+
+async def _close_policies(services: Services) -> None:
+    for policy in services.policies:
+        await policy.close()

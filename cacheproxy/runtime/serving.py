@@ -91,8 +91,9 @@ async def open_serving(
         part = None
         if cluster is not None:
             part = cluster_parts(config, cluster, swarms, storage, fills, links, services)
+        clients = services.clients(cluster, swarms, policed=True)
         runtime = ServingRuntime(
-            config, storage, upstreams, links, fills, services.clients(cluster, swarms),
+            config, storage, upstreams, links, fills, clients,
             TagLister(config.max_manifest_bytes), services.tag_stats, shared, ledger, keeper,
             writeback, part,
         )  # fmt: skip

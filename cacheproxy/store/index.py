@@ -246,6 +246,9 @@ class Index:
             self._cache.delete("manifest\0" + digest)
             self._cache.delete("access\0" + digest)
             self._cache.delete("link\0" + digest)
+            # The signature policy's records of it (cacheproxy/policy/records.py).
+            self._cache.delete("verdict\0" + digest)
+            self._cache.delete("policymark\0" + digest)
 
     async def links(self, digest: str) -> Mapping[str, float]:
         """The ``upstream\0repository`` pairs ``digest`` may be served under, each with
