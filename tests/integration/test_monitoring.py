@@ -31,6 +31,7 @@ from tests.support.registry import RegistryProcess
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "components" / "monitoring"
 SECRET = b"a-cluster-secret-of-enough-bytes"
+KEY = Path(__file__).resolve().parents[1] / "data" / "cosign" / "cosign.pub"
 # Labels Prometheus puts on every series of a target (ServiceMonitor relabelings).
 TARGET_LABELS = {"job", "instance", "node", "namespace", "pod", "service", "endpoint", "container"}
 _NAME = re.compile(r"\bcacheproxy_[a-z0-9_]+\b")
@@ -105,6 +106,12 @@ async def test_every_metric_the_rules_and_the_dashboard_use_is_emitted(
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     secret = tmp_path / "peer-secret"
     secret.write_bytes(SECRET)
+    # A signature policy that only counts (the image is unsigned), so its series are on
+    # the page the rules read.
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        f'[[policy]]\nname = "all"\nrepositories = ["*"]\nkeys = ["{KEY}"]\nmode = "audit"\n'
+    )
     scrape_at = f"127.0.0.2:{free_port('127.0.0.2')}"
     async with AsyncExitStack() as stack:
         proxies = []
@@ -115,6 +122,7 @@ async def test_every_metric_the_rules_and_the_dashboard_use_is_emitted(
                     running_proxy(
                         registry.url,
                         tmp_path / f"n{i}",
+                        config_file=policy if i == 0 else None,
                         port=port,
                         peers=tuple(urls),
                         self_url=url,
