@@ -24,6 +24,7 @@ from .http.keys import (
     PEER_BLOBS,
     PEER_MANIFESTS,
     PEER_PIECES,
+    RATES,
     READINESS,
     REFERRERS,
     SAVINGS,
@@ -50,7 +51,7 @@ from .runtime.serving import ServingRuntime, open_serving
 from .savings.collector import SavingsCollector
 from .savings.prices import load_pricing
 from .savings.service import Savings
-from .telemetry import TelemetryCollector
+from .telemetry import RatesCollector, TelemetryCollector
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def _share(app: web.Application, rt: ServingRuntime) -> None:
     app[READINESS] = rt.storage.readiness
     app[KEEPER] = rt.keeper
     app[STORE] = rt.storage.store
+    app[RATES] = rt.fills.options.rates
     if rt.cluster is not None:
         app[CLUSTER] = rt.cluster.cluster
         app[PEER_BLOBS] = rt.cluster.peers.blobs
@@ -149,6 +151,7 @@ def _measure(app: web.Application, rt: ServingRuntime, savings: Savings) -> None
     metrics.registry.register(CacheCollector(rt.fills, rt.keeper, cluster))
     metrics.registry.register(TagCollector(rt.tag_stats))
     metrics.registry.register(TelemetryCollector(rt.keeper, rt.upstreams))
+    metrics.registry.register(RatesCollector(rt.fills.options.rates))
     if CONNECTIONS in app:
         metrics.registry.register(ConnectionsCollector(app[CONNECTIONS]))
     metrics.registry.register(LoginCollector(app[CLIENT_AUTH].passwords))

@@ -9,7 +9,8 @@
   ``max_size``, the free bytes and ``min_free``;
 - ``cacheproxy_upstream_errors_total``: requests that found no connection
   (``kind="unreachable"``) and 5xx answers, by upstream (bounded: the configured
-  upstreams, and at most ``max_dynamic_upstreams`` ECR registries).
+  upstreams, and at most ``max_dynamic_upstreams`` ECR registries);
+- the bandwidth limits set, and what went through each.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from .accounting import Kind, Origin
 from .lifecycle.keeper import Keeper
+from .rates import Rates
 from .upstream.pool import UpstreamPool
 
 KINDS: tuple[Kind, ...] = ("manifest", "blob")
@@ -108,3 +110,32 @@ class TelemetryCollector(Collector):
             )
         for name, doc, value in gauges:
             yield GaugeMetricFamily(f"cacheproxy_{name}", doc, value)
+
+
+class RatesCollector(Collector):
+    """The bandwidth limits set: each one's bytes a second, the bytes that went
+    through it and the seconds transfers waited on it, by ``kind`` (upstream,
+    peer_upload, prefetch)."""
+
+    def __init__(self, rates: Rates) -> None:
+        self._rates = rates
+
+    def collect(self) -> Iterator[Metric]:
+        limit = GaugeMetricFamily(
+            "cacheproxy_rate_limit_bytes_per_second",
+            "A bandwidth limit set (upstream_rate, peer_upload_rate, prefetch_rate)",
+            labels=["kind"],
+        )
+        through = CounterMetricFamily(
+            "cacheproxy_rate_limited_bytes", "Bytes sent or taken under a limit", labels=["kind"]
+        )
+        waited = CounterMetricFamily(
+            "cacheproxy_rate_limit_wait_seconds",
+            "Seconds transfers waited for a limit, summed over transfers",
+            labels=["kind"],
+        )
+        for rate in self._rates.all():
+            limit.add_metric([rate.kind], rate.per_second)
+            through.add_metric([rate.kind], rate.bytes)
+            waited.add_metric([rate.kind], rate.waited)
+        yield from (limit, through, waited)

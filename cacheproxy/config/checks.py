@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ..networks import parse_entries
+from ..rates import parse_rate
 from ..registries import ALL_PRESETS
 from ..sizes import parse_size
 from .fields import ConfigError
@@ -42,6 +43,11 @@ def check(config: Config) -> None:
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
     _check_min_free(config.min_free)
+    for key in ("upstream_rate", "peer_upload_rate", "prefetch_rate"):
+        try:
+            parse_rate(getattr(config, key))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     try:
         parse_entries(config.egress_deny)
     except ValueError as exc:

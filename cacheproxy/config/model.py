@@ -114,6 +114,13 @@ class Config:
         2.0, "seconds a new request may take to connect to an upstream (0: retry as the rest)"
     )
     upstream_connections: int = setting(64, "concurrent connections to one upstream")
+    # Bandwidth limits (cacheproxy/rates.py): bytes a second as a size ("50MiB"), one
+    # bucket shared by every transfer of its kind; "0": none.
+    upstream_rate: str = setting("0", "bytes a second this node takes from its upstreams in all")
+    peer_upload_rate: str = setting("0", "bytes a second this node sends its peers in all")
+    prefetch_rate: str = setting(
+        "0", "bytes a second prefetches and preheats take (a fill a client reads is not held)"
+    )
     max_dynamic_upstreams: int = setting(
         32, "registries the ecr preset admits, kept at once (those not in use go first)"
     )

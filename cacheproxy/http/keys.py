@@ -12,6 +12,7 @@ from ..manifests.referrers import Referrers
 from ..manifests.service import ManifestService
 from ..metrics import Metrics
 from ..peers.cluster import Cluster
+from ..rates import Rate, Rates
 from ..savings.service import Savings
 from ..shared.tier import SharedTier
 from ..shared.writeback import WriteBack
@@ -52,6 +53,10 @@ WRITEBACK = web.AppKey("writeback", WriteBack)
 NAMESPACE = web.RequestKey("namespace", str)
 # Who the client is (see http.clientauth); "anonymous" when it sent no credentials.
 SUBJECT = web.RequestKey("subject", str)
+# The bandwidth limits (their buckets, shared by every transfer of a kind).
+RATES = web.AppKey("rates", Rates)
+# The limit a response's body is sent under (a peer's upload: peer_upload_rate).
+SEND_RATE = web.RequestKey("send_rate", Rate)
 # When a client's registry request came in (the first-byte histogram's start).
 STARTED = web.RequestKey("started", float)
 # Keys about the request's connection, shared with connections/ (see wire.py).
