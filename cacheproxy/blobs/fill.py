@@ -30,6 +30,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..oci import Digest
+from ..rates import Rate
 from ..store.files import BlobStore
 from .fillstate import FillOptions, FillState, FillStats, Lease, Unleased
 from .landing import Landing
@@ -83,6 +84,9 @@ class Fill:
         self._lease = lease if lease is not None else Unleased()
         #: Cancelled by :meth:`stop` (nobody read it, and its slot was needed).
         self.preempted = False
+        #: The node's own work (a prefetch, a preheat) that no client reads yet: held
+        #: to prefetch_rate until one does.
+        self.background = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -204,6 +208,15 @@ class Fill:
         if self.extents.end_at(pos) is not None:
             return True
         return any(span.start <= pos < span.end for span in self.coming())
+
+    def paced_by(self, origin: Origin) -> list[Rate]:
+        """An upstream's bytes under upstream_rate; a background fill's, from any
+        feed, under prefetch_rate too (a client that joins it lifts that)."""
+        rates = self.options.rates
+        out = [rates.upstream] if origin == "upstream" and rates.upstream is not None else []
+        if self.background and rates.prefetch is not None:
+            out.append(rates.prefetch)
+        return out
 
     def progress(self) -> int:
         """Bytes on disk from the start without a hole."""

@@ -3,11 +3,12 @@ holds while it runs (its lease)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
 from ..accounting import Origin
+from ..rates import Rates
 
 
 class FillState(Enum):
@@ -28,6 +29,8 @@ class FillOptions:
     segment_min_size: int = 8 * 1024 * 1024
     #: Seconds before a broken body is resumed the first time (doubling after).
     resume_backoff: float = 0.5
+    #: The node's bandwidth limits (upstream_rate, prefetch_rate).
+    rates: Rates = field(default_factory=Rates)
 
 
 class Lease(Protocol):

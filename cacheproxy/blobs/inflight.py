@@ -187,6 +187,7 @@ class _Lease:
         self.fill = Fill(
             want.digest, fills.store, up, want.repo, fills.options, fills.ranges, lease=self
         )
+        self.fill.background = not want.requester  # the node's own work
 
     def sized(self, size: int | None) -> bool:
         if not size:
@@ -304,6 +305,11 @@ class InFlight:
                 return None  # that pair's answer, not this one's: ask under ours
             if fill.preempted:
                 return None  # it gave its slot up meanwhile (nobody read it)
+        if want.for_client:
+            # A client of this node reads it: never held to prefetch_rate. (A peer's
+            # request is not one: the node asking has its own limits and its own
+            # client, if any, has other places to take pieces from.)
+            fill.background = False
         return FillBody(fill, started=False, hold=self._hold)
 
     async def size(self, want: Want) -> int:

@@ -43,8 +43,9 @@ from ..errors import (
     UpstreamBadContent,
     UpstreamUnavailable,
 )
+from ..rates import Pacer, window_for
 from .fillstate import FillStats
-from .reading import BodyReader, drop, keep
+from .reading import MAX_CHUNK, BodyReader, drop, keep
 from .segments import Answer, RangeSupport, Span, chunk_size, plan, read_answer
 from .source import Feed, Progress, Swarm, Swarmed
 from .target import Lane, Target
@@ -155,6 +156,10 @@ class Lanes:
         if size is not None:
             lanes = sum(self.lanes(i) for i in range(self._base))
             self._chunk = chunk_size(size, lanes, self._min_size)
+
+    def _lane_count(self) -> int:
+        """The bodies read at once: those planned over the feeds given, or running."""
+        return max(sum(self.lanes(i) for i in range(self._base)), len(self._active))
 
     def lanes(self, index: int) -> int:
         """How many ranges feed ``index`` carries at once now."""
@@ -323,7 +328,8 @@ class Lanes:
                 if lane.pos or ask is not None:
                     self._mishandled(lane.feed, "200 to a range")
         try:
-            body = BodyReader(resp)
+            paced = self._target.paced_by(self._feeds[lane.feed].origin)
+            body = BodyReader(resp, window_for(paced, self._lane_count()))
             try:
                 await self._land(lane, resp, body, skip)
             finally:
@@ -335,13 +341,17 @@ class Lanes:
         self, lane: Lane, resp: aiohttp.ClientResponse, body: BodyReader, skip: int
     ) -> None:
         origin = self._feeds[lane.feed].origin
+        # Under a bandwidth limit: a body read slower is sent slower (TCP's window),
+        # so the limit holds at the sender too.
+        pacer = Pacer(lambda: self._target.paced_by(origin), MAX_CHUNK)
         got = 0
         try:
             while lane.end is None or lane.pos < lane.end:
-                parts = await body.next()
+                parts = await body.next(await pacer.ahead())
+                size = sum(len(p) for p in parts)
+                await pacer.settle(size)
                 if not parts:
                     break
-                size = sum(len(p) for p in parts)
                 got += size
                 self._stats.count_bytes(origin, size)
                 if skip:

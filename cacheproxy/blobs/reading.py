@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -30,7 +31,9 @@ class BodyReader:
     The setting is undone when the body ends, before the connection is reused.
     """
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, window: int | None = None) -> None:
+        """``window``: the most the kernel may take in ahead of the reader (a body read
+        under a bandwidth limit); None leaves the socket's own autotuning."""
         self._content = resp.content
         self._taken = 0
         self._length = resp.content_length
@@ -42,6 +45,20 @@ class BodyReader:
             transport = resp.connection.transport
             sock = transport.get_extra_info("socket") if transport is not None else None
             self._sock = sock if sock is not None and sock.type == socket.SOCK_STREAM else None
+        if window is not None and resp.connection is not None:
+            self._cap(resp.connection.transport, window)
+
+    @staticmethod
+    def _cap(transport: asyncio.BaseTransport | None, window: int) -> None:
+        """A receive buffer of ``window`` bytes (socket(7) SO_RCVBUF; it also ends the
+        autotuning that would grow it to megabytes while the reader waits on its
+        limit): a body read slowly then arrives slowly, where the sender would
+        otherwise fill every lane's buffers at the link's rate."""
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.type != socket.SOCK_STREAM:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, window)
 
     def _water(self, low: int) -> None:
         if self._sock is None or low == self._low:
@@ -70,9 +87,9 @@ class BodyReader:
         left = self._length - got
         self._water(max(1, min(LOW_WATER, int(self._rate * WAKE_EVERY), left)))
 
-    async def next(self) -> list[bytes | memoryview]:
+    async def next(self, most: int = MAX_CHUNK) -> list[bytes | memoryview]:
         """What has arrived: at least one buffer (waiting for it), at most about
-        ``MAX_CHUNK``; nothing at the end of the body."""
+        ``most`` bytes (one buffer past it at worst); nothing at the end of the body."""
         watchdog = None
         if self._sock is not None and self._length is not None:
             self._tune()
@@ -81,15 +98,15 @@ class BodyReader:
                 loop = asyncio.get_running_loop()
                 watchdog = loop.call_later(2 * WAKE_EVERY, self._water, 1)
         try:
-            return await self._gather()
+            return await self._gather(most)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
 
-    async def _gather(self) -> list[bytes | memoryview]:
+    async def _gather(self, most: int) -> list[bytes | memoryview]:
         parts: list[bytes | memoryview] = []
         total = 0
-        while total < MAX_CHUNK:
+        while total < most:
             if parts and self._content.total_bytes <= self._taken:
                 break  # nothing more has arrived yet
             data, end_of_chunk = await self._content.readchunk()

@@ -25,6 +25,9 @@ from ..oci import Digest
 from ..upstream.client import Upstream
 from .segments import Span
 
+#: How a peer node's requests are named (``http.handlers.peer_requester_of``).
+PEER_REQUESTER = "peer "
+
 
 @dataclass(frozen=True, slots=True)
 class Want:
@@ -36,6 +39,11 @@ class Want:
     repo: str
     digest: Digest
     requester: str = ""
+
+    @property
+    def for_client(self) -> bool:
+        """Whether a client of this node asked (not a peer node, not its own work)."""
+        return bool(self.requester) and not self.requester.startswith(PEER_REQUESTER)
 
 
 class Sink(Protocol):

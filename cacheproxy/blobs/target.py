@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..accounting import Origin
 from ..oci import Digest
+from ..rates import Rate
 from .segments import Extents, Span
 
 
@@ -35,6 +37,9 @@ class Target(Protocol):
 
     def hints(self) -> list[int]:
         """Positions readers wait at that nothing has landed at yet."""
+
+    def paced_by(self, origin: Origin) -> list[Rate]:
+        """The bandwidth limits bytes from a feed of ``origin`` are taken under."""
 
 
 @dataclass

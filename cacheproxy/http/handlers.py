@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..accounting import Kind, Origin
 from ..blobs.service import BlobService, Delivery
-from ..blobs.source import Want
+from ..blobs.source import PEER_REQUESTER, Want
 from ..conditional import Outcome, Preconditions, digest_tag, range_applies
 from ..errors import DigestInvalid, NotFound, PreconditionFailed, RegistryError, Unsupported
 from ..fairness import client_address
@@ -36,6 +36,7 @@ from .keys import (
     MANIFESTS,
     METRICS,
     NAMESPACE,
+    SEND_RATE,
     STARTED,
     SUBJECT,
     UPSTREAMS,
@@ -223,7 +224,7 @@ def peer_requester_of(request: web.Request) -> str:
     else its address (a node that does not say). Each node is bounded like a client:
     strangers asking through several nodes cannot take every slot of a blob's owner."""
     node = request.query.get("node", "")[:MAX_PEER_NAME]
-    return f"peer {node or client_address(request.remote)}"
+    return f"{PEER_REQUESTER}{node or client_address(request.remote)}"
 
 
 async def send_blob(
@@ -362,7 +363,7 @@ async def _send(
     digest: str,
 ) -> web.StreamResponse:
     try:
-        await body.send(ResponseSink(request, resp), start, end)
+        await body.send(ResponseSink(request, resp, request.get(SEND_RATE)), start, end)
     except RegistryError as err:
         # Before ConnectionError: an UpstreamUnavailable is one too (errors.py).
         # Headers are gone: the only honest signal left is a broken connection.

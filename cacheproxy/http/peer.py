@@ -24,7 +24,15 @@ from ..peers.cluster import PREFIX
 from ..peers.ring import ranked
 from ..peers.signing import ANSWER_HEADER, HEADER
 from . import handlers, preheat, swarm
-from .keys import CLOSE_CONNECTION, CLUSTER, PEER_BLOBS, PEER_MANIFESTS, UPSTREAMS
+from .keys import (
+    CLOSE_CONNECTION,
+    CLUSTER,
+    PEER_BLOBS,
+    PEER_MANIFESTS,
+    RATES,
+    SEND_RATE,
+    UPSTREAMS,
+)
 
 
 def manifest_answer(
@@ -57,6 +65,9 @@ async def peer_request(request: web.Request) -> web.StreamResponse:
             raise NotFound("peer mode is off on this node")
         raise Unauthorized("peer requests must be signed with the cluster secret, for this node")
     kind, _, reference = request.path[len(PREFIX) + 1 :].partition("/")
+    upload = request.app[RATES].peer_upload
+    if upload is not None:
+        request[SEND_RATE] = upload  # every byte this node sends a peer, in all
     repo = validate_name(request.query.get("repo", ""))
     up = request.app[UPSTREAMS].get(request.query.get("upstream", ""))
     if kind == "blobs":

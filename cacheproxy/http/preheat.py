@@ -3,12 +3,14 @@ brings an image's blobs onto each blob's owner and ``copies`` more nodes before 
 rollout, so it starts warm on every node it lands on.
 
 For each blob, the owner is asked first (the one node that fetches from outside the
-cluster), then the next ``copies`` nodes in the blob's rank, each of which takes it
-the way a client's pull would (from the owner and the holders: the upstream sends
-every blob once). Each node asked answers on ``GET /_cacheproxy/peer/preheat/<digest>``
-with a line of progress a second and a last line when its copy is verified and kept;
-the operator's request is answered the same way, one JSON object a line (NDJSON),
-for the whole cluster. It is an operator's endpoint (``operator.py``'s rule).
+cluster), then the next ``copies`` nodes in the blob's rank all at once, each of
+which takes it the way a client's pull would (from the owner and the holders: the
+upstream sends every blob once). Each node asked answers on
+``GET /_cacheproxy/peer/preheat/<digest>`` with a line of progress a second and a
+last line when its copy is verified and kept; the operator's request is answered the
+same way, one JSON object a line (NDJSON), for the whole cluster. It is an
+operator's endpoint (``operator.py``'s rule). A node's preheat is its own work, held
+to ``prefetch_rate`` until a client reads the same blob.
 """
 
 from __future__ import annotations
@@ -116,9 +118,8 @@ async def _blob(
     members = cluster.membership.members() if cluster is not None else []
     nodes = ranked(digest, members)[: 1 + copies] if cluster is not None else []
     self_url = cluster.self_url if cluster is not None else "self"
-    failed = 0
-    # The owner first: it alone fetches from outside; the others then take from it.
-    for node in nodes or [self_url]:
+
+    async def on(node: str) -> int:
         if node == self_url:
             ok, error = await _here(request, up, name, digest)
         else:
@@ -127,9 +128,14 @@ async def _blob(
         line: dict[str, object] = {"blob": digest, "node": node, "ok": ok}
         if error:
             line["error"] = error
-        failed += 0 if ok else 1
         await say(line)
-    return failed
+        return 0 if ok else 1
+
+    owner, *others = nodes or [self_url]
+    # The owner first: it alone fetches from outside the cluster. The copies then all
+    # at once: each takes pieces from the owner and from the others as they land.
+    failed = await on(owner)
+    return failed + sum(await asyncio.gather(*(on(node) for node in others)))
 
 
 async def _here(request: web.Request, up: Upstream, name: str, digest: str) -> tuple[bool, str]:

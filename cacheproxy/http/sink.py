@@ -4,6 +4,9 @@ A file's bytes go out through the kernel's sendfile where the loop supports it (
 default asyncio loop on plain TCP, a body of known length); elsewhere (uvloop, TLS,
 a chunked body) through 1 MiB ``pread`` + write chunks, each awaited so a slow
 client never makes the proxy buffer more than one chunk for it.
+
+Under a bandwidth limit (a peer's upload, ``peer_upload_rate``) the bytes go a
+quantum of the limit at a time, each taken from its bucket first.
 """
 
 from __future__ import annotations
@@ -13,21 +16,44 @@ import os
 
 from aiohttp import web
 
+from ..rates import Rate
+
 CHUNK = 1024 * 1024
 
 
 class ResponseSink:
-    """The body of a prepared response."""
+    """The body of a prepared response (sent under ``rate``, if one is given)."""
 
-    def __init__(self, request: web.BaseRequest, resp: web.StreamResponse) -> None:
+    def __init__(
+        self, request: web.BaseRequest, resp: web.StreamResponse, rate: Rate | None = None
+    ) -> None:
         self._request = request
         self._resp = resp
+        self._rate = rate
 
     async def write(self, data: bytes) -> None:
-        await self._resp.write(data)
+        if self._rate is None:
+            await self._resp.write(data)
+            return
+        view, step = memoryview(data), self._rate.quantum()
+        for at in range(0, len(view), step):
+            piece = view[at : at + step]
+            await self._rate.take(len(piece))
+            await self._resp.write(piece)
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
         """Raises ConnectionError when the client goes away."""
+        if self._rate is None:
+            await self._sendfile(fd, offset, count)
+            return
+        step, end = self._rate.quantum(), offset + count
+        while offset < end:
+            piece = min(step, end - offset)
+            await self._rate.take(piece)
+            await self._sendfile(fd, offset, piece)
+            offset += piece
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> None:
         if count <= 0:
             return
         loop = asyncio.get_running_loop()
