@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ from .systems import (
     registry,
     wait_ready,
 )
+
+#: A step of a rollout before its clients: the bed and its running servers in, what
+#: it measured out.
+Step = Callable[["Bed", list[NsProcess]], Any]
 
 SYSTEMS = ("alone", "cluster", "star", "nopeers", "distribution", "direct")
 LABELS = {
@@ -98,6 +103,10 @@ class Rollout:
     #: the share of all the machine's CPUs that were busy (servers, clients, kernel).
     cpu: list[float] = field(default_factory=list)
     busy: float = 0.0
+    #: Seconds between the counters' two reads (the clients' run and the quiet after).
+    window: float = 0.0
+    #: What the step before the clients measured (``rollout(before=...)``), if any.
+    before: Any = None
 
     @property
     def verified(self) -> int:
@@ -184,7 +193,17 @@ class Bed:
 
     # --- one rollout -------------------------------------------------------------------
 
-    def rollout(self, system: str, n: int, kill: Kill | None = None) -> Rollout:
+    def rollout(
+        self,
+        system: str,
+        n: int,
+        kill: Kill | None = None,
+        settings: dict[str, str] | None = None,
+        before: Step | None = None,
+    ) -> Rollout:
+        """``settings``: the nodes' settings for this rollout, over the bed's;
+        ``before``: a step run once the servers answer and before the clients start
+        (a preheat), its result in :attr:`Rollout.before`."""
         if system not in SYSTEMS:
             raise ValueError(f"system {system!r}: one of {', '.join(SYSTEMS)}")
         assert self.net is not None and self.image is not None
@@ -192,25 +211,30 @@ class Bed:
         if n > self.nodes:
             raise ValueError(f"{n} nodes, the bed has {self.nodes}")
         run_dir = self.workdir / f"{system}-{n}-{time.monotonic_ns()}"
-        servers = self._servers(system, n, run_dir)
+        servers = self._servers(system, n, run_dir, {**self.settings, **(settings or {})})
         self.running = servers
         try:
             for proc in servers:
                 proc.start()
             if servers:
                 wait_ready(servers)
+            ahead = before(self, servers) if before is not None else None
             bases = [s.url for s in servers] if servers else [self.upstream_url] * n
             victim = None
             if kill is not None:
                 victim = self.owner_of_biggest(n) if kill.node == "owner" else int(kill.node)
-            return self._pull(system, n, bases, kill, victim)
+            made = self._pull(system, n, bases, kill, victim)
+            made.before = ahead
+            return made
         finally:
             for proc in servers:
                 proc.stop()
             self.running = []
             shutil.rmtree(run_dir, ignore_errors=True)
 
-    def _servers(self, system: str, n: int, run_dir: Path) -> list[NsProcess]:
+    def _servers(
+        self, system: str, n: int, run_dir: Path, settings: dict[str, str]
+    ) -> list[NsProcess]:
         assert self.net is not None
         eps = self.net.nodes[:n]
         if system == "direct":
@@ -236,7 +260,7 @@ class Bed:
                 members,
                 secret,
                 holders=system != "star",
-                settings=self.settings,
+                settings=settings,
             )
             for i, ep in enumerate(eps)
         ]
@@ -275,6 +299,7 @@ class Bed:
                 if read_line(proc, deadline).strip() != "ready":
                     raise RuntimeError(f"client did not start: {stderr_tail(proc)}")
             before = self.net.all_counters()
+            read_at = time.monotonic()
             cpu_before = [cpu_seconds(p.pid) for p in self.running]
             machine_before = machine_jiffies()
             killer = _Killer(self, kill, victim) if kill is not None else None
@@ -286,8 +311,9 @@ class Bed:
             machine_after = machine_jiffies()
             if killer is not None:
                 killer.stop()
-            self._quiet(deadline)
+            self.quiet(deadline)
             after = self.net.all_counters()
+            window = time.monotonic() - read_at
             cpu = [cpu_seconds(p.pid) - b for p, b in zip(self.running, cpu_before, strict=True)]
         finally:
             for proc in clients:
@@ -295,9 +321,10 @@ class Bed:
         rollout = self._measure(system, n, results, before, after, victim, killer)
         rollout.cpu = cpu
         rollout.busy = busy_share(machine_before, machine_after)
+        rollout.window = window
         return rollout
 
-    def _quiet(self, deadline: float) -> None:
+    def quiet(self, deadline: float) -> None:
         """Wait until no counter moves for ``QUIET`` seconds (at most ``QUIET_BUDGET``)."""
         assert self.net is not None
         last = self.net.all_counters()

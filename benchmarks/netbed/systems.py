@@ -177,7 +177,9 @@ def cacheproxy_node(
     ``settings``: more of its settings, by name (``peer_piece_size``: "1MiB")."""
     url = f"http://{ep.address}:{PORT}"
     argv = [sys.executable, "-m", "cacheproxy", "serve", "--upstream", upstream]
-    argv += ["--cache-dir", str(workdir / "cache"), "--listen", f"{ep.address}:{PORT}"]
+    # Every address of its namespace (its veth's and loopback, where an operator's
+    # command on the node reaches it, as the operator's endpoints want).
+    argv += ["--cache-dir", str(workdir / "cache"), "--listen", f"0.0.0.0:{PORT}"]
     argv += ["--log-level", "WARNING"]
     if members:
         assert secret_file is not None

@@ -1,7 +1,9 @@
 """The network bed at CI size: a 4-node rollout on a kernel network, bytes and correctness.
 
 Four node namespaces and an upstream on a bridge, every veth limited to 80 Mbit/s by
-tbf, a 20 MB image (a 16 MB layer: sixteen pieces for the holders to share).
+tbf, a 20 MB image (a 16 MB layer: sixteen pieces for the holders to share). Also a
+preheat (``prefetch --cluster``) before a rollout, and the bandwidth limits as the
+kernel counts what each node sent and received.
 The assertions are about bytes (the kernel's counters) and about every client's
 sha256 checks, never about time; ``benchmarks/netbed`` measures time. Needs root
 (CI is root): without it the test fails and says so.
@@ -18,6 +20,8 @@ import pytest
 
 from benchmarks.netbed.bed import MB, Bed, Kill, Rollout
 from benchmarks.netbed.net import cleanup
+from benchmarks.netbed.preheat import Preheat, preheat
+from cacheproxy.peers.ring import ranked
 
 NODES = 4
 LAYERS = (16 * MB, 4 * MB)
@@ -25,6 +29,10 @@ RATE = "80mbit"
 # Pieces of 1 MiB: the CI image's big layer has sixteen, for the policy to spread (at
 # the default 4 MiB it would have four; the real bed's 200 MB layer has 48).
 SETTINGS = {"peer_piece_size": "1MiB"}
+# Bandwidth limits, bytes a second: a fifth of the 10 MB/s links, so that a node
+# unlimited would pass them several times over in the windows measured.
+PREFETCH = 2_000_000
+UPLOAD = 2_000_000
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -89,3 +97,39 @@ def test_kill_9_of_a_node_mid_rollout_leaves_every_other_client_verified(
     assert len(survivors) == NODES - 1 and not failures(r, r.killed), r.clients
     # Mid-rollout: some survivor was still pulling when the victim died.
     assert max(c["end"] for c in survivors) > r.kill_at
+
+
+def test_a_preheat_puts_each_blob_on_three_nodes_under_prefetch_rate(bed: Bed) -> None:
+    """``prefetch --cluster --copies 2`` under ``prefetch_rate``: the upstream sends the
+    image once, the nodes receive it three times in all (each blob on its owner and
+    two holders, as the command's lines say), no node takes in more than the limit
+    allows over the preheat; then a rollout takes nothing from the upstream."""
+    size, members = bed.image_size, [bed.node_url(i) for i in range(NODES)]
+    r = bed.rollout("cluster", NODES, settings={"prefetch_rate": str(PREFETCH)}, before=preheat(2))
+    p = r.before
+    assert isinstance(p, Preheat) and p.returncode == 0, p
+    assert 0.95 <= p.upstream / size <= 1.05, p
+    assert 2.9 <= sum(p.downloads) / size <= 3.2, p
+    assert bed.image is not None
+    for blob in bed.image.blobs:
+        for node in ranked(blob.digest, members)[:3]:
+            assert f"{blob.digest} on {node}: kept" in p.output, p.output
+    # The kernel's counters: each node's intake over the preheat (headers and the
+    # acknowledgements of what it sent included) within the limit and its burst.
+    for got in p.downloads:
+        assert got <= 1.1 * PREFETCH * p.window, (got / p.window, PREFETCH, p)
+    assert len(r.clients) == NODES and not failures(r), r.clients
+    assert r.upstream / size <= 0.05, r
+
+
+def test_peer_upload_rate_bounds_what_each_node_sends_in_a_rollout(bed: Bed) -> None:
+    """Under ``peer_upload_rate`` every node's transmit, by the kernel's counters over
+    the rollout, stays within the limit; every client still verifies the image, and
+    the upstream still sends it once."""
+    r = bed.rollout("cluster", NODES, settings={"peer_upload_rate": str(UPLOAD)})
+    assert len(r.clients) == NODES and not failures(r), r.clients
+    assert r.upstream / bed.image_size <= 1.05, r
+    # The peers sent the other nodes their images, at most at the limit each.
+    assert sum(r.uploads) / bed.image_size >= (NODES - 1) * 0.95, r
+    for sent in r.uploads:
+        assert sent <= 1.1 * UPLOAD * r.window, (sent / r.window, UPLOAD, r)
