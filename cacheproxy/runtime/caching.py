@@ -17,6 +17,7 @@ from ..config import Config
 from ..lifecycle.keeper import Keeper
 from ..links import Links, derive_links
 from ..manifests.freshness import FreshnessRules
+from ..rates import rates_of
 from ..shared.tier import SharedTier
 from ..shared.writeback import WriteBack
 from ..sizes import parse_size
@@ -104,6 +105,7 @@ async def open_fills(
     options = FillOptions(
         max_blob_size=parse_size(config.max_blob_size, 0),
         segment_min_size=parse_size(config.segment_min_size, 0),
+        rates=rates_of(config.upstream_rate, config.peer_upload_rate, config.prefetch_rate),
     )
     limits = FillLimits(config.max_fills, config.max_queued_fills, config.max_fills_per_client)
     fills = Fills(storage.store, accounting, options, limits, budget, follow_ups)
