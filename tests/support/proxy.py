@@ -20,6 +20,7 @@ from cacheproxy.lifecycle.keeper import Keeper
 from cacheproxy.peers.cluster import Cluster
 from cacheproxy.upstream.pool import UpstreamPool
 from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -71,6 +72,10 @@ class RunningProxy:
 
     def temp_files(self) -> list[Path]:
         return list((self.config.cache_dir / "tmp").iterdir())
+
+    async def idle(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait (bounded) until no fill runs: a fill outlives its clients."""
+        await eventually(lambda: not self.fills.active, timeout=timeout, what="no fill running")
 
 
 def _environment() -> dict[str, str]:
