@@ -19,6 +19,7 @@ from tests.support.names import unique
 from tests.support.proxy import running_proxy
 from tests.support.registry import write_htpasswd
 from tests.support.tls import self_signed
+from tests.support.waiting import eventually
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 
@@ -133,9 +134,11 @@ async def test_tls_listener_reloads_a_renewed_certificate(
         (await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{out}")).check()
         assert (out / "manifest.json").read_bytes() == image.manifest
         self_signed(tmp_path, "renewed-cert")
-        async with asyncio.timeout(10):
-            while await served_cert_name(host, int(port)) != "renewed-cert":
-                await asyncio.sleep(0.1)
+
+        async def renewed() -> bool:
+            return await served_cert_name(host, int(port)) == "renewed-cert"
+
+        await eventually(renewed, timeout=10, interval=0.1, what="the renewed certificate served")
 
 
 @pytest.mark.parametrize("partial", [b"", b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: "])

@@ -23,6 +23,7 @@ from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, write_htpasswd
+from tests.support.waiting import eventually
 
 STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 PER_CLIENT = 2
@@ -103,14 +104,14 @@ async def test_a_request_that_hung_up_waits_for_no_slot(
             assert holder.status == 200
             async with session_from("127.0.0.2") as http:
                 waiting = asyncio.create_task(http.get(f"{proxy.url}/v2/{name}/blobs/{other}"))
-                async with asyncio.timeout(20):
-                    while proxy.fills.gate.waiting < 1:
-                        await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: proxy.fills.gate.waiting >= 1, timeout=20, what="a miss waiting"
+                )
                 waiting.cancel()
                 await asyncio.gather(waiting, return_exceptions=True)
-            async with asyncio.timeout(20):
-                while proxy.fills.gate.waiting:
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: not proxy.fills.gate.waiting, timeout=20, what="no miss waiting"
+            )
             assert proxy.fills.active == 1
             holder.close()
     finally:
@@ -162,9 +163,9 @@ async def test_a_flood_of_wrong_passwords_from_one_address_spares_a_real_login(
             flood = [asyncio.create_task(guess(n)) for n in range(40)]
             try:
                 # The flood is at its bound: logins are being refused.
-                async with asyncio.timeout(30):
-                    while refusals(passwords) < 10:
-                        await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: refusals(passwords) >= 10, timeout=30, what="ten logins refused"
+                )
                 user = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
                 async with aiohttp.ClientSession(connector=user) as http, asyncio.timeout(30):
                     for _ in range(3):

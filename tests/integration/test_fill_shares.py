@@ -21,6 +21,7 @@ from tests.integration.test_swarm import signed_url
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob
 from tests.support.proxy import running_proxy
+from tests.support.waiting import eventually
 
 MIB = 1 << 20
 STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
@@ -77,9 +78,11 @@ async def test_four_strangers_that_stay_connected_do_not_hold_every_fill_slot(
                 for i, http in enumerate(sessions)
                 for digest in big[i * PER_CLIENT : (i + 1) * PER_CLIENT]
             ]
-            async with asyncio.timeout(20):
-                while sum(t.done() for t in asks) + proxy.fills.gate.waiting < len(big):
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: sum(t.done() for t in asks) + proxy.fills.gate.waiting >= len(big),
+                timeout=20,
+                what="every download running or waiting",
+            )
             answered = [task.result() for task in asks if task.done()]
             assert all(resp.status == 200 for resp in answered)  # stay connected
             assert proxy.fills.active == len(answered)

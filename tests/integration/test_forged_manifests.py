@@ -64,6 +64,7 @@ from tests.support.images import (
 from tests.support.proxy import running_proxy
 from tests.support.registry import write_htpasswd
 from tests.support.s3 import AWS_ENV, MotoS3, shared_table
+from tests.support.waiting import eventually
 
 NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
 
@@ -515,9 +516,9 @@ async def test_a_client_at_its_fill_bound_cannot_tell_a_held_digest_from_an_unhe
             # The stranger's own download: its one slot, kept (it stays connected).
             holder = await mallory.get(f"{base}/{big}")
             assert holder.status == 200
-            async with asyncio.timeout(20):
-                while proxy.fills.active < 1:
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: proxy.fills.active >= 1, timeout=20, what="the stranger's fill running"
+            )
             held = await answer(mallory, "GET", f"{base}/{secret.layers[0].digest}")
             not_held = await answer(mallory, "GET", f"{base}/{unheld}")
             holder.close()

@@ -22,6 +22,7 @@ from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.waiting import eventually
 
 ACCEPT = {
     "Accept": "application/vnd.oci.image.index.v1+json, "
@@ -244,9 +245,11 @@ async def test_owner_killed_mid_stream_pulls_still_complete(
             pulls = [asyncio.create_task(fetch(node)) for node in others for _ in range(2)]
             # Until the owner is streaming to the other nodes: their fills have bytes.
             filling = [tmp_path / f"n{i}" / "tmp" for i, url in enumerate(urls) if url != owner]
-            async with asyncio.timeout(20):
-                while not all(has_bytes(tmp) for tmp in filling):
-                    await asyncio.sleep(0.05)
+            await eventually(
+                lambda: all(has_bytes(tmp) for tmp in filling),
+                timeout=20,
+                what="the other nodes' fills having bytes",
+            )
             owner_proc, _ = procs[owner]
             await crash(owner_proc)
             async with asyncio.timeout(60):
@@ -286,9 +289,11 @@ async def test_membership_change_while_pulls_run(
             pulls = [
                 asyncio.create_task(pull(http, node, name)) for node in nodes for _ in range(3)
             ]
-            async with asyncio.timeout(20):  # until the blobs are on their way
-                while not any(node.fills.stats.upstream_bytes for node in nodes):
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: any(node.fills.stats.upstream_bytes for node in nodes),
+                timeout=20,
+                what="the blobs on their way",
+            )
             # Node 0 leaves, node 2 joins, mid-pull.
             members.write_text("\n".join(urls[1:]) + "\n")
             os.utime(members, (1, 1))

@@ -25,6 +25,7 @@ from tests.support.images import (
 )
 from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.waiting import eventually
 
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
@@ -54,13 +55,6 @@ async def get_bytes(
 ) -> tuple[int, bytes, dict[str, str]]:
     async with http.get(url, headers=headers or {}) as resp:
         return resp.status, await resp.read(), dict(resp.headers)
-
-
-async def wait_idle(proxy: RunningProxy, seconds: float = 20.0) -> None:
-    """Wait (bounded) until no fill is running."""
-    async with asyncio.timeout(seconds):
-        while proxy.fills.active:
-            await asyncio.sleep(0.02)
 
 
 # --- real client, every manifest kind ---------------------------------------------
@@ -138,7 +132,7 @@ async def test_concurrent_cold_clients_cause_one_upstream_get(
         assert sha256(body) == digest
         assert headers["Docker-Content-Digest"] == digest
     assert forwarder.count("GET", f"/blobs/{digest}") == 1
-    await wait_idle(proxy)
+    await proxy.idle()
     assert proxy.blob_path(digest).read_bytes() == data
 
 
@@ -156,7 +150,7 @@ async def test_client_disconnect_leaves_complete_verified_blob(
         assert first == data[: 64 * 1024]
         resp.close()  # the client goes away mid-blob
     assert proxy.fills.active == 1
-    await wait_idle(proxy)
+    await proxy.idle()
     assert sha256(proxy.blob_path(digest).read_bytes()) == digest
     assert proxy.temp_files() == []
     assert forwarder.count("GET", f"/blobs/{digest}") == 1
@@ -192,9 +186,7 @@ async def test_ranges_on_cold_filling_and_warm_blobs(
     other_digest = await push_blob(forwarder.url, name, other)
     other_url = blob_url(proxy, name, other_digest)
     whole = asyncio.create_task(get_bytes(http, other_url))
-    async with asyncio.timeout(10):
-        while not proxy.fills.active:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: proxy.fills.active, timeout=10, what="the second blob's fill")
     osize = len(other)
     near_end, suffix = await asyncio.gather(
         get_bytes(http, other_url, {"Range": f"bytes={osize - 5000}-{osize - 4001}"}),
@@ -205,7 +197,7 @@ async def test_ranges_on_cold_filling_and_warm_blobs(
     assert suffix[2]["Content-Range"] == f"bytes {osize - 10}-{osize - 1}/{osize}"
     assert (await whole)[1] == other
     assert forwarder.count("GET", f"/blobs/{other_digest}") == 1
-    await wait_idle(proxy)
+    await proxy.idle()
 
     # Warm.
     forwarder.throttle_bps = None
@@ -245,7 +237,7 @@ async def test_wrong_bytes_from_upstream_are_never_cached_or_cleanly_served(
         async with http.get(blob_url(proxy, name, digest)) as resp:
             assert resp.status == 200
             await resp.read()
-    await wait_idle(proxy)
+    await proxy.idle()
     assert not proxy.blob_path(digest).exists()
     assert proxy.temp_files() == []
     assert proxy.fills.stats.digest_mismatches == 1
@@ -383,10 +375,11 @@ async def test_concurrent_tag_resolutions_collapse(
     requests = [
         asyncio.create_task(get_bytes(http, url, {"Accept": ALL_MANIFESTS})) for _ in range(12)
     ]
-    # Every request has arrived while the one upstream GET is held.
-    async with asyncio.timeout(10):
-        while stall.hits == 0 or proxy.requests_started() < before + 12:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: stall.hits and proxy.requests_started() >= before + 12,
+        timeout=10,
+        what="every request arrived while the one upstream GET is held",
+    )
     stall.release()
     for status, body, _ in await asyncio.gather(*requests):
         assert (status, body) == (200, image.manifest)

@@ -42,6 +42,7 @@ from tests.support.rawhttp import request as raw_request
 from tests.support.registry import RegistryProcess, free_port, write_htpasswd
 from tests.support.tls import self_signed
 from tests.support.tokenserver import TokenServer
+from tests.support.waiting import eventually
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 ROBOT = ("robot", "robot-s3cret-pass")
@@ -388,9 +389,11 @@ async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
                 )
                 for i in range(passwords.max_pending)
             ]
-            async with asyncio.timeout(10):
-                while passwords.pending < passwords.max_pending:
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: passwords.pending >= passwords.max_pending,
+                timeout=10,
+                what="every check pending",
+            )
             # Full: the next login is answered at once, while every check is stuck.
             connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
             async with aiohttp.ClientSession(connector=connector) as http, asyncio.timeout(5):
@@ -653,9 +656,11 @@ async def test_cached_private_layers_are_readable_by_the_proxy_user_only(
             async with running_proxy(upstream, cache) as proxy:
                 assert (await get(f"{proxy.url}/v2/{name}/manifests/v1", ACCEPT))[0] == 200
                 filling = asyncio.create_task(get(f"{proxy.url}/v2/{name}/blobs/{layer}"))
-                async with asyncio.timeout(10):
-                    while stall.hits == 0 or not proxy.temp_files():
-                        await asyncio.sleep(0.02)
+                await eventually(
+                    lambda: stall.hits and proxy.temp_files(),
+                    timeout=10,
+                    what="the fill writing its temp file",
+                )
                 temp_modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in proxy.temp_files()}
                 stall.release()
                 code, body = await filling
@@ -718,9 +723,11 @@ async def test_cache_commands_never_touch_a_running_servers_fills(
         log = tmp_path / "serve.log"
         async with serve_process(*where, log=log) as (proc, url):
             filling = asyncio.create_task(get(f"{url}/v2/{name}/blobs/{layer}"))
-            async with asyncio.timeout(10):
-                while stall.hits == 0 or not list((cache / "tmp").iterdir()):
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: stall.hits and list((cache / "tmp").iterdir()),
+                timeout=10,
+                what="the fill writing its temp file",
+            )
             temp = list((cache / "tmp").iterdir())
             bundle = tmp_path / "bundle.tar"
             for command in (

@@ -96,9 +96,7 @@ def starts(asks: list[str | None]) -> list[int]:
 
 
 async def assert_cached(proxy: RunningProxy, digest: str, data: bytes) -> None:
-    async with asyncio.timeout(30):
-        while proxy.fills.active:
-            await asyncio.sleep(0.02)
+    await proxy.idle()
     assert proxy.blob_path(digest).read_bytes() == data
     assert proxy.temp_files() == []
 
@@ -181,9 +179,7 @@ async def test_every_segment_breaking_fails_within_the_retry_budget(
     async with running_proxy(faulty.url, tmp_path / "cache", **SEGMENTS) as proxy:
         with pytest.raises(aiohttp.ClientPayloadError):
             await get(http, f"{proxy.url}/v2/{name}/blobs/{digest}")
-        async with asyncio.timeout(30):
-            while proxy.fills.active:
-                await asyncio.sleep(0.02)
+        await proxy.idle()
         assert not proxy.blob_path(digest).exists()
         assert proxy.temp_files() == []
         assert proxy.fills.stats.resumed == 3  # one budget for the whole blob

@@ -42,6 +42,7 @@ from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
 from tests.support.s3 import AWS_ENV, MotoS3, shared_table
+from tests.support.waiting import eventually
 
 ACCEPT = {
     "Accept": "application/vnd.oci.image.index.v1+json, "
@@ -213,9 +214,7 @@ async def test_a_wrong_object_in_the_bucket_is_caught_deleted_and_replaced(
                     await resp.read()
         tier = b.app[SHARED]
         assert tier.stats.bad_objects == 1
-        async with asyncio.timeout(30):
-            while tier.stats.deleted_bad < 1:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: tier.stats.deleted_bad, timeout=30, what="the bad object deleted")
         assert object_key(layer.digest) not in moto.keys(bucket, PREFIX)
         assert not b.blob_path(layer.digest).exists()
         # The retry gets the upstream's bytes, and the bucket gets them back.
@@ -259,9 +258,9 @@ async def test_a_failing_bucket_costs_the_upstream_never_the_client(
                     # The bucket goes away mid-transfer: half the layer came from it.
                     stall = wire.set_fault(Fault(key, "stall", offset=layer.size // 2))
                     got = asyncio.create_task(get_blob(b.url, image, layer.digest))
-                    async with asyncio.timeout(30):
-                        while not wire._stalling:
-                            await asyncio.sleep(0.02)
+                    await eventually(
+                        lambda: wire._stalling, timeout=30, what="the transfer stalled"
+                    )
                     await asyncio.to_thread(moto.stop)
                     assert wire.sever() >= 1
                     stall.release()
@@ -442,11 +441,12 @@ async def test_a_failed_multipart_upload_is_aborted_then_retried(
         try:
             writeback.start()
             assert writeback.blob(digest, "registry.test", "repo")
+            await eventually(
+                lambda: tier.stats.upload_failures, timeout=60, what="the upload failed"
+            )
+            assert fault.hits == 1
+            assert wire.count("DELETE", "uploadId=") == 1  # aborted
             async with asyncio.timeout(60):
-                while not tier.stats.upload_failures:
-                    await asyncio.sleep(0.02)
-                assert fault.hits == 1
-                assert wire.count("DELETE", "uploadId=") == 1  # aborted
                 await writeback.drained()
         finally:
             await writeback.close()

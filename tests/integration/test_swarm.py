@@ -192,9 +192,7 @@ async def test_the_owner_brings_the_blob_in_once_and_signs_its_holder_list(
             url, signed = signed_url(owner.url, "holding", digest, **query)
             async with http.get(url, headers={**signed, HEADER: "1.forged"}) as resp:
                 assert resp.status == 401
-        async with asyncio.timeout(30):  # the fill the first list started, to its end
-            while owner.fills.active:
-                await asyncio.sleep(0.01)
+        await owner.idle()  # the fill the first list started, to its end
         assert forwarder.body_bytes("GET", f"/blobs/{digest}") == len(data)
         assert owner.blob_path(digest).read_bytes() == data
 

@@ -36,6 +36,7 @@ from tests.support.images import OCI_INDEX, OCI_MANIFEST, PushedImage, push_imag
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, free_port, write_htpasswd
+from tests.support.waiting import eventually
 
 ACCEPT = {
     "Accept": ", ".join(
@@ -250,9 +251,7 @@ async def test_a_fill_in_flight_is_not_joined_under_another_repository(
                 return await resp.read()
 
         pull = asyncio.create_task(alice())
-        async with asyncio.timeout(20):
-            while not proxy.fills.active:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: proxy.fills.active, timeout=20, what="alice's fill")
         target = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs/{layer}"
         assert await answer(http, "GET", target) == (404, "BLOB_UNKNOWN")
         assert (await answer(http, "HEAD", target))[0] == 404
@@ -616,9 +615,7 @@ async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
         base = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs"
         # The one slot is taken by a stalled fill.
         holder = asyncio.create_task(other_client.get(f"{base}/{other.layers[0].digest}"))
-        async with asyncio.timeout(20):
-            while proxy.fills.active < 1:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: proxy.fills.active, timeout=20, what="the stalled fill")
 
         async def alice() -> int:
             url = f"{proxy.url}/v2/{PRIVATE}/{secret.name}/blobs/{layer}"
@@ -632,13 +629,11 @@ async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
                 return resp.status
 
         first = asyncio.create_task(alice())
-        async with asyncio.timeout(20):  # alice queues first
-            while proxy.fills.gate.waiting < 1:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: proxy.fills.gate.waiting >= 1, timeout=20, what="alice queued")
         second = asyncio.create_task(anonymous())
-        async with asyncio.timeout(20):
-            while proxy.fills.gate.waiting < 2:
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: proxy.fills.gate.waiting >= 2, timeout=20, what="the anonymous client queued"
+        )
         stall.release()
         upstreams.public.clear_faults()
         async with asyncio.timeout(30):
@@ -672,9 +667,9 @@ async def test_a_refusal_says_nothing_of_what_is_cached(
         async with http.get(f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs/{held}") as resp:
             assert resp.status == 200
             await resp.read()
-        async with asyncio.timeout(10):
-            while not proxy.blob_path(held).exists():
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: proxy.blob_path(held).exists(), timeout=10, what="the layer in the cache"
+        )
         unseen = never.layers[0].digest
         for where in (f"{PUBLIC}/lib/nothing-here", "locked.test/team/x"):
             answers = {}
