@@ -23,6 +23,7 @@ from cacheproxy.oci import Digest
 from cacheproxy.sizes import DiskSpace
 from cacheproxy.store.files import BlobStore
 from cacheproxy.upstream.client import Upstream
+from tests.support.waiting import eventually
 from tests.unit.test_fill import EOF, Answer, FakeFeed, digest_of, live
 
 # --- the gate ----------------------------------------------------------------------
@@ -403,9 +404,7 @@ async def test_an_abandoned_fill_is_cancelled_cleanly_for_a_waiting_client(
     queue = remote.answers[BIGD].content.queue
     assert queue is not None
     await queue.put(BIG[:300_000])
-    async with asyncio.timeout(10):
-        while fill.progress() < 300_000:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: fill.progress() >= 300_000, timeout=10, what="300,000 bytes in")
     assert (upstream.pins, fills.budget.reserved, len(list(store.tmp_dir.iterdir()))) == (
         1,
         len(BIG),
@@ -416,8 +415,11 @@ async def test_an_abandoned_fill_is_cancelled_cleanly_for_a_waiting_client(
     # Another client's miss takes the slot at once: the abandoned fill is cancelled.
     async with asyncio.timeout(10):
         served = await chain.open(Want(upstream, "app", SMALLD, "address 127.0.0.9"))
-        while upstream.pins != 1 or fill.state is not FillState.FAILED:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: upstream.pins == 1 and fill.state is FillState.FAILED,
+        timeout=10,
+        what="the abandoned fill cancelled",
+    )
     assert fill.preempted and fills.gate.stats.preempted == 1
     assert fills.running(stranger) is None
     assert not store.exists(BIGD)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 import datetime as dt
 import sqlite3
@@ -14,6 +13,7 @@ import pytest
 from cacheproxy.savings import db
 from cacheproxy.savings.db import Counts
 from cacheproxy.savings.ledger import Ledger
+from tests.support.waiting import eventually
 
 HUB = "docker.io"
 
@@ -93,9 +93,7 @@ async def test_the_background_task_flushes_within_the_interval(tmp_path: Path) -
     await led.start()
     try:
         one_pull(led)
-        async with asyncio.timeout(5):
-            while not stored(led.path):
-                await asyncio.sleep(0.02)
+        await eventually(lambda: stored(led.path), timeout=5, what="the pull on disk")
         # Written without close: what a crash right now would leave behind.
         assert stored(led.path)[(HUB, "library/alpine")].served == 51_000
     finally:
