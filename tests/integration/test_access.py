@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
-from tests.support.images import push_image
+from tests.support.images import basic_auth, push_image
 from tests.support.names import unique
 from tests.support.proxy import running_proxy
 from tests.support.registry import write_htpasswd
@@ -22,10 +21,6 @@ from tests.support.tls import self_signed
 from tests.support.waiting import eventually
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 async def status(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
@@ -63,14 +58,14 @@ async def test_htpasswd_tokens_and_rules(forwarder: Forwarder, tmp_path: Path) -
         code, headers = await status(url(team), ACCEPT)
         assert code == 401  # anonymous may not: log in (a challenge, so clients do)
         assert headers["WWW-Authenticate"].startswith("Basic")
-        assert (await status(url(team), {**ACCEPT, **basic("ci", "ci-password-1")}))[0] == 200
+        assert (await status(url(team), {**ACCEPT, **basic_auth("ci", "ci-password-1")}))[0] == 200
         bearer = {"Authorization": "Bearer tok-0123456789abcdef"}
         assert (await status(url(team), {**ACCEPT, **bearer}))[0] == 200
-        code, headers = await status(url(team), {**ACCEPT, **basic("ci", "wrong")})
+        code, headers = await status(url(team), {**ACCEPT, **basic_auth("ci", "wrong")})
         assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")
         bad_bearer = {"Authorization": "Bearer nope"}
         assert (await status(url(team), {**ACCEPT, **bad_bearer}))[0] == 401
-        denied = {**ACCEPT, **basic("ci", "ci-password-1")}
+        denied = {**ACCEPT, **basic_auth("ci", "ci-password-1")}
         assert (await status(url(secret_repo), denied))[0] == 403
         # Probes and metrics stay open for the kubelet and Prometheus.
         assert (await status(f"{proxy.url}/healthz"))[0] == 200
@@ -93,7 +88,7 @@ async def test_anonymous_off_challenges_at_the_base_endpoint(
         code, _ = await status(f"{proxy.url}/v2/{name}/manifests/v1", ACCEPT)
         assert code == 401
         assert len(forwarder.requests) == pushed  # nothing went upstream for them
-        assert (await status(f"{proxy.url}/v2/", basic("u", "p4ssword")))[0] == 200
+        assert (await status(f"{proxy.url}/v2/", basic_auth("u", "p4ssword")))[0] == 200
         # A real client logs in when challenged.
         out = tmp_path / "out"
         ref = f"docker://{proxy.host}/{name}:v1"

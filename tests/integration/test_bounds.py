@@ -29,6 +29,7 @@ from tests.support.images import push_blob, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess
+from tests.support.sessions import session_from
 from tests.support.waiting import eventually
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
@@ -91,12 +92,6 @@ async def fake_ecr(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeEcr]:
         yield ecr
 
 
-def from_address(address: str) -> aiohttp.ClientSession:
-    """A client session whose connections come from ``address`` (another client)."""
-    connector = aiohttp.TCPConnector(local_addr=(address, 0))
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
-
-
 def account(i: int) -> str:
     return f"{100000000000 + i}.dkr.ecr.us-west-2.amazonaws.com"
 
@@ -121,7 +116,7 @@ async def test_made_up_ecr_regions_never_hold_up_a_configured_registry(
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config, **generous) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
-        from_address("127.0.0.2") as other,
+        session_from("127.0.0.2", total=60) as other,
     ):
 
         async def ask(host: str, session: aiohttp.ClientSession = http) -> tuple[int, str]:
@@ -165,7 +160,7 @@ async def test_made_up_ecr_registries_are_bounded(fake_ecr: FakeEcr, tmp_path: P
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config, **settings) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
-        from_address("127.0.0.2") as other,
+        session_from("127.0.0.2", total=60) as other,
     ):
 
         async def ask(i: int) -> int:
@@ -234,7 +229,7 @@ async def test_a_stranger_naming_made_up_accounts_evicts_and_starves_no_one(
             None, tmp_path / "cache", config_file=config, upstream_clock=lambda: 1000.0, **settings
         ) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as neighbour,
-        from_address("127.0.0.2") as stranger,
+        session_from("127.0.0.2", total=60) as stranger,
     ):
 
         async def pull(host: str) -> int:

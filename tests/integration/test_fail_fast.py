@@ -17,10 +17,10 @@ import pytest
 
 from cacheproxy.http.keys import UPSTREAMS
 from cacheproxy.oci import OCI_MANIFEST
-from tests.integration.test_faults import GET, assert_exact, blob_url, fetch, new_blob
+from tests.integration.test_faults import GET, assert_exact, fetch, new_blob
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.ports import free_port
-from tests.support.proxy import running_proxy
+from tests.support.proxy import blob_url, running_proxy
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -88,12 +88,6 @@ async def gate(forwarder: Forwarder) -> AsyncIterator[Gate]:
         yield relay
     finally:
         await relay.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_cold_requests_to_an_unreachable_upstream_are_answered_unretried(

@@ -19,7 +19,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +35,12 @@ from tests.support.images import (
     push_blob,
     push_image,
     random_bytes,
+    sha256_digest,
 )
 from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.process import crash, serve_process
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import RunningProxy, assert_cached, blob_url, running_proxy
 from tests.support.waiting import eventually
 
 MIB = 1 << 20
@@ -52,10 +52,6 @@ FIRST_ASK = f"bytes=0-{8 * MIB - 1}"
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -96,33 +92,10 @@ def assert_broken(outcome: Outcome, data: bytes) -> None:
     assert outcome.body != data
 
 
-async def assert_cached(proxy: RunningProxy, digest: str, data: bytes) -> None:
-    await proxy.idle()
-    path = proxy.blob_path(digest)
-    assert path.is_file(), "the blob was not cached"
-    stored = path.read_bytes()
-    assert sha256(stored) == digest
-    assert stored == data
-    assert proxy.temp_files() == []
-
-
 async def assert_not_cached(proxy: RunningProxy, digest: str) -> None:
     await proxy.idle()
     assert not proxy.blob_path(digest).exists(), "an unverified blob was kept"
     assert proxy.temp_files() == []
-
-
-@pytest.fixture
-async def proxy(forwarder: Forwarder, tmp_path: Path) -> AsyncIterator[RunningProxy]:
-    async with running_proxy(forwarder.url, tmp_path / "cache") as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=45)
-    async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as session:
-        yield session
 
 
 async def new_blob(forwarder: Forwarder, prefix: str, size: int = SIZE) -> tuple[str, str, bytes]:
@@ -130,10 +103,6 @@ async def new_blob(forwarder: Forwarder, prefix: str, size: int = SIZE) -> tuple
     data = random_bytes(size, name)
     digest = await push_blob(forwarder.url, name, data)
     return name, digest, data
-
-
-def blob_url(proxy: RunningProxy, name: str, digest: str) -> str:
-    return f"{proxy.url}/v2/{name}/blobs/{digest}"
 
 
 def _range_start(header: str | None) -> int:
@@ -357,7 +326,7 @@ async def test_oversized_manifest_is_refused_and_not_cached(
 ) -> None:
     name = unique("faults/huge-manifest")
     body = b'{"schemaVersion": 2, "x": "' + b"a" * (4 * MIB + 1) + b'"}'
-    digest = sha256(body)
+    digest = sha256_digest(body)
     reference = "v1" if by == "tag" else digest
     headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest}
     forwarder.set_fault(
@@ -423,7 +392,7 @@ async def test_unreachable_upstream_is_unavailable_within_the_budget(
     dead = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     async with running_proxy(dead, tmp_path / "cache", upstream_retry_budget=2.0) as proxy:
         started = time.monotonic()
-        outcome = await fetch(http, blob_url(proxy, "faults/gone", sha256(b"x")))
+        outcome = await fetch(http, blob_url(proxy, "faults/gone", sha256_digest(b"x")))
         assert time.monotonic() - started < 2.0 + 2.0
         assert outcome.status == 503
         assert b'"UNAVAILABLE"' in outcome.body

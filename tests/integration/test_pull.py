@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -22,32 +21,13 @@ from tests.support.images import (
     push_blob,
     push_image,
     push_index,
+    sha256_digest,
 )
 from tests.support.names import unique
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import RunningProxy, blob_url, running_proxy
 from tests.support.waiting import eventually
 
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-async def proxy(forwarder: Forwarder, tmp_path: Path) -> AsyncIterator[RunningProxy]:
-    async with running_proxy(forwarder.url, tmp_path / "cache") as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
-
-
-def blob_url(proxy: RunningProxy, name: str, digest: str) -> str:
-    return f"{proxy.url}/v2/{name}/blobs/{digest}"
 
 
 async def get_bytes(
@@ -87,9 +67,9 @@ async def test_skopeo_copy_matches_upstream(
     for blob in image.all_blobs():
         stored = out / blob.digest.split(":")[1]
         assert stored.is_file(), blob.digest
-        assert sha256(stored.read_bytes()) == blob.digest
+        assert sha256_digest(stored.read_bytes()) == blob.digest
         # Every blob is now in the cache, verified.
-        assert sha256(proxy.blob_path(blob.digest).read_bytes()) == blob.digest
+        assert sha256_digest(proxy.blob_path(blob.digest).read_bytes()) == blob.digest
     for child in image.children:
         assert (out / f"{child.digest.split(':')[1]}.manifest.json").read_bytes() == child.manifest
     assert proxy.temp_files() == []
@@ -129,7 +109,7 @@ async def test_concurrent_cold_clients_cause_one_upstream_get(
     )
     for status, body, headers in results:
         assert status == 200
-        assert sha256(body) == digest
+        assert sha256_digest(body) == digest
         assert headers["Docker-Content-Digest"] == digest
     assert forwarder.count("GET", f"/blobs/{digest}") == 1
     await proxy.idle()
@@ -151,7 +131,7 @@ async def test_client_disconnect_leaves_complete_verified_blob(
         resp.close()  # the client goes away mid-blob
     assert proxy.fills.active == 1
     await proxy.idle()
-    assert sha256(proxy.blob_path(digest).read_bytes()) == digest
+    assert sha256_digest(proxy.blob_path(digest).read_bytes()) == digest
     assert proxy.temp_files() == []
     assert forwarder.count("GET", f"/blobs/{digest}") == 1
 
@@ -298,9 +278,9 @@ async def test_upstream_errors_map_to_oci_errors(
 
 async def test_unknown_blob_and_manifest(proxy: RunningProxy, http: aiohttp.ClientSession) -> None:
     name = unique("missing")
-    status, body, _ = await get_bytes(http, blob_url(proxy, name, sha256(b"nothing")))
+    status, body, _ = await get_bytes(http, blob_url(proxy, name, sha256_digest(b"nothing")))
     assert status == 404 and json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
-    async with http.head(blob_url(proxy, name, sha256(b"nothing"))) as resp:
+    async with http.head(blob_url(proxy, name, sha256_digest(b"nothing"))) as resp:
         assert resp.status == 404
     status, body, _ = await get_bytes(http, f"{proxy.url}/v2/{name}/manifests/nope")
     assert status == 404 and json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
@@ -432,7 +412,7 @@ async def test_stale_tag_and_cached_blobs_served_when_upstream_is_down(
         assert (status, body) == (200, image.manifest)
         for blob in image.all_blobs():
             status, body, _ = await get_bytes(http, blob_url(proxy, name, blob.digest))
-            assert (status, sha256(body)) == (200, blob.digest)
+            assert (status, sha256_digest(body)) == (200, blob.digest)
         status, body, _ = await get_bytes(http, f"{proxy.url}/v2/{name}/manifests/v2", headers)
         assert status == 503
         assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"

@@ -34,6 +34,14 @@ AWS_ENV = {
     "AWS_CONFIG_FILE": "/dev/null",
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
 }
+#: Where the shared tier keeps blobs in its bucket by default (its ``prefix``).
+PREFIX = "cache/v1/blobs/"
+
+
+def object_key(digest: str) -> str:
+    """The bucket key of a blob under the default prefix, as the tier lays it out."""
+    algorithm, hexpart = digest.split(":")
+    return f"{PREFIX}{algorithm}/{hexpart}"
 
 
 class MotoS3:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
@@ -18,13 +17,13 @@ from cacheproxy.blobs.fillstate import FillState
 from cacheproxy.blobs.inflight import Fills, InFlight
 from cacheproxy.blobs.source import Body, Feed, Want
 from cacheproxy.errors import TooManyRequests, UpstreamUnavailable
-from cacheproxy.layout import CacheLayout
 from cacheproxy.oci import Digest
 from cacheproxy.sizes import DiskSpace
 from cacheproxy.store.files import BlobStore
 from cacheproxy.upstream.client import Upstream
+from tests.support.images import digest_of
 from tests.support.waiting import eventually
-from tests.unit.test_fill import EOF, Answer, FakeFeed, digest_of, live
+from tests.unit.test_fill import EOF, Answer, FakeFeed, live
 
 # --- the gate ----------------------------------------------------------------------
 
@@ -376,13 +375,6 @@ class ScriptedRemote:
 
 
 BIGD, SMALLD = digest_of(BIG), digest_of(SMALL)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    store = BlobStore(CacheLayout(tmp_path / "cache"))
-    store.prepare()
-    return store
 
 
 async def test_an_abandoned_fill_is_cancelled_cleanly_for_a_waiting_client(

@@ -22,7 +22,7 @@ def noon_utc(day: str) -> float:
     return float(calendar.timegm(dt.datetime.fromisoformat(day + "T12:00:00").timetuple()))
 
 
-class Clock:
+class DayClock:
     """A settable clock, at noon UTC of a given day."""
 
     def __init__(self, day: str) -> None:
@@ -37,7 +37,7 @@ class Clock:
 
 @pytest.fixture
 async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    led = Ledger(tmp_path / "ledger.db", flush_interval=3600, clock=Clock("2026-03-14"))
+    led = Ledger(tmp_path / "ledger.db", flush_interval=3600, clock=DayClock("2026-03-14"))
     await led.start()
     try:
         yield led
@@ -102,7 +102,7 @@ async def test_the_background_task_flushes_within_the_interval(tmp_path: Path) -
 
 async def test_restart_keeps_the_totals(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    clock = Clock("2026-03-14")
+    clock = DayClock("2026-03-14")
     first = Ledger(path, clock=clock)
     await first.start()
     one_pull(first)
@@ -125,7 +125,7 @@ async def test_restart_keeps_the_totals(tmp_path: Path) -> None:
 
 
 async def test_days_and_months_are_utc_calendar_days(tmp_path: Path) -> None:
-    clock = Clock("2026-03-31")
+    clock = DayClock("2026-03-31")
     led = Ledger(tmp_path / "ledger.db", clock=clock)
     await led.start()
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from cacheproxy.errors import TooManyRequests
 from cacheproxy.http.clientauth import ClientAuth
 from cacheproxy.http.passwords import PasswordChecks
+from tests.support.images import basic_credentials
 from tests.support.waiting import eventually
 
 # Seconds a held check waits at most for the test to let it go (a forgotten release
@@ -133,10 +133,6 @@ async def test_a_check_that_gives_up_waiting_frees_its_place(
     assert checker.started == [b"a"]
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
 async def test_a_login_verified_before_never_waits_behind_strangers(tmp_path: Path) -> None:
     htpasswd = tmp_path / "htpasswd"
     hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode()
@@ -145,16 +141,16 @@ async def test_a_login_verified_before_never_waits_behind_strangers(tmp_path: Pa
     checks = PasswordChecks(checker, workers=1, max_pending=4, per_client=4)
     auth = ClientAuth(htpasswd=htpasswd, passwords=checks)
     checker.go.set()
-    assert await auth.identify(basic("alice", "right"), "10.0.0.7") == "alice"
+    assert await auth.identify(basic_credentials("alice", "right"), "10.0.0.7") == "alice"
     # Strangers take every check, and every thread is stuck.
     checker.go.clear()
     strangers = [
-        asyncio.create_task(auth.identify(basic("alice", f"guess-{i}"), "10.0.0.66"))
+        asyncio.create_task(auth.identify(basic_credentials("alice", f"guess-{i}"), "10.0.0.66"))
         for i in range(4)
     ]
     await eventually(lambda: checks.pending == 4, what="the strangers' checks")
     async with asyncio.timeout(5):
-        assert await auth.identify(basic("alice", "right"), "10.0.0.7") == "alice"
+        assert await auth.identify(basic_credentials("alice", "right"), "10.0.0.7") == "alice"
     checker.go.set()
     await asyncio.gather(*strangers, return_exceptions=True)
     await auth.close()

@@ -21,20 +21,13 @@ from cacheproxy.swarm.feed import Busy, HolderFeed, NotHeld
 from cacheproxy.swarm.lists import HolderReport, encode_list
 from cacheproxy.swarm.memory import BUSY_PAUSE
 from cacheproxy.swarm.node import SwarmNode
+from tests.support.clock import Clock
 from tests.support.waiting import eventually
 
 MIB = 1 << 20
 SIZE = 10 * MIB
 OWNER = "http://owner:5000"
 ME = "http://me:5000"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Content:
@@ -149,7 +142,7 @@ class Rig:
 async def rig() -> AsyncIterator[Rig]:
     holders = [HolderReport(OWNER), whole("http://a:5000"), whole("http://b:5000")]
     cluster = FakeCluster(holders, {OWNER, "http://a:5000", "http://b:5000", "http://c:5000"})
-    clock = Clock()
+    clock = Clock(100.0)
     node = SwarmNode(cast(Cluster, cluster), piece_size=MIB, max_sources=3, clock=clock)
     made = Rig(cluster, node, clock)
     yield made

@@ -44,7 +44,7 @@ async def test_a_hanging_check_is_cut_at_the_bound() -> None:
         await eventually(hangs, timeout=0.1, what="an answer")
 
 
-class Page:
+class LongFalsy:
     """A falsy value with a long repr, as a metrics page that lacks a line."""
 
     def __bool__(self) -> bool:
@@ -56,7 +56,7 @@ class Page:
 
 async def test_a_long_last_value_is_cut_short() -> None:
     with pytest.raises(AssertionError) as failed:
-        await eventually(Page, timeout=0.05, what="the line")
+        await eventually(LongFalsy, timeout=0.05, what="the line")
     assert str(failed.value).endswith("x" * 300 + "...)")
     assert len(str(failed.value)) < 400
 
