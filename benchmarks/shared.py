@@ -8,7 +8,7 @@ Reported: upstream bytes per image across both clusters (from the throttle's
 access log; target <= 1.05), B's cold-pull wall time against A's, and the proxies'
 CPU seconds per GB delivered to clients.
 
-    python3 benchmarks/shared.py [--quick] [--write] [--nodes K] [--clients N]
+    python3 -m benchmarks.shared [--quick] [--write] [--nodes K] [--clients N]
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def render(rows: list[Row], args: argparse.Namespace, size: int) -> str:
         f"## Shared tier: two clusters of {args.nodes} nodes, one bucket, "
         f"{args.clients} cold clients per node",
         "",
-        f"Command: `python3 benchmarks/shared.py{' --quick' if args.quick else ''}"
+        f"Command: `python3 -m benchmarks.shared{' --quick' if args.quick else ''}"
         f" --nodes {args.nodes} --clients {args.clients} --rate {args.rate}`",
         "",
         f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
