@@ -31,6 +31,7 @@ from typing import IO, Protocol
 from tests.support.ports import free_port
 from tests.support.process import stop_pids, stop_process
 from tests.support.registry import RegistryProcess
+from tests.support.waiting import eventually_sync
 
 __all__ = [
     "CacheproxySut",
@@ -64,19 +65,23 @@ def clean_env() -> dict[str, str]:
 
 def wait_http(url: str, proc: subprocess.Popen[bytes] | None, log: Path) -> None:
     """Poll ``url`` until it answers any HTTP status; fail if ``proc`` dies first."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited {proc.returncode}:\n{tail(log)}")
         try:
             with _OPENER.open(url, timeout=1.0):
-                return
+                return True
         except urllib.error.HTTPError as exc:
             exc.close()
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {START_TIMEOUT}s:\n{tail(log)}")
+            return False
+
+    try:
+        eventually_sync(answers, timeout=START_TIMEOUT, interval=0.05, what=f"{url} answering")
+    except AssertionError as exc:
+        raise TimeoutError(f"{exc}:\n{tail(log)}") from None
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -6,7 +6,7 @@ image size (from the throttle's access log). Target for cacheproxy at K = 4: <= 
 (independent proxies: about K, distribution even more, as it goes upstream again for
 every concurrent miss).
 
-    python3 benchmarks/cluster.py [--quick] [--write]
+    python3 -m benchmarks.cluster [--quick] [--write]
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def render(rows: list[Row], args: argparse.Namespace, size: int) -> str:
     lines = [
         f"## Cluster: K nodes, {args.clients} cold clients per node, one throttled upstream",
         "",
-        f"Command: `python3 benchmarks/cluster.py{' --quick' if args.quick else ''}`",
+        f"Command: `python3 -m benchmarks.cluster{' --quick' if args.quick else ''}`",
         "",
         f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
         f"{os.cpu_count()} CPUs, {platform.machine()}, kernel {platform.release()}",

@@ -6,8 +6,8 @@ throttling nginx in front of it for each system under test, and measures cold pu
 (1, 8, 32 clients), warm blob throughput, manifest requests/s and peak RSS. It prints
 one markdown table; ``--write`` also puts it into ``benchmarks/RESULTS.md``.
 
-    python3 benchmarks/run.py            # full run, ~6-10 minutes
-    python3 benchmarks/run.py --quick    # smaller content, shorter runs, ~2 minutes
+    python3 -m benchmarks.run            # full run, ~6-10 minutes
+    python3 -m benchmarks.run --quick    # smaller content, shorter runs, ~2 minutes
 """
 
 from __future__ import annotations
@@ -611,7 +611,7 @@ async def run(args: argparse.Namespace) -> int:
         section = "\n\n".join(
             [
                 f"## {title}",
-                f"Command: `python3 benchmarks/run.py{_flags(args)}`"
+                f"Command: `python3 -m benchmarks.run{_flags(args)}`"
                 f" ({time.monotonic() - t0:.0f} s)",
                 machine(code),
                 text,

@@ -17,34 +17,37 @@ GET's first byte and the proxy's CPU per GB served. Measured: wall time, upstrea
 bytes per copy of the content (the throttle's log), the proxy's CPU (user+sys of its
 process tree) per GB served, its peak RSS (VmHWM of the fresh process).
 
-    python3 benchmarks/segments.py              # full: 248 MB image, 1 GB blob, 100 MB/s
-    python3 benchmarks/segments.py --quick      # smoke: small content, s1 and s4
-    python3 benchmarks/segments.py --write      # also write the section in RESULTS.md
-    python3 benchmarks/segments.py --profile    # also: where the cold path's CPU goes
-    python3 benchmarks/segments.py --render benchmarks/out-segments/results.json --write
+    python3 -m benchmarks.segments              # full: 248 MB image, 1 GB blob, 100 MB/s
+    python3 -m benchmarks.segments --quick      # smoke: small content, s1 and s4
+    python3 -m benchmarks.segments --write      # also write the section in RESULTS.md
+    python3 -m benchmarks.segments --profile    # also: where the cold path's CPU goes
+    python3 -m benchmarks.segments --render benchmarks/out-segments/results.json --write
 """
 
 from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and not __package__:
+    # Started as a file: run as the module it is, so that benchmarks and tests import
+    # as the packages they are (from the repository root, where this is started).
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.segments", *sys.argv[1:]])
 
 import argparse
 import asyncio
 import json
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.anchors import CacheproxySut, NginxCacheSut, Sut, Throttle, reset  # noqa: E402
-from benchmarks.load import PullResult, cold_pull, pull_blob, tree_cpu, tree_kib  # noqa: E402
-from benchmarks.profile import Profiler, inclusive_items, top_items  # noqa: E402
-from benchmarks.run import code_under_test, log, machine, run_in, write_results  # noqa: E402
-from benchmarks.segments_report import (  # noqa: E402
+from benchmarks.anchors import CacheproxySut, NginxCacheSut, Sut, Throttle, reset
+from benchmarks.load import PullResult, cold_pull, pull_blob, tree_cpu, tree_kib
+from benchmarks.profile import Profiler, inclusive_items, top_items
+from benchmarks.run import code_under_test, log, machine, run_in, write_results
+from benchmarks.segments_report import (
     DIRECT,
     NGINX,
     Measure,
@@ -53,9 +56,10 @@ from benchmarks.segments_report import (  # noqa: E402
     table,
     targets,
 )
-from tests.support.images import push_blob_stream, push_image, random_chunks  # noqa: E402
-from tests.support.registry import RegistryProcess  # noqa: E402
+from tests.support.images import push_blob_stream, push_image, random_chunks
+from tests.support.registry import RegistryProcess
 
+ROOT = Path(__file__).resolve().parents[1]
 NAME = "bench/segments"
 TAG = "latest"
 MB = 1_000_000
@@ -320,7 +324,7 @@ def command(args: argparse.Namespace) -> str:
         flags += " --what " + " ".join(args.what)
     if len(args.systems) < 3:
         flags += " --systems " + " ".join(args.systems)
-    return f"python3 benchmarks/segments.py{flags}"
+    return f"python3 -m benchmarks.segments{flags}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The results section of ``benchmarks/segments.py``: tables, targets and notes. Pure.
 
 Rendered from the run's ``results.json`` as well, so a run's numbers can be written
-again without pulling anything: ``python3 benchmarks/segments.py --render FILE``.
+again without pulling anything: ``python3 -m benchmarks.segments --render FILE``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Reported: upstream bytes per image across both clusters (from the throttle's
 access log; target <= 1.05), B's cold-pull wall time against A's, and the proxies'
 CPU seconds per GB delivered to clients.
 
-    python3 benchmarks/shared.py [--quick] [--write] [--nodes K] [--clients N]
+    python3 -m benchmarks.shared [--quick] [--write] [--nodes K] [--clients N]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from tests.support.images import push_image
 from tests.support.ports import free_port
 from tests.support.registry import RegistryProcess
 from tests.support.s3 import AWS_ENV, MotoS3, shared_table
+from tests.support.waiting import eventually
 
 NAME = "bench/shared"
 TAG = "latest"
@@ -138,13 +139,12 @@ DRAIN_LIMIT = 300.0
 
 async def drain(cluster: list[SharedNode]) -> None:
     """Wait (bounded) until every node has written back what it fetched."""
-    deadline = time.monotonic() + DRAIN_LIMIT
-    while time.monotonic() < deadline:
+
+    async def drained() -> bool:
         pending = await asyncio.gather(*(asyncio.to_thread(n.pending_uploads) for n in cluster))
-        if not any(pending):
-            return
-        await asyncio.sleep(0.2)
-    raise RuntimeError("uploads did not finish")
+        return not any(pending)
+
+    await eventually(drained, timeout=DRAIN_LIMIT, interval=0.2, what="every upload finished")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -193,7 +193,7 @@ def render(rows: list[Row], args: argparse.Namespace, size: int) -> str:
         f"## Shared tier: two clusters of {args.nodes} nodes, one bucket, "
         f"{args.clients} cold clients per node",
         "",
-        f"Command: `python3 benchmarks/shared.py{' --quick' if args.quick else ''}"
+        f"Command: `python3 -m benchmarks.shared{' --quick' if args.quick else ''}"
         f" --nodes {args.nodes} --clients {args.clients} --rate {args.rate}`",
         "",
         f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "

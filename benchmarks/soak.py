@@ -7,10 +7,10 @@ answer byte for byte. Both systems run on loopback, one after the other, each fr
 with an empty cache warmed by one pass over the content; the table gives errors (the
 target is zero), latency percentiles, requests/s, peak RSS and server CPU side by side.
 
-    python3 benchmarks/soak.py                     # 1000 connections, 120 s per system
-    python3 benchmarks/soak.py --quick             # 20 s per system
-    python3 benchmarks/soak.py --connections 200 --duration 60 --only cacheproxy
-    python3 benchmarks/soak.py --write             # also update benchmarks/RESULTS.md
+    python3 -m benchmarks.soak                     # 1000 connections, 120 s per system
+    python3 -m benchmarks.soak --quick             # 20 s per system
+    python3 -m benchmarks.soak --connections 200 --duration 60 --only cacheproxy
+    python3 -m benchmarks.soak --write             # also update benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -590,7 +590,7 @@ async def run(args: argparse.Namespace) -> int:
         section = "\n\n".join(
             [
                 title,
-                f"Command: `python3 benchmarks/soak.py{flags}` ({time.monotonic() - t0:.0f} s)",
+                f"Command: `python3 -m benchmarks.soak{flags}` ({time.monotonic() - t0:.0f} s)",
                 machine(code),
                 text,
                 note,

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real upstream registry (plain, or behind a token server) and a
-fault-injecting forwarder."""
+"""Shared fixtures: a real upstream registry (plain, or behind a token server), a
+fault-injecting forwarder, a proxy in front of it and a client session, moto's S3,
+a cluster's peer secret, and a blob store on disk."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from cacheproxy.layout import CacheLayout
+from cacheproxy.store.files import BlobStore
 from tests.support.clients import SKOPEO
+from tests.support.cluster import SECRET
 from tests.support.forwarder import Forwarder
+from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import DOCKER_REGISTRY, RegistryProcess
+from tests.support.s3 import AWS_ENV, MotoS3
 from tests.support.tokenserver import TokenServer
 
 # The proxy keeps the larger of 10 GiB and 20% of its disk free by default (clear of
@@ -97,6 +104,51 @@ async def forwarder(registry: RegistryProcess) -> AsyncIterator[Forwarder]:
     """A :class:`Forwarder` in front of the session registry, on this test's loop."""
     async with Forwarder(registry.url) as fwd:
         yield fwd
+
+
+@pytest.fixture
+async def proxy(forwarder: Forwarder, tmp_path: Path) -> AsyncIterator[RunningProxy]:
+    """A proxy with its defaults in front of :func:`forwarder`, on this test's loop."""
+    async with running_proxy(forwarder.url, tmp_path / "cache") as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session: bodies as sent (never decompressed), every request bounded."""
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as session:
+        yield session
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    """An empty blob store on disk, ready for use."""
+    store = BlobStore(CacheLayout(tmp_path / "cache"))
+    store.prepare()
+    return store
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server on loopback, for the shared tier (each test makes its bucket)."""
+    with MotoS3(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AWS environment moto's S3 server accepts (test keys, no metadata lookups)."""
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    """A cluster's shared peer secret, in a file as an operator writes it."""
+    path = tmp_path / "peer-secret"
+    path.write_bytes(SECRET + b"\n")
+    return path
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 from pathlib import Path
 
@@ -14,17 +13,14 @@ from cryptography.x509.oid import NameOID
 
 from tests.support.clients import skopeo
 from tests.support.forwarder import Forwarder
-from tests.support.images import push_image
+from tests.support.images import basic_auth, push_image
 from tests.support.names import unique
 from tests.support.proxy import running_proxy
 from tests.support.registry import write_htpasswd
 from tests.support.tls import self_signed
+from tests.support.waiting import eventually
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 async def status(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
@@ -62,14 +58,14 @@ async def test_htpasswd_tokens_and_rules(forwarder: Forwarder, tmp_path: Path) -
         code, headers = await status(url(team), ACCEPT)
         assert code == 401  # anonymous may not: log in (a challenge, so clients do)
         assert headers["WWW-Authenticate"].startswith("Basic")
-        assert (await status(url(team), {**ACCEPT, **basic("ci", "ci-password-1")}))[0] == 200
+        assert (await status(url(team), {**ACCEPT, **basic_auth("ci", "ci-password-1")}))[0] == 200
         bearer = {"Authorization": "Bearer tok-0123456789abcdef"}
         assert (await status(url(team), {**ACCEPT, **bearer}))[0] == 200
-        code, headers = await status(url(team), {**ACCEPT, **basic("ci", "wrong")})
+        code, headers = await status(url(team), {**ACCEPT, **basic_auth("ci", "wrong")})
         assert code == 401 and headers["WWW-Authenticate"].startswith("Basic")
         bad_bearer = {"Authorization": "Bearer nope"}
         assert (await status(url(team), {**ACCEPT, **bad_bearer}))[0] == 401
-        denied = {**ACCEPT, **basic("ci", "ci-password-1")}
+        denied = {**ACCEPT, **basic_auth("ci", "ci-password-1")}
         assert (await status(url(secret_repo), denied))[0] == 403
         # Probes and metrics stay open for the kubelet and Prometheus.
         assert (await status(f"{proxy.url}/healthz"))[0] == 200
@@ -92,7 +88,7 @@ async def test_anonymous_off_challenges_at_the_base_endpoint(
         code, _ = await status(f"{proxy.url}/v2/{name}/manifests/v1", ACCEPT)
         assert code == 401
         assert len(forwarder.requests) == pushed  # nothing went upstream for them
-        assert (await status(f"{proxy.url}/v2/", basic("u", "p4ssword")))[0] == 200
+        assert (await status(f"{proxy.url}/v2/", basic_auth("u", "p4ssword")))[0] == 200
         # A real client logs in when challenged.
         out = tmp_path / "out"
         ref = f"docker://{proxy.host}/{name}:v1"
@@ -133,9 +129,11 @@ async def test_tls_listener_reloads_a_renewed_certificate(
         (await skopeo("copy", "--src-tls-verify=false", ref, f"dir:{out}")).check()
         assert (out / "manifest.json").read_bytes() == image.manifest
         self_signed(tmp_path, "renewed-cert")
-        async with asyncio.timeout(10):
-            while await served_cert_name(host, int(port)) != "renewed-cert":
-                await asyncio.sleep(0.1)
+
+        async def renewed() -> bool:
+            return await served_cert_name(host, int(port)) == "renewed-cert"
+
+        await eventually(renewed, timeout=10, interval=0.1, what="the renewed certificate served")
 
 
 @pytest.mark.parametrize("partial", [b"", b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: "])

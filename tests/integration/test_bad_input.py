@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,15 +12,9 @@ from tests.support import rawhttp
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_blob, random_bytes
 from tests.support.names import unique
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import RunningProxy
 
 HEX = "0" * 64
-
-
-@pytest.fixture
-async def proxy(forwarder: Forwarder, tmp_path: Path) -> AsyncIterator[RunningProxy]:
-    async with running_proxy(forwarder.url, tmp_path / "cache") as running:
-        yield running
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ preset, slow fills abandoned by their clients, floods of digests that do not exi
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -28,6 +29,8 @@ from tests.support.images import push_blob, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess
+from tests.support.sessions import session_from
+from tests.support.waiting import eventually
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 TOKEN_TARGET = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"
@@ -89,12 +92,6 @@ async def fake_ecr(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeEcr]:
         yield ecr
 
 
-def from_address(address: str) -> aiohttp.ClientSession:
-    """A client session whose connections come from ``address`` (another client)."""
-    connector = aiohttp.TCPConnector(local_addr=(address, 0))
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
-
-
 def account(i: int) -> str:
     return f"{100000000000 + i}.dkr.ecr.us-west-2.amazonaws.com"
 
@@ -119,7 +116,7 @@ async def test_made_up_ecr_regions_never_hold_up_a_configured_registry(
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config, **generous) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
-        from_address("127.0.0.2") as other,
+        session_from("127.0.0.2", total=60) as other,
     ):
 
         async def ask(host: str, session: aiohttp.ClientSession = http) -> tuple[int, str]:
@@ -130,9 +127,8 @@ async def test_made_up_ecr_regions_never_hold_up_a_configured_registry(
 
         hosts = [f"{100000000000 + i}.dkr.ecr.{r}.amazonaws.com" for i, r in enumerate(regions * 6)]
         pending = [asyncio.create_task(ask(h, (http, other)[i % 2])) for i, h in enumerate(hosts)]
-        async with asyncio.timeout(30):
-            while fake_ecr.calls < 2:  # the preset's AWS threads are both stuck
-                await asyncio.sleep(0.02)
+        # The preset's AWS threads are both stuck.
+        await eventually(lambda: fake_ecr.calls >= 2, timeout=30, what="two AWS calls held")
         async with asyncio.timeout(20):
             # The configured registry's token, then its upstream's own answer.
             assert await ask(configured) == (404, "MANIFEST_UNKNOWN")
@@ -164,7 +160,7 @@ async def test_made_up_ecr_registries_are_bounded(fake_ecr: FakeEcr, tmp_path: P
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config, **settings) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
-        from_address("127.0.0.2") as other,
+        session_from("127.0.0.2", total=60) as other,
     ):
 
         async def ask(i: int) -> int:
@@ -173,9 +169,7 @@ async def test_made_up_ecr_registries_are_bounded(fake_ecr: FakeEcr, tmp_path: P
                 return resp.status
 
         pending = [asyncio.create_task(ask(i)) for i in range(300)]
-        async with asyncio.timeout(30):
-            while fake_ecr.calls < 2:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: fake_ecr.calls >= 2, timeout=30, what="two AWS calls held")
         # Every AWS thread is stuck on a token: the index and the disk still answer.
         # (Another client session: this one's connections are all waiting.)
         async with (
@@ -235,7 +229,7 @@ async def test_a_stranger_naming_made_up_accounts_evicts_and_starves_no_one(
             None, tmp_path / "cache", config_file=config, upstream_clock=lambda: 1000.0, **settings
         ) as proxy,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as neighbour,
-        from_address("127.0.0.2") as stranger,
+        session_from("127.0.0.2", total=60) as stranger,
     ):
 
         async def pull(host: str) -> int:
@@ -255,14 +249,16 @@ async def test_a_stranger_naming_made_up_accounts_evicts_and_starves_no_one(
         preset = proxy.upstreams.preset
         assert preset is not None
         flood = [asyncio.create_task(ask(i)) for i in range(100)]
-        async with asyncio.timeout(30):
-            # Every request of the stranger's is answered or waits on an AWS call, and
-            # its first call is held at AWS.
-            while (
-                sum(t.done() for t in flood) + preset.aws.waiting + preset.aws.queued < 100
-                or fake_ecr.calls < 2
-            ):
-                await asyncio.sleep(0.02)
+        # Every request of the stranger's is answered or waits on an AWS call, and
+        # its first call is held at AWS.
+        await eventually(
+            lambda: (
+                sum(t.done() for t in flood) + preset.aws.waiting + preset.aws.queued >= 100
+                and fake_ecr.calls >= 2
+            ),
+            timeout=30,
+            what="the flood answered or waiting, its first call held",
+        )
         answered = [t.result() for t in flood if t.done()]
         assert len(answered) == 96  # four a minute brought in; the rest refused at once
         assert {(status, code) for status, code, _ in answered} == {(429, "TOOMANYREQUESTS")}
@@ -303,9 +299,7 @@ async def test_manifests_never_wait_behind_abandoned_fills(
                 for digest in digests:
                     resp = await http.get(f"{proxy.url}/v2/{name}/blobs/{digest}")
                     clients.append(resp)
-                async with asyncio.timeout(20):
-                    while proxy.fills.active < 4:
-                        await asyncio.sleep(0.02)
+                await eventually(lambda: proxy.fills.active >= 4, timeout=20, what="4 fills")
                 for resp in clients:  # the clients go away; the fills hold on
                     resp.close()
             async with (
@@ -386,17 +380,18 @@ async def test_running_fills_count_against_max_size(forwarder: Forwarder, tmp_pa
                         most_reserved = max(most_reserved, proxy.fills.budget.reserved)
                     return b"".join(chunks)
 
+            def coming(pull: asyncio.Task[bytes], before: tuple[int, int]) -> bool:
+                state = (proxy.fills.budget.reserved, proxy.fills.stats.streamed_through)
+                return pull.done() or state != before
+
             async with asyncio.timeout(60):
                 pulls = []
                 for digest in blobs:
                     # As a runtime pulls an image: the next layer once this one is coming.
                     before = (proxy.fills.budget.reserved, proxy.fills.stats.streamed_through)
                     pulls.append(asyncio.create_task(fetch(digest)))
-                    while not pulls[-1].done() and before == (
-                        proxy.fills.budget.reserved,
-                        proxy.fills.stats.streamed_through,
-                    ):
-                        await asyncio.sleep(0.01)
+                    check = functools.partial(coming, pulls[-1], before)
+                    await eventually(check, timeout=60, interval=0.01, what="the layer coming")
                 got = await asyncio.gather(*pulls)
             assert got == list(blobs.values())
             assert proxy.fills.stats.streamed_through >= 2
@@ -451,9 +446,11 @@ async def test_a_blob_larger_than_the_cache_is_served_but_never_kept(
                 assert resp.status == 200
                 assert await resp.read() == data
             # The temp file goes with its last reader (the response's end, then).
-            async with asyncio.timeout(10):
-                while proxy.fills.active or proxy.temp_files():
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: not proxy.fills.active and not proxy.temp_files(),
+                timeout=10,
+                what="the fill and its temp file gone",
+            )
             assert not proxy.blob_path(digest).exists()
         assert proxy.fills.budget.reserved == 0
 

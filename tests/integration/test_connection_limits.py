@@ -9,6 +9,7 @@ go on with every connection slot taken.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -36,9 +37,9 @@ from tests.support.stalling import (
     read_body,
     send_get,
     small_window_socket,
-    until,
     write_config,
 )
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -116,7 +117,9 @@ async def _bound_then_503(
     busy = [await connect() for _ in range(3)]
     for stream in busy:
         await _ask(stream, path)
-    await until(lambda: gate.open == 4 and gate.waiting == 1, 10, "3 busy, 1 idle")
+    await eventually(
+        lambda: gate.open == 4 and gate.waiting == 1, timeout=10, what="3 busy, 1 idle"
+    )
     # A new connection takes the idle one's place; the transfers go on.
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
@@ -127,7 +130,7 @@ async def _bound_then_503(
     assert gate.stats.shed == 1
     busy.append(await connect())
     await _ask(busy[-1], path)
-    await until(lambda: gate.open == 4 and gate.waiting == 0, 10, "4 busy")
+    await eventually(lambda: gate.open == 4 and gate.waiting == 0, timeout=10, what="4 busy")
     # Every connection busy: the next is answered 503 TOOMANYREQUESTS, then closed.
     late = await connect()
     await _ask(late, path)
@@ -208,7 +211,9 @@ async def test_at_the_bound_another_address_takes_its_share_when_its_request_com
             for _ in range(bound):
                 opened.append(await _open(proxy.host))
                 await _ask(opened[-1], path)
-            await until(lambda: gate.open == bound and gate.waiting == 0, 10, "all busy")
+            await eventually(
+                lambda: gate.open == bound and gate.waiting == 0, timeout=10, what="all busy"
+            )
             local = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
             async with aiohttp.ClientSession(connector=local) as other:
                 async with other.get(proxy.url + "/readyz") as resp:
@@ -363,7 +368,7 @@ async def _with_every_slot_taken(
     try:
         request = f"GET {filling} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode()
         await asyncio.to_thread(waiter.sendall, request)
-        await until(lambda: stall.hits > 0, 10, "the fill started")
+        await eventually(lambda: stall.hits > 0, timeout=10, what="the fill started")
         statuses = []
         for _ in range(60):
             sock = await asyncio.to_thread(small_window_socket, address, None)
@@ -379,23 +384,24 @@ async def _with_every_slot_taken(
         assert hashlib.sha256(got).hexdigest() == filling.rsplit(":", 1)[1]
         # Its client done, its connection idle makes room for a pull on a new one; the
         # stalled clients are cut once send_timeout passes.
-        await _until_served(http, url + filling)
-        async with asyncio.timeout(30):
-            while await metric(http, url, "send_timeouts_total", "client") != TIGHT_BOUND - 1:
-                await asyncio.sleep(0.2)
+        served = functools.partial(_served, http, url + filling)
+        await eventually(served, timeout=30, interval=0.2, what="a pull on a new connection")
+
+        async def cut() -> bool:
+            return await metric(http, url, "send_timeouts_total", "client") == TIGHT_BOUND - 1
+
+        await eventually(cut, timeout=30, interval=0.2, what="the stalled clients cut")
     finally:
         waiter.close()
         for sock in held:
             sock.close()
 
 
-async def _until_served(http: aiohttp.ClientSession, url: str) -> None:
-    """Ask (bounded) until the answer is a 200 rather than the bound's 503."""
-    async with asyncio.timeout(30):
-        while True:
-            async with http.get(url) as resp:
-                if resp.status == 200:
-                    await resp.read()
-                    return
-                assert resp.status == 503
-            await asyncio.sleep(0.2)
+async def _served(http: aiohttp.ClientSession, url: str) -> bool:
+    """Whether the answer is a 200 rather than the bound's 503."""
+    async with http.get(url) as resp:
+        if resp.status == 200:
+            await resp.read()
+            return True
+        assert resp.status == 503
+        return False

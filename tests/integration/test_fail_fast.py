@@ -17,10 +17,11 @@ import pytest
 
 from cacheproxy.http.keys import UPSTREAMS
 from cacheproxy.oci import OCI_MANIFEST
-from tests.integration.test_faults import GET, assert_exact, blob_url, fetch, new_blob
+from tests.integration.test_faults import GET, assert_exact, fetch, new_blob
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.ports import free_port
-from tests.support.proxy import running_proxy
+from tests.support.proxy import blob_url, running_proxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 DIGEST = "sha256:" + "ab" * 32
@@ -89,12 +90,6 @@ async def gate(forwarder: Forwarder) -> AsyncIterator[Gate]:
         await relay.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def test_cold_requests_to_an_unreachable_upstream_are_answered_unretried(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -124,10 +119,14 @@ async def test_a_transfer_running_resumes_through_a_refused_connect(
         up = proxy.app[UPSTREAMS].get()
         pull = asyncio.create_task(fetch(http, blob_url(proxy, name, digest)))
         # Bytes arrived: the transfer is running.
-        await _until(lambda: stall.hits == 1 and proxy.fills.stats.upstream_bytes > 0)
+        await eventually(
+            lambda: stall.hits == 1 and proxy.fills.stats.upstream_bytes > 0,
+            timeout=10,
+            what="the transfer running",
+        )
         # The upstream goes away mid-body: the body breaks, the resume is refused...
         await gate.down()
-        await _until(lambda: up.unreachable >= 1)
+        await eventually(lambda: up.unreachable >= 1, timeout=10, what="the resume refused")
         # ... and retried, not failed fast: it gets through once the upstream is back.
         await gate.up()
         stall.release()
@@ -135,16 +134,6 @@ async def test_a_transfer_running_resumes_through_a_refused_connect(
     assert_exact(outcome, data)
     assert up.retries >= 1
     assert proxy.fills.stats.resumed >= 1
-
-
-async def _until(condition: object, rounds: int = 500) -> None:
-    """Poll ``condition`` (bounded: 500 rounds of 20 ms)."""
-    assert callable(condition)
-    for _ in range(rounds):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the condition never held")
 
 
 @contextlib.contextmanager

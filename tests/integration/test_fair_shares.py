@@ -8,7 +8,6 @@ connects from a loopback address of its own (the proxy believes no X-Forwarded-F
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import re
 import time
@@ -20,17 +19,14 @@ import aiohttp
 from cacheproxy.http.keys import CLIENT_AUTH
 from cacheproxy.http.passwords import bcrypt_check
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import push_blob
+from tests.support.images import basic_auth, push_blob
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, write_htpasswd
+from tests.support.sessions import session_from
+from tests.support.waiting import eventually
 
 STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 PER_CLIENT = 2
-
-
-def session_from(address: str) -> aiohttp.ClientSession:
-    """A client whose connections come from ``address``."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
 
 
 def metric(text: str, name: str) -> float:
@@ -103,23 +99,19 @@ async def test_a_request_that_hung_up_waits_for_no_slot(
             assert holder.status == 200
             async with session_from("127.0.0.2") as http:
                 waiting = asyncio.create_task(http.get(f"{proxy.url}/v2/{name}/blobs/{other}"))
-                async with asyncio.timeout(20):
-                    while proxy.fills.gate.waiting < 1:
-                        await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: proxy.fills.gate.waiting >= 1, timeout=20, what="a miss waiting"
+                )
                 waiting.cancel()
                 await asyncio.gather(waiting, return_exceptions=True)
-            async with asyncio.timeout(20):
-                while proxy.fills.gate.waiting:
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: not proxy.fills.gate.waiting, timeout=20, what="no miss waiting"
+            )
             assert proxy.fills.active == 1
             holder.close()
     finally:
         stall.release()
         forwarder.clear_faults()
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def refusals(passwords: object) -> int:
@@ -154,7 +146,7 @@ async def test_a_flood_of_wrong_passwords_from_one_address_spares_a_real_login(
                 for i in range(2000):
                     if stop.is_set():
                         return
-                    headers = basic("ci", f"guess-{n}-{i}")
+                    headers = basic_auth("ci", f"guess-{n}-{i}")
                     async with stranger.get(f"{proxy.url}/v2/", headers=headers) as resp:
                         await resp.read()
                         answers.append(resp.status)
@@ -162,13 +154,13 @@ async def test_a_flood_of_wrong_passwords_from_one_address_spares_a_real_login(
             flood = [asyncio.create_task(guess(n)) for n in range(40)]
             try:
                 # The flood is at its bound: logins are being refused.
-                async with asyncio.timeout(30):
-                    while refusals(passwords) < 10:
-                        await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: refusals(passwords) >= 10, timeout=30, what="ten logins refused"
+                )
                 user = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
                 async with aiohttp.ClientSession(connector=user) as http, asyncio.timeout(30):
                     for _ in range(3):
-                        headers = basic("ci", "ci-password-1")
+                        headers = basic_auth("ci", "ci-password-1")
                         async with http.get(f"{proxy.url}/v2/", headers=headers) as resp:
                             assert resp.status == 200, await resp.text()
                         await asyncio.sleep(0.05)

@@ -19,7 +19,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +35,13 @@ from tests.support.images import (
     push_blob,
     push_image,
     random_bytes,
+    sha256_digest,
 )
 from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.process import crash, serve_process
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import RunningProxy, assert_cached, blob_url, running_proxy
+from tests.support.waiting import eventually
 
 MIB = 1 << 20
 SIZE = 1 * MIB + 12_345  # not a multiple of any chunk size
@@ -51,10 +52,6 @@ FIRST_ASK = f"bytes=0-{8 * MIB - 1}"
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -95,40 +92,10 @@ def assert_broken(outcome: Outcome, data: bytes) -> None:
     assert outcome.body != data
 
 
-async def wait_idle(proxy: RunningProxy, seconds: float = 30.0) -> None:
-    """Wait (bounded) until no fill runs."""
-    async with asyncio.timeout(seconds):
-        while proxy.fills.active:
-            await asyncio.sleep(0.02)
-
-
-async def assert_cached(proxy: RunningProxy, digest: str, data: bytes) -> None:
-    await wait_idle(proxy)
-    path = proxy.blob_path(digest)
-    assert path.is_file(), "the blob was not cached"
-    stored = path.read_bytes()
-    assert sha256(stored) == digest
-    assert stored == data
-    assert proxy.temp_files() == []
-
-
 async def assert_not_cached(proxy: RunningProxy, digest: str) -> None:
-    await wait_idle(proxy)
+    await proxy.idle()
     assert not proxy.blob_path(digest).exists(), "an unverified blob was kept"
     assert proxy.temp_files() == []
-
-
-@pytest.fixture
-async def proxy(forwarder: Forwarder, tmp_path: Path) -> AsyncIterator[RunningProxy]:
-    async with running_proxy(forwarder.url, tmp_path / "cache") as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=45)
-    async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as session:
-        yield session
 
 
 async def new_blob(forwarder: Forwarder, prefix: str, size: int = SIZE) -> tuple[str, str, bytes]:
@@ -136,10 +103,6 @@ async def new_blob(forwarder: Forwarder, prefix: str, size: int = SIZE) -> tuple
     data = random_bytes(size, name)
     digest = await push_blob(forwarder.url, name, data)
     return name, digest, data
-
-
-def blob_url(proxy: RunningProxy, name: str, digest: str) -> str:
-    return f"{proxy.url}/v2/{name}/blobs/{digest}"
 
 
 def _range_start(header: str | None) -> int:
@@ -198,10 +161,11 @@ async def test_stall_shorter_than_read_timeout_is_waited_out(
     stall = forwarder.set_fault(Fault(match=digest, kind="stall", offset=300_000, methods=GET))
     url = blob_url(proxy, name, digest)
     clients = [asyncio.create_task(fetch(http, url)) for _ in range(2)]
-    # Until the fill holds everything the upstream sent before it stalled.
-    async with asyncio.timeout(10):
-        while proxy.fills.stats.upstream_bytes < 300_000:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: proxy.fills.stats.upstream_bytes >= 300_000,
+        timeout=10,
+        what="the fill holding everything the upstream sent before it stalled",
+    )
     assert not any(c.done() for c in clients), "nobody can finish while the upstream stalls"
     stall.release()
     for outcome in await asyncio.gather(*clients):
@@ -347,7 +311,7 @@ async def test_corrupt_manifest_is_never_served_or_cached(
     assert not outcome.broken
     assert outcome.status == 502
     assert b'"UNAVAILABLE"' in outcome.body
-    await wait_idle(proxy)
+    await proxy.idle()
     assert [p for p in (proxy.config.cache_dir / "blobs").rglob("*") if p.is_file()] == []
     assert proxy.temp_files() == []
 
@@ -362,7 +326,7 @@ async def test_oversized_manifest_is_refused_and_not_cached(
 ) -> None:
     name = unique("faults/huge-manifest")
     body = b'{"schemaVersion": 2, "x": "' + b"a" * (4 * MIB + 1) + b'"}'
-    digest = sha256(body)
+    digest = sha256_digest(body)
     reference = "v1" if by == "tag" else digest
     headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest}
     forwarder.set_fault(
@@ -372,7 +336,7 @@ async def test_oversized_manifest_is_refused_and_not_cached(
     assert not outcome.broken
     assert outcome.status == 502
     assert b'"UNAVAILABLE"' in outcome.body
-    await wait_idle(proxy)
+    await proxy.idle()
     assert not proxy.blob_path(digest).exists()
     assert proxy.temp_files() == []
 
@@ -428,7 +392,7 @@ async def test_unreachable_upstream_is_unavailable_within_the_budget(
     dead = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     async with running_proxy(dead, tmp_path / "cache", upstream_retry_budget=2.0) as proxy:
         started = time.monotonic()
-        outcome = await fetch(http, blob_url(proxy, "faults/gone", sha256(b"x")))
+        outcome = await fetch(http, blob_url(proxy, "faults/gone", sha256_digest(b"x")))
         assert time.monotonic() - started < 2.0 + 2.0
         assert outcome.status == 503
         assert b'"UNAVAILABLE"' in outcome.body
@@ -578,13 +542,14 @@ async def test_upstream_connections_are_bounded(
             asyncio.create_task(fetch(http, blob_url(proxy, name, digest)))
             for name, digest, _ in blobs
         ]
-        # Every fill has started and two of them hold the two connections.
-        async with asyncio.timeout(10):
-            while (
-                proxy.fills.active < len(blobs)
-                or sum(forwarder.count("GET", d) for _, d, _ in blobs) < 2
-            ):
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: (
+                proxy.fills.active >= len(blobs)
+                and sum(forwarder.count("GET", d) for _, d, _ in blobs) >= 2
+            ),
+            timeout=10,
+            what="every fill started, two holding the two connections",
+        )
         # An observation window, not a wait for something to happen: nothing may
         # happen in it, so no length of it can fail a correct proxy.
         await asyncio.sleep(0.5)
@@ -653,7 +618,7 @@ async def test_slow_client_neither_slows_a_fast_one_nor_is_buffered_for(
     started = time.monotonic()
     assert_exact(await fetch(http, proxy.url + path), data)
     fast_time = time.monotonic() - started
-    await wait_idle(proxy)
+    await proxy.idle()
     assert fast_time < 5.0, f"the fast client took {fast_time:.1f} s"
     assert len(slow_got) < size // 2, "the slow client was not slow"
     # Backpressure: for the stalled client the proxy holds at most a chunk or two in

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,15 +15,10 @@ from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob, random_bytes
 from tests.support.proxy import running_proxy
 from tests.support.registry import free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 GET = frozenset({"GET"})
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def test_no_temp_file_before_the_upstream_answers(
@@ -57,9 +51,7 @@ async def test_no_temp_file_before_the_upstream_answers(
                     return resp.status
 
             clients = [asyncio.create_task(get(d)) for d in digests]
-            async with asyncio.timeout(10):
-                while seen < len(digests):
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: seen >= len(digests), timeout=10, what="every miss upstream")
             assert proxy.fills.active == len(digests)
             assert proxy.temp_files() == []
             release.set()
@@ -102,9 +94,7 @@ async def test_unannounced_body_past_max_blob_size_is_cut_and_discarded(
             async with http.get(f"{proxy.url}/v2/{name}/blobs/{digest}") as resp:
                 assert resp.status == 200
                 await resp.read()
-        async with asyncio.timeout(10):
-            while proxy.fills.active:
-                await asyncio.sleep(0.02)
+        await proxy.idle(timeout=10)
         assert proxy.temp_files() == []
         assert not proxy.blob_path(digest).exists()
         assert proxy.fills.stats.upstream_bytes < 2_000_000

@@ -16,30 +16,17 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.integration.test_peers import SECRET, start_cluster
 from tests.integration.test_swarm import signed_url
+from tests.support.cluster import start_cluster
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob
 from tests.support.proxy import running_proxy
+from tests.support.sessions import session_from, status_of
+from tests.support.waiting import eventually
 
 MIB = 1 << 20
 STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 PER_CLIENT = 2
-
-
-def session_from(address: str) -> aiohttp.ClientSession:
-    """A client whose connections come from ``address``."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
-
-
-async def status_of(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
-    """(status, the OCI error code or "") of a GET."""
-    async with http.get(url) as resp:
-        body = await resp.read()
-        if resp.status < 400:
-            return resp.status, ""
-        found = re.search(rb'"code"\s*:\s*"([A-Z_]+)"', body)
-        return resp.status, found[1].decode() if found else ""
 
 
 async def test_four_strangers_that_stay_connected_do_not_hold_every_fill_slot(
@@ -77,9 +64,11 @@ async def test_four_strangers_that_stay_connected_do_not_hold_every_fill_slot(
                 for i, http in enumerate(sessions)
                 for digest in big[i * PER_CLIENT : (i + 1) * PER_CLIENT]
             ]
-            async with asyncio.timeout(20):
-                while sum(t.done() for t in asks) + proxy.fills.gate.waiting < len(big):
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: sum(t.done() for t in asks) + proxy.fills.gate.waiting >= len(big),
+                timeout=20,
+                what="every download running or waiting",
+            )
             answered = [task.result() for task in asks if task.done()]
             assert all(resp.status == 200 for resp in answered)  # stay connected
             assert proxy.fills.active == len(answered)
@@ -109,7 +98,7 @@ async def test_four_strangers_that_stay_connected_do_not_hold_every_fill_slot(
 
 
 async def test_a_stranger_waiting_for_a_slot_does_not_cancel_a_swarms_owner_fill(
-    forwarder: Forwarder, tmp_path: Path
+    forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
     """Attack: in cluster mode a node filling a blob reports to the blob's owner,
     which brings the blob in (the cluster's one upstream transfer) and hands out
@@ -122,8 +111,6 @@ async def test_a_stranger_waiting_for_a_slot_does_not_cancel_a_swarms_owner_fill
     Expected: a fill a swarm is reading (holders reported filling it) is not
     abandoned; the stranger waits or is refused, and the blob leaves the upstream
     once for the cluster."""
-    secret_file = tmp_path / "peer-secret"
-    secret_file.write_bytes(SECRET + b"\n")
     name = f"swarm/{uuid.uuid4().hex[:8]}"
     digest = await push_blob(forwarder.url, name, uuid.uuid4().bytes * (4 * 65_536))
     other = await push_blob(forwarder.url, name, uuid.uuid4().bytes * 1000)
@@ -164,13 +151,11 @@ async def test_a_stranger_waiting_for_a_slot_does_not_cancel_a_swarms_owner_fill
 
 
 async def test_a_peer_node_is_bounded_like_a_client_on_the_blobs_owner(
-    forwarder: Forwarder, tmp_path: Path
+    forwarder: Forwarder, tmp_path: Path, secret_file: Path
 ) -> None:
     """Fills a peer node asks the blob's owner for are that node's (by the URL it
     signs in its request), bounded like a client's: one stranger asking through
     several nodes cannot take every slot of the owner, and another node is served."""
-    secret_file = tmp_path / "peer-secret"
-    secret_file.write_bytes(SECRET + b"\n")
     name = f"peers/{uuid.uuid4().hex[:8]}"
     big = [await push_blob(forwarder.url, name, uuid.uuid4().bytes * 65_536) for _ in range(3)]
     stall = forwarder.set_fault(

@@ -34,7 +34,6 @@ import pytest
 from cacheproxy.http.keys import SHARED, WRITEBACK
 from cacheproxy.links import LINKS_MARKER
 from cacheproxy.store.index import Index
-from tests.integration.test_shared import moto  # noqa: F401 (a fixture)
 from tests.integration.test_who_reads_what import (
     ACCEPT,
     ALICE,
@@ -43,7 +42,6 @@ from tests.integration.test_who_reads_what import (
     Upstreams,
     alice_pulls,
     answer,
-    basic,
     cluster,
     push_private,
     upstreams,  # noqa: F401 (a fixture)
@@ -63,7 +61,8 @@ from tests.support.images import (
 )
 from tests.support.proxy import running_proxy
 from tests.support.registry import write_htpasswd
-from tests.support.s3 import AWS_ENV, MotoS3, shared_table
+from tests.support.s3 import MotoS3, shared_table
+from tests.support.waiting import eventually
 
 NONDISTRIBUTABLE = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
 
@@ -192,7 +191,7 @@ async def test_a_restricted_user_cannot_read_through_a_repository_they_push_to(
         '[[access]]\nsubjects = ["anonymous"]',
     )
     config.write_text(text)
-    bob = basic("bob", "bob-proxy-password-1")
+    bob = basic_auth("bob", "bob-proxy-password-1")
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config) as proxy,
         aiohttp.ClientSession() as http,
@@ -228,16 +227,10 @@ async def test_the_forged_manifest_grants_nothing_on_another_node(
             await refused_everywhere(http, node, repo, secret)
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-
-
 @pytest.mark.parametrize("redirect", [False, True], ids=["read", "redirect"])
 async def test_the_forged_manifest_grants_nothing_from_the_bucket(
     upstreams: Upstreams,  # noqa: F811
-    moto: MotoS3,  # noqa: F811
+    moto: MotoS3,
     aws_env: None,
     tmp_path: Path,
     redirect: bool,
@@ -515,9 +508,9 @@ async def test_a_client_at_its_fill_bound_cannot_tell_a_held_digest_from_an_unhe
             # The stranger's own download: its one slot, kept (it stays connected).
             holder = await mallory.get(f"{base}/{big}")
             assert holder.status == 200
-            async with asyncio.timeout(20):
-                while proxy.fills.active < 1:
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: proxy.fills.active >= 1, timeout=20, what="the stranger's fill running"
+            )
             held = await answer(mallory, "GET", f"{base}/{secret.layers[0].digest}")
             not_held = await answer(mallory, "GET", f"{base}/{unheld}")
             holder.close()

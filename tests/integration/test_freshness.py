@@ -19,7 +19,7 @@ from tests.support.forwarder import Forwarder
 from tests.support.images import PushedImage, push_image
 from tests.support.ports import free_port
 from tests.support.process import serve_process
-from tests.support.proxy import running_proxy
+from tests.support.proxy import config_with, running_proxy
 from tests.support.registry import RegistryProcess
 
 ACCEPT = {
@@ -28,12 +28,6 @@ ACCEPT = {
     "application/vnd.docker.distribution.manifest.v2+json"
 }
 SECRET = b"a-cluster-secret-of-enough-bytes!"
-
-
-def config_with(tmp_path: Path, upstream: str, rules: str) -> Path:
-    path = tmp_path / f"cacheproxy-{uuid.uuid4().hex[:6]}.toml"
-    path.write_text(f'presets = []\n[[upstream]]\nname = "reg.test"\nurl = "{upstream}"\n{rules}')
-    return path
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes, dict[str, str]]:

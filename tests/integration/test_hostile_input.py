@@ -62,6 +62,7 @@ from tests.support.malformed import HEADER_TIMEOUT, OK, RAW, RAW_BOUND, RAW_CASE
 from tests.support.process import serve_process_sync
 from tests.support.registry import RegistryProcess
 from tests.support.threaded import ThreadedProxy
+from tests.support.waiting import eventually_sync
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -289,10 +290,8 @@ def watch(inproc: InProcess) -> Iterator[Watch]:
 
 
 def _wait_idle(env: InProcess, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while env.proxy.proxy.fills.active:
-        assert time.monotonic() < deadline, "a fill never ended"
-        time.sleep(0.02)
+    fills = env.proxy.proxy.fills
+    eventually_sync(lambda: not fills.active, timeout=seconds, what="every fill ended")
 
 
 # --- checking an answer ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tests.support.names import unique
 from tests.support.process import crash
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
+from tests.support.waiting import eventually
 
 ACCEPT = {
     "Accept": "application/vnd.oci.image.index.v1+json, "
@@ -287,9 +288,12 @@ async def test_kill_9_during_import_leaves_a_verified_cache(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    async with asyncio.timeout(30):
-        while not list((second / "tmp").glob("*")) and proc.returncode is None:
-            await asyncio.sleep(0.005)
+    await eventually(
+        lambda: list((second / "tmp").glob("*")) or proc.returncode is not None,
+        timeout=30,
+        interval=0.005,  # to crash it mid-import, while a file is being written
+        what="the import writing a file",
+    )
     await crash(proc)
     # What is in place is verified; leftovers go at the next start; no tag yet.
     verified = await cli("verify", "--upstream", fresh_registry.url, "--cache-dir", str(second))

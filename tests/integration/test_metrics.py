@@ -19,17 +19,15 @@ import aiohttp
 import pytest
 
 from cacheproxy.http.keys import METRICS
-from tests.integration.test_shared import moto  # noqa: F401 (a fixture)
 from tests.integration.test_who_reads_what import (
     PUBLIC,
     SECRET,
     Upstreams,
     answer,
-    basic,
     upstreams,  # noqa: F401 (a fixture)
     write_config,
 )
-from tests.support.images import push_image
+from tests.support.images import basic_auth, push_image
 from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess, free_port, write_htpasswd
@@ -108,7 +106,7 @@ async def nodes(
 @pytest.mark.parametrize("mode", ["alone", "full", "shared", "cluster"])
 async def test_held_and_unseen_digests_move_every_metric_alike(
     upstreams: Upstreams,  # noqa: F811
-    moto: MotoS3,  # noqa: F811
+    moto: MotoS3,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     mode: str,
@@ -174,7 +172,7 @@ async def test_metrics_are_not_for_anonymous_network_clients(
     default.write_text(auth)
     closed.write_text(auth + '[metrics]\nloopback = false\nsubjects = ["prometheus"]\n')
     no_logins.write_text("[metrics]\nloopback = false\n")
-    prometheus = basic(*PROMETHEUS)
+    prometheus = basic_auth(*PROMETHEUS)
     async with aiohttp.ClientSession() as http:
         async with running_proxy(registry.url, tmp_path / "a", config_file=default) as proxy:
             for path in ("/metrics", "/_cacheproxy/peers"):
@@ -182,7 +180,7 @@ async def test_metrics_are_not_for_anonymous_network_clients(
         async with running_proxy(registry.url, tmp_path / "b", config_file=closed) as proxy:
             for path in ("/metrics", "/_cacheproxy/peers"):
                 assert await status_of(http, proxy.url + path) == (401, "UNAUTHORIZED")
-                wrong = basic(PROMETHEUS[0], "not-the-password")
+                wrong = basic_auth(PROMETHEUS[0], "not-the-password")
                 assert await status_of(http, proxy.url + path, headers=wrong) == (
                     401,
                     "UNAUTHORIZED",

@@ -11,7 +11,6 @@ target). Names follow Prometheus's conventions.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess
+from tests.support.waiting import eventually
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "components" / "monitoring"
 SECRET = b"a-cluster-secret-of-enough-bytes"
@@ -135,12 +135,13 @@ async def test_every_metric_the_rules_and_the_dashboard_use_is_emitted(
         http = await stack.enter_async_context(aiohttp.ClientSession())
         for proxy in (proxies[0], proxies[1], proxies[0]):
             await pull(http, proxy.url, image.name, image.digest, blobs)
-        # The keeper counts the cache after a fill (it is poked); bounded wait.
-        for _ in range(250):
+
+        # The keeper counts the cache after a fill (it is poked).
+        async def counted() -> str | None:
             page = await scrape_page(http, f"http://{scrape_at}/metrics")
-            if "cacheproxy_cache_bytes " in page:
-                break
-            await asyncio.sleep(0.02)
+            return page if "cacheproxy_cache_bytes " in page else None
+
+        page = await eventually(counted, timeout=10, what="cacheproxy_cache_bytes on the page")
     emitted = parse_exposition(page)
     missing: list[str] = []
     for where, expr in expressions():

@@ -13,25 +13,12 @@ import pytest
 
 from cacheproxy.peers.ring import ranked
 from tests.support.forwarder import Forwarder
-from tests.support.images import push_blob, random_bytes
+from tests.support.images import push_blob, random_bytes, sha256_digest
 from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.tcprelay import TcpRelay
 from tests.support.tls import Authority
-
-SECRET = b"cluster-secret-for-the-tls-tests-0123456789"
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "peer-secret"
-    path.write_bytes(SECRET)
-    return path
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @asynccontextmanager
@@ -78,7 +65,7 @@ async def owned_blobs(upstream: str, name: str, urls: tuple[str, ...]) -> dict[s
     found: dict[str, bytes] = {}
     for i in range(64):  # bounded: each URL owns about half of all digests
         data = random_bytes(300_000, f"{name}-{i}")
-        owner = ranked(sha256(data), urls)[0]
+        owner = ranked(sha256_digest(data), urls)[0]
         if owner not in found:
             found[owner] = data
             await push_blob(upstream, name, data)
@@ -93,7 +80,7 @@ def plain_in(wire: bytes, data: bytes) -> bool:
 
 
 async def fetch(http: aiohttp.ClientSession, node: RunningProxy, name: str, data: bytes) -> bytes:
-    async with http.get(f"{node.url}/v2/{name}/blobs/{sha256(data)}") as resp:
+    async with http.get(f"{node.url}/v2/{name}/blobs/{sha256_digest(data)}") as resp:
         assert resp.status == 200
         return await resp.read()
 
@@ -114,7 +101,7 @@ async def test_two_nodes_pull_from_each_other_over_tls_never_in_clear(
         for asker, owner in ((nodes[1], urls[0]), (nodes[0], urls[1])):
             assert await fetch(http, asker, name, blobs[owner]) == blobs[owner]
         for data in blobs.values():
-            assert forwarder.count("GET", f"/blobs/{sha256(data)}") == 1
+            assert forwarder.count("GET", f"/blobs/{sha256_digest(data)}") == 1
         for node in nodes:
             assert node.fills.stats.peer_gets >= 1
             assert node.cluster is not None and node.cluster.stats.tls_failures == 0
@@ -147,7 +134,7 @@ async def test_a_peer_certificate_from_another_ca_is_refused_and_the_upstream_se
         data = blobs[urls[0]]
         assert await fetch(http, nodes[1], name, data) == data
         # The asker could not verify its owner: it fetched the blob itself.
-        assert forwarder.count("GET", f"/blobs/{sha256(data)}") == 1
+        assert forwarder.count("GET", f"/blobs/{sha256_digest(data)}") == 1
         assert nodes[1].fills.stats.peer_gets == 0
         assert nodes[1].fills.stats.upstream_gets >= 1
         assert nodes[0].fills.stats.upstream_gets == 0, "the owner was never asked"

@@ -16,12 +16,14 @@ from aiohttp import web
 
 from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import HEADER, sign
+from tests.support.cluster import SECRET, start_cluster
 from tests.support.forwarder import Forwarder
-from tests.support.images import push_blob, push_image
+from tests.support.images import push_blob, push_image, sha256_digest
 from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.waiting import eventually
 
 ACCEPT = {
     "Accept": "application/vnd.oci.image.index.v1+json, "
@@ -29,46 +31,6 @@ ACCEPT = {
     "application/vnd.docker.distribution.manifest.list.v2+json, "
     "application/vnd.docker.distribution.manifest.v2+json"
 }
-SECRET = b"cluster-secret-for-the-tests-0123456789"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "peer-secret"
-    path.write_bytes(SECRET + b"\n")
-    return path
-
-
-async def start_cluster(
-    stack: AsyncExitStack,
-    upstream: str,
-    tmp_path: Path,
-    secret_file: Path,
-    k: int,
-    **settings: object,
-) -> list[RunningProxy]:
-    ports = [free_port() for _ in range(k)]
-    urls = tuple(f"http://127.0.0.1:{p}" for p in ports)
-    nodes = []
-    for i, port in enumerate(ports):
-        nodes.append(
-            await stack.enter_async_context(
-                running_proxy(
-                    upstream,
-                    tmp_path / f"node{i}",
-                    port=port,
-                    peers=urls,
-                    self_url=urls[i],
-                    peer_secret_file=secret_file,
-                    **settings,
-                )
-            )
-        )
-    return nodes
 
 
 def has_bytes(directory: Path) -> bool:
@@ -164,7 +126,7 @@ async def test_peer_with_wrong_bytes_is_never_trusted(
     # A blob that the fake peer owns (rendezvous ranks it above the node).
     for i in range(64):
         data = hashlib.sha256(f"evil{i}".encode()).digest() * 40_000
-        if ranked(sha256(data), [fake_url, node_url])[0] == fake_url:
+        if ranked(sha256_digest(data), [fake_url, node_url])[0] == fake_url:
             break
     digest = await push_blob(forwarder.url, name, data)
     served_by_fake = 0
@@ -244,9 +206,11 @@ async def test_owner_killed_mid_stream_pulls_still_complete(
             pulls = [asyncio.create_task(fetch(node)) for node in others for _ in range(2)]
             # Until the owner is streaming to the other nodes: their fills have bytes.
             filling = [tmp_path / f"n{i}" / "tmp" for i, url in enumerate(urls) if url != owner]
-            async with asyncio.timeout(20):
-                while not all(has_bytes(tmp) for tmp in filling):
-                    await asyncio.sleep(0.05)
+            await eventually(
+                lambda: all(has_bytes(tmp) for tmp in filling),
+                timeout=20,
+                what="the other nodes' fills having bytes",
+            )
             owner_proc, _ = procs[owner]
             await crash(owner_proc)
             async with asyncio.timeout(60):
@@ -286,9 +250,11 @@ async def test_membership_change_while_pulls_run(
             pulls = [
                 asyncio.create_task(pull(http, node, name)) for node in nodes for _ in range(3)
             ]
-            async with asyncio.timeout(20):  # until the blobs are on their way
-                while not any(node.fills.stats.upstream_bytes for node in nodes):
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: any(node.fills.stats.upstream_bytes for node in nodes),
+                timeout=20,
+                what="the blobs on their way",
+            )
             # Node 0 leaves, node 2 joins, mid-pull.
             members.write_text("\n".join(urls[1:]) + "\n")
             os.utime(members, (1, 1))

@@ -9,7 +9,6 @@ A signature made by the real cosign is verified in tests/unit/test_cosign.py.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from tests.support.images import PushedImage, push_image, push_index
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.runtimes import Containerd
 from tests.support.signing import BUNDLE, cosign3_bundle, new_key, sign_cosign2, write_public
+from tests.support.waiting import eventually
 
 MISSING = "no cosign signature by a configured key"
 
@@ -385,16 +385,16 @@ async def test_a_changed_key_file_is_read_again(
         assert (await error_of(http, "GET", at(world.cosign2)))[0] == 200
         assert (await error_of(http, "GET", at(world.other_key)))[0] == 403
         write_public(world.private["b"], key)
-        statuses: tuple[int, int] = (200, 403)
-        for _ in range(100):  # bounded: 100 x 0.2 s, past the 5 s recheck
+
+        async def swapped() -> bool:
             statuses = (
                 (await error_of(http, "GET", at(world.cosign2)))[0],
                 (await error_of(http, "GET", at(world.other_key)))[0],
             )
-            if statuses == (403, 200):
-                break
-            await asyncio.sleep(0.2)
-        assert statuses == (403, 200)
+            return statuses == (403, 200)
+
+        # Past the 5 s recheck of the key file.
+        await eventually(swapped, timeout=30, interval=0.2, what="the verdicts swapped (403, 200)")
 
 
 async def test_the_verdicts_hold_after_export_import_offline(

@@ -19,17 +19,11 @@ from tests.support.forwarder import Forwarder
 from tests.support.images import push_image
 from tests.support.ports import free_port
 from tests.support.process import serve_process
-from tests.support.proxy import running_proxy
+from tests.support.proxy import config_with, running_proxy
 from tests.support.registry import RegistryProcess
 
 SECRET = b"a-cluster-secret-of-enough-bytes!"
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-
-
-def config_with(tmp_path: Path, upstream: str, extra: str = "") -> Path:
-    path = tmp_path / "cacheproxy.toml"
-    path.write_text(f'presets = []\n[[upstream]]\nname = "reg.test"\nurl = "{upstream}"\n{extra}')
-    return path
 
 
 def on_disk(cache: Path, digest: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -22,31 +21,13 @@ from tests.support.images import (
     push_blob,
     push_image,
     push_index,
+    sha256_digest,
 )
 from tests.support.names import unique
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import RunningProxy, blob_url, running_proxy
+from tests.support.waiting import eventually
 
 ALL_MANIFESTS = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST])
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-async def proxy(forwarder: Forwarder, tmp_path: Path) -> AsyncIterator[RunningProxy]:
-    async with running_proxy(forwarder.url, tmp_path / "cache") as running:
-        yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
-
-
-def blob_url(proxy: RunningProxy, name: str, digest: str) -> str:
-    return f"{proxy.url}/v2/{name}/blobs/{digest}"
 
 
 async def get_bytes(
@@ -54,13 +35,6 @@ async def get_bytes(
 ) -> tuple[int, bytes, dict[str, str]]:
     async with http.get(url, headers=headers or {}) as resp:
         return resp.status, await resp.read(), dict(resp.headers)
-
-
-async def wait_idle(proxy: RunningProxy, seconds: float = 20.0) -> None:
-    """Wait (bounded) until no fill is running."""
-    async with asyncio.timeout(seconds):
-        while proxy.fills.active:
-            await asyncio.sleep(0.02)
 
 
 # --- real client, every manifest kind ---------------------------------------------
@@ -93,9 +67,9 @@ async def test_skopeo_copy_matches_upstream(
     for blob in image.all_blobs():
         stored = out / blob.digest.split(":")[1]
         assert stored.is_file(), blob.digest
-        assert sha256(stored.read_bytes()) == blob.digest
+        assert sha256_digest(stored.read_bytes()) == blob.digest
         # Every blob is now in the cache, verified.
-        assert sha256(proxy.blob_path(blob.digest).read_bytes()) == blob.digest
+        assert sha256_digest(proxy.blob_path(blob.digest).read_bytes()) == blob.digest
     for child in image.children:
         assert (out / f"{child.digest.split(':')[1]}.manifest.json").read_bytes() == child.manifest
     assert proxy.temp_files() == []
@@ -135,10 +109,10 @@ async def test_concurrent_cold_clients_cause_one_upstream_get(
     )
     for status, body, headers in results:
         assert status == 200
-        assert sha256(body) == digest
+        assert sha256_digest(body) == digest
         assert headers["Docker-Content-Digest"] == digest
     assert forwarder.count("GET", f"/blobs/{digest}") == 1
-    await wait_idle(proxy)
+    await proxy.idle()
     assert proxy.blob_path(digest).read_bytes() == data
 
 
@@ -156,8 +130,8 @@ async def test_client_disconnect_leaves_complete_verified_blob(
         assert first == data[: 64 * 1024]
         resp.close()  # the client goes away mid-blob
     assert proxy.fills.active == 1
-    await wait_idle(proxy)
-    assert sha256(proxy.blob_path(digest).read_bytes()) == digest
+    await proxy.idle()
+    assert sha256_digest(proxy.blob_path(digest).read_bytes()) == digest
     assert proxy.temp_files() == []
     assert forwarder.count("GET", f"/blobs/{digest}") == 1
 
@@ -192,9 +166,7 @@ async def test_ranges_on_cold_filling_and_warm_blobs(
     other_digest = await push_blob(forwarder.url, name, other)
     other_url = blob_url(proxy, name, other_digest)
     whole = asyncio.create_task(get_bytes(http, other_url))
-    async with asyncio.timeout(10):
-        while not proxy.fills.active:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: proxy.fills.active, timeout=10, what="the second blob's fill")
     osize = len(other)
     near_end, suffix = await asyncio.gather(
         get_bytes(http, other_url, {"Range": f"bytes={osize - 5000}-{osize - 4001}"}),
@@ -205,7 +177,7 @@ async def test_ranges_on_cold_filling_and_warm_blobs(
     assert suffix[2]["Content-Range"] == f"bytes {osize - 10}-{osize - 1}/{osize}"
     assert (await whole)[1] == other
     assert forwarder.count("GET", f"/blobs/{other_digest}") == 1
-    await wait_idle(proxy)
+    await proxy.idle()
 
     # Warm.
     forwarder.throttle_bps = None
@@ -245,7 +217,7 @@ async def test_wrong_bytes_from_upstream_are_never_cached_or_cleanly_served(
         async with http.get(blob_url(proxy, name, digest)) as resp:
             assert resp.status == 200
             await resp.read()
-    await wait_idle(proxy)
+    await proxy.idle()
     assert not proxy.blob_path(digest).exists()
     assert proxy.temp_files() == []
     assert proxy.fills.stats.digest_mismatches == 1
@@ -306,9 +278,9 @@ async def test_upstream_errors_map_to_oci_errors(
 
 async def test_unknown_blob_and_manifest(proxy: RunningProxy, http: aiohttp.ClientSession) -> None:
     name = unique("missing")
-    status, body, _ = await get_bytes(http, blob_url(proxy, name, sha256(b"nothing")))
+    status, body, _ = await get_bytes(http, blob_url(proxy, name, sha256_digest(b"nothing")))
     assert status == 404 and json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
-    async with http.head(blob_url(proxy, name, sha256(b"nothing"))) as resp:
+    async with http.head(blob_url(proxy, name, sha256_digest(b"nothing"))) as resp:
         assert resp.status == 404
     status, body, _ = await get_bytes(http, f"{proxy.url}/v2/{name}/manifests/nope")
     assert status == 404 and json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
@@ -383,10 +355,11 @@ async def test_concurrent_tag_resolutions_collapse(
     requests = [
         asyncio.create_task(get_bytes(http, url, {"Accept": ALL_MANIFESTS})) for _ in range(12)
     ]
-    # Every request has arrived while the one upstream GET is held.
-    async with asyncio.timeout(10):
-        while stall.hits == 0 or proxy.requests_started() < before + 12:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: stall.hits and proxy.requests_started() >= before + 12,
+        timeout=10,
+        what="every request arrived while the one upstream GET is held",
+    )
     stall.release()
     for status, body, _ in await asyncio.gather(*requests):
         assert (status, body) == (200, image.manifest)
@@ -439,7 +412,7 @@ async def test_stale_tag_and_cached_blobs_served_when_upstream_is_down(
         assert (status, body) == (200, image.manifest)
         for blob in image.all_blobs():
             status, body, _ = await get_bytes(http, blob_url(proxy, name, blob.digest))
-            assert (status, sha256(body)) == (200, blob.digest)
+            assert (status, sha256_digest(body)) == (200, blob.digest)
         status, body, _ = await get_bytes(http, f"{proxy.url}/v2/{name}/manifests/v2", headers)
         assert status == 503
         assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"

@@ -9,8 +9,6 @@ X-Forwarded-For).
 from __future__ import annotations
 
 import asyncio
-import base64
-import re
 import socket
 import ssl
 import time
@@ -22,35 +20,17 @@ import aiohttp
 from cacheproxy.connections import CONNECTIONS
 from cacheproxy.http.keys import CLIENT_AUTH
 from cacheproxy.http.passwords import bcrypt_check
-from tests.integration.test_peers import SECRET
 from tests.integration.test_swarm import signed_url
+from tests.support.cluster import SECRET
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import push_blob
+from tests.support.images import basic_auth, push_blob
 from tests.support.ports import free_port
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, write_htpasswd
+from tests.support.sessions import session_from, status_of
 from tests.support.tls import self_signed
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-def session_from(address: str) -> aiohttp.ClientSession:
-    """A client whose connections come from ``address``."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
-
-
-async def status_of(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
-    """(status, the OCI error code or "") of a GET."""
-    async with http.get(url) as resp:
-        body = await resp.read()
-        if resp.status < 400:
-            return resp.status, ""
-        found = re.search(rb'"code"\s*:\s*"([A-Z_]+)"', body)
-        return resp.status, found[1].decode() if found else ""
-
+from tests.support.waiting import eventually
 
 STRANGERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 
@@ -248,7 +228,7 @@ async def test_four_addresses_guessing_do_not_refuse_a_real_users_first_login(
             for i in range(2000):
                 if stop.is_set():
                     return
-                headers = basic("ci", f"guess-{n}-{i}")
+                headers = basic_auth("ci", f"guess-{n}-{i}")
                 async with stranger.get(f"{proxy.url}/v2/", headers=headers) as resp:
                     await resp.read()
 
@@ -259,12 +239,14 @@ async def test_four_addresses_guessing_do_not_refuse_a_real_users_first_login(
         ]
         statuses: list[int] = []
         try:
-            async with asyncio.timeout(30):
-                while passwords.pending < passwords.max_pending:
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: passwords.pending >= passwords.max_pending,
+                timeout=30,
+                what="the strangers' checks at the bound",
+            )
             async with session_from("127.0.0.9") as user, asyncio.timeout(30):
                 for _ in range(3):
-                    headers = basic("ci", "ci-password-1")
+                    headers = basic_auth("ci", "ci-password-1")
                     async with user.get(f"{proxy.url}/v2/", headers=headers) as resp:
                         statuses.append(resp.status)
                     await asyncio.sleep(0.05)

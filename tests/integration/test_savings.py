@@ -3,7 +3,6 @@ the bytes counted on the wire on both sides of the proxy."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import sys
@@ -22,6 +21,7 @@ from tests.support.names import unique
 from tests.support.process import crash, serve_process
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
+from tests.support.waiting import eventually
 
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
@@ -159,15 +159,15 @@ async def test_report_reads_a_running_server_and_survives_kill_9(
         host = url.removeprefix("http://")
         await pull_with_skopeo(host, image, tmp_path / "out")
         expected = pulled_bytes(image, tmp_path / "out")
+
         # Read by another process while the server runs: within a flush interval
         # (0.2 s here) every byte is there.
-        async with asyncio.timeout(10):
-            while True:
-                totals = (await report_json(cache, registry.url))["totals"]
-                assert isinstance(totals, dict)
-                if totals["bytes_served"] == expected:
-                    break
-                await asyncio.sleep(0.2)
+        async def flushed() -> bool:
+            totals = (await report_json(cache, registry.url))["totals"]
+            assert isinstance(totals, dict)
+            return bool(totals["bytes_served"] == expected)
+
+        await eventually(flushed, timeout=10, interval=0.2, what="every byte in the ledger")
         await crash(proc)  # no close, no final flush
     after = (await report_json(cache, registry.url))["totals"]
     assert isinstance(after, dict)

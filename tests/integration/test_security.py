@@ -7,7 +7,6 @@ Basic credentials the proxy holds, client authentication on.
 from __future__ import annotations
 
 import asyncio
-import base64
 import errno
 import hashlib
 import json
@@ -42,13 +41,10 @@ from tests.support.rawhttp import request as raw_request
 from tests.support.registry import RegistryProcess, free_port, write_htpasswd
 from tests.support.tls import self_signed
 from tests.support.tokenserver import TokenServer
+from tests.support.waiting import eventually
 
 ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 ROBOT = ("robot", "robot-s3cret-pass")
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +117,9 @@ async def test_comment_lines_in_htpasswd_are_not_logins(
     )
     async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
         url = f"{proxy.url}/v2/{name}/manifests/v1"
-        assert (await get(url, {**ACCEPT, **basic("#old", "old-password-1")}))[0] == 401
-        assert (await get(url, {**ACCEPT, **basic("", "no-name-password")}))[0] == 401
-        assert (await get(url, {**ACCEPT, **basic("ci", "ci-password-1")}))[0] == 200
+        assert (await get(url, {**ACCEPT, **basic_auth("#old", "old-password-1")}))[0] == 401
+        assert (await get(url, {**ACCEPT, **basic_auth("", "no-name-password")}))[0] == 401
+        assert (await get(url, {**ACCEPT, **basic_auth("ci", "ci-password-1")}))[0] == 200
 
 
 async def test_token_cache_is_bounded_under_made_up_repository_names(
@@ -210,11 +206,11 @@ async def test_cluster_view_and_metrics_are_for_the_subjects_named(
         self_url=me,
         peer_secret_file=secret,
     ) as proxy:
-        login = basic("ops", "ops-password-1")
+        login = basic_auth("ops", "ops-password-1")
         for path in ("/metrics", "/_cacheproxy/peers", "/_cacheproxy/peers?key=x"):
             assert (await get(proxy.url + path))[0] == 401, path
             assert (await get(proxy.url + path, login))[0] == 200, path
-            tenant = basic("tenant", "tenant-password-1")
+            tenant = basic_auth("tenant", "tenant-password-1")
             assert (await get(proxy.url + path, tenant))[0] == 403, path
         # The probes stay open for the kubelet.
         for path in ("/healthz", "/readyz"):
@@ -254,7 +250,7 @@ async def test_dashboard_shows_only_what_the_client_may_pull(
         f'[[access]]\nsubjects = ["ci"]\nallow = ["{up}/team/*"]\n'
         f'[[access]]\nsubjects = ["anonymous"]\nallow = ["{up}/team/*", "{up}/other/*"]\n'
     )
-    admin, ci = basic("admin", "admin-password-1"), basic("ci", "ci-password-1")
+    admin, ci = basic_auth("admin", "admin-password-1"), basic_auth("ci", "ci-password-1")
     async with running_proxy(registry.url, tmp_path / "cache", config_file=config) as proxy:
         data = f"{proxy.url}/dashboard/data"
         assert (await get(f"{proxy.url}/v2/{team}/manifests/v1", {**ACCEPT, **ci}))[0] == 200
@@ -343,14 +339,14 @@ async def test_an_unknown_user_costs_one_bcrypt_check_of_the_same_cost(
             return bcrypt_check(password, hashed)
 
         proxy.app[CLIENT_AUTH].passwords.checker = counting
-        assert (await get(f"{proxy.url}/v2/", basic("ci", "wrong-password")))[0] == 401
+        assert (await get(f"{proxy.url}/v2/", basic_auth("ci", "wrong-password")))[0] == 401
         assert checked == [hashes["ci"]]
         for user in ("nobody", "root", "admin"):
-            assert (await get(f"{proxy.url}/v2/", basic(user, "wrong-password")))[0] == 401
+            assert (await get(f"{proxy.url}/v2/", basic_auth(user, "wrong-password")))[0] == 401
         assert len(checked) == 4
         assert all(cost_of(h) == 6 for h in checked[1:])
         assert hashes["ci"] not in checked[1:]
-        assert (await get(f"{proxy.url}/v2/", basic("ci", "ci-password-1")))[0] == 200
+        assert (await get(f"{proxy.url}/v2/", basic_auth("ci", "ci-password-1")))[0] == 200
 
 
 async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
@@ -382,19 +378,21 @@ async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
                 asyncio.create_task(
                     get(
                         f"{proxy.url}/v2/",
-                        basic(f"u{i}", f"guess-{i}"),
+                        basic_auth(f"u{i}", f"guess-{i}"),
                         f"127.0.0.{2 + i // share}",
                     )
                 )
                 for i in range(passwords.max_pending)
             ]
-            async with asyncio.timeout(10):
-                while passwords.pending < passwords.max_pending:
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: passwords.pending >= passwords.max_pending,
+                timeout=10,
+                what="every check pending",
+            )
             # Full: the next login is answered at once, while every check is stuck.
             connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
             async with aiohttp.ClientSession(connector=connector) as http, asyncio.timeout(5):
-                async with http.get(f"{proxy.url}/v2/", headers=basic("ci", "x")) as resp:
+                async with http.get(f"{proxy.url}/v2/", headers=basic_auth("ci", "x")) as resp:
                     assert resp.status == 429
                     assert resp.headers["Retry-After"] == "1"
                     assert (await resp.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
@@ -407,7 +405,7 @@ async def test_a_burst_of_bad_logins_is_bounded_and_spares_the_probes(
         async with asyncio.timeout(30):
             assert [code for code, _ in await asyncio.gather(*burst)] == [401] * len(burst)
         assert passwords.pending == 0
-        assert (await get(f"{proxy.url}/v2/", basic("ci", "ci-password-1")))[0] == 200
+        assert (await get(f"{proxy.url}/v2/", basic_auth("ci", "ci-password-1")))[0] == 200
 
 
 @pytest.mark.wallclock
@@ -426,7 +424,7 @@ async def test_wrong_password_timing_does_not_tell_users_apart(
 
         async def seconds(user: str, i: int) -> float:
             started = time.perf_counter()
-            code, _ = await get(f"{proxy.url}/v2/", basic(user, f"wrong-{i}"))
+            code, _ = await get(f"{proxy.url}/v2/", basic_auth(user, f"wrong-{i}"))
             assert code == 401
             return time.perf_counter() - started
 
@@ -523,7 +521,7 @@ async def test_https_upstream_credentials_never_go_over_plain_http(tmp_path: Pat
     own host: neither its login nor its token may travel in clear text."""
     data = b"layer bytes " * 1000
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    login = basic(*ROBOT)["Authorization"]
+    login = basic_auth(*ROBOT)["Authorization"]
     seen_plain: list[dict[str, str]] = []
     where: dict[str, str] = {}
 
@@ -653,9 +651,11 @@ async def test_cached_private_layers_are_readable_by_the_proxy_user_only(
             async with running_proxy(upstream, cache) as proxy:
                 assert (await get(f"{proxy.url}/v2/{name}/manifests/v1", ACCEPT))[0] == 200
                 filling = asyncio.create_task(get(f"{proxy.url}/v2/{name}/blobs/{layer}"))
-                async with asyncio.timeout(10):
-                    while stall.hits == 0 or not proxy.temp_files():
-                        await asyncio.sleep(0.02)
+                await eventually(
+                    lambda: stall.hits and proxy.temp_files(),
+                    timeout=10,
+                    what="the fill writing its temp file",
+                )
                 temp_modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in proxy.temp_files()}
                 stall.release()
                 code, body = await filling
@@ -718,9 +718,11 @@ async def test_cache_commands_never_touch_a_running_servers_fills(
         log = tmp_path / "serve.log"
         async with serve_process(*where, log=log) as (proc, url):
             filling = asyncio.create_task(get(f"{url}/v2/{name}/blobs/{layer}"))
-            async with asyncio.timeout(10):
-                while stall.hits == 0 or not list((cache / "tmp").iterdir()):
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: stall.hits and list((cache / "tmp").iterdir()),
+                timeout=10,
+                what="the fill writing its temp file",
+            )
             temp = list((cache / "tmp").iterdir())
             bundle = tmp_path / "bundle.tar"
             for command in (

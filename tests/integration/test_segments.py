@@ -29,7 +29,7 @@ from cacheproxy.oci import parse_digest
 from tests.support.forwarder import Fault, Forwarder
 from tests.support.images import push_blob, random_bytes
 from tests.support.process import serve_process
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import assert_cached, running_proxy
 from tests.support.registry import RegistryProcess, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -60,13 +60,6 @@ async def faulty(throttle: Throttle) -> AsyncIterator[Forwarder]:
         yield fwd
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(auto_decompress=False, timeout=timeout) as session:
-        yield session
-
-
 async def new_blob(registry: RegistryProcess, size: int) -> tuple[str, str, bytes]:
     name = f"segments/{uuid.uuid4().hex[:10]}"
     data = random_bytes(size, name)
@@ -93,14 +86,6 @@ def starts(asks: list[str | None]) -> list[int]:
         assert match is not None, ask
         out.append(int(match[1]))
     return out
-
-
-async def assert_cached(proxy: RunningProxy, digest: str, data: bytes) -> None:
-    async with asyncio.timeout(30):
-        while proxy.fills.active:
-            await asyncio.sleep(0.02)
-    assert proxy.blob_path(digest).read_bytes() == data
-    assert proxy.temp_files() == []
 
 
 # --- the segmented fill -----------------------------------------------------------------
@@ -181,9 +166,7 @@ async def test_every_segment_breaking_fails_within_the_retry_budget(
     async with running_proxy(faulty.url, tmp_path / "cache", **SEGMENTS) as proxy:
         with pytest.raises(aiohttp.ClientPayloadError):
             await get(http, f"{proxy.url}/v2/{name}/blobs/{digest}")
-        async with asyncio.timeout(30):
-            while proxy.fills.active:
-                await asyncio.sleep(0.02)
+        await proxy.idle()
         assert not proxy.blob_path(digest).exists()
         assert proxy.temp_files() == []
         assert proxy.fills.stats.resumed == 3  # one budget for the whole blob

@@ -23,10 +23,10 @@ from tests.support.stalling import (
     metric,
     send_get,
     small_window_socket,
-    until,
     write_config,
 )
 from tests.support.tls import self_signed
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,9 +61,13 @@ async def test_a_client_that_takes_nothing_is_cut_and_its_blob_released(
             assert status == 200
             # The server opened the blob for this client, and keeps it open while its
             # sends stall on the client's full window...
-            await until(lambda: held(proc.pid, digest) == 1, 10, "the blob opened")
+            await eventually(
+                lambda: held(proc.pid, digest) == 1, timeout=10, what="the blob opened"
+            )
             # ...until send_timeout passes without a byte taken: then it is closed.
-            await until(lambda: held(proc.pid, digest) == 0, 20, "the blob released")
+            await eventually(
+                lambda: held(proc.pid, digest) == 0, timeout=20, what="the blob released"
+            )
             assert await metric(http, url, "send_timeouts_total", "client") == 1
         finally:
             sock.close()

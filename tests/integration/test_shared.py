@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -34,37 +33,23 @@ from cacheproxy.store.files import BlobStore
 from cacheproxy.store.index import Index
 from cacheproxy.upstream.aws import AwsClients
 from cacheproxy.upstream.credentials import boto3_ecr_client
-from tests.integration.test_peers import start_cluster
 from tests.support.clients import run_process, skopeo
+from tests.support.cluster import start_cluster
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import PushedImage, push_blob, push_image, random_bytes
+from tests.support.images import PushedImage, push_blob, push_image, random_bytes, sha256_digest
 from tests.support.names import unique
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.registry import RegistryProcess
-from tests.support.s3 import AWS_ENV, MotoS3, shared_table
+from tests.support.s3 import AWS_ENV, PREFIX, MotoS3, object_key, shared_table
+from tests.support.waiting import eventually
 
 ACCEPT = {
     "Accept": "application/vnd.oci.image.index.v1+json, "
     "application/vnd.oci.image.manifest.v1+json, "
     "application/vnd.docker.distribution.manifest.v2+json"
 }
-PREFIX = "cache/v1/blobs/"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    with MotoS3(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+# Every proxy here talks to moto's S3 with the keys it accepts.
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 def write_config(path: Path, upstream: str, endpoint: str, bucket: str, **shared: object) -> Path:
@@ -85,7 +70,7 @@ async def pull(url: str, image: PushedImage, repo_host: str = "registry.test") -
         for blob in image.blobs:
             async with http.get(f"{base}/blobs/{blob.digest}") as resp:
                 assert resp.status == 200, await resp.text()
-                assert sha256(await resp.read()) == blob.digest
+                assert sha256_digest(await resp.read()) == blob.digest
 
 
 @pytest.fixture
@@ -169,11 +154,6 @@ async def test_the_second_cluster_pulls_nothing_from_the_upstream(
     assert b_stats_hits >= len(image.blobs) + 1
 
 
-def object_key(digest: str) -> str:
-    algorithm, hexpart = digest.split(":")
-    return f"{PREFIX}{algorithm}/{hexpart}"
-
-
 async def get_blob(url: str, image: PushedImage, digest: str) -> bytes:
     blob_url = f"{url}/v2/registry.test/{image.name}/blobs/{digest}"
     async with aiohttp.ClientSession() as http, http.get(blob_url) as resp:
@@ -213,17 +193,15 @@ async def test_a_wrong_object_in_the_bucket_is_caught_deleted_and_replaced(
                     await resp.read()
         tier = b.app[SHARED]
         assert tier.stats.bad_objects == 1
-        async with asyncio.timeout(30):
-            while tier.stats.deleted_bad < 1:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: tier.stats.deleted_bad, timeout=30, what="the bad object deleted")
         assert object_key(layer.digest) not in moto.keys(bucket, PREFIX)
         assert not b.blob_path(layer.digest).exists()
         # The retry gets the upstream's bytes, and the bucket gets them back.
-        assert sha256(await get_blob(b.url, image, layer.digest)) == layer.digest
+        assert sha256_digest(await get_blob(b.url, image, layer.digest)) == layer.digest
         assert forwarder.body_bytes("GET", f"/blobs/{layer.digest}") - upstream_before == layer.size
         await drained(b)
     fixed = await asyncio.to_thread(s3.get_object, Bucket=bucket, Key=object_key(layer.digest))
-    assert sha256(fixed["Body"].read()) == layer.digest
+    assert sha256_digest(fixed["Body"].read()) == layer.digest
 
 
 async def pull_manifest(url: str, image: PushedImage) -> None:
@@ -259,9 +237,9 @@ async def test_a_failing_bucket_costs_the_upstream_never_the_client(
                     # The bucket goes away mid-transfer: half the layer came from it.
                     stall = wire.set_fault(Fault(key, "stall", offset=layer.size // 2))
                     got = asyncio.create_task(get_blob(b.url, image, layer.digest))
-                    async with asyncio.timeout(30):
-                        while not wire._stalling:
-                            await asyncio.sleep(0.02)
+                    await eventually(
+                        lambda: wire._stalling, timeout=30, what="the transfer stalled"
+                    )
                     await asyncio.to_thread(moto.stop)
                     assert wire.sever() >= 1
                     stall.release()
@@ -272,7 +250,7 @@ async def test_a_failing_bucket_costs_the_upstream_never_the_client(
                     else:
                         wire.set_fault(Fault(key, "status", status=int(fault)))
                     data = await get_blob(b.url, image, layer.digest)
-                assert sha256(data) == layer.digest
+                assert sha256_digest(data) == layer.digest
                 faults = b.app[SHARED].stats.faults
                 expected = {"stopped": "server-error", "403": "denied", "503": "server-error",
                             "slow": "broken-body"}[fault]  # fmt: skip
@@ -342,7 +320,10 @@ async def test_redirect_mode_with_skopeo(
         assert mirror.app[SHARED].stats.redirects == len(image.blobs)
         assert forwarder.body_bytes("GET", "/blobs/") == before
     for blob in image.blobs:
-        assert sha256((tmp_path / "out" / blob.digest.split(":")[1]).read_bytes()) == blob.digest
+        assert (
+            sha256_digest((tmp_path / "out" / blob.digest.split(":")[1]).read_bytes())
+            == blob.digest
+        )
 
 
 async def test_redirects_show_the_key_of_the_redirect_profile(
@@ -362,7 +343,7 @@ async def test_redirects_show_the_key_of_the_redirect_profile(
     config = write_config(tmp_path / "r.toml", forwarder.url, moto.url, bucket, **settings)
     name = unique("shared/key")
     data = random_bytes(100_000, name)
-    digest = sha256(data)
+    digest = sha256_digest(data)
     await push_blob(forwarder.url, name, data)
     url = f"/v2/registry.test/{name}/blobs/{digest}"
     async with (
@@ -404,7 +385,7 @@ async def test_in_a_cluster_one_bucket_request_per_miss(
                 for blob in image.blobs:
                     async with http.get(f"{base}/blobs/{blob.digest}") as resp:
                         assert resp.status == 200
-                        assert sha256(await resp.read()) == blob.digest
+                        assert sha256_digest(await resp.read()) == blob.digest
         for node in nodes:
             await drained(node)
         for blob in image.blobs:
@@ -422,7 +403,7 @@ async def test_a_failed_multipart_upload_is_aborted_then_retried(
     left open), and the retry writes the whole object."""
     bucket = moto.new_bucket()
     data = random_bytes(12 * 1024 * 1024, "multipart")
-    digest = parse_digest(sha256(data))
+    digest = parse_digest(sha256_digest(data))
     store = BlobStore(CacheLayout(tmp_path / "cache"))
     await asyncio.to_thread(store.prepare)
     await asyncio.to_thread(store.put, digest, data)
@@ -442,11 +423,12 @@ async def test_a_failed_multipart_upload_is_aborted_then_retried(
         try:
             writeback.start()
             assert writeback.blob(digest, "registry.test", "repo")
+            await eventually(
+                lambda: tier.stats.upload_failures, timeout=60, what="the upload failed"
+            )
+            assert fault.hits == 1
+            assert wire.count("DELETE", "uploadId=") == 1  # aborted
             async with asyncio.timeout(60):
-                while not tier.stats.upload_failures:
-                    await asyncio.sleep(0.02)
-                assert fault.hits == 1
-                assert wire.count("DELETE", "uploadId=") == 1  # aborted
                 await writeback.drained()
         finally:
             await writeback.close()

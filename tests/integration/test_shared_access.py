@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 
 from cacheproxy.http.keys import SHARED, WRITEBACK
-from tests.integration.test_shared import moto  # noqa: F401 (a fixture)
 from tests.integration.test_who_reads_what import (
     PUBLIC,
     Upstreams,
@@ -30,26 +29,16 @@ from tests.integration.test_who_reads_what import (
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_image
 from tests.support.proxy import running_proxy
-from tests.support.s3 import AWS_ENV, MotoS3, shared_table
+from tests.support.s3 import PREFIX, MotoS3, object_key, shared_table
 
-PREFIX = "cache/v1/blobs/"
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-
-
-def key_of(digest: str) -> str:
-    algorithm, hexpart = digest.split(":")
-    return f"{PREFIX}{algorithm}/{hexpart}"
+# Every proxy here talks to moto's S3 with the keys it accepts.
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 @pytest.mark.parametrize("redirect", [False, True], ids=["read", "redirect"])
 async def test_a_private_image_in_the_bucket_stays_private(
     upstreams: Upstreams,  # noqa: F811
-    moto: MotoS3,  # noqa: F811
+    moto: MotoS3,
     tmp_path: Path,
     redirect: bool,
 ) -> None:
@@ -65,7 +54,7 @@ async def test_a_private_image_in_the_bucket_stays_private(
             await alice_pulls(a.url, secret)
             async with asyncio.timeout(60):
                 await a.app[WRITEBACK].drained()
-        private_keys = [key_of(d) for d in [secret.digest, *(b.digest for b in secret.blobs)]]
+        private_keys = [object_key(d) for d in [secret.digest, *(b.digest for b in secret.blobs)]]
         assert set(private_keys) <= set(moto.keys(bucket, PREFIX))
 
         # Another cluster, same bucket, never saw the image.

@@ -25,26 +25,15 @@ from cacheproxy.http.keys import CLUSTER, HOLDINGS
 from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import ANSWER_HEADER, HEADER, sign, verify_answer
 from cacheproxy.swarm.lists import list_key
-from tests.integration.test_peers import SECRET, start_cluster
 from tests.support.clients import skopeo
+from tests.support.cluster import SECRET, start_cluster
 from tests.support.forwarder import Forwarder
-from tests.support.images import push_blob, push_image, random_bytes
+from tests.support.images import push_blob, push_image, random_bytes, sha256_digest
 from tests.support.names import unique
 from tests.support.ports import free_port
 from tests.support.proxy import RunningProxy, running_proxy
 
 MIB = 1 << 20
-
-
-def sha256_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "peer-secret"
-    path.write_bytes(SECRET + b"\n")
-    return path
 
 
 def signed_url(target: str, kind: str, digest: str, /, **query: str) -> tuple[str, dict[str, str]]:
@@ -117,7 +106,7 @@ async def test_skopeo_pulls_an_image_from_every_node_of_a_swarm_at_once(
         lists = sum(n.app[CLUSTER].stats.holder_lists for n in nodes)
     for out in outs:
         for blob in image.blobs:
-            assert sha256_of((out / blob.digest.split(":")[1]).read_bytes()) == blob.digest
+            assert sha256_digest((out / blob.digest.split(":")[1]).read_bytes()) == blob.digest
     for blob in image.blobs:
         assert forwarder.body_bytes("GET", f"/blobs/{blob.digest}") == blob.size
     # The nodes other than each blob's owner took it through the swarm.
@@ -192,9 +181,7 @@ async def test_the_owner_brings_the_blob_in_once_and_signs_its_holder_list(
             url, signed = signed_url(owner.url, "holding", digest, **query)
             async with http.get(url, headers={**signed, HEADER: "1.forged"}) as resp:
                 assert resp.status == 401
-        async with asyncio.timeout(30):  # the fill the first list started, to its end
-            while owner.fills.active:
-                await asyncio.sleep(0.01)
+        await owner.idle()  # the fill the first list started, to its end
         assert forwarder.body_bytes("GET", f"/blobs/{digest}") == len(data)
         assert owner.blob_path(digest).read_bytes() == data
 

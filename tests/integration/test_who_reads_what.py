@@ -13,7 +13,6 @@ cluster, and offline.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import sys
@@ -32,10 +31,11 @@ from cacheproxy.peers.ring import ranked
 from cacheproxy.peers.signing import ANSWER_HEADER, HEADER, sign, verify_answer
 from tests.support.clients import run_process, skopeo
 from tests.support.forwarder import Fault, Forwarder
-from tests.support.images import OCI_INDEX, OCI_MANIFEST, PushedImage, push_image
+from tests.support.images import OCI_INDEX, OCI_MANIFEST, PushedImage, basic_auth, push_image
 from tests.support.process import serve_process
 from tests.support.proxy import running_proxy
 from tests.support.registry import RegistryProcess, free_port, write_htpasswd
+from tests.support.waiting import eventually
 
 ACCEPT = {
     "Accept": ", ".join(
@@ -51,10 +51,6 @@ ALICE = ("alice", "alice-proxy-password-1")
 SECRET = b"a-cluster-secret-of-enough-bytes"
 PRIVATE = "private.test"
 PUBLIC = "public.test"
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 @dataclass
@@ -96,7 +92,7 @@ async def push_private(
     ups: Upstreams, name: str, sizes: tuple[int, ...] = (3000, 5000)
 ) -> PushedImage:
     return await push_image(
-        ups.private.url, name, "v1", layer_sizes=sizes, headers=basic(*ROBOT), seed=name
+        ups.private.url, name, "v1", layer_sizes=sizes, headers=basic_auth(*ROBOT), seed=name
     )
 
 
@@ -117,7 +113,7 @@ async def answer(
 async def alice_pulls(proxy: str, image: PushedImage) -> None:
     """alice pulls the private image the way a runtime does, sending her login (skopeo
     sends one only when /v2/ challenges, which anonymous pulls rule out)."""
-    login = basic(*ALICE)
+    login = basic_auth(*ALICE)
     base = f"{proxy}/v2/{PRIVATE}/{image.name}"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/manifests/v1", headers={**ACCEPT, **login}) as resp:
@@ -193,7 +189,7 @@ async def test_a_condition_never_turns_a_refusal_into_a_304(
         for kind, digest in asked:
             held = {"If-None-Match": f'"{digest}"'}
             own = f"{proxy.url}/v2/{PRIVATE}/{secret.name}/{kind}/{digest}"
-            assert await answer(http, "GET", own, {**held, **basic(*ALICE)}) == (304, "")
+            assert await answer(http, "GET", own, {**held, **basic_auth(*ALICE)}) == (304, "")
             other = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/{kind}/{digest}"
             conditions = [held, {"If-None-Match": "*"}, {"If-Match": '"sha256:other"'}]
             for method in ("GET", "HEAD"):
@@ -245,14 +241,12 @@ async def test_a_fill_in_flight_is_not_joined_under_another_repository(
         url = f"{proxy.url}/v2/{PRIVATE}/{secret.name}/blobs/{layer}"
 
         async def alice() -> bytes:
-            async with http.get(url, headers=basic(*ALICE)) as resp:
+            async with http.get(url, headers=basic_auth(*ALICE)) as resp:
                 assert resp.status == 200
                 return await resp.read()
 
         pull = asyncio.create_task(alice())
-        async with asyncio.timeout(20):
-            while not proxy.fills.active:
-                await asyncio.sleep(0.02)
+        await eventually(lambda: proxy.fills.active, timeout=20, what="alice's fill")
         target = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs/{layer}"
         assert await answer(http, "GET", target) == (404, "BLOB_UNKNOWN")
         assert (await answer(http, "HEAD", target))[0] == 404
@@ -616,13 +610,11 @@ async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
         base = f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs"
         # The one slot is taken by a stalled fill.
         holder = asyncio.create_task(other_client.get(f"{base}/{other.layers[0].digest}"))
-        async with asyncio.timeout(20):
-            while proxy.fills.active < 1:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: proxy.fills.active, timeout=20, what="the stalled fill")
 
         async def alice() -> int:
             url = f"{proxy.url}/v2/{PRIVATE}/{secret.name}/blobs/{layer}"
-            async with http.get(url, headers=basic(*ALICE)) as resp:
+            async with http.get(url, headers=basic_auth(*ALICE)) as resp:
                 await resp.read()
                 return resp.status
 
@@ -632,13 +624,11 @@ async def test_a_fill_joined_after_waiting_for_a_slot_is_still_vouched_for(
                 return resp.status
 
         first = asyncio.create_task(alice())
-        async with asyncio.timeout(20):  # alice queues first
-            while proxy.fills.gate.waiting < 1:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: proxy.fills.gate.waiting >= 1, timeout=20, what="alice queued")
         second = asyncio.create_task(anonymous())
-        async with asyncio.timeout(20):
-            while proxy.fills.gate.waiting < 2:
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: proxy.fills.gate.waiting >= 2, timeout=20, what="the anonymous client queued"
+        )
         stall.release()
         upstreams.public.clear_faults()
         async with asyncio.timeout(30):
@@ -672,9 +662,9 @@ async def test_a_refusal_says_nothing_of_what_is_cached(
         async with http.get(f"{proxy.url}/v2/{PUBLIC}/{public_repo}/blobs/{held}") as resp:
             assert resp.status == 200
             await resp.read()
-        async with asyncio.timeout(10):
-            while not proxy.blob_path(held).exists():
-                await asyncio.sleep(0.01)
+        await eventually(
+            lambda: proxy.blob_path(held).exists(), timeout=10, what="the layer in the cache"
+        )
         unseen = never.layers[0].digest
         for where in (f"{PUBLIC}/lib/nothing-here", "locked.test/team/x"):
             answers = {}

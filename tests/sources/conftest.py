@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +27,6 @@ async def blob(registry: RegistryProcess, request: pytest.FixtureRequest) -> Pus
     data = random_bytes(SIZE, request.node.nodeid)
     digest = await push_blob(registry.url, repo, data)
     return PushedBlob(repo, digest, data)
-
-
-@pytest.fixture(scope="session")
-def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    """moto's S3 server on loopback, for the shared tier's kinds (a bucket per test)."""
-    with MotoS3(tmp_path_factory.mktemp("moto")) as server:
-        yield server
 
 
 @pytest.fixture(params=KINDS, ids=lambda kind: kind.name)

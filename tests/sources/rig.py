@@ -135,9 +135,7 @@ class Subject:
         have ended: a peer is sent a blob as it lands, before the node sending it has
         verified and kept its own copy (the peer verifies the whole blob itself)."""
         if self.peer is not None:
-            async with asyncio.timeout(30):
-                while self.peer.fills.active:
-                    await asyncio.sleep(0.01)
+            await self.peer.idle()
         found = list(self.store.tmp_dir.iterdir())
         if self.peer is not None:
             found += self.peer.temp_files()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import re
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.process import stop_async_process
+from tests.support.waiting import eventually
 
 CHROMIUM = "chromium"
 _LISTENING = re.compile(rb"DevTools listening on (ws://\S+)")
@@ -121,12 +123,9 @@ class Page:
 
     async def wait_for(self, expression: str, timeout: float = 20.0) -> Any:  # noqa: ASYNC109
         """Poll (bounded) until a JavaScript expression is truthy; return its value."""
-        async with asyncio.timeout(timeout):
-            while True:
-                value = await self.evaluate(expression)
-                if value:
-                    return value
-                await asyncio.sleep(0.05)
+        what = f"{expression!r} in the page"
+        check = functools.partial(self.evaluate, expression)
+        return await eventually(check, timeout=timeout, interval=0.05, what=what)
 
 
 @asynccontextmanager

@@ -25,6 +25,8 @@ from typing import Literal
 import aiohttp
 from yarl import URL
 
+from cacheproxy.oci import Digest, parse_digest
+
 Media = Literal["oci", "docker"]
 #: ``(os, architecture)`` or ``(os, architecture, variant)``.
 Platform = tuple[str, ...]
@@ -50,15 +52,25 @@ CHUNK_SIZE = 1 << 20
 _CREATED = "2024-01-01T00:00:00Z"
 
 
-def basic_auth(user: str, password: str) -> dict[str, str]:
-    """Headers for HTTP Basic auth (RFC 7617), for the ``headers=`` of the push helpers."""
+def basic_credentials(user: str, password: str) -> str:
+    """The ``Authorization`` value of HTTP Basic auth (RFC 7617)."""
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+    return f"Basic {token}"
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """Headers for HTTP Basic auth (RFC 7617), for the ``headers=`` of requests."""
+    return {"Authorization": basic_credentials(user, password)}
 
 
 def sha256_digest(data: bytes) -> str:
     """``sha256:<hex>`` of *data*."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def digest_of(data: bytes) -> Digest:
+    """The parsed sha256 digest of *data*, as the store and the fills take it."""
+    return parse_digest(sha256_digest(data))
 
 
 @dataclass(frozen=True)

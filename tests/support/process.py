@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.ports import free_port
+from tests.support.waiting import eventually, eventually_sync
 
 #: How long a stop waits after SIGTERM before it sends SIGKILL.
 STOP_TIMEOUT = 10.0
@@ -127,16 +128,19 @@ async def serve_process(
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
-        async with aiohttp.ClientSession(connector=connector) as http, asyncio.timeout(20):
-            while True:
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def answers() -> bool:
                 try:
                     async with http.get(url + "/v2/") as resp:
                         if resp.status == 200:
-                            break
+                            return True
                 except aiohttp.ClientConnectionError:
                     pass
                 assert proc.returncode is None, log.read_text()
-                await asyncio.sleep(0.1)
+                return False
+
+            await eventually(answers, timeout=20, interval=0.1, what=f"{url}/v2/ answering")
         yield proc, url
     finally:
         await stop_async_process(proc)
@@ -160,18 +164,17 @@ def serve_process_sync(
     url = f"http://127.0.0.1:{port}"
     # Loopback only: never an http_proxy from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def answers() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            with opener.open(url + "/v2/", timeout=1.0) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with opener.open(url + "/v2/", timeout=1.0) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, "cacheproxy serve did not answer /v2/"
-            time.sleep(0.1)
+        eventually_sync(answers, timeout=20, interval=0.1, what=f"{url}/v2/ answering")
         yield proc, url
     finally:
         stop_process(proc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from cacheproxy.http.keys import CLUSTER, FILLS, KEEPER, UPSTREAMS
 from cacheproxy.lifecycle.keeper import Keeper
 from cacheproxy.peers.cluster import Cluster
 from cacheproxy.upstream.pool import UpstreamPool
+from tests.support.images import sha256_digest
 from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -71,6 +74,35 @@ class RunningProxy:
 
     def temp_files(self) -> list[Path]:
         return list((self.config.cache_dir / "tmp").iterdir())
+
+    async def idle(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait (bounded) until no fill runs: a fill outlives its clients."""
+        await eventually(lambda: not self.fills.active, timeout=timeout, what="no fill running")
+
+
+def blob_url(proxy: RunningProxy, name: str, digest: str) -> str:
+    """The URL of blob ``digest`` of repository ``name`` at ``proxy``."""
+    return f"{proxy.url}/v2/{name}/blobs/{digest}"
+
+
+async def assert_cached(proxy: RunningProxy, digest: str, data: bytes) -> None:
+    """Once every fill has ended, ``data`` is in the cache as ``digest``, and nothing
+    unfinished is left behind."""
+    await proxy.idle()
+    path = proxy.blob_path(digest)
+    assert path.is_file(), "the blob was not cached"
+    stored = path.read_bytes()
+    assert sha256_digest(stored) == digest
+    assert stored == data
+    assert proxy.temp_files() == []
+
+
+def config_with(tmp_path: Path, upstream: str, extra: str = "") -> Path:
+    """A config file (of a name of its own in ``tmp_path``) with one upstream,
+    ``reg.test`` at ``upstream``, no presets, and the TOML ``extra``."""
+    path = tmp_path / f"cacheproxy-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(f'presets = []\n[[upstream]]\nname = "reg.test"\nurl = "{upstream}"\n{extra}')
+    return path
 
 
 def _environment() -> dict[str, str]:

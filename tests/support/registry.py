@@ -12,7 +12,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from typing import IO, Any
 
 from tests.support.ports import free_port
 from tests.support.process import stop_process
+from tests.support.waiting import eventually_sync
 
 DOCKER_REGISTRY = "docker-registry"
 
@@ -230,28 +230,31 @@ class RegistryProcess:
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
+        proc = self._proc
         # Loopback only: never let an http_proxy from the environment in.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+
+        def answers() -> bool:
+            if proc.poll() is not None:
                 if "address already in use" in self.log_tail(lines=200):
                     raise _BindFailed
-                raise RuntimeError(
-                    f"registry exited with {self._proc.returncode}:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"registry exited with {proc.returncode}:\n{self.log_tail()}")
             try:
                 with opener.open(f"{self.url}/v2/", timeout=1.0):
-                    return
+                    return True
             except urllib.error.HTTPError as exc:
                 # 401 from an auth-enabled registry still means it is serving.
                 exc.close()
-                return
+                return True
             except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(
-            f"registry at {self.url} did not answer within {START_TIMEOUT}s:\n{self.log_tail()}"
-        )
+                return False
+
+        try:
+            eventually_sync(
+                answers, timeout=START_TIMEOUT, interval=0.05, what=f"the registry at {self.url}"
+            )
+        except AssertionError as exc:
+            raise TimeoutError(f"{exc}:\n{self.log_tail()}") from None
 
     def _reap(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

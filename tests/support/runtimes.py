@@ -9,16 +9,17 @@ test's own, so a pull touches nothing of the machine's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from tests.support.process import stop_process
+from tests.support.waiting import eventually_sync
 
 CONTAINERD = "containerd"
 CTR = "ctr"
@@ -110,17 +111,24 @@ class Containerd:
             stdout=self._log,
             stderr=self._log,
         )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
+        proc = self._proc
+
+        def state() -> str:
+            """ "exited", "up", or "" (not yet)."""
+            if proc.poll() is not None:
+                return "exited"
             if self.socket.exists():
                 probe = subprocess.run(
                     self.ctr("version"), capture_output=True, timeout=5, check=False
                 )
                 if probe.returncode == 0:
-                    return
-            time.sleep(0.1)
+                    return "up"
+            return ""
+
+        with contextlib.suppress(AssertionError):  # not up in time: the error below
+            what = "containerd up or exited"
+            if eventually_sync(state, timeout=START_TIMEOUT, interval=0.1, what=what) == "up":
+                return
         log = self.log_path.read_text(errors="replace")[-3000:]
         self.stop()
         raise RuntimeError(f"containerd did not start within {START_TIMEOUT:.0f} s:\n{log}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,6 +22,7 @@ from typing import Any
 
 from tests.support.ports import free_port
 from tests.support.process import stop_process
+from tests.support.waiting import eventually_sync
 
 #: boto3's default chain finds these first; no instance metadata is ever asked
 #: (it would leave loopback), and no config file of the machine is read.
@@ -34,6 +34,14 @@ AWS_ENV = {
     "AWS_CONFIG_FILE": "/dev/null",
     "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
 }
+#: Where the shared tier keeps blobs in its bucket by default (its ``prefix``).
+PREFIX = "cache/v1/blobs/"
+
+
+def object_key(digest: str) -> str:
+    """The bucket key of a blob under the default prefix, as the tier lays it out."""
+    algorithm, hexpart = digest.split(":")
+    return f"{PREFIX}{algorithm}/{hexpart}"
 
 
 class MotoS3:
@@ -57,16 +65,17 @@ class MotoS3:
                 stderr=out,
             )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + 30
-        while True:
-            assert self._proc.poll() is None, self._log.read_text()
+        proc = self._proc
+
+        def answers() -> bool:
+            assert proc.poll() is None, self._log.read_text()
             try:
                 with opener.open(self.url + "/moto-api/", timeout=1.0):
-                    return
+                    return True
             except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, "moto server did not answer"
-            time.sleep(0.1)
+                return False
+
+        eventually_sync(answers, timeout=30, interval=0.1, what="moto server answering")
 
     def stop(self) -> None:
         if self._proc is not None:

@@ -4,19 +4,18 @@ metrics, and a ``cacheproxy serve`` config file."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import socket
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
 from tests.support.images import push_blob, random_bytes
 from tests.support.names import unique
+from tests.support.waiting import eventually
 
 MIB = 1024 * 1024
 # The client's receive buffer: a few KiB, so the server's sends stall at once.
@@ -65,16 +64,6 @@ def held(pid: int, digest: str) -> int:
     return count
 
 
-async def until(check: Callable[[], bool], bound: float, what: str) -> None:
-    """Wait until ``check()`` holds, at most ``bound`` seconds (else AssertionError)."""
-    try:
-        async with asyncio.timeout(bound):
-            while not check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {bound} s: {what}") from None
-
-
 async def metric(http: aiohttp.ClientSession, url: str, name: str, listener: str) -> float | None:
     """``cacheproxy_connections_<name>{listener=...}`` on the proxy's /metrics, or None."""
     async with http.get(url + "/metrics") as resp:
@@ -104,7 +93,7 @@ async def cached_blob(
     async with http.get(url + path) as resp:
         assert resp.status == 200
         assert await resp.read() == data
-    await until(lambda: held(pid, digest) == 0, 10, "the fill closed its files")
+    await eventually(lambda: held(pid, digest) == 0, timeout=10, what="the fill closed its files")
     return path, digest, data
 
 

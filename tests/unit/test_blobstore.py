@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -10,21 +9,11 @@ import pytest
 
 from cacheproxy.errors import CacheWriteFailed
 from cacheproxy.layout import CacheLayout
-from cacheproxy.oci import Digest, parse_digest
+from cacheproxy.oci import Digest
 from cacheproxy.store.files import BlobStore
+from tests.support.images import digest_of
 
 DATA = b"layer bytes " * 10_000
-
-
-def digest_of(data: bytes) -> Digest:
-    return parse_digest("sha256:" + hashlib.sha256(data).hexdigest())
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    store = BlobStore(CacheLayout(tmp_path / "cache"))
-    store.prepare()
-    return store
 
 
 def write_temp(store: BlobStore, digest: Digest, data: bytes) -> tuple[Path, int]:

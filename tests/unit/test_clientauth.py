@@ -15,23 +15,13 @@ from cacheproxy.errors import Denied, Unauthorized
 from cacheproxy.http.authfiles import RECHECK
 from cacheproxy.http.clientauth import ANONYMOUS, ClientAuth
 from cacheproxy.http.operator import OperatorAccess
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+from tests.support.clock import Clock
+from tests.support.images import basic_credentials
 
 
 def htpasswd_line(user: str, password: str, prefix: str = "$2b$") -> str:
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
     return f"{user}:{prefix}{hashed[4:]}"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- rules ----------------------------------------------------------------------------
@@ -112,12 +102,12 @@ async def test_htpasswd_bcrypt_logins(tmp_path: Path, prefix: str) -> None:
         + "\n"
     )
     auth = ClientAuth(htpasswd=htpasswd)
-    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    assert await auth.identify(basic_credentials("alice", "wonderland")) == "alice"
     for wrong in [
-        basic("alice", "looking-glass"),
-        basic("mallory", "wonderland"),
-        basic("bob", "password"),
-        basic("carol", "plaintext"),
+        basic_credentials("alice", "looking-glass"),
+        basic_credentials("mallory", "wonderland"),
+        basic_credentials("bob", "password"),
+        basic_credentials("carol", "plaintext"),
         "Basic !!not-base64!!",
         "Basic " + base64.b64encode(b"no colon").decode(),
         "Bearer some-token",  # no tokens file
@@ -132,7 +122,7 @@ async def test_tokens_file(tmp_path: Path) -> None:
     auth = ClientAuth(tokens_file=tokens)
     assert await auth.identify("Bearer tok-ci") == "ci-runner"
     assert await auth.identify("bearer  tok-bare ") == "token"
-    for wrong in ["Bearer tok", "Bearer tok-ci-2", basic("ci-runner", "tok-ci")]:
+    for wrong in ["Bearer tok", "Bearer tok-ci-2", basic_credentials("ci-runner", "tok-ci")]:
         with pytest.raises(Unauthorized):
             await auth.identify(wrong)
 
@@ -177,31 +167,31 @@ async def test_a_verified_login_is_kept_while_its_line_in_the_file_is(tmp_path: 
     clock = Clock()
     auth = ClientAuth(htpasswd=htpasswd, clock=clock)
     asked = counted(auth)
-    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    assert await auth.identify(basic_credentials("alice", "wonderland")) == "alice"
     assert len(asked) == 1
     # However long after: no bcrypt again (the same question, the same answer).
     clock.now += 3600
-    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    assert await auth.identify(basic_credentials("alice", "wonderland")) == "alice"
     # The file goes away: the last good copy of it still counts.
     htpasswd.unlink()
     clock.now += RECHECK * 2
-    assert await auth.identify(basic("alice", "wonderland")) == "alice"
+    assert await auth.identify(basic_credentials("alice", "wonderland")) == "alice"
     # Another user is added: alice's line is unchanged, she is still not checked.
     alice_line = htpasswd_line("alice", "wonderland")
     htpasswd.write_text(f"{alice_line}\n{htpasswd_line('bob', 'builder')}\n")
     clock.now += RECHECK * 2
-    assert await auth.identify(basic("bob", "builder")) == "bob"
+    assert await auth.identify(basic_credentials("bob", "builder")) == "bob"
     assert len(asked) == 2
     # Her password changes: the old one is checked again, and refused.
     htpasswd.write_text(htpasswd_line("alice", "looking-glass") + "\n")
     os.utime(htpasswd, (2, 2))
     clock.now += RECHECK * 2
     with pytest.raises(Unauthorized):
-        await auth.identify(basic("alice", "wonderland"))
+        await auth.identify(basic_credentials("alice", "wonderland"))
     assert len(asked) == 3
-    assert await auth.identify(basic("alice", "looking-glass")) == "alice"
+    assert await auth.identify(basic_credentials("alice", "looking-glass")) == "alice"
     with pytest.raises(Unauthorized):
-        await auth.identify(basic("bob", "builder"))  # gone from the file
+        await auth.identify(basic_credentials("bob", "builder"))  # gone from the file
 
 
 async def test_logins_with_the_same_credentials_at_once_share_one_check(tmp_path: Path) -> None:
@@ -210,12 +200,12 @@ async def test_logins_with_the_same_credentials_at_once_share_one_check(tmp_path
     auth = ClientAuth(htpasswd=htpasswd)
     asked = counted(auth)
     names = await asyncio.gather(
-        *(auth.identify(basic("alice", "wonderland"), "10.0.0.1") for _ in range(10))
+        *(auth.identify(basic_credentials("alice", "wonderland"), "10.0.0.1") for _ in range(10))
     )
     assert names == ["alice"] * 10
     assert len(asked) == 1
     # Non-canonical base64 of the same credentials is the same login.
-    value = basic("alice", "wonderland")
+    value = basic_credentials("alice", "wonderland")
     assert await auth.identify(value[:10] + "\n" + value[10:]) == "alice"
     assert len(asked) == 1
     await auth.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
@@ -18,12 +17,13 @@ from cacheproxy.blobs.fillstate import FillState
 from cacheproxy.blobs.inflight import Fills, InFlight
 from cacheproxy.blobs.source import Body, Feed, Want
 from cacheproxy.errors import TooManyRequests, UpstreamUnavailable
-from cacheproxy.layout import CacheLayout
 from cacheproxy.oci import Digest
 from cacheproxy.sizes import DiskSpace
 from cacheproxy.store.files import BlobStore
 from cacheproxy.upstream.client import Upstream
-from tests.unit.test_fill import EOF, Answer, FakeFeed, digest_of, live
+from tests.support.images import digest_of
+from tests.support.waiting import eventually
+from tests.unit.test_fill import EOF, Answer, FakeFeed, live
 
 # --- the gate ----------------------------------------------------------------------
 
@@ -377,13 +377,6 @@ class ScriptedRemote:
 BIGD, SMALLD = digest_of(BIG), digest_of(SMALL)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    store = BlobStore(CacheLayout(tmp_path / "cache"))
-    store.prepare()
-    return store
-
-
 async def test_an_abandoned_fill_is_cancelled_cleanly_for_a_waiting_client(
     store: BlobStore,
 ) -> None:
@@ -403,9 +396,7 @@ async def test_an_abandoned_fill_is_cancelled_cleanly_for_a_waiting_client(
     queue = remote.answers[BIGD].content.queue
     assert queue is not None
     await queue.put(BIG[:300_000])
-    async with asyncio.timeout(10):
-        while fill.progress() < 300_000:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: fill.progress() >= 300_000, timeout=10, what="300,000 bytes in")
     assert (upstream.pins, fills.budget.reserved, len(list(store.tmp_dir.iterdir()))) == (
         1,
         len(BIG),
@@ -416,8 +407,11 @@ async def test_an_abandoned_fill_is_cancelled_cleanly_for_a_waiting_client(
     # Another client's miss takes the slot at once: the abandoned fill is cancelled.
     async with asyncio.timeout(10):
         served = await chain.open(Want(upstream, "app", SMALLD, "address 127.0.0.9"))
-        while upstream.pins != 1 or fill.state is not FillState.FAILED:
-            await asyncio.sleep(0.01)
+    await eventually(
+        lambda: upstream.pins == 1 and fill.state is FillState.FAILED,
+        timeout=10,
+        what="the abandoned fill cancelled",
+    )
     assert fill.preempted and fills.gate.stats.preempted == 1
     assert fills.running(stranger) is None
     assert not store.exists(BIGD)

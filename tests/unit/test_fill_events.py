@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
@@ -17,11 +16,11 @@ from cacheproxy.blobs.fillstate import FillState
 from cacheproxy.blobs.inflight import Fills
 from cacheproxy.blobs.source import Want
 from cacheproxy.errors import BlobUnknown
-from cacheproxy.layout import CacheLayout
 from cacheproxy.sizes import DiskSpace
 from cacheproxy.store.files import BlobStore
 from cacheproxy.upstream.client import Upstream
-from tests.unit.test_fill import DATA, FakeFeed, digest_of, whole
+from tests.support.images import digest_of
+from tests.unit.test_fill import DATA, FakeFeed, whole
 
 
 class Heard:
@@ -46,13 +45,6 @@ class Heard:
 
     def failed(self, fill: Fill) -> None:
         self.events.append(("failed", fill))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    store = BlobStore(CacheLayout(tmp_path / "cache"))
-    store.prepare()
-    return store
 
 
 def want_of(data: bytes) -> Want:

@@ -24,6 +24,7 @@ from cacheproxy.manifests.tags import ManifestOptions, TagResolver
 from cacheproxy.oci import MANIFEST_TYPES, OCI_MANIFEST
 from cacheproxy.singleflight import SingleFlight
 from cacheproxy.store.index import Index, TagKey
+from tests.support.clock import Clock
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -104,13 +105,6 @@ class Chain:
         raise AssertionError("not asked")
 
 
-class Clock:
-    now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Up:
     name = "reg.test"
 
@@ -120,7 +114,7 @@ async def test_a_30s_rule_revalidates_after_30s_and_a_5m_rule_does_not(tmp_path:
         (FreshnessRule(tags=("latest",), ttl=30.0), FreshnessRule(ttl=300.0)), 60.0, 3600.0
     )
     index = Index(tmp_path / "index")
-    clock, chain = Clock(), Chain()
+    clock, chain = Clock(1_000_000.0), Chain()
     resolver = TagResolver(
         index, Links(index), chain, ManifestOptions(), SingleFlight(), clock, rules=rules
     )

@@ -28,20 +28,13 @@ from cacheproxy.swarm.lists import (
     read_list,
     whole_pieces,
 )
+from tests.support.clock import Clock
 
 MIB = 1 << 20
 
 
 def spans(*pairs: tuple[int, int]) -> tuple[Span, ...]:
     return tuple(Span(start, end) for start, end in pairs)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_spans_merge_and_go_on_the_wire_and_back() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 import datetime as dt
 import sqlite3
@@ -14,6 +13,7 @@ import pytest
 from cacheproxy.savings import db
 from cacheproxy.savings.db import Counts
 from cacheproxy.savings.ledger import Ledger
+from tests.support.waiting import eventually
 
 HUB = "docker.io"
 
@@ -22,7 +22,7 @@ def noon_utc(day: str) -> float:
     return float(calendar.timegm(dt.datetime.fromisoformat(day + "T12:00:00").timetuple()))
 
 
-class Clock:
+class DayClock:
     """A settable clock, at noon UTC of a given day."""
 
     def __init__(self, day: str) -> None:
@@ -37,7 +37,7 @@ class Clock:
 
 @pytest.fixture
 async def ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
-    led = Ledger(tmp_path / "ledger.db", flush_interval=3600, clock=Clock("2026-03-14"))
+    led = Ledger(tmp_path / "ledger.db", flush_interval=3600, clock=DayClock("2026-03-14"))
     await led.start()
     try:
         yield led
@@ -93,9 +93,7 @@ async def test_the_background_task_flushes_within_the_interval(tmp_path: Path) -
     await led.start()
     try:
         one_pull(led)
-        async with asyncio.timeout(5):
-            while not stored(led.path):
-                await asyncio.sleep(0.02)
+        await eventually(lambda: stored(led.path), timeout=5, what="the pull on disk")
         # Written without close: what a crash right now would leave behind.
         assert stored(led.path)[(HUB, "library/alpine")].served == 51_000
     finally:
@@ -104,7 +102,7 @@ async def test_the_background_task_flushes_within_the_interval(tmp_path: Path) -
 
 async def test_restart_keeps_the_totals(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    clock = Clock("2026-03-14")
+    clock = DayClock("2026-03-14")
     first = Ledger(path, clock=clock)
     await first.start()
     one_pull(first)
@@ -127,7 +125,7 @@ async def test_restart_keeps_the_totals(tmp_path: Path) -> None:
 
 
 async def test_days_and_months_are_utc_calendar_days(tmp_path: Path) -> None:
-    clock = Clock("2026-03-31")
+    clock = DayClock("2026-03-31")
     led = Ledger(tmp_path / "ledger.db", clock=clock)
     await led.start()
     try:

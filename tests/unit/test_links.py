@@ -17,6 +17,7 @@ from cacheproxy.oci import OCI_MANIFEST, parse_digest
 from cacheproxy.store.files import BlobStore
 from cacheproxy.store.index import Index, TagEntry, TagKey
 from cacheproxy.upstream.client import Upstream
+from tests.support.clock import Clock
 
 DIGEST = parse_digest("sha256:" + "a" * 64)
 TTL = 100.0
@@ -48,14 +49,6 @@ class ScriptedUpstream:
         return Answer(answer)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def index(tmp_path: Path) -> Index:
     return Index(tmp_path / "index")
@@ -70,7 +63,7 @@ def up(scripted: ScriptedUpstream) -> Upstream:
 
 
 async def test_a_fresh_link_serves_without_asking(index: Index) -> None:
-    wall = Clock()
+    wall = Clock(1_000_000.0)
     links = links_for(index, wall)
     await links.add("registry.test", "app", [str(DIGEST)])
     upstream = ScriptedUpstream()
@@ -80,7 +73,7 @@ async def test_a_fresh_link_serves_without_asking(index: Index) -> None:
 
 
 async def test_an_old_link_is_confirmed_again(index: Index) -> None:
-    wall = Clock()
+    wall = Clock(1_000_000.0)
     links = links_for(index, wall)
     await links.add("registry.test", "app", [str(DIGEST)])
     wall.now += TTL + 1
@@ -93,7 +86,7 @@ async def test_an_old_link_is_confirmed_again(index: Index) -> None:
 
 
 async def test_an_old_link_serves_while_the_upstream_cannot_answer(index: Index) -> None:
-    wall = Clock()
+    wall = Clock(1_000_000.0)
     links = links_for(index, wall)
     await links.add("registry.test", "app", [str(DIGEST)])
     wall.now += TTL + 1
@@ -107,7 +100,7 @@ async def test_an_old_link_serves_while_the_upstream_cannot_answer(index: Index)
 
 
 async def test_a_refusal_drops_an_old_link(index: Index) -> None:
-    wall = Clock()
+    wall = Clock(1_000_000.0)
     links = links_for(index, wall)
     await links.add("registry.test", "app", [str(DIGEST)])
     wall.now += TTL + 1
@@ -118,7 +111,7 @@ async def test_a_refusal_drops_an_old_link(index: Index) -> None:
 
 
 async def test_offline_an_old_link_still_serves(index: Index) -> None:
-    wall = Clock()
+    wall = Clock(1_000_000.0)
     await links_for(index, wall).add("registry.test", "app", [str(DIGEST)])
     wall.now += 100 * TTL
     offline = links_for(index, wall, offline=True)
@@ -128,7 +121,7 @@ async def test_offline_an_old_link_still_serves(index: Index) -> None:
 
 
 async def test_unlinked_content_is_confirmed_only_when_held(index: Index) -> None:
-    links = links_for(index, Clock())
+    links = links_for(index, Clock(1_000_000.0))
     upstream = ScriptedUpstream(200)
     # Not held: the fetch that follows asks the upstream itself.
     assert not await links.vouch(up(upstream), "app", DIGEST, "blob", held=False)
@@ -138,7 +131,7 @@ async def test_unlinked_content_is_confirmed_only_when_held(index: Index) -> Non
 
 
 async def test_linking_again_does_not_rewrite_every_time(index: Index) -> None:
-    wall = Clock()
+    wall = Clock(1_000_000.0)
     links = links_for(index, wall)
     await links.add("registry.test", "app", [str(DIGEST)])
     first = (await index.links(str(DIGEST)))[pair("registry.test", "app")]

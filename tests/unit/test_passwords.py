@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import bcrypt
@@ -14,6 +13,8 @@ import pytest
 from cacheproxy.errors import TooManyRequests
 from cacheproxy.http.clientauth import ClientAuth
 from cacheproxy.http.passwords import PasswordChecks
+from tests.support.images import basic_credentials
+from tests.support.waiting import eventually
 
 # Seconds a held check waits at most for the test to let it go (a forgotten release
 # cannot hang the run).
@@ -45,16 +46,6 @@ async def held() -> AsyncIterator[tuple[PasswordChecks, HeldChecker]]:
     await checks.close()
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (at most 10 s) for ``condition``; ``what`` names it when it never comes."""
-    try:
-        async with asyncio.timeout(10):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        pytest.fail(f"never came: {what}")
-
-
 async def test_one_address_gets_a_share_of_the_checks_not_all(
     held: tuple[PasswordChecks, HeldChecker],
 ) -> None:
@@ -62,7 +53,7 @@ async def test_one_address_gets_a_share_of_the_checks_not_all(
     stranger = [
         asyncio.create_task(checks.check(b"guess-%d" % i, b"h", "10.0.0.66")) for i in range(3)
     ]
-    await until(lambda: checks.pending == 3, "the stranger's checks")
+    await eventually(lambda: checks.pending == 3, what="the stranger's checks")
     with pytest.raises(TooManyRequests) as caught:
         await checks.check(b"guess-3", b"h", "10.0.0.66")
     assert caught.value.headers == {"Retry-After": "1"}
@@ -70,7 +61,7 @@ async def test_one_address_gets_a_share_of_the_checks_not_all(
     # The user's check is admitted, and is next on the thread: behind the one
     # stranger's check running, not behind the two waiting.
     user = asyncio.create_task(checks.check(b"right", b"h", "10.0.0.7"))
-    await until(lambda: checks.pending == 4, "the user's check")
+    await eventually(lambda: checks.pending == 4, what="the user's check")
     checker.go.set()
     assert await user
     assert checker.started[:2] == [b"guess-0", b"right"]
@@ -84,7 +75,7 @@ async def test_all_checks_taken_evenly_is_answered_at_once(
     """Nobody holds more than a newcomer would, plus one: nothing to take."""
     checks, checker = held
     many = [asyncio.create_task(checks.check(b"x", b"h", f"10.0.0.{i}")) for i in range(8)]
-    await until(lambda: checks.pending == 8, "eight checks")
+    await eventually(lambda: checks.pending == 8, what="eight checks")
     with pytest.raises(TooManyRequests):
         await checks.check(b"right", b"h", "10.0.0.99")
     assert checks.refused == {"full": 1, "per_client": 0, "fair_share": 0}
@@ -104,9 +95,9 @@ async def test_a_new_address_takes_the_newest_waiting_place_of_the_address_holdi
     many = [
         asyncio.create_task(checks.check(b"guess-%d" % i, b"h", a)) for i, a in enumerate(strangers)
     ]
-    await until(lambda: checks.pending == 8, "eight checks")
+    await eventually(lambda: checks.pending == 8, what="eight checks")
     user = asyncio.create_task(checks.check(b"right", b"h", "10.0.0.99"))
-    await until(lambda: checks.pending_for("10.0.0.99") == 1, "the user's check admitted")
+    await eventually(lambda: checks.pending_for("10.0.0.99") == 1, what="the user's check admitted")
     assert checks.pending == 8 and checks.pending_for("10.0.0.0") == 2
     with pytest.raises(TooManyRequests) as caught:
         await many[2]  # 10.0.0.0's newest, waiting
@@ -127,9 +118,9 @@ async def test_a_check_that_gives_up_waiting_frees_its_place(
 ) -> None:
     checks, checker = held
     running = asyncio.create_task(checks.check(b"a", b"h", "10.0.0.1"))
-    await until(lambda: checker.started == [b"a"], "the first check on the thread")
+    await eventually(lambda: checker.started == [b"a"], what="the first check on the thread")
     waiting = asyncio.create_task(checks.check(b"b", b"h", "10.0.0.2"))
-    await until(lambda: checks.pending == 2, "the second check waiting")
+    await eventually(lambda: checks.pending == 2, what="the second check waiting")
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
     assert checks.pending == 1
@@ -138,12 +129,8 @@ async def test_a_check_that_gives_up_waiting_frees_its_place(
     await asyncio.gather(running, return_exceptions=True)
     assert checks.pending == 1
     checker.go.set()
-    await until(lambda: checks.pending == 0, "the thread's work to end")
+    await eventually(lambda: checks.pending == 0, what="the thread's work to end")
     assert checker.started == [b"a"]
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 async def test_a_login_verified_before_never_waits_behind_strangers(tmp_path: Path) -> None:
@@ -154,16 +141,16 @@ async def test_a_login_verified_before_never_waits_behind_strangers(tmp_path: Pa
     checks = PasswordChecks(checker, workers=1, max_pending=4, per_client=4)
     auth = ClientAuth(htpasswd=htpasswd, passwords=checks)
     checker.go.set()
-    assert await auth.identify(basic("alice", "right"), "10.0.0.7") == "alice"
+    assert await auth.identify(basic_credentials("alice", "right"), "10.0.0.7") == "alice"
     # Strangers take every check, and every thread is stuck.
     checker.go.clear()
     strangers = [
-        asyncio.create_task(auth.identify(basic("alice", f"guess-{i}"), "10.0.0.66"))
+        asyncio.create_task(auth.identify(basic_credentials("alice", f"guess-{i}"), "10.0.0.66"))
         for i in range(4)
     ]
-    await until(lambda: checks.pending == 4, "the strangers' checks")
+    await eventually(lambda: checks.pending == 4, what="the strangers' checks")
     async with asyncio.timeout(5):
-        assert await auth.identify(basic("alice", "right"), "10.0.0.7") == "alice"
+        assert await auth.identify(basic_credentials("alice", "right"), "10.0.0.7") == "alice"
     checker.go.set()
     await asyncio.gather(*strangers, return_exceptions=True)
     await auth.close()

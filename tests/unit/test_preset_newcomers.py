@@ -13,6 +13,7 @@ from cacheproxy.config import Config, UpstreamConfig
 from cacheproxy.errors import CredentialsUnavailable, TooManyRequests
 from cacheproxy.upstream.credentials import ECR_FAILURE_MEMORY, EcrCredentials
 from cacheproxy.upstream.pool import UpstreamPool
+from tests.support.clock import Clock
 
 STRANGER, NEIGHBOUR = "address 192.0.2.9", "address 192.0.2.8"
 TOKEN = {"authorizationToken": "QVdTOnBhc3N3b3Jk", "expiresAt": 4102444800}
@@ -20,14 +21,6 @@ TOKEN = {"authorizationToken": "QVdTOnBhc3N3b3Jk", "expiresAt": 4102444800}
 
 def host(i: int) -> str:
     return f"{100000000000 + i}.dkr.ecr.us-west-2.amazonaws.com"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Ecr:

@@ -3,7 +3,6 @@ which holder is asked for which bytes, and what busy, gone and wrong holders cos
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,19 +21,13 @@ from cacheproxy.swarm.feed import Busy, HolderFeed, NotHeld
 from cacheproxy.swarm.lists import HolderReport, encode_list
 from cacheproxy.swarm.memory import BUSY_PAUSE
 from cacheproxy.swarm.node import SwarmNode
+from tests.support.clock import Clock
+from tests.support.waiting import eventually
 
 MIB = 1 << 20
 SIZE = 10 * MIB
 OWNER = "http://owner:5000"
 ME = "http://me:5000"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Content:
@@ -149,7 +142,7 @@ class Rig:
 async def rig() -> AsyncIterator[Rig]:
     holders = [HolderReport(OWNER), whole("http://a:5000"), whole("http://b:5000")]
     cluster = FakeCluster(holders, {OWNER, "http://a:5000", "http://b:5000", "http://c:5000"})
-    clock = Clock()
+    clock = Clock(100.0)
     node = SwarmNode(cast(Cluster, cluster), piece_size=MIB, max_sources=3, clock=clock)
     made = Rig(cluster, node, clock)
     yield made
@@ -233,9 +226,8 @@ async def test_a_tail_of_a_tail_is_not_offered_on(rig: Rig) -> None:
     assert (feed.node, span.start, span.end) == ("http://a:5000", 0, MIB)
     # Its answer came: the lane is on its way, as the lanes tell at their next plan.
     assert swarm.plan(SIZE, Progress(coming=[span], asked=[span])) == []
-    async with asyncio.timeout(5):  # until the next report (every REFRESH seconds)
-        while len(rig.cluster.reports()) < 2:
-            await asyncio.sleep(0.01)
+    # The next report comes every REFRESH seconds.
+    await eventually(lambda: len(rig.cluster.reports()) >= 2, timeout=5, what="the next report")
     assert rig.cluster.reports()[-1]["coming"] == ""
 
 
@@ -249,9 +241,7 @@ async def test_the_owner_gone_leaves_what_holders_have_and_the_feed(rig: Rig) ->
         swarm.ended(feed, None)
     assert swarm.sole
     rig.cluster.down.add(OWNER)
-    async with asyncio.timeout(5):  # until the next list is asked for, and fails
-        while swarm.sole:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: not swarm.sole, timeout=5, what="the next list asked for, failing")
     assert swarm.live and rig.cluster.stats.swarm_fallbacks == 1
     # What a holder has is still asked of it; what it had coming (maybe from the owner)
     # and the owner itself are not: the fill's feed takes the rest.
@@ -325,8 +315,7 @@ async def test_no_byte_for_a_long_while_leaves_the_rest_to_the_feed(rig: Rig) ->
     swarm = await rig.swarm()
     assert swarm.plan(SIZE, NOTHING) == [] and swarm.sole
     rig.clock.now += 4 * rig.cluster.read_timeout
-    async with asyncio.timeout(5):  # a fresh list (every REFRESH s) makes it look again
-        while len(rig.cluster.reports()) < 2:
-            await asyncio.sleep(0.01)
+    # A fresh list (every REFRESH s) makes it look again.
+    await eventually(lambda: len(rig.cluster.reports()) >= 2, timeout=5, what="a fresh list")
     swarm.plan(SIZE, NOTHING)
     assert swarm.live and not swarm.sole

@@ -71,7 +71,7 @@ async def read_until_error(url: str) -> tuple[bytes, BaseException | None]:
     return bytes(got), None
 
 
-def blob_url(base: str, image: PushedImage, index: int = -1) -> tuple[str, bytes]:
+def url_and_bytes(base: str, image: PushedImage, index: int = -1) -> tuple[str, bytes]:
     desc = image.blobs[index]
     return f"{base}/v2/{image.name}/blobs/{desc.digest}", image.blob_data[desc.digest]
 
@@ -152,7 +152,7 @@ async def test_registry_proxy_mode(registry: RegistryProcess, tmp_path: Path, re
             f"{mirror.url}/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}
         )
         assert (status, body) == (200, image.manifest)
-        url, data = blob_url(mirror.url, image)
+        url, data = url_and_bytes(mirror.url, image)
         status, _, body = await fetch(url)
         assert (status, body) == (200, data)
 
@@ -293,7 +293,7 @@ async def test_forwarder_passes_status_and_head(forwarder: Forwarder, repo: str)
     assert status == 404
     assert json.loads(body)["errors"][0]["code"] == "MANIFEST_UNKNOWN"
     image = await push_image(forwarder.url, repo, "v1", layer_sizes=[1000])
-    url, data = blob_url(forwarder.url, image)
+    url, data = url_and_bytes(forwarder.url, image)
     status, headers, body = await fetch(url, method="HEAD")
     assert status == 200
     assert int(headers["Content-Length"]) == len(data)
@@ -324,7 +324,7 @@ async def test_forwarder_throttle(
 
 async def test_fault_corrupt(forwarder: Forwarder, registry: RegistryProcess, repo: str) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[200_000])
-    url, data = blob_url(forwarder.url, image)
+    url, data = url_and_bytes(forwarder.url, image)
     digest = image.layers[0].digest
     fault = forwarder.set_fault(Fault(match=digest, kind="corrupt", offset=150_000))
     status, _, body = await fetch(url)
@@ -334,13 +334,13 @@ async def test_fault_corrupt(forwarder: Forwarder, registry: RegistryProcess, re
     assert diff == [150_000]
     assert fault.hits == 1
     # Other paths are untouched.
-    config_url, config = blob_url(forwarder.url, image, 0)
+    config_url, config = url_and_bytes(forwarder.url, image, 0)
     assert (await fetch(config_url))[2] == config
 
 
 async def test_fault_truncate(forwarder: Forwarder, registry: RegistryProcess, repo: str) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[200_000])
-    url, data = blob_url(forwarder.url, image)
+    url, data = url_and_bytes(forwarder.url, image)
     forwarder.set_fault(Fault(match=image.layers[0].digest, kind="truncate", offset=70_000))
     got, exc = await read_until_error(url)
     assert isinstance(exc, aiohttp.ClientPayloadError)
@@ -351,7 +351,7 @@ async def test_fault_status_once_with_headers(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[1000])
-    url, data = blob_url(forwarder.url, image)
+    url, data = url_and_bytes(forwarder.url, image)
     forwarder.set_fault(
         Fault(
             match=re.compile(r"/blobs/sha256:[0-9a-f]{64}$"),
@@ -373,7 +373,7 @@ async def test_fault_method_filter(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[1000])
-    url, _ = blob_url(forwarder.url, image)
+    url, _ = url_and_bytes(forwarder.url, image)
     forwarder.set_fault(
         Fault(match="/blobs/", kind="status", status=503, methods=frozenset({"GET"}))
     )
@@ -387,7 +387,7 @@ async def test_fault_range_filter(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[1000])
-    url, data = blob_url(forwarder.url, image)
+    url, data = url_and_bytes(forwarder.url, image)
     forwarder.set_fault(Fault(match="/blobs/", kind="status", status=503, range_start=500))
     assert (await fetch(url))[0] == 200  # no Range: from byte 0
     assert (await fetch(url, headers={"Range": "bytes=0-99"}))[0] == 206
@@ -401,7 +401,7 @@ async def test_fault_stall_then_release(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[300_000])
-    url, data = blob_url(forwarder.url, image)
+    url, data = url_and_bytes(forwarder.url, image)
     forwarder.set_fault(
         Fault(match=image.layers[0].digest, kind="stall", offset=100_000, once=True)
     )
@@ -420,7 +420,7 @@ async def test_fault_stall_client_leaves(
     forwarder: Forwarder, registry: RegistryProcess, repo: str
 ) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[300_000])
-    url, _ = blob_url(forwarder.url, image)
+    url, _ = url_and_bytes(forwarder.url, image)
     forwarder.set_fault(Fault(match=image.layers[0].digest, kind="stall", offset=0))
     async with aiohttp.ClientSession() as session:
         resp = await session.get(url)
@@ -436,7 +436,7 @@ async def test_fault_stall_client_leaves(
 
 async def test_fault_reset(forwarder: Forwarder, registry: RegistryProcess, repo: str) -> None:
     image = await push_image(registry.url, repo, "v1", layer_sizes=[1000])
-    url, data = blob_url(forwarder.url, image)
+    url, data = url_and_bytes(forwarder.url, image)
     fault = forwarder.set_fault(Fault(match=image.layers[0].digest, kind="reset"))
     with pytest.raises(aiohttp.ClientConnectionError):
         await fetch(url)
