@@ -22,29 +22,24 @@ from tests.support.process import serve_process
 from tests.support.proxy import config_with, running_proxy
 from tests.support.registry import RegistryProcess
 
-SECRET = b"a-cluster-secret-of-enough-bytes!"
-ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-
 
 def on_disk(cache: Path, digest: str) -> bool:
     return (cache / "blobs/sha256" / digest[7:9] / digest[7:]).is_file()
 
 
 async def test_a_preheat_puts_each_blob_on_its_owner_and_copies_more_nodes(
-    forwarder: Forwarder, registry: RegistryProcess, tmp_path: Path
+    forwarder: Forwarder, registry: RegistryProcess, tmp_path: Path, secret_file: Path
 ) -> None:
     repo = f"app/rollout-{uuid.uuid4().hex[:6]}"
     image = await push_image(registry.url, repo, "v1", layer_sizes=(300_000, 200_000, 5000))
     config = config_with(tmp_path, forwarder.url)
-    secret = tmp_path / "secret"
-    secret.write_bytes(SECRET)
     ports = [free_port() for _ in range(4)]
     members = [f"http://127.0.0.1:{p}" for p in ports]
     caches = [tmp_path / f"n{i}" for i in range(4)]
     async with AsyncExitStack() as stack, aiohttp.ClientSession() as http:
         for i, port in enumerate(ports):
             args = ["--config", str(config), "--cache-dir", str(caches[i])]
-            args += ["--self", members[i], "--peer-secret-file", str(secret)]
+            args += ["--self", members[i], "--peer-secret-file", str(secret_file)]
             for member in members:
                 args += ["--peer", member]
             await stack.enter_async_context(

@@ -14,8 +14,9 @@ import aiohttp
 
 from tests.support.forwarder import Forwarder
 from tests.support.images import push_image
-from tests.support.proxy import running_proxy
+from tests.support.proxy import config_with, running_proxy
 from tests.support.registry import RegistryProcess
+from tests.support.waiting import eventually
 
 
 async def metric(http: aiohttp.ClientSession, url: str, name: str, kind: str) -> float | None:
@@ -60,8 +61,7 @@ async def test_prefetch_rate_holds_a_preheat_until_a_client_reads_the_same_blob(
     image = await push_image(registry.url, name, "v1", layer_sizes=(4_000_000,), seed="held")
     other = await push_image(registry.url, name, "v2", layer_sizes=(1_000_000,), seed="client")
     layer = image.blobs[1]
-    config = tmp_path / "cacheproxy.toml"
-    config.write_text(f'presets = []\n[[upstream]]\nname = "reg.test"\nurl = "{forwarder.url}"\n')
+    config = config_with(tmp_path, forwarder.url)
     async with (
         running_proxy(None, tmp_path / "cache", config_file=config, prefetch_rate="100kB") as p,
         aiohttp.ClientSession() as http,
@@ -76,11 +76,10 @@ async def test_prefetch_rate_holds_a_preheat_until_a_client_reads_the_same_blob(
             http.post(f"{p.url}/_cacheproxy/preheat", json={"images": [f"reg.test/{name}:v1"]})
         )
         try:
-            # Bounded: the preheat's download of the layer is under way.
-            for _ in range(200):
-                if forwarder.count("GET", f"/blobs/{layer.digest}"):
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: forwarder.count("GET", f"/blobs/{layer.digest}"),
+                what="the preheat's download of the layer under way",
+            )
             async with http.get(f"{p.url}/v2/reg.test/{name}/blobs/{layer.digest}") as resp:
                 assert resp.status == 200 and await resp.read() == image.blob_data[layer.digest]
             answer = await asyncio.wait_for(preheat, timeout=60)
